@@ -1,0 +1,35 @@
+"""Sightline's engine: face detection, embedding, the gallery index, metadata and audit. No Telegram here."""
+
+from __future__ import annotations
+
+from .config import EngineConfig
+from .engine import Engine
+from .errors import (
+    CaseRequired,
+    EngineError,
+    FaceIndexError,
+    ImageRejected,
+    InvalidArgument,
+    ModelError,
+    NoFaceFound,
+    NotFound,
+    StorageError,
+)
+from .types import (
+    AuditEntry,
+    ChainCheck,
+    DetectedFace,
+    Enrollment,
+    Erasure,
+    Hit,
+    Quality,
+    SearchResult,
+    Stats,
+    User,
+)
+
+__all__ = [
+    "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
+    "NoFaceFound", "NotFound", "Quality", "SearchResult", "Stats", "StorageError", "User",
+]

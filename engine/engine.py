@@ -1,0 +1,502 @@
+"""Engine: open / enroll / search / forget / purge / close, plus users and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import calibration as calib
+from .config import EngineConfig
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound
+from .faces import FaceModel, RawFace, primary_face, to_original_box
+from .images import Decoded, decode, sha256_hex
+from .index import UsearchIndex
+from .store import FaceRow, MetadataStore, now_iso
+from .types import (
+    AuditEntry,
+    ChainCheck,
+    DetectedFace,
+    Enrollment,
+    Erasure,
+    Hit,
+    SearchResult,
+    Stats,
+    User,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROLES = ("admin", "officer")
+MAX_CASE_LEN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Analysed:
+    """A decoded photo and its detected (aligned, not yet embedded) faces."""
+
+    decoded: Decoded
+    faces: list[RawFace]
+
+
+def normalize_expiry(value: str | None) -> str | None:
+    """An ISO date or datetime as a UTC ISO string; raises InvalidArgument for anything else."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise InvalidArgument(f"expires_at {value!r} is not an ISO date such as 2027-01-31") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def check_case(case: str | None) -> str | None:
+    """A case reference, stripped, or None; refuses control characters and very long ones."""
+    if case is None:
+        return None
+    case = case.strip()
+    if not case:
+        return None
+    if len(case) > MAX_CASE_LEN or any(ord(ch) < 32 for ch in case):
+        raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
+    return case
+
+
+class Engine:
+    """The face-search service. Build it with `await Engine.open(config)`."""
+
+    def __init__(
+        self,
+        faces: FaceModel,
+        index: UsearchIndex,
+        store: MetadataStore,
+        config: EngineConfig,
+        calibration: calib.Calibration | None,
+    ) -> None:
+        self.faces = faces
+        self.index = index
+        self.store = store
+        self.config = config
+        self.calibration = calibration
+        self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
+        self._write = asyncio.Lock()  # index and database change together, one writer at a time
+        self._dirty = 0  # index changes not yet saved
+        if config.threshold_possible is not None:
+            self.threshold_possible = config.threshold_possible
+        elif calibration is not None:
+            self.threshold_possible = calibration.threshold_possible
+        else:
+            self.threshold_possible = calib.FALLBACK_POSSIBLE
+        if config.threshold_strong is not None:
+            self.threshold_strong = config.threshold_strong
+        elif calibration is not None:
+            self.threshold_strong = calibration.threshold_strong
+        else:
+            self.threshold_strong = calib.FALLBACK_STRONG
+        if calibration is None:
+            logger.warning(
+                "no calibration table for model %s: using thresholds possible=%.3f strong=%.3f, "
+                "and no false-match estimates",
+                faces.name, self.threshold_possible, self.threshold_strong,
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, config: EngineConfig) -> Engine:
+        """Load the models, open the database, restore (or repair) the index."""
+        faces = await asyncio.to_thread(FaceModel, config)
+        store = await MetadataStore.open(config.db_path)
+        index = UsearchIndex(
+            config.index_path,
+            dtype=config.index_dtype,
+            connectivity=config.index_connectivity,
+            expansion_add=config.index_expansion_add,
+            expansion_search=config.index_expansion_search,
+        )
+        engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
+        await engine.reconcile_index()
+        return engine
+
+    async def close(self) -> None:
+        """Save the index if it changed and close the database."""
+        await self.save_index()
+        await self.store.close()
+        self._executor.shutdown(wait=True)
+
+    async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-bound work on the engine's thread pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    # -- index consistency -------------------------------------------------------------------
+    async def reconcile_index(self) -> str:
+        """Make the index hold exactly the database's faces: load, compare, then repair or rebuild."""
+        loaded = await asyncio.to_thread(self.index.load)
+        count, total = await self.store.face_fingerprint()
+        if loaded:
+            keys = await asyncio.to_thread(self.index.keys)
+            if len(keys) == count and int(keys.sum()) == total:
+                logger.info("index loaded: %d faces, consistent with the database", count)
+                return "ok"
+            db_ids = await self.store.face_ids()
+            extra = np.setdiff1d(keys, db_ids, assume_unique=True)
+            missing = np.setdiff1d(db_ids, keys, assume_unique=True)
+            if len(extra) == 0:
+                logger.warning("index is missing %d faces the database has: adding them", len(missing))
+                async for ids, vecs in self.store.iter_embeddings(only=missing):
+                    await self._cpu(self.index.add, ids, vecs)
+                await asyncio.to_thread(self.index.save)
+                return f"repaired: added {len(missing)}"
+            logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
+        else:
+            if count:
+                logger.warning("index missing or unreadable: rebuilding %d faces from the database", count)
+        await self.rebuild_index()
+        return "rebuilt"
+
+    async def rebuild_index(self, progress: Callable[[int], None] | None = None) -> int:
+        """Build a fresh index from the database's embeddings and save it over the old one."""
+        fresh = UsearchIndex(
+            self.index.path,
+            dtype=self.index.dtype,
+            connectivity=self.index.connectivity,
+            expansion_add=self.index.expansion_add,
+            expansion_search=self.index.expansion_search,
+        )
+        n = 0
+        async for ids, vecs in self.store.iter_embeddings():
+            await self._cpu(fresh.add, ids, vecs)
+            n += len(ids)
+            if progress:
+                progress(len(ids))
+        await asyncio.to_thread(fresh.save)
+        self.index = fresh
+        self._dirty = 0
+        return n
+
+    async def save_index(self) -> None:
+        """Save the index if it has unsaved changes."""
+        if self._dirty:
+            async with self._write:
+                await asyncio.to_thread(self.index.save)
+                self._dirty = 0
+
+    # -- images ------------------------------------------------------------------------------
+    def _analyse_sync(self, data: bytes) -> Analysed:
+        c = self.config
+        decoded = decode(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
+        return Analysed(decoded, self.faces.detect_faces(decoded.bgr))
+
+    def _detected(self, analysed: Analysed) -> tuple[DetectedFace, ...]:
+        d = analysed.decoded
+        if not analysed.faces:
+            return ()
+        boxes = np.stack([f.box for f in analysed.faces])
+        h, w = d.bgr.shape[:2]
+        primary = primary_face(boxes, w, h, self.config.primary_rule)
+        return tuple(
+            DetectedFace(
+                number=i + 1,
+                box=to_original_box(f.box, d.scale),
+                det_score=round(f.score, 4),
+                quality=self.faces.quality(f, d.scale),
+                primary=(i == primary),
+            )
+            for i, f in enumerate(analysed.faces)
+        )
+
+    async def detect(self, image: bytes) -> tuple[DetectedFace, ...]:
+        """Every face in a photo (numbered left to right), without searching. Raises NoFaceFound."""
+        analysed = await self._cpu(self._analyse_sync, image)
+        faces = self._detected(analysed)
+        if not faces:
+            raise NoFaceFound("no face was found in the photo")
+        return faces
+
+    def _expiry(self, expires_at: str | None) -> str | None:
+        if expires_at is not None:
+            return normalize_expiry(expires_at)
+        if self.config.default_retention_days:
+            when = datetime.now(UTC) + timedelta(days=self.config.default_retention_days)
+            return when.isoformat(timespec="seconds")
+        return None
+
+    def _prepare_enrollment(self, data: bytes, subject: str | None) -> tuple[Decoded, list[FaceRow]]:
+        analysed = self._analyse_sync(data)
+        if not analysed.faces:
+            raise NoFaceFound("no face was found in the image")
+        detected = self._detected(analysed)
+        embedded = self.faces.embed(analysed.faces)
+        rows = []
+        for raw, det in zip(embedded, detected, strict=True):
+            assert raw.embedding is not None
+            rows.append(
+                FaceRow(
+                    number=det.number, box=det.box, det_score=det.det_score, width_px=det.quality.width_px,
+                    blur=det.quality.blur, yaw=det.quality.yaw, pitch=det.quality.pitch,
+                    quality_ok=det.quality.ok, is_primary=det.primary,
+                    subject=subject if det.primary else None,
+                    embedding=raw.embedding, thumbnail=self.faces.thumbnail(analysed.decoded.bgr, raw.box),
+                )
+            )
+        return analysed.decoded, rows
+
+    async def enroll(
+        self,
+        image: bytes,
+        *,
+        source_url: str,
+        subject: str | None = None,
+        expires_at: str | None = None,
+        notes: str | None = None,
+        actor: str = "cli",
+        save: bool = True,
+        audit: bool = True,
+    ) -> Enrollment:
+        """Add an image to the gallery: every face is indexed, the subject goes to its primary face."""
+        source_url = (source_url or "").strip()
+        if not source_url:
+            raise InvalidArgument("every gallery image needs a source link")
+        subject = (subject or "").strip() or None
+        expiry = self._expiry(expires_at)
+        sha = sha256_hex(image)
+        existing = await self.store.image_id_by_sha(sha)
+        if existing is not None:
+            return Enrollment(existing, sha, 0, subject, duplicate=True)
+        decoded, rows = await self._cpu(self._prepare_enrollment, image, subject)
+        async with self._write:
+            existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
+            if existing is not None:
+                return Enrollment(existing, sha, 0, subject, duplicate=True)
+            image_id, face_ids = await self.store.add_image(
+                sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
+                notes=notes, size=decoded.original_size, faces=rows,
+            )
+            vecs = np.stack([r.embedding for r in rows])
+            await self._cpu(self.index.add, np.asarray(face_ids, dtype=np.int64), vecs)
+            self._dirty += len(rows)
+            if save:
+                await asyncio.to_thread(self.index.save)
+                self._dirty = 0
+        if audit:
+            await self.store.append_audit(
+                actor, "enroll", None,
+                {"image_id": image_id, "image_sha256": sha, "faces": len(rows), "face_ids": face_ids,
+                 "subject": subject, "source_url": source_url, "expires_at": expiry},
+            )
+        return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
+
+    # -- search ------------------------------------------------------------------------------
+    async def search(
+        self,
+        image: bytes,
+        *,
+        actor: str,
+        case: str | None = None,
+        top: int = 5,
+        face: int | None = None,
+        threshold: float | None = None,
+    ) -> SearchResult:
+        """Search the gallery for one face of a photo; "no match" is an ordinary, empty result.
+
+        The photo is processed in memory only: it is never written to disk, the log or the audit
+        (which records its SHA-256).
+        """
+        case = check_case(case)
+        if case is None and self.config.require_case:
+            raise CaseRequired("a case reference is required for every search")
+        if top < 1 or top > 100:
+            raise InvalidArgument("top must be between 1 and 100")
+        t0 = time.perf_counter()
+        sha = sha256_hex(image)
+        analysed = await self._cpu(self._analyse_sync, image)
+        detected = self._detected(analysed)
+        if not detected:
+            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            raise NoFaceFound("no face was found in the photo")
+        if face is None:
+            chosen = next(d.number for d in detected if d.primary)
+        elif 1 <= face <= len(detected):
+            chosen = face
+        else:
+            raise FaceIndexError(f"the photo has {len(detected)} face(s); there is no face {face}")
+        raw = analysed.faces[chosen - 1]
+        vec, thumb = await self._cpu(self._embed_one, analysed.decoded.bgr, raw)
+        cut = self.threshold_possible if threshold is None else threshold
+        hits = await self._hits(vec, top, cut)
+        gallery = len(self.index)
+        result = SearchResult(
+            query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
+            threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
+        )
+        entry = await self.store.append_audit(
+            actor, "search", case,
+            {
+                "query_sha256": sha, "faces": len(detected), "face": chosen,
+                "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
+                "ms": round((time.perf_counter() - t0) * 1000, 1),
+            },
+        )
+        logger.info("search by %s case=%s: %d face(s), %d hit(s)", actor, case, len(detected), len(hits))
+        return _with_audit(result, entry.seq)
+
+    def _embed_one(self, bgr: np.ndarray, raw: RawFace) -> tuple[np.ndarray, bytes]:
+        emb = self.faces.embed([raw])[0].embedding
+        assert emb is not None
+        return emb, self.faces.thumbnail(bgr, raw.box)
+
+    async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:
+        # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
+        want = min(max(top * 4, 40), max(len(self.index), 1))
+        keys, _approx = await asyncio.to_thread(self.index.search, vec, want)
+        rows = await self.store.faces_by_ids(keys.tolist())
+        scored = sorted(
+            ((float(np.dot(r.embedding, vec)), r) for r in rows.values()), key=lambda t: t[0], reverse=True
+        )
+        hits: list[Hit] = []
+        seen_images: set[int] = set()
+        gallery = len(self.index)
+        for sim, r in scored:
+            if sim < cut or len(hits) >= top:
+                break
+            if r.image_id in seen_images:  # one hit per gallery image: its best face
+                continue
+            seen_images.add(r.image_id)
+            strong = sim >= self.threshold_strong and r.quality_ok
+            fmr = self.calibration.false_match_rate(sim) if self.calibration else None
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1, face_id=r.face_id, image_id=r.image_id, similarity=round(sim, 4),
+                    band="strong" if strong else "possible", subject=r.subject, source_url=r.source_url,
+                    image_sha256=r.image_sha256, box=r.box, low_quality=not r.quality_ok,
+                    false_match_rate=fmr, strangers_expected=None if fmr is None else fmr * gallery,
+                )
+            )
+        return hits
+
+    async def thumbnail(self, face_id: int) -> bytes | None:
+        """The stored thumbnail of a gallery face."""
+        return await self.store.thumbnail(face_id)
+
+    # -- erasure and retention ---------------------------------------------------------------
+    async def forget(
+        self, *, subject: str | None = None, source_url: str | None = None, sha256: str | None = None,
+        actor: str = "cli",
+    ) -> Erasure:
+        """Remove images (and all their faces) by subject, source link or content hash, for good."""
+        given = [v for v in (subject, source_url, sha256) if v]
+        if len(given) != 1:
+            raise InvalidArgument("say exactly one of: subject, source link, image SHA-256")
+        image_ids = await self.store.find_images(subject=subject or None, source_url=source_url or None,
+                                                 sha256=sha256 or None)
+        if not image_ids:
+            what = "subject" if subject else "source link" if source_url else "image"
+            raise NotFound(f"no {what} {given[0]!r} in the gallery")
+        erasure = await self._erase(image_ids)
+        await self.store.append_audit(
+            actor, "forget", None,
+            {"by": "subject" if subject else "source_url" if source_url else "sha256",
+             "value": given[0], "images": erasure.images, "faces": erasure.faces,
+             "image_ids": list(erasure.image_ids)},
+        )
+        return erasure
+
+    async def _erase(self, image_ids: list[int]) -> Erasure:
+        async with self._write:
+            face_ids = await self.store.delete_images(image_ids)
+            await asyncio.to_thread(self.index.remove, np.asarray(face_ids, dtype=np.int64))
+            # A removed vector's bytes can stay in the index's memory and file: rewrite it from the database.
+            await self.rebuild_index()
+        return Erasure(images=len(image_ids), faces=len(face_ids), image_ids=tuple(image_ids))
+
+    async def purge_expired(self, actor: str = "system") -> Erasure:
+        """Erase every image whose expiry has passed, and audit entries past their retention."""
+        image_ids = await self.store.expired_images(now_iso())
+        erasure = await self._erase(image_ids) if image_ids else Erasure(0, 0, ())
+        purged_audit = 0
+        if self.config.audit_retention_days:
+            cutoff = (datetime.now(UTC) - timedelta(days=self.config.audit_retention_days)).isoformat(timespec="seconds")
+            purged_audit = await self.store.purge_audit_before(cutoff)
+        if erasure.images or purged_audit:
+            await self.store.append_audit(
+                actor, "purge", None,
+                {"images": erasure.images, "faces": erasure.faces, "image_ids": list(erasure.image_ids),
+                 "audit_entries": purged_audit},
+            )
+        return erasure
+
+    # -- users -------------------------------------------------------------------------------
+    async def user(self, user_id: int) -> User | None:
+        """A whitelisted user or None."""
+        return await self.store.get_user(user_id)
+
+    async def users(self) -> list[User]:
+        """Every whitelisted user."""
+        return await self.store.list_users()
+
+    async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
+        """Whitelist a user (or change their role)."""
+        if role not in ROLES:
+            raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
+        if user_id <= 0:
+            raise InvalidArgument("a Telegram user id is a positive number")
+        await self.store.put_user(user_id, role, note, actor)
+        await self.store.append_audit(actor, "allow", None, {"user_id": user_id, "role": role, "note": note})
+        user = await self.store.get_user(user_id)
+        assert user is not None
+        return user
+
+    async def revoke(self, user_id: int, *, actor: str) -> None:
+        """Remove a user from the whitelist; raises NotFound if they were not on it."""
+        if not await self.store.delete_user(user_id):
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.append_audit(actor, "revoke", None, {"user_id": user_id})
+
+    async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
+        """Set (or clear, with None) a user's active case reference."""
+        case = check_case(case)
+        await self.store.set_active_case(user_id, case)
+        await self.store.append_audit(actor, "case", case, {"user_id": user_id})
+        return case
+
+    # -- audit -------------------------------------------------------------------------------
+    async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
+        """Append an audit entry for something the front-end did (a refusal, an admin command)."""
+        return await self.store.append_audit(actor, action, case, details)
+
+    async def audit_tail(self, n: int = 10) -> list[AuditEntry]:
+        """The last n audit entries."""
+        return await self.store.audit_entries(last=n)
+
+    async def audit_verify(self) -> ChainCheck:
+        """Verify the whole hash chain."""
+        return await self.store.verify_audit()
+
+    # -- stats -------------------------------------------------------------------------------
+    async def stats(self) -> Stats:
+        """Counts and sizes."""
+        c = await self.store.counts()
+        db = self.config.db_path
+        db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+        return Stats(
+            images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
+            flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
+            db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
+        )
+
+
+def _with_audit(result: SearchResult, seq: int) -> SearchResult:
+    from dataclasses import replace
+
+    return replace(result, audit_id=seq)

@@ -1,0 +1,43 @@
+"""Domain exceptions raised by the engine; the edges (CLI, bot) translate them into replies."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ModelError(EngineError):
+    """A face model is missing, unreadable or of the wrong kind."""
+
+
+class ImageRejected(EngineError):
+    """The bytes are not an image we accept (not an image, corrupt, too big, a decompression bomb)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # one of: not_image, corrupt, too_large, too_many_pixels, empty
+
+
+class NoFaceFound(EngineError):
+    """The image decoded fine but no face was detected in it."""
+
+
+class FaceIndexError(EngineError):
+    """The caller asked for a face number the photo does not have."""
+
+
+class NotFound(EngineError):
+    """The subject, source link, image or user asked for does not exist."""
+
+
+class InvalidArgument(EngineError):
+    """An argument a user typed is malformed (bad date, bad role, empty case reference)."""
+
+
+class CaseRequired(EngineError):
+    """A search was attempted without a case reference while one is required."""
+
+
+class StorageError(EngineError):
+    """The data directory cannot be used (permissions, corrupt database)."""

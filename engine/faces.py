@@ -1,0 +1,247 @@
+"""FaceModel: SCRFD detection and ArcFace embedding on onnxruntime. Synchronous, compute only."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import (
+    ALTERNATIVE_DETECTORS,
+    ALTERNATIVE_RECOGNIZERS,
+    DEFAULT_DETECTOR,
+    DEFAULT_RECOGNIZER,
+    EngineConfig,
+)
+from .errors import ModelError
+from .types import Box, Quality
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_DIM = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RawFace:
+    """A detected face in working-image pixels, with its 5 landmarks and embedding."""
+
+    box: np.ndarray  # x1, y1, x2, y2 (float32)
+    score: float
+    kps: np.ndarray  # 5x2
+    aligned: np.ndarray  # 112x112 BGR crop, aligned on the landmarks
+    embedding: np.ndarray | None = None  # 512 float32, L2-normalised, once embedded
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def _pick(folder: Path, configured: str | None, default: str, alternatives: tuple[str, ...], what: str) -> Path:
+    if configured:
+        path = folder / configured
+        if not path.is_file():
+            raise ModelError(f"the {what} model {path} does not exist")
+        return path
+    for name in (default, *alternatives):
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelError(
+        f"no {what} model in {folder}: expected {default} or one of {', '.join(alternatives)}"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def primary_face(boxes: np.ndarray, width: int, height: int, rule: str = "central") -> int:
+    """Index of the face a photo is "about".
+
+    `largest`: the biggest box. `central`: among faces at least half as wide as the largest, the one
+    whose centre is nearest the image centre. A labelled gallery photo (LFW-style) centres its subject;
+    a phone query usually centres the person photographed; a tiny face at the centre of a crowd shot
+    is not the subject, hence the size floor.
+    """
+    if len(boxes) == 0:
+        raise ValueError("no faces")
+    widths = boxes[:, 2] - boxes[:, 0]
+    if rule == "largest":
+        areas = widths * (boxes[:, 3] - boxes[:, 1])
+        return int(np.argmax(areas))
+    if rule != "central":
+        raise ValueError(f"unknown primary-face rule {rule!r}")
+    candidates = np.flatnonzero(widths >= 0.5 * widths.max())
+    cx = (boxes[candidates, 0] + boxes[candidates, 2]) / 2 - width / 2
+    cy = (boxes[candidates, 1] + boxes[candidates, 3]) / 2 - height / 2
+    return int(candidates[int(np.argmin(cx * cx + cy * cy))])
+
+
+def estimate_pose(kps: np.ndarray) -> tuple[float, float]:
+    """Rough yaw and pitch in degrees from the 5 landmarks (eyes, nose, mouth corners)."""
+    le, re, nose, lm, rm = (np.asarray(p, dtype=np.float64) for p in kps)
+    eye_mid = (le + re) / 2
+    mouth_mid = (lm + rm) / 2
+    eye_dist = float(np.linalg.norm(re - le)) or 1.0
+    # Nose offset from the eye-mouth axis, relative to half the eye distance: 0 frontal, ~1 in profile.
+    axis_x = (eye_mid[0] + mouth_mid[0]) / 2
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, (nose[0] - axis_x) / (eye_dist / 2)))))
+    face_h = float(mouth_mid[1] - eye_mid[1]) or 1.0
+    ratio = (nose[1] - eye_mid[1]) / face_h  # about 0.55 when looking straight on
+    pitch = max(-90.0, min(90.0, (ratio - 0.55) * 150.0))
+    return yaw, pitch
+
+
+class FaceModel:
+    """Detector + recognizer sessions, created once with thread counts we choose."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        import onnxruntime as ort
+        from insightface.model_zoo import get_model
+
+        folder = config.resolved_model_dir()
+        if not folder.is_dir():
+            raise ModelError(f"the model folder {folder} does not exist")
+        det_path = _pick(folder, config.detector_file, DEFAULT_DETECTOR, ALTERNATIVE_DETECTORS, "detection")
+        rec_path = _pick(folder, config.recognizer_file, DEFAULT_RECOGNIZER, ALTERNATIVE_RECOGNIZERS, "recognition")
+        self.config = config
+        self.detector_path = det_path
+        self.recognizer_path = rec_path
+        self.recognizer_sha256 = file_sha256(rec_path)
+        self.name = f"{det_path.name}+{rec_path.name}"
+
+        def options() -> ort.SessionOptions:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = max(1, config.inference_threads)
+            so.inter_op_num_threads = 1
+            # w600k_mbf declares a batch of 1; batches work but onnxruntime warns on every run.
+            so.log_severity_level = 3
+            return so
+
+        providers = ["CPUExecutionProvider"]
+        try:
+            self.detector = get_model(str(det_path), providers=providers, sess_options=options())
+            self.recognizer = get_model(str(rec_path), providers=providers, sess_options=options())
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise ModelError(f"cannot load the face models from {folder}: {exc}") from None
+        if self.detector is None or self.detector.__class__.__name__ != "SCRFD":
+            raise ModelError(f"{det_path} is not an SCRFD face detector")
+        if self.recognizer is None or self.recognizer.__class__.__name__ != "ArcFaceONNX":
+            raise ModelError(f"{rec_path} is not an ArcFace recognition model")
+        self.detector.det_thresh = config.det_threshold
+        self.det_size = (config.det_size, config.det_size)
+        logger.info("face models loaded: %s (recognizer sha256 %s)", self.name, self.recognizer_sha256[:12])
+
+    # -- detection ---------------------------------------------------------------------------
+    def detect(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (n, 5: x1 y1 x2 y2 score) and landmarks (n, 5, 2); retries once on a padded image."""
+        boxes, kps = self.detector.detect(bgr, input_size=self.det_size)
+        if len(boxes) == 0 and self.config.pad_retry:
+            # A face that fills the frame is missed at 640x640: give it a border and try again.
+            h, w = bgr.shape[:2]
+            pad = max(h, w) // 2
+            padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            boxes, kps = self.detector.detect(padded, input_size=self.det_size)
+            if len(boxes):
+                boxes = boxes.copy()
+                boxes[:, :4] -= pad
+                kps = kps - pad
+                boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+                boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        if kps is None:
+            raise ModelError("the detection model gives no landmarks; a keypoint SCRFD model is needed")
+        return boxes.astype(np.float32), kps.astype(np.float32)
+
+    # -- embedding ---------------------------------------------------------------------------
+    def align(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
+        """The 112x112 crop ArcFace expects, aligned on the 5 landmarks."""
+        from insightface.utils import face_align
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # scikit-image deprecation inside insightface
+            return face_align.norm_crop(bgr, landmark=kps, image_size=self.recognizer.input_size[0])
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        """L2-normalised embeddings (n, 512) of aligned crops, in one batch."""
+        if not crops:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        feats = self.recognizer.get_feat(crops)
+        if self.config.flip_fusion:
+            feats = feats + self.recognizer.get_feat([c[:, ::-1] for c in crops])
+        return l2_normalize(feats)
+
+    def detect_faces(self, bgr: np.ndarray) -> list[RawFace]:
+        """Detect every face and align it (no embedding yet), ordered left to right."""
+        boxes, kps = self.detect(bgr)
+        order = np.argsort(boxes[:, 0], kind="stable") if len(boxes) else []
+        return [
+            RawFace(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), kps=kps[i], aligned=self.align(bgr, kps[i]))
+            for i in order
+        ]
+
+    def embed(self, faces: list[RawFace]) -> list[RawFace]:
+        """The same faces with their embeddings, computed in one batch."""
+        embs = self.embed_aligned([f.aligned for f in faces])
+        return [replace(f, embedding=embs[i]) for i, f in enumerate(faces)]
+
+    # -- quality -----------------------------------------------------------------------------
+    def quality(self, face: RawFace, scale: float) -> Quality:
+        """Detection score, size in original pixels, sharpness and pose, with plain-word warnings."""
+        c = self.config
+        width = int(round(float(face.box[2] - face.box[0]) / max(scale, 1e-6)))
+        gray = cv2.cvtColor(face.aligned, cv2.COLOR_BGR2GRAY)
+        blur = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+        yaw, pitch = estimate_pose(face.kps)
+        warnings_: list[str] = []
+        if width < c.quality_min_width:
+            warnings_.append(f"face is {width} px wide")
+        if face.score < c.quality_min_det_score:
+            warnings_.append(f"detector is unsure it is a face ({face.score:.0%})")
+        if blur < c.quality_min_blur:
+            warnings_.append("face is blurred")
+        if abs(yaw) > c.quality_max_yaw:
+            warnings_.append(f"head is turned (~{abs(yaw):.0f}°)")
+        return Quality(
+            det_score=round(face.score, 4),
+            width_px=width,
+            blur=round(blur, 1),
+            yaw=round(yaw, 1),
+            pitch=round(pitch, 1),
+            ok=not warnings_,
+            warnings=tuple(warnings_),
+        )
+
+    def thumbnail(self, bgr: np.ndarray, box: np.ndarray) -> bytes:
+        """A square JPEG of the face with some margin, for showing results."""
+        from .images import encode_jpeg
+
+        h, w = bgr.shape[:2]
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        side = max(x2 - x1, y2 - y1) * 1.4
+        a, b = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        c_, d = int(min(w, cx + side / 2)), int(min(h, cy + side / 2))
+        crop = bgr[b:d, a:c_] if d > b and c_ > a else bgr
+        size = self.config.thumbnail_size
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        return encode_jpeg(crop, quality=80)
+
+
+def to_original_box(box: np.ndarray, scale: float) -> Box:
+    """A working-image box in the original image's pixels, as ints."""
+    s = max(scale, 1e-6)
+    x1, y1, x2, y2 = (int(round(float(v) / s)) for v in box[:4])
+    return (x1, y1, x2, y2)
