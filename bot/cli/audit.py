@@ -1,0 +1,249 @@
+"""Oversight commands: audit verify/export/head/tail and report. They need only the database file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from engine import AuditEntry, InvalidArgument
+from engine.config import EngineConfig
+from engine.store import MetadataStore
+
+EXPORT_FIELDS = ("seq", "ts", "actor", "action", "case", "details", "prev_hash", "hash")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `audit` and `report`."""
+    p = sub.add_parser(
+        "audit",
+        help="verify, export or show the tamper-evident audit log",
+        description="The audit log records every search, refusal, enrolment, erasure, purge and admin action. "
+        "Entries are hash-chained: each entry's SHA-256 covers its content and the previous entry's hash, so "
+        "editing, deleting or reordering an entry is detected by `audit verify`. Record `audit head` somewhere "
+        "else (a ticket, an email to the oversight body) to also detect truncation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    v = asub.add_parser("verify", help="check the whole chain; exit 1 and name the first broken entry")
+    v.add_argument("--expect-head", help="also require the chain to end at this hash (from an earlier `audit head`)")
+    v.set_defaults(func=cmd_verify)
+    e = asub.add_parser("export", help="export entries as JSON lines or CSV for an oversight body")
+    _filters(e)
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
+    e.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    e.set_defaults(func=cmd_export)
+    h = asub.add_parser("head", help="print the chain head (last entry's number and hash) to record elsewhere")
+    h.set_defaults(func=cmd_head)
+    t = asub.add_parser("tail", help="show the last N entries")
+    t.add_argument("n", nargs="?", type=int, default=20, help="how many (default 20)")
+    t.set_defaults(func=cmd_tail)
+
+    r = sub.add_parser(
+        "report",
+        help="write an oversight summary: searches per user and case, hit rates, erasures, chain head",
+        description="A short Markdown summary for an oversight body over a period (default: the last 30 days).",
+    )
+    r.add_argument("--since", help="start (ISO date or datetime, UTC); default 30 days ago")
+    r.add_argument("--until", help="end (exclusive; ISO date or datetime, UTC); default now")
+    r.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    r.set_defaults(func=cmd_report)
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", help="entries at or after this time (ISO date or datetime, UTC)")
+    p.add_argument("--until", help="entries before this time (ISO date or datetime, UTC)")
+    p.add_argument("--actor", help="only this actor, e.g. tg:12345 or cli:alice")
+    p.add_argument("--case", help="only this case reference")
+    p.add_argument("--action", help="only this action, e.g. search, forget, refused")
+
+
+def parse_time(value: str | None) -> str | None:
+    """An ISO date/datetime as the UTC ISO string the log uses."""
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgument(f"{value!r} is not an ISO date or datetime such as 2026-11-01 or 2026-11-01T12:00") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
+async def open_store(args: argparse.Namespace) -> MetadataStore:
+    """Open the database only (no models, no index): an auditor needs nothing else."""
+    cfg: EngineConfig = args.settings.engine_config()
+    if not cfg.db_path.is_file():
+        raise InvalidArgument(f"no database at {cfg.db_path} (set SIGHTLINE_DATA_DIR or --data-dir)")
+    return await MetadataStore.open(cfg.db_path)
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify the chain."""
+    store = await open_store(args)
+    try:
+        check = await store.verify_audit()
+        seq = await store.get_meta("audit_head_seq")
+    finally:
+        await store.close()
+    if not check.ok:
+        print(f"AUDIT CHAIN BROKEN at entry {check.first_bad_seq}: {check.problem}")
+        print(f"({check.entries} entries read; last good hash {check.head})")
+        return 1
+    if args.expect_head and args.expect_head != check.head:
+        print(f"AUDIT CHAIN DOES NOT END AT THE EXPECTED HEAD: it ends at entry {seq} with {check.head}")
+        return 1
+    print(f"audit chain OK: {check.entries} entries, head entry {seq} hash {check.head}")
+    return 0
+
+
+async def cmd_head(args: argparse.Namespace) -> int:
+    """Print the head."""
+    store = await open_store(args)
+    try:
+        head = await store.get_meta("audit_head")
+        seq = await store.get_meta("audit_head_seq")
+    finally:
+        await store.close()
+    print(f"{seq or 0} {head or '0' * 64}")
+    return 0
+
+
+def entry_dict(e: AuditEntry) -> dict[str, Any]:
+    """An entry as the export's JSON object."""
+    return {"seq": e.seq, "ts": e.ts, "actor": e.actor, "action": e.action, "case": e.case_ref,
+            "details": e.details, "prev_hash": e.prev_hash, "hash": e.hash}
+
+
+async def _entries(args: argparse.Namespace, **extra: Any) -> list[AuditEntry]:
+    store = await open_store(args)
+    try:
+        return await store.audit_entries(
+            since=parse_time(getattr(args, "since", None)), until=parse_time(getattr(args, "until", None)),
+            actor=getattr(args, "actor", None), case_ref=getattr(args, "case", None),
+            action=getattr(args, "action", None), **extra,
+        )
+    finally:
+        await store.close()
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    """Export entries."""
+    entries = await _entries(args)
+    buf = io.StringIO()
+    if args.format == "jsonl":
+        for e in entries:
+            buf.write(json.dumps(entry_dict(e), ensure_ascii=False, sort_keys=True) + "\n")
+    else:
+        w = csv.writer(buf)
+        w.writerow(EXPORT_FIELDS)
+        for e in entries:
+            d = entry_dict(e)
+            d["details"] = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
+            w.writerow([d[k] for k in EXPORT_FIELDS])
+    if args.out:
+        args.out.write_text(buf.getvalue(), encoding="utf-8")
+        print(f"exported {len(entries)} entries to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+async def cmd_tail(args: argparse.Namespace) -> int:
+    """Show the last entries."""
+    store = await open_store(args)
+    try:
+        entries = await store.audit_entries(last=args.n)
+    finally:
+        await store.close()
+    for e in entries:
+        print(format_entry(e))
+    return 0
+
+
+def format_entry(e: AuditEntry) -> str:
+    """One line per entry for people."""
+    details = ", ".join(f"{k}={v}" for k, v in e.details.items() if k != "hits")
+    if "hits" in e.details:
+        hits = e.details["hits"]
+        details += f", hits={len(hits) if isinstance(hits, list) else hits}"
+    return f"#{e.seq} {e.ts} {e.actor} {e.action}" + (f" case={e.case_ref}" if e.case_ref else "") + f" {details}"
+
+
+def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bool, head: str, head_seq: str) -> str:
+    """The Markdown oversight summary."""
+    searches = [e for e in entries if e.action == "search"]
+    per_user: dict[str, Counter[str]] = defaultdict(Counter)
+    per_case: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in searches:
+        hit = bool(e.details.get("hits"))
+        for table, key in ((per_user, e.actor), (per_case, e.case_ref or "(none)")):
+            table[key]["searches"] += 1
+            table[key]["with_hits"] += hit
+            table[key]["no_face"] += e.details.get("faces") == 0
+    actions = Counter(e.action for e in entries)
+    erasures = [e for e in entries if e.action in ("forget", "purge")]
+    lines = [
+        "# Sightline oversight report",
+        "",
+        f"Period: {since} to {until} (UTC). Audit chain: **{'verified' if chain_ok else 'BROKEN'}**, "
+        f"head entry {head_seq} `{head}`.",
+        "",
+        f"Searches: {len(searches)}; with at least one match: {sum(1 for e in searches if e.details.get('hits'))}; "
+        f"refusals: {actions.get('refused', 0)}; enrolments: {actions.get('enroll', 0)}; "
+        f"erasures: {actions.get('forget', 0)}; purges: {actions.get('purge', 0)}.",
+        "",
+        "## Searches per user",
+        "",
+        "| user | searches | with matches | hit rate | no face |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, c in sorted(per_user.items(), key=lambda kv: -kv[1]["searches"]):
+        lines.append(f"| {key} | {c['searches']} | {c['with_hits']} | {c['with_hits'] / c['searches']:.0%} | {c['no_face']} |")
+    lines += ["", "## Searches per case", "", "| case | searches | with matches | hit rate |", "|---|---:|---:|---:|"]
+    for key, c in sorted(per_case.items(), key=lambda kv: -kv[1]["searches"]):
+        lines.append(f"| {key} | {c['searches']} | {c['with_hits']} | {c['with_hits'] / c['searches']:.0%} |")
+    lines += ["", "## Erasures and purges", ""]
+    if not erasures:
+        lines.append("None in this period.")
+    for e in erasures:
+        d = e.details
+        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action}: {d.get('images', 0)} image(s), {d.get('faces', 0)} face(s)"
+                     + (f" ({d.get('by')} {d.get('value')!r})" if d.get("by") else ""))
+    admin = [e for e in entries if e.action in ("allow", "revoke")]
+    lines += ["", "## Access changes", ""]
+    if not admin:
+        lines.append("None in this period.")
+    for e in admin:
+        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action} user {e.details.get('user_id')}"
+                     + (f" as {e.details.get('role')}" if e.action == "allow" else ""))
+    return "\n".join(lines) + "\n"
+
+
+async def cmd_report(args: argparse.Namespace) -> int:
+    """Write the oversight report."""
+    now = datetime.now(UTC)
+    since = parse_time(args.since) or (now - timedelta(days=30)).isoformat(timespec="seconds")
+    until = parse_time(args.until)
+    store = await open_store(args)
+    try:
+        entries = await store.audit_entries(since=since, until=until)
+        until = until or now.isoformat(timespec="seconds")
+        check = await store.verify_audit()
+        head_seq = await store.get_meta("audit_head_seq") or "0"
+    finally:
+        await store.close()
+    text = build_report(entries, since, until, check.ok, check.head, head_seq)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0 if check.ok else 1
