@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--expires-at", help="ISO date after which the images are purged (folder mode)")
     p.add_argument("--report", type=Path, help="CSV of the images that failed (default: DATA_DIR/ingest-report-<time>.csv)")
     p.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default 4)")
+    p.add_argument("--save-every", type=float, default=SAVE_EVERY_S, metavar="SECONDS",
+                   help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
@@ -195,7 +197,7 @@ async def cmd_index(args: argparse.Namespace) -> int:
                 await ingest_one(engine, item, actor, summary)
                 bar.update(1)
                 bar.set_postfix(faces=summary.faces, new=summary.indexed, failed=len(summary.failures), refresh=False)
-                if time.monotonic() - last_save > SAVE_EVERY_S:
+                if time.monotonic() - last_save > args.save_every:
                     last_save = time.monotonic()
                     await engine.save_index()
 
