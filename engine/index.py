@@ -16,6 +16,12 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# Keys from here up are never face ids: they hold random "scrub" vectors written into the slots of
+# removed faces. usearch only marks a removed vector as free, so its bytes stay in memory and in the
+# saved file until the slot is reused; adding one scrub vector per removed face reuses those slots at
+# once (measured: none of the removed vectors' bytes remain in the saved file).
+SCRUB_BASE = 1 << 62
+
 
 class VectorIndex(Protocol):
     """What the engine needs from a nearest-neighbour index (a scale-out backend implements the same)."""
@@ -49,6 +55,7 @@ class UsearchIndex:
         self.expansion_search = expansion_search
         self._lock = threading.RLock()  # usearch is not safe for add/remove concurrent with search
         self._index = self._new()
+        self._scrubs = 0
 
     def _new(self):  # type: ignore[no-untyped-def]
         from usearch.index import Index
@@ -80,6 +87,7 @@ class UsearchIndex:
         loaded.expansion_search = self.expansion_search
         with self._lock:
             self._index = loaded
+            self._scrubs = int((self._all_keys() >= SCRUB_BASE).sum())
         return True
 
     def save(self) -> None:
@@ -96,10 +104,16 @@ class UsearchIndex:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
         with self._lock:
             self._index = self._new()
+            self._scrubs = 0
 
     # -- data --------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index) - self._scrubs
+
+    @property
+    def scrubbed(self) -> int:
+        """How many scrub vectors fill the slots of removed faces (a rebuild drops them)."""
+        return self._scrubs
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under their face ids."""
@@ -109,16 +123,29 @@ class UsearchIndex:
             self._index.add(np.asarray(keys, dtype=np.uint64), np.asarray(vectors, dtype=np.float32))
 
     def remove(self, keys: np.ndarray) -> None:
-        """Remove face ids (absent ones are ignored)."""
+        """Remove face ids (absent ones are ignored) and overwrite their vectors' slots with noise."""
         if len(keys) == 0:
             return
+        keys = np.asarray(keys, dtype=np.uint64)
         with self._lock:
-            self._index.remove(np.asarray(keys, dtype=np.uint64))
+            present = keys[np.asarray(self._index.contains(keys), dtype=bool).reshape(-1)]
+            if len(present) == 0:
+                return
+            self._index.remove(present)
+            all_keys = self._all_keys()
+            start = max(int(all_keys.max()) + 1, SCRUB_BASE) if len(all_keys) else SCRUB_BASE
+            noise = np.random.default_rng().standard_normal((len(present), self.ndim)).astype(np.float32)
+            self._index.add(np.arange(start, start + len(present), dtype=np.uint64), noise)
+            self._scrubs += len(present)
+
+    def _all_keys(self) -> np.ndarray:
+        return np.asarray(self._index.keys, dtype=np.uint64).astype(np.int64)
 
     def keys(self) -> np.ndarray:
-        """Every key in the index."""
+        """Every face id in the index (scrub keys excluded)."""
         with self._lock:
-            return np.asarray(self._index.keys, dtype=np.int64)
+            k = self._all_keys()
+        return k[k < SCRUB_BASE]
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities."""
