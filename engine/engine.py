@@ -46,6 +46,7 @@ class Analysed:
 
     decoded: Decoded
     faces: list[RawFace]
+    detected: tuple[DetectedFace, ...]
 
 
 def normalize_expiry(value: str | None) -> str | None:
@@ -198,13 +199,13 @@ class Engine:
     def _analyse_sync(self, data: bytes) -> Analysed:
         c = self.config
         decoded = decode(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        return Analysed(decoded, self.faces.detect_faces(decoded.bgr))
+        faces = self.faces.detect_faces(decoded.bgr)
+        return Analysed(decoded, faces, self._detected(decoded, faces))
 
-    def _detected(self, analysed: Analysed) -> tuple[DetectedFace, ...]:
-        d = analysed.decoded
-        if not analysed.faces:
+    def _detected(self, d: Decoded, faces: list[RawFace]) -> tuple[DetectedFace, ...]:
+        if not faces:
             return ()
-        boxes = np.stack([f.box for f in analysed.faces])
+        boxes = np.stack([f.box for f in faces])
         h, w = d.bgr.shape[:2]
         primary = primary_face(boxes, w, h, self.config.primary_rule)
         return tuple(
@@ -215,13 +216,13 @@ class Engine:
                 quality=self.faces.quality(f, d.scale),
                 primary=(i == primary),
             )
-            for i, f in enumerate(analysed.faces)
+            for i, f in enumerate(faces)
         )
 
     async def detect(self, image: bytes) -> tuple[DetectedFace, ...]:
         """Every face in a photo (numbered left to right), without searching. Raises NoFaceFound."""
         analysed = await self._cpu(self._analyse_sync, image)
-        faces = self._detected(analysed)
+        faces = analysed.detected
         if not faces:
             raise NoFaceFound("no face was found in the photo")
         return faces
@@ -238,7 +239,7 @@ class Engine:
         analysed = self._analyse_sync(data)
         if not analysed.faces:
             raise NoFaceFound("no face was found in the image")
-        detected = self._detected(analysed)
+        detected = analysed.detected
         embedded = self.faces.embed(analysed.faces)
         rows = []
         for raw, det in zip(embedded, detected, strict=True):
@@ -323,7 +324,7 @@ class Engine:
         t0 = time.perf_counter()
         sha = sha256_hex(image)
         analysed = await self._cpu(self._analyse_sync, image)
-        detected = self._detected(analysed)
+        detected = analysed.detected
         if not detected:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
             raise NoFaceFound("no face was found in the photo")
