@@ -13,6 +13,7 @@ from .errors import (
     ModelError,
     NoFaceFound,
     NotFound,
+    SeveralFaces,
     StorageError,
 )
 from .types import (
@@ -31,5 +32,5 @@ from .types import (
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
     "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
-    "NoFaceFound", "NotFound", "Quality", "SearchResult", "Stats", "StorageError", "User",
+    "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
 ]

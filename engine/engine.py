@@ -16,7 +16,7 @@ import numpy as np
 
 from . import calibration as calib
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -310,8 +310,13 @@ class Engine:
         top: int = 5,
         face: int | None = None,
         threshold: float | None = None,
+        several: str = "primary",
     ) -> SearchResult:
         """Search the gallery for one face of a photo; "no match" is an ordinary, empty result.
+
+        With several faces and no `face` given, `several="primary"` searches the primary face and
+        `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
+        choose; nothing is searched or audited then.
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -328,6 +333,8 @@ class Engine:
         if not detected:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
             raise NoFaceFound("no face was found in the photo")
+        if face is None and several == "ask" and len(detected) > 1:
+            raise SeveralFaces(detected)
         if face is None:
             chosen = next(d.number for d in detected if d.primary)
         elif 1 <= face <= len(detected):
@@ -470,6 +477,8 @@ class Engine:
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
         case = check_case(case)
+        if await self.store.get_user(user_id) is None:
+            raise NotFound(f"user {user_id} is not on the whitelist")
         await self.store.set_active_case(user_id, case)
         await self.store.append_audit(actor, "case", case, {"user_id": user_id})
         return case

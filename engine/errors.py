@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -21,6 +23,14 @@ class ImageRejected(EngineError):
 
 class NoFaceFound(EngineError):
     """The image decoded fine but no face was detected in it."""
+
+
+class SeveralFaces(EngineError):
+    """The photo shows several faces and the caller asked to choose one (search(..., several="ask"))."""
+
+    def __init__(self, faces: tuple[Any, ...]) -> None:
+        super().__init__(f"the photo shows {len(faces)} faces; choose one")
+        self.faces = faces  # tuple[DetectedFace, ...], numbered left to right
 
 
 class FaceIndexError(EngineError):

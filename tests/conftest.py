@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import shutil
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +62,86 @@ def gallery_copy(tmp_path: Path, gallery_dir: Path) -> Path:
     dest = tmp_path / "data"
     shutil.copytree(gallery_dir, dest)
     return dest
+
+
+# -- bot fixtures (tests/test_bot_*.py): the real Application over HTTP against tests/fakebotapi.py ------------
+BOT_ADMIN = 1001  # the bootstrap admin (SIGHTLINE_ADMINS) of every bot the tests start
+_bot_user_ids = itertools.count(50_001)
+
+
+def new_user_id() -> int:
+    """A Telegram user id no other bot test uses (they share one engine, so one users table)."""
+    return next(_bot_user_ids)
+
+
+@dataclass
+class BotHarness:
+    """A running bot (real PTB Application + real engine) and the fake Bot API it talks to."""
+
+    fake: Any  # fakebotapi.FakeBotAPI
+    app: Any  # telegram.ext.Application
+    settings: Any  # bot.settings.Settings
+
+    async def command(self, user_id: int, text: str, **wait: Any) -> Any:
+        """Send a command (or any text) as `user_id` and return the bot's text reply to that chat."""
+        self.fake.send_text(user_id, text)
+        return await self.fake.wait_for("sendMessage", chat_id=user_id, **wait)
+
+    async def allow(self, user_id: int, role: str = "officer", case: str | None = "CASE-1") -> None:
+        """Whitelist `user_id` through the admin's /allow, and give them an active case."""
+        reply = await self.command(BOT_ADMIN, f"/allow {user_id} {role}")
+        assert f"User {user_id} may now use Sightline as {role}" in reply.text, reply.text
+        await self.fake.wait_for("sendMessage", chat_id=user_id)  # the welcome, sent after the admin's reply
+        if case:
+            reply = await self.command(user_id, f"/case {case}")
+            assert f"Active case: {case}" in reply.text, reply.text
+
+
+@pytest.fixture(scope="session")
+async def bot_engine(gallery_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
+    """One real engine on a private copy of the dev gallery, shared by the bot tests; searches need a case."""
+    path = tmp_path_factory.mktemp("bot-gallery")
+    shutil.copytree(gallery_dir, path, dirs_exist_ok=True)
+    engine = await Engine.open(make_config(path, require_case=True))
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
+async def start_bot(bot_engine: Engine, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[BotHarness]]]:
+    """Start a bot polling a fresh fake Bot API: `await start_bot(**settings_overrides, engine=...)`.
+
+    Everything started is stopped after the test; an engine passed in is not closed.
+    """
+    from datetime import timedelta
+
+    from fakebotapi import FakeBotAPI
+
+    from bot.app import build_application, polling
+    from bot.settings import Settings
+
+    stack = contextlib.AsyncExitStack()
+
+    async def start(**overrides: Any) -> BotHarness:
+        fake = await FakeBotAPI().start()
+        stack.push_async_callback(fake.stop)
+        values: dict[str, Any] = {
+            "telegram_token": fake.token, "telegram_api_url": fake.base_url, "telegram_file_url": fake.base_file_url,
+            "admins": str(BOT_ADMIN), "http_port": 0, "data_dir": tmp_path / "unused", "require_case": True,
+        }
+        engine = overrides.pop("engine", bot_engine)
+        settings = Settings(**{**values, **overrides})
+        app = build_application(settings, engine=engine)
+        await stack.enter_async_context(polling(app, poll_interval=0.0, timeout=timedelta(seconds=1)))
+        return BotHarness(fake, app, settings)
+
+    try:
+        yield start
+    finally:
+        await stack.aclose()
+
+
+@pytest.fixture
+async def bot(start_bot: Callable[..., Awaitable[BotHarness]]) -> BotHarness:
+    """A bot with default settings."""
+    return await start_bot()

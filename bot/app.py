@@ -1,0 +1,189 @@
+"""The Telegram Application: handlers, lifecycle (engine, menus, daily purge, HTTP server) and how it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from telegram import Update
+from telegram.error import InvalidToken, TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot import jobs, menus, texts, web
+from bot.context import ENGINE_KEY, SERVICES_KEY, BotContext, Services
+from bot.handlers import access, audit, case, enroll, errors, forget, search, users
+from bot.handlers import help as guide
+from bot.settings import Settings
+from bot.telegram_io import RetryingRateLimiter
+from engine import Engine, EngineError
+
+logger = logging.getLogger(__name__)
+
+BotApplication = Application[Any, BotContext, Any, Any, Any, Any]
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+
+
+class MissingToken(RuntimeError):
+    """No bot token is configured."""
+
+
+def build_application(settings: Settings, engine: Engine | None = None) -> BotApplication:
+    """The bot, ready to run: handlers registered; the engine is opened in post_init unless given."""
+    token = settings.telegram_token.get_secret_value().strip() if settings.telegram_token else ""
+    if not token:
+        raise MissingToken(texts.MISSING_TOKEN)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines contain the token
+    application: BotApplication = (
+        Application.builder()
+        .token(token)
+        .base_url(settings.telegram_api_url)
+        .base_file_url(settings.telegram_file_url)
+        .context_types(ContextTypes(context=BotContext))
+        .rate_limiter(RetryingRateLimiter())
+        .post_init(_post_init)
+        .post_shutdown(_post_shutdown)
+        .build()
+    )
+    application.bot_data[SERVICES_KEY] = Services.create(settings)
+    if engine is not None:
+        application.bot_data[ENGINE_KEY] = engine
+    add_handlers(application)
+    return application
+
+
+def add_handlers(application: BotApplication) -> None:
+    """Every handler, in order: the access gate first (group -1), then commands, images, buttons, the rest."""
+    new = filters.UpdateType.MESSAGE  # edits of old messages are ignored
+    images = filters.PHOTO | filters.Document.ALL
+    application.add_handler(TypeHandler(Update, access.gate), group=-1)
+    commands = [
+        ("start", guide.on_start, True),
+        ("help", guide.on_help, True),
+        ("case", case.on_case, True),
+        ("allow", users.on_allow, True),
+        ("revoke", users.on_revoke, True),
+        ("users", users.on_users, True),
+        ("stats", users.on_stats, True),
+        ("audit", audit.on_audit, False),  # verify walks the whole chain
+        ("enroll", enroll.on_enroll, False),  # download + inference
+        ("forget", forget.on_forget, False),  # index rewrite
+    ]
+    for name, callback, block in commands:
+        application.add_handler(CommandHandler(name, callback, filters=new, block=block))
+    application.add_handler(
+        MessageHandler(new & images & filters.CaptionRegex(enroll.CAPTION_PATTERN), enroll.on_enroll_caption, block=False)
+    )
+    application.add_handler(MessageHandler(new & images, search.on_image, block=False))
+    application.add_handler(CallbackQueryHandler(search.on_face_choice, pattern=search.FACE_PATTERN, block=False))
+    application.add_handler(CallbackQueryHandler(search.on_more, pattern=search.MORE_PATTERN, block=False))
+    application.add_handler(CallbackQueryHandler(search.on_stale_button))
+    application.add_handler(MessageHandler(new & filters.COMMAND, guide.on_unknown_command))
+    application.add_handler(MessageHandler(new, guide.on_other))
+    application.add_error_handler(errors.on_error)
+
+
+async def _post_init(application: BotApplication) -> None:
+    """Open the engine (unless given), make sure bootstrap admins exist, publish menus, start background work."""
+    services: Services = application.bot_data[SERVICES_KEY]
+    settings = services.settings
+    engine: Engine | None = application.bot_data.get(ENGINE_KEY)
+    if engine is None:
+        engine = await Engine.open(settings.engine_config())
+        application.bot_data[ENGINE_KEY] = engine
+        services.owns_engine = True
+    for user_id in sorted(settings.admin_ids):
+        if await engine.user(user_id) is None:
+            await engine.allow(user_id, "admin", texts.BOOTSTRAP_NOTE, actor="system")
+    admins = {u.user_id for u in await engine.users() if u.role == "admin"} | settings.admin_ids
+    await menus.publish(application.bot, admins)
+    services.tasks.append(asyncio.create_task(jobs.purge_daily(engine, settings.purge_hour_utc), name="daily-purge"))
+    if settings.mode == "polling":  # in webhook mode bot/web.py runs the server itself
+        services.http = await web.start_http(settings, engine, application)
+    logger.info("bot @%s ready: %d gallery faces, %d admin(s)", application.bot.username, len(engine.index), len(admins))
+
+
+async def _post_shutdown(application: BotApplication) -> None:
+    """Stop background work, drop in-memory photos and results, close the engine if we opened it."""
+    services: Services = application.bot_data[SERVICES_KEY]
+    for task in services.tasks:
+        task.cancel()
+    await asyncio.gather(*services.tasks, return_exceptions=True)
+    services.tasks.clear()
+    services.photos.clear()
+    services.results.clear()
+    await web.stop_http(services.http)
+    services.http = None
+    if services.owns_engine:
+        engine: Engine | None = application.bot_data.pop(ENGINE_KEY, None)
+        if engine is not None:
+            await engine.close()
+        services.owns_engine = False
+
+
+@contextlib.asynccontextmanager
+async def polling(application: BotApplication, **start_polling: Any) -> AsyncIterator[BotApplication]:
+    """Run the bot with long polling inside an already running event loop, as `run_polling` would.
+
+    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown.
+    """
+    updater = application.updater
+    assert updater is not None
+    await application.initialize()
+    try:
+        if application.post_init:
+            await application.post_init(application)
+        await updater.start_polling(allowed_updates=ALLOWED_UPDATES, **start_polling)
+        await application.start()
+        try:
+            yield application
+        finally:
+            if updater.running:
+                await updater.stop()
+            if application.running:
+                await application.stop()
+                if application.post_stop:
+                    await application.post_stop(application)
+    finally:
+        await application.shutdown()
+        if application.post_shutdown:
+            await application.post_shutdown(application)
+
+
+def run_webhook(settings: Settings, application: BotApplication) -> int:
+    """Webhook mode: bot/web.py serves Telegram's POSTs (and /healthz, /metrics) around this Application."""
+    return asyncio.run(web.run_webhook(settings, application))
+
+
+def run(settings: Settings) -> int:
+    """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        application = build_application(settings)
+    except MissingToken as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        if settings.mode == "webhook":
+            return run_webhook(settings, application)
+        application.run_polling(allowed_updates=ALLOWED_UPDATES)
+    except InvalidToken:
+        logger.error("%s", texts.TOKEN_REJECTED)
+        return 2
+    except EngineError as exc:
+        logger.error("cannot start the bot: %s", exc)
+        return 1
+    except TelegramError as exc:
+        logger.error("cannot talk to Telegram at %s: %s", settings.telegram_api_url, exc)
+        return 1
+    return 0

@@ -1,0 +1,96 @@
+"""Who may use the bot: the gate every update passes first, and the admin-only guard."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from telegram import Update
+from telegram.constants import ChatType
+from telegram.error import BadRequest
+from telegram.ext import ApplicationHandlerStop
+
+from bot import texts
+from bot.context import Account, BotContext
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Update, BotContext], Coroutine[Any, Any, None]]
+# audit reason -> metrics label (bot/metrics.py REFUSAL_REASONS)
+METRIC_REASONS = {"not_whitelisted": "not_allowed", "not_admin": "not_allowed"}
+
+
+def update_kind(update: Update) -> str:
+    """A one-word description of an update for the audit log (never its content)."""
+    message = update.effective_message
+    if update.callback_query is not None:
+        return "button"
+    if message is None:
+        return "other"
+    if message.photo:
+        return "photo"
+    if message.document:
+        return "document"
+    if message.text and message.text.startswith("/"):
+        return "command"
+    return "text" if message.text else "other"
+
+
+async def account_for(context: BotContext, user_id: int) -> Account | None:
+    """The whitelisted account of a Telegram user, or None; bootstrap admins get a row on first contact."""
+    bootstrap = user_id in context.settings.admin_ids
+    user = await context.engine.user(user_id)
+    if user is None and bootstrap:
+        user = await context.engine.allow(user_id, "admin", texts.BOOTSTRAP_NOTE, actor="system")
+    if user is None:
+        return None
+    return Account(user.user_id, user.role, user.active_case, bootstrap)
+
+
+async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str, **details: Any) -> None:
+    """Record a refusal in the audit log, count it, and tell the user why."""
+    await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update), **details)
+    context.metrics.refused(METRIC_REASONS.get(reason, reason))
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer(reply[:200], show_alert=True)
+            return
+        except BadRequest:  # already answered ("Searching face 2..."): say it in the chat instead
+            pass
+    if update.effective_chat is not None:
+        await context.bot.send_message(update.effective_chat.id, reply)
+
+
+async def gate(update: Update, context: BotContext) -> None:
+    """Let whitelisted accounts through; refuse everyone else, showing their id, and stop the update there.
+
+    Nothing of a refused update is downloaded or processed. Only private chats are served.
+    """
+    user = update.effective_user
+    chat = update.effective_chat
+    if user is None or user.is_bot or (chat is not None and chat.type != ChatType.PRIVATE):
+        logger.debug("ignoring update %s: not from a person in a private chat", update.update_id)
+        raise ApplicationHandlerStop
+    account = await account_for(context, user.id)
+    if account is None:
+        logger.info("refused %s from %s: not whitelisted", update_kind(update), user.id)
+        await refuse(update, context, f"tg:{user.id}", "not_whitelisted", texts.not_authorised(user.id))
+        raise ApplicationHandlerStop
+    context.account = account
+
+
+def admin_only(handler: Handler) -> Handler:
+    """Run the handler for admins; others get a short refusal, recorded in the audit log."""
+
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: BotContext) -> None:
+        account = context.account
+        if not account.is_admin:
+            command = handler.__name__.removeprefix("on_")
+            await refuse(update, context, account.actor, "not_admin", texts.ADMIN_ONLY, command=command)
+            return
+        await handler(update, context)
+
+    return guarded

@@ -1,0 +1,37 @@
+"""The one error handler: log with the traceback first, then apologise (PTB `examples/errorhandlerbot.py`)."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Update
+from telegram.error import Forbidden, TelegramError
+
+from bot import texts
+from bot.context import BotContext
+from engine import EngineError
+
+logger = logging.getLogger(__name__)
+
+
+async def on_error(update: object, context: BotContext) -> None:
+    """Log every unexpected exception with its traceback, count it, and tell the user we failed."""
+    error = context.error
+    what = f"update {update.update_id}" if isinstance(update, Update) else "a job or the updater"
+    if isinstance(error, Forbidden):  # the user blocked the bot: nobody to apologise to
+        logger.info("cannot reach the user while handling %s: %s", what, error)
+        return
+    logger.error("unhandled error while handling %s", what, exc_info=error)
+    kind = "engine" if isinstance(error, EngineError) else "telegram" if isinstance(error, TelegramError) else "unhandled"
+    context.metrics.error(kind)
+    if not isinstance(update, Update) or update.effective_chat is None:
+        return
+    if update.callback_query is not None:
+        try:  # stop the button's spinner; fails harmlessly if it was answered already
+            await update.callback_query.answer()
+        except TelegramError:
+            pass
+    try:
+        await context.bot.send_message(update.effective_chat.id, texts.SORRY)
+    except TelegramError as exc:
+        logger.warning("could not apologise in chat %s: %s", update.effective_chat.id, exc)

@@ -1,0 +1,44 @@
+"""/forget: erase images (and all their faces) by subject, source link or content hash, for good."""
+
+from __future__ import annotations
+
+import re
+
+from telegram import Update
+
+from bot import texts
+from bot.context import BotContext
+from bot.handlers.access import admin_only
+from engine import EngineError
+
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@admin_only
+async def on_forget(update: Update, context: BotContext) -> None:
+    """/forget subject <name> | source <URL> | image <sha256>."""
+    message = update.effective_message
+    assert message is not None
+    args = context.args or []
+    what = args[0].lower() if args else ""
+    value = " ".join(args[1:])
+    valid = (
+        (what == "subject" and value)
+        or (what == "source" and len(args) == 2)
+        or (what == "image" and len(args) == 2 and SHA256.fullmatch(value))
+    )
+    if not valid:
+        await message.reply_text(texts.USAGE["forget"])
+        return
+    actor = context.account.actor
+    try:
+        if what == "subject":
+            erasure = await context.engine.forget(subject=value, actor=actor)
+        elif what == "source":
+            erasure = await context.engine.forget(source_url=value, actor=actor)
+        else:
+            erasure = await context.engine.forget(sha256=value.lower(), actor=actor)
+    except EngineError as exc:
+        await message.reply_text(texts.for_error(exc))
+        return
+    await message.reply_text(texts.forgotten(erasure, what, value))

@@ -1,0 +1,99 @@
+"""Admin commands about accounts and the gallery: /allow, /revoke, /users, /stats."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Update
+from telegram.error import TelegramError
+
+from bot import menus, texts
+from bot.context import BotContext
+from bot.handlers.access import admin_only
+from bot.telegram_io import split_message
+from engine import EngineError
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("officer", "admin")
+
+
+def parse_user_id(text: str) -> int | None:
+    """A positive Telegram user id, or None."""
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+@admin_only
+async def on_allow(update: Update, context: BotContext) -> None:
+    """/allow <user_id> [officer|admin] [note]: whitelist an account or change its role."""
+    message = update.effective_message
+    assert message is not None
+    args = context.args or []
+    user_id = parse_user_id(args[0]) if args else None
+    role = args[1].lower() if len(args) > 1 else "officer"
+    if user_id is None or role not in ROLES:
+        await message.reply_text(texts.USAGE["allow"])
+        return
+    note = " ".join(args[2:])
+    before = await context.engine.user(user_id)
+    try:
+        user = await context.engine.allow(user_id, role, note, actor=context.account.actor)
+    except EngineError as exc:
+        await message.reply_text(texts.for_error(exc))
+        return
+    if user.role == "admin":
+        await menus.show_admin_menu(context.bot, user_id)
+    elif before is not None and before.role == "admin" and user_id not in context.settings.admin_ids:
+        await menus.hide_admin_menu(context.bot, user_id)  # demoted
+    await message.reply_text(texts.allowed(user))
+    try:  # only works once they have written to the bot; harmless if not
+        await context.bot.send_message(user_id, texts.welcome(user.role))
+    except TelegramError as exc:
+        logger.info("could not tell %s they were allowed: %s", user_id, exc)
+
+
+@admin_only
+async def on_revoke(update: Update, context: BotContext) -> None:
+    """/revoke <user_id>: remove an account from the whitelist, effective for its next update."""
+    message = update.effective_message
+    assert message is not None
+    args = context.args or []
+    user_id = parse_user_id(args[0]) if len(args) == 1 else None
+    if user_id is None:
+        await message.reply_text(texts.USAGE["revoke"])
+        return
+    if user_id in context.settings.admin_ids:
+        await message.reply_text(texts.cannot_revoke_bootstrap(user_id))
+        return
+    try:
+        await context.engine.revoke(user_id, actor=context.account.actor)
+    except EngineError as exc:
+        await message.reply_text(texts.for_error(exc))
+        return
+    await menus.hide_admin_menu(context.bot, user_id)
+    await message.reply_text(texts.revoked(user_id))
+
+
+@admin_only
+async def on_users(update: Update, context: BotContext) -> None:
+    """/users: every whitelisted account."""
+    message = update.effective_message
+    assert message is not None
+    if context.args:
+        await message.reply_text(texts.USAGE["users"])
+        return
+    users = await context.engine.users()
+    for chunk in split_message(texts.users_list(users, context.settings.admin_ids)):
+        await message.reply_text(chunk)
+
+
+@admin_only
+async def on_stats(update: Update, context: BotContext) -> None:
+    """/stats: gallery counts and sizes."""
+    message = update.effective_message
+    assert message is not None
+    if context.args:
+        await message.reply_text(texts.USAGE["stats"])
+        return
+    await message.reply_text(texts.stats(await context.engine.stats()))
+

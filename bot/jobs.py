@@ -1,0 +1,35 @@
+"""Background work of the running bot: the daily purge of expired gallery images and old audit entries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+def seconds_until(hour_utc: int, now: datetime) -> float:
+    """Seconds from `now` (aware) to the next time the UTC clock shows hour_utc:00."""
+    now = now.astimezone(UTC)
+    target = now.replace(hour=hour_utc % 24, minute=0, second=0, microsecond=0)
+    if target <= now:
+        target += timedelta(days=1)
+    return (target - now).total_seconds()
+
+
+async def purge_daily(engine: Engine, hour_utc: int) -> None:
+    """Every day at hour_utc:00 UTC, erase what has expired (audited as actor "system"); runs until cancelled.
+
+    An asyncio task rather than PTB's JobQueue, so the bot needs no APScheduler.
+    """
+    while True:
+        await asyncio.sleep(seconds_until(hour_utc, datetime.now(UTC)))
+        try:
+            erasure = await engine.purge_expired(actor="system")
+        except Exception:  # a failed purge must not end the loop: log it and try again tomorrow
+            logger.exception("daily purge failed; it runs again tomorrow")
+            continue
+        logger.info("daily purge: %d expired image(s), %d face(s) erased", erasure.images, erasure.faces)

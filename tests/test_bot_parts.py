@@ -1,0 +1,120 @@
+"""The bot's small pure parts: wording, the error table, the rate limit, expiring storage, pictures, timing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime
+
+import pytest
+from PIL import Image
+
+from bot import render, texts
+from bot.handlers.search import is_web_link
+from bot.jobs import seconds_until
+from bot.sessions import ExpiringStore, RateLimiter
+from bot.telegram_io import split_message
+from engine import CaseRequired, EngineError, Hit, ImageRejected, InvalidArgument, NoFaceFound, NotFound, StorageError
+
+
+def hit(similarity: float = 0.62, strangers: float | None = 2.5e-5, subject: str | None = "alice") -> Hit:
+    """A hit as the engine returns it."""
+    return Hit(rank=1, face_id=7, image_id=3, similarity=similarity, band="strong", subject=subject,
+               source_url="https://gallery.example/a.jpg", image_sha256="0" * 64, box=(0, 0, 10, 10),
+               low_quality=False, false_match_rate=None if strangers is None else strangers / 1000,
+               strangers_expected=strangers)
+
+
+@pytest.mark.parametrize(
+    "expected,gallery,words",
+    [
+        (2.5e-5, 1000, "about 1 in 40,000 galleries this size would have a stranger scoring this high"),
+        (0.0123, 1000, "about 1 in 81 galleries this size would have a stranger scoring this high"),
+        (0.002, 50_000, "about 1 in 500 galleries this size"),
+        (3.46, 80_000, "expect ~3.5 strangers this close in a gallery of 80,000 faces"),
+        (12.4, 1_000_000, "expect ~12 strangers this close in a gallery of 1,000,000 faces"),
+    ],
+)
+def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str) -> None:
+    assert texts.strangers(expected, gallery).startswith(words)
+
+
+def test_hit_lines_show_rank_subject_percentage_band_odds_and_source() -> None:
+    lines = texts.hit_lines(hit(), 1000, linked=True)
+    assert lines == [
+        "1. alice - 62% (strong)",
+        "   about 1 in 40,000 galleries this size would have a stranger scoring this high",
+        "   https://gallery.example/a.jpg",
+    ]
+    uncalibrated = texts.hit_lines(hit(strangers=None, subject=None), 1000, linked=False)
+    assert uncalibrated == ["1. unlabelled - 62% (strong)", "   source: https://gallery.example/a.jpg"]
+
+
+def test_error_table_picks_the_most_specific_reply() -> None:
+    assert texts.for_error(NoFaceFound("x")).startswith("No face found")
+    assert texts.for_error(CaseRequired("x")) == texts.NEED_CASE
+    assert texts.for_error(NotFound("no subject 'bob' in the gallery")) == "Not found: no subject 'bob' in the gallery."
+    assert texts.for_error(InvalidArgument("bad date.")) == "That doesn't work: bad date."
+    assert texts.for_error(ImageRejected("too_large", "the file is 30.0 MB; the limit is 25 MB")) == (
+        "That file is too big: the file is 30.0 MB; the limit is 25 MB."
+    )
+    assert "storage" in texts.for_error(StorageError("disk full"))
+
+    class NewKind(EngineError):
+        """An engine error the bot has no entry for yet."""
+
+    assert texts.for_error(NewKind("odd")) == "That failed: odd."
+
+
+def test_rate_limit_is_a_sliding_hour_per_user() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert limiter.acquire(1) == 0 and limiter.acquire(1) == 0
+    assert limiter.acquire(1) == pytest.approx(3600)  # refused: nothing taken
+    assert limiter.acquire(2) == 0  # other users are not affected
+    now[0] = 1800
+    assert limiter.wait(1) == pytest.approx(1800)
+    now[0] = 3600.5
+    assert limiter.acquire(1) == 0 and limiter.wait(1) == 0  # the first two expired
+    assert RateLimiter(0).wait(5) > 0  # a limit of 0 switches searching off
+
+
+async def test_expiring_store_drops_values_after_their_time() -> None:
+    store: ExpiringStore[bytes] = ExpiringStore(ttl_seconds=0.1, max_items=2)
+    a = store.put(b"a")
+    assert len(a) == 8 and store.get(a) == b"a"
+    b, c = store.put(b"b"), store.put(b"c")  # full: the oldest goes
+    assert store.get(a) is None and store.get(b) == b"b" and store.get(c) == b"c"
+    await asyncio.sleep(0.2)
+    assert len(store) == 0 and store.get(b) is None
+
+
+def test_only_web_links_get_buttons() -> None:
+    assert is_web_link("https://gallery.example/a/1.jpg")
+    assert is_web_link("http://records.example.org/x?id=3")
+    for url in ("ftp://archive.example/x", "file:///etc/passwd", "javascript:alert(1)", "https://localhost/x",
+                "https://example.com/a b", "case-file 123", "http://[::1"):
+        assert not is_web_link(url), url
+
+
+def test_long_replies_are_split_at_lines() -> None:
+    text = "\n".join(f"line {i:04d} " + "x" * 90 for i in range(200))
+    chunks = split_message(text)
+    assert len(chunks) > 1 and all(len(c) <= 4096 for c in chunks)
+    assert "\n".join(chunks) == text
+
+
+def test_daily_purge_waits_until_the_configured_hour() -> None:
+    assert seconds_until(3, datetime(2025, 1, 1, 2, 30, tzinfo=UTC)) == 1800
+    assert seconds_until(3, datetime(2025, 1, 1, 3, 0, tzinfo=UTC)) == 24 * 3600
+    assert seconds_until(3, datetime(2025, 1, 1, 23, 0, tzinfo=UTC)) == 4 * 3600
+
+
+def test_results_sheet_has_the_query_and_one_tile_per_match() -> None:
+    face = io.BytesIO()
+    Image.new("RGB", (112, 112), (200, 150, 120)).save(face, "JPEG")
+    tiles = [render.Tile(face.getvalue(), f"#{i}  70%", "a very long subject name indeed") for i in (1, 2, 3)]
+    with_query = Image.open(io.BytesIO(render.result_sheet(render.Tile(face.getvalue(), "query"), tiles)))
+    without = Image.open(io.BytesIO(render.result_sheet(None, [*tiles[:2], render.Tile(None, "#3")])))
+    assert with_query.width == render.GAP + 4 * (render.TILE + render.GAP)
+    assert without.width == render.GAP + 3 * (render.TILE + render.GAP)
