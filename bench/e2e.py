@@ -1,0 +1,252 @@
+"""Photo sent -> answer received, through the real bot, the real engine and a fake Bot API on 127.0.0.1.
+
+The gallery holds N synthetic face-like embeddings (drawn like bench/search.py's, from the mean and
+covariance of real calib embeddings) plus the dev set's real faces (the first photo of each of the 28
+identities). Officers send the other dev photos, as Telegram delivers them (<= 1280 px), and we time
+from the update being queued to the bot's reply arriving at the fake API — download, decode, detect,
+embed, index search, exact re-scoring, audit write, picture rendering and upload included.
+
+It measures, in one run:
+  * start-up: Engine.open on the N-face gallery (models, database, saved index, consistency check);
+  * sequential searches: p50/p99 over --searches photos from one officer;
+  * --officers officers searching at once (each sends its next photo when the previous answer arrives);
+  * rank-1: whether the right identity was named first among the N distractors.
+
+The synthetic gallery (database rows + saved index) is built once through the product's own code path
+(rows written to SQLite, the index repaired from them by Engine.open) and cached under
+~/.cache/sightline-bench/e2e-<N>/, since building 1 M faces takes a while on 2 cores.
+
+    python bench/e2e.py --n 1000000          # the issue's target
+    python bench/e2e.py --n 20000 --searches 20 --officers 5    # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import logging
+import sqlite3
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "tests")]
+
+import common  # noqa: E402
+import search as search_bench  # noqa: E402
+
+from engine import Engine, EngineConfig  # noqa: E402
+
+logger = logging.getLogger("bench.e2e")
+DEV = ROOT.parent / "shared" / "faces" / "dev"
+OFFICER_BASE = 700_000
+
+
+def dev_sets() -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(gallery, probes): the first photo of each identity, and all the others."""
+    gallery, probes = [], []
+    for d in sorted(p for p in DEV.iterdir() if p.is_dir()):
+        photos = sorted(d.glob("*.jpg"), key=lambda p: int(p.stem))
+        gallery.append((d.name, photos[0]))
+        probes += [(d.name, p) for p in photos[1:]]
+    return gallery, probes
+
+
+def as_telegram_photo(path: Path) -> bytes:
+    """What Telegram delivers for a photo message: at most 1280 px on the long side, JPEG."""
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((1280, 1280))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=87)
+    return buf.getvalue()
+
+
+def thumbnail_blob() -> bytes:
+    """A real-sized face thumbnail for synthetic rows (the bot shows it beside the query face)."""
+    name, path = dev_sets()[0][0]
+    img = Image.open(path).convert("RGB").resize((112, 112))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def insert_synthetic(db_path: Path, vectors: np.ndarray, batch: int = 20_000) -> None:
+    """Write N synthetic gallery images (one face each) straight into SQLite, in large transactions."""
+    thumb = thumbnail_blob()
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA synchronous=OFF")
+    now = "2026-01-01T00:00:00+00:00"
+    try:
+        for start in range(0, len(vectors), batch):
+            chunk = vectors[start : start + batch]
+            db.execute("BEGIN")
+            for i, vec in enumerate(chunk, start):
+                sha = hashlib.sha256(f"synthetic-{i}".encode()).hexdigest()
+                cur = db.execute(
+                    "INSERT INTO images(sha256, source_url, subject, added_at, added_by, width, height)"
+                    " VALUES (?, ?, NULL, ?, 'bench', 250, 250)",
+                    (sha, f"https://archive.example/synthetic/{i}.jpg", now),
+                )
+                db.execute(
+                    "INSERT INTO faces(image_id, number, x1, y1, x2, y2, det_score, width_px, blur, yaw, pitch,"
+                    " quality_ok, is_primary, subject, embedding, thumbnail)"
+                    " VALUES (?, 1, 70, 60, 180, 200, 0.8, 110, 200.0, 0.0, 0.0, 1, 1, NULL, ?, ?)",
+                    (cur.lastrowid, vec.astype(np.float32).tobytes(), thumb),
+                )
+            db.execute("COMMIT")
+            print(f"  synthetic rows {min(start + batch, len(vectors)):,}/{len(vectors):,}", file=sys.stderr, end="\r")
+        print(file=sys.stderr)
+    finally:
+        db.close()
+
+
+async def build_gallery(data_dir: Path, n: int, seed: int) -> dict[str, float]:
+    """The dev gallery's real faces plus n synthetic ones; returns build timings (empty if cached)."""
+    done = data_dir / "BUILT"
+    if done.exists():
+        return {}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob("*"):
+        stale.unlink()
+    timings: dict[str, float] = {}
+    engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=False))
+    try:
+        for name, path in dev_sets()[0]:
+            await engine.enroll(path.read_bytes(), source_url=f"https://gallery.example/{name}/1.jpg", subject=name,
+                                save=False)
+    finally:
+        await engine.close()
+    real = common.real_embeddings()
+    dist, _ = search_bench.fit_distribution(real, "between")
+    with common.Stopwatch() as sw:
+        data = search_bench.make_dataset(dist, n, 1, seed)
+    timings["generate_s"] = sw.s
+    with common.Stopwatch() as sw:
+        insert_synthetic(data_dir / "sightline.sqlite3", data.gallery)
+    timings["insert_s"] = sw.s
+    del data
+    # Engine.open finds the saved index short of the new rows and adds them from the database.
+    with common.Stopwatch() as sw:
+        engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=False))
+        await engine.close()
+    timings["index_build_s"] = sw.s
+    done.write_text("ok\n")
+    return timings
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Build (or reuse) the gallery, start the bot against the fake API, and time searches."""
+    from fakebotapi import FakeBotAPI
+
+    from bot.app import build_application, polling
+    from bot.settings import Settings
+
+    data_dir = Path(args.cache or common.cache_dir()) / f"e2e-{args.n}"
+    built = await build_gallery(data_dir, args.n, args.seed)
+    for k, v in built.items():
+        print(f"built: {k} = {v:.1f}")
+
+    rss0 = common.rss_bytes()
+    with common.Stopwatch() as sw:
+        engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=True))
+    startup_s = sw.s
+    gallery_faces = len(engine.index)
+    print(f"start-up with {gallery_faces:,} faces: {startup_s:.2f} s, RSS +{(common.rss_bytes() - rss0) / 1e6:.0f} MB")
+
+    _, probes = dev_sets()
+    photos = [(name, as_telegram_photo(p)) for name, p in probes]
+    fake = await FakeBotAPI().start()
+    settings = Settings(
+        telegram_token=fake.token, telegram_api_url=fake.base_url, telegram_file_url=fake.base_file_url,
+        admins="1", http_port=0, data_dir=data_dir, rate_limit_per_hour=100_000, require_case=True,
+    )
+    officers = [OFFICER_BASE + i for i in range(max(args.officers, 1))]
+    for uid in officers:
+        await engine.allow(uid, "officer", "bench", actor="bench")
+        await engine.set_case(uid, "BENCH-1", actor="bench")
+    app = build_application(settings, engine=engine)
+
+    async def one_search(uid: int, name: str, photo: bytes) -> tuple[float, bool]:
+        """Send a photo as `uid`; the seconds until the answer (picture or "no match" text) and rank-1."""
+        since = fake.mark()
+        t0 = time.perf_counter()
+        fake.send_photo(uid, photo)
+        deadline = t0 + 120
+        while time.perf_counter() < deadline:
+            answers = fake.calls_of("sendPhoto", since=since, chat_id=uid) + fake.calls_of(
+                "sendMessage", since=since, chat_id=uid)
+            if answers:
+                elapsed = time.perf_counter() - t0
+                first = next((ln for ln in answers[0].text.splitlines() if ln.startswith("1. ")), "")
+                return elapsed, name in first
+            await asyncio.sleep(0.002)
+        raise TimeoutError(f"no answer to officer {uid} within 120 s")
+
+    try:
+        async with polling(app, poll_interval=0.0, timeout=timedelta(seconds=1)):
+            await one_search(officers[0], *photos[0])  # warm-up: first inference allocates buffers
+            seq, hits = [], 0
+            for i in range(args.searches):
+                name, photo = photos[i % len(photos)]
+                elapsed, right = await one_search(officers[0], name, photo)
+                seq.append(elapsed)
+                hits += right
+            print(f"sequential: {len(seq)} searches, p50 {np.percentile(seq, 50) * 1e3:.0f} ms, "
+                  f"p99 {np.percentile(seq, 99) * 1e3:.0f} ms, rank-1 {hits / len(seq):.3f}")
+
+            conc: list[float] = []
+
+            async def officer(k: int, uid: int) -> None:
+                for j in range(args.per_officer):
+                    name, photo = photos[(k * 7 + j) % len(photos)]
+                    elapsed, _ = await one_search(uid, name, photo)
+                    conc.append(elapsed)
+
+            with common.Stopwatch() as wall:
+                await asyncio.gather(*(officer(k, uid) for k, uid in enumerate(officers)))
+            print(f"{len(officers)} officers at once: {len(conc)} searches in {wall.s:.1f} s, "
+                  f"p50 {np.percentile(conc, 50) * 1e3:.0f} ms, p99 {np.percentile(conc, 99) * 1e3:.0f} ms")
+    finally:
+        await fake.stop()
+        await engine.close()
+
+    load = common.load_avg()
+    print(common.kv_line({
+        "n": gallery_faces, "startup_s": round(startup_s, 2),
+        "p50_ms": round(float(np.percentile(seq, 50)) * 1e3, 1), "p99_ms": round(float(np.percentile(seq, 99)) * 1e3, 1),
+        "rank1": round(hits / len(seq), 3), "officers": len(officers),
+        "conc_p50_ms": round(float(np.percentile(conc, 50)) * 1e3, 1),
+        "conc_p99_ms": round(float(np.percentile(conc, 99)) * 1e3, 1),
+        "throughput_per_s": round(len(conc) / wall.s, 2), "load1": round(load[0], 2),
+    }))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000, help="synthetic gallery faces (default 1,000,000)")
+    p.add_argument("--searches", type=int, default=60, help="sequential searches (default 60)")
+    p.add_argument("--officers", type=int, default=20, help="officers searching at once (default 20)")
+    p.add_argument("--per-officer", type=int, default=5, help="searches per officer in the concurrent phase (default 5)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the synthetic gallery")
+    p.add_argument("--cache", type=Path, help="where built galleries are kept (default ~/.cache/sightline-bench)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the bot's and engine's messages")
+    args = p.parse_args(argv)
+    common.setup_logging(args.verbose)
+    if not args.verbose:  # one line per search from the engine and the bot would drown the results
+        for name in ("engine", "bot", "telegram", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
