@@ -162,7 +162,7 @@ async def polling(application: BotApplication, **start_polling: Any) -> AsyncIte
 
 def run_webhook(settings: Settings, application: BotApplication) -> int:
     """Webhook mode: bot/web.py serves Telegram's POSTs (and /healthz, /metrics) around this Application."""
-    return asyncio.run(web.run_webhook(settings, application))
+    return asyncio.run(web.run_webhook(settings, application, allowed_updates=ALLOWED_UPDATES))
 
 
 def run(settings: Settings) -> int:
@@ -185,5 +185,8 @@ def run(settings: Settings) -> int:
         return 1
     except TelegramError as exc:
         logger.error("cannot talk to Telegram at %s: %s", settings.telegram_api_url, exc)
+        return 1
+    except OSError as exc:  # e.g. the health/metrics port is taken
+        logger.error("cannot start the bot: %s", exc)
         return 1
     return 0

@@ -14,7 +14,7 @@ from engine import EngineConfig
 class Settings(BaseSettings):
     """Every setting of Sightline. Each is read from the environment variable SIGHTLINE_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SIGHTLINE_", frozen=True, extra="ignore", env_ignore_empty=True)
 
     # -- Telegram ------------------------------------------------------------------------------
     telegram_token: SecretStr | None = Field(None, description="Bot token from BotFather. Secret: never logged.")

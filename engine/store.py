@@ -131,6 +131,7 @@ class MetadataStore:
     async def open(cls, path: Path) -> MetadataStore:
         """Open (creating if needed) the database with WAL, foreign keys and secure_delete on."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        conn = None
         try:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -143,6 +144,8 @@ class MetadataStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except (aiosqlite.Error, OSError) as exc:
+            if conn is not None:  # its thread would otherwise keep the process alive
+                await conn.close()
             raise StorageError(f"cannot open the database {path}: {exc}") from None
         return cls(conn, path)
 

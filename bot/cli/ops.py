@@ -1,0 +1,183 @@
+"""Operations commands: run, doctor, backup, restore, config-docs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the operations sub-commands."""
+    p = sub.add_parser(
+        "run",
+        help="run the Telegram bot",
+        description="Run the bot until interrupted: long polling by default, or a webhook behind your HTTPS proxy "
+        "(SIGHTLINE_MODE=webhook). Both serve /healthz and /metrics on SIGHTLINE_HTTP_HOST:SIGHTLINE_HTTP_PORT.",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check that this machine can run the bot",
+        description="Check the settings, the face models, the data directory, the database and index, free disk "
+        "space and (with a token) that the Bot API answers. Prints one line per check; exits 1 if any failed.",
+    )
+    p.add_argument("--skip-telegram", action="store_true", help="don't contact the Bot API (offline machines)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy the database and index to a new folder, safely while the bot runs",
+        description="Take a consistent copy of the data directory into DEST (a new or empty folder): the database "
+        "through SQLite's online backup (the running bot keeps writing), the index file, and manifest.json with "
+        "counts and SHA-256 of each file. The copy holds biometric data: keep it as safe as the original.",
+    )
+    p.add_argument("dest", type=Path, help="folder to create for the backup")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore",
+        help="restore a backup into the data directory (bot stopped)",
+        description="Verify the backup in SRC (manifest, SHA-256 of each file, SQLite integrity_check), copy it into "
+        "the data directory, then open the engine so the index is reconciled with the database. Refuses a data "
+        "directory that is not empty unless --force, and refuses while the bot has the database open.",
+    )
+    p.add_argument("src", type=Path, help="a folder written by `sightline backup`")
+    p.add_argument("--force", action="store_true", help="replace the database and index already in the data directory")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "config-docs",
+        help="print the configuration reference (Markdown), or check/update it in a file",
+        description="Print the table of every SIGHTLINE_* setting, generated from bot/settings.py. With --check FILE, "
+        "compare it with the block between the markers in FILE and exit 1 if they differ; with --write FILE, "
+        "regenerate that block.",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's configuration block is stale")
+    g.add_argument("--write", type=Path, metavar="FILE", help="regenerate FILE's configuration block in place")
+    p.set_defaults(func=cmd_config_docs)
+
+
+# -- run -------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bot (bot.app owns the Application; it is imported only here, as it loads Telegram)."""
+    from bot.logs import redact_also
+
+    settings = args.settings
+    redact_also(
+        settings.telegram_token.get_secret_value() if settings.telegram_token else None,
+        settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+    )
+    try:
+        from bot.app import run
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bot.app", "telegram"):
+            raise
+        print(f"sightline: error: the bot front-end is not available ({exc})", file=sys.stderr)
+        return 1
+    return int(run(settings) or 0)
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+async def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run every check and print the report."""
+    from bot import doctor
+
+    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram)
+    if args.json:
+        report = {
+            "ok": doctor.exit_code(checks) == 0,
+            "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in checks],
+        }
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(doctor.render(checks))
+    return doctor.exit_code(checks)
+
+
+# -- backup / restore ------------------------------------------------------------------------------
+def _mb(n: int | None) -> str:
+    return f"{(n or 0) / 1e6:.1f} MB"
+
+
+async def cmd_backup(args: argparse.Namespace) -> int:
+    """Take a backup and print what it holds."""
+    from engine.backup import create_backup
+
+    manifest = await asyncio.to_thread(create_backup, args.settings.engine_config(), args.dest)
+    c = manifest["counts"]
+    files = manifest["files"]
+    index = manifest["index"]
+    index_note = (
+        "no index file (rebuilt from the database on restore)" if index is None
+        else f"index {_mb(files[index['file']]['bytes'])}, "
+        + ("consistent with the database" if index["consistent"] else "behind the database (reconciled on restore)")
+    )
+    print(
+        f"backed up {c['images']} images, {c['faces']} faces, {c['users']} users, {c['audit_entries']} audit entries "
+        f"to {args.dest}\ndatabase {_mb(files[manifest['database']['file']]['bytes'])} (integrity ok); {index_note}"
+    )
+    return 0
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a backup, then open the engine to reconcile the index and check the counts."""
+    from engine.backup import restore_backup
+
+    config = args.settings.engine_config()
+    manifest: dict[str, Any] = await asyncio.to_thread(restore_backup, config, args.src, force=args.force)
+    engine = await Engine.open(config)  # restores the index, or repairs/rebuilds it from the database
+    try:
+        stats = await engine.stats()
+        index_faces = len(engine.index)
+        chain = await engine.audit_verify()
+    finally:
+        await engine.close()
+    want = manifest["counts"]
+    got = {"images": stats.images, "faces": stats.faces, "users": stats.users, "audit_entries": stats.audit_entries}
+    if got != want or index_faces != stats.faces:
+        print(
+            f"sightline: error: after the restore the gallery holds {got} with {index_faces} faces in the index; "
+            f"the backup recorded {want}",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"restored the backup of {manifest['created_at']} into {config.data_dir}: {got['images']} images, "
+        f"{got['faces']} faces (index consistent), {got['users']} users, {got['audit_entries']} audit entries; "
+        f"audit chain {'verified' if chain.ok else 'BROKEN: ' + str(chain.problem)}"
+    )
+    return 0 if chain.ok else 1
+
+
+# -- config-docs -----------------------------------------------------------------------------------
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    """Print, check or write the configuration table."""
+    from bot import configdoc
+
+    if args.check:
+        ok, message = configdoc.compare(args.check)
+        print(message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    if args.write:
+        try:
+            text = args.write.read_text(encoding="utf-8")
+            args.write.write_text(configdoc.replace_block(text), encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            print(f"sightline: error: {args.write}: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.write}: configuration table written")
+        return 0
+    sys.stdout.write(configdoc.config_block())
+    return 0

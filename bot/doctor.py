@@ -1,0 +1,240 @@
+"""`sightline doctor`: can this machine run the bot? Models, data directory, database and index, disk, Telegram.
+
+Every check reads; none repairs or creates anything (the engine repairs the index itself when it opens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bot.settings import Settings
+from bot.web import webhook_problems
+from engine import EngineConfig, EngineError
+
+Status = Literal["ok", "warn", "fail", "skip"]
+MARKS: dict[Status, str] = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "-"}
+MIN_FREE_BYTES = 1 << 30  # below 1 GB free we warn: the database, the index and its rebuild copy need room
+TELEGRAM_TIMEOUT_S = 5.0
+RESTORE_HINT = "restore a backup (`sightline restore SRC --force`, bot stopped)"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one check."""
+
+    name: str
+    status: Status
+    detail: str
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_write(folder: Path) -> str | None:
+    """None if a file can be created in `folder`, else why not (an actual write: root ignores mode bits)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_settings(settings: Settings) -> Check:
+    """Mode-specific settings that pydantic cannot check alone."""
+    address = f"{settings.http_host}:{settings.http_port}"
+    if settings.mode == "webhook":
+        problems = webhook_problems(settings)
+        if problems:
+            return Check("settings", "fail", "; ".join(problems))
+        return Check("settings", "ok", f"webhook mode: {settings.webhook_url} -> {address}")
+    http = "HTTP server off" if settings.http_port == 0 else f"/healthz and /metrics on {address}"
+    return Check("settings", "ok", f"polling mode, {http}")
+
+
+def check_models(config: EngineConfig) -> Check:
+    """Find the ONNX files and open their sessions, as the bot does at start."""
+    from engine.faces import FaceModel
+
+    try:
+        model = FaceModel(config)
+    except EngineError as exc:
+        return Check("models", "fail", str(exc))
+    return Check("models", "ok", f"{model.name} in {model.detector_path.parent}: sessions open")
+
+
+def check_data_dir(config: EngineConfig) -> Check:
+    """The data directory exists (or can be created) and is writable."""
+    data_dir = Path(config.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        return Check("data dir", "fail", f"{data_dir} exists but is not a folder (SIGHTLINE_DATA_DIR)")
+    if not data_dir.exists():
+        parent = _nearest_existing(data_dir)
+        why = _can_write(parent) if parent.is_dir() else "not a folder"
+        if why:
+            return Check("data dir", "fail", f"{data_dir} does not exist and cannot be created in {parent}: {why}")
+        return Check("data dir", "ok", f"{data_dir} does not exist yet; it is created at first start")
+    why = _can_write(data_dir)
+    if why:
+        return Check("data dir", "fail", f"{data_dir} is not writable by this user ({why})")
+    as_root = " (checked as root: run doctor as the bot's user to check its rights)" if running_as_root() else ""
+    return Check("data dir", "ok", f"{data_dir.resolve()} is writable{as_root}")
+
+
+async def check_database_and_index(config: EngineConfig) -> list[Check]:
+    """Run quick_check, open the database, and compare the saved index with it (nothing is rebuilt)."""
+    from engine.index import UsearchIndex
+    from engine.store import MetadataStore
+
+    if not config.db_path.is_file():
+        return [
+            Check("database", "ok", f"no database yet at {config.db_path}: an empty gallery is created at first start"),
+            Check("index", "skip", "no database yet"),
+        ]
+    # A plain sqlite3 connection first: a file SQLite can't read must not reach MetadataStore.open, which
+    # leaves its connection thread running when opening fails (the process would then never exit).
+    problem = await asyncio.to_thread(_quick_check, config.db_path)
+    if problem:
+        return [
+            Check("database", "fail", f"{config.db_path} is damaged or unreadable ({problem}): {RESTORE_HINT}"),
+            Check("index", "skip", "database unreadable"),
+        ]
+    try:
+        store = await MetadataStore.open(config.db_path)
+    except EngineError as exc:
+        return [Check("database", "fail", f"{exc}: {RESTORE_HINT}"), Check("index", "skip", "database unreadable")]
+    try:
+        counts = await store.counts()
+        count, key_sum = await store.face_fingerprint()
+    finally:
+        await store.close()
+    database = Check(
+        "database", "ok",
+        f"{counts['images']} images, {counts['faces']} faces, {counts['users']} users, "
+        f"{counts['audit_entries']} audit entries; quick_check ok",
+    )
+    index = UsearchIndex(
+        config.index_path, dtype=config.index_dtype, connectivity=config.index_connectivity,
+        expansion_add=config.index_expansion_add, expansion_search=config.index_expansion_search,
+    )
+    loaded = await asyncio.to_thread(index.load)
+    if not loaded:
+        if count == 0:
+            return [database, Check("index", "ok", "no index file yet (the gallery is empty)")]
+        return [database, Check(
+            "index", "warn",
+            f"{config.index_path} is missing or unreadable: the engine rebuilds it from the {count} faces at start",
+        )]
+    keys = await asyncio.to_thread(index.keys)
+    if len(keys) == count and int(keys.sum()) == key_sum:
+        return [database, Check("index", "ok", f"{count} faces, consistent with the database")]
+    return [database, Check(
+        "index", "warn",
+        f"the index holds {len(keys)} faces, the database {count}: the engine repairs the index at start",
+    )]
+
+
+def _quick_check(db: Path) -> str | None:
+    """None when SQLite's quick_check passes, else what is wrong."""
+    try:
+        conn = sqlite3.connect(str(db), timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def check_disk(config: EngineConfig) -> Check:
+    """Free space where the data lives."""
+    where = _nearest_existing(Path(config.data_dir))
+    usage = shutil.disk_usage(where)
+    free = f"{usage.free / 1e9:.1f} GB free on the disk of {where}"
+    if usage.free < MIN_FREE_BYTES:
+        return Check("disk", "warn", f"only {free}: the index is rewritten in full on saves and erasures")
+    return Check("disk", "ok", free)
+
+
+async def check_telegram(settings: Settings, timeout: float = TELEGRAM_TIMEOUT_S) -> Check:
+    """Ask the Bot API who we are (getMe). Nothing printed contains the token."""
+    if settings.telegram_token is None or not settings.telegram_token.get_secret_value():
+        return Check(
+            "telegram", "fail",
+            "no token: create a bot with @BotFather and set SIGHTLINE_TELEGRAM_TOKEN "
+            "(the CLI, e.g. `sightline search`, works without it; --skip-telegram skips this check)",
+        )
+    host = urlsplit(settings.telegram_api_url).netloc or settings.telegram_api_url
+    url = f"{settings.telegram_api_url}{settings.telegram_token.get_secret_value()}/getMe"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as resp,
+        ):
+            status = resp.status
+            body = await resp.json(content_type=None)
+    except TimeoutError:
+        return Check("telegram", "fail", f"{host} did not answer within {timeout:.0f} s")
+    except (aiohttp.ClientError, ValueError) as exc:
+        # aiohttp's messages can carry the URL, and the URL carries the token: say only what and where.
+        return Check("telegram", "fail", f"cannot reach the Bot API at {host} ({type(exc).__name__})")
+    if status in (401, 404):
+        return Check("telegram", "fail", f"{host} rejected the token (HTTP {status}): check SIGHTLINE_TELEGRAM_TOKEN")
+    result = body.get("result") if isinstance(body, dict) and body.get("ok") else None
+    if status != 200 or not isinstance(result, dict):
+        return Check("telegram", "fail", f"{host} answered getMe with HTTP {status}")
+    who = f"@{result.get('username')} (id {result.get('id')})"
+    return Check("telegram", "ok", f"the Bot API at {host} knows this bot as {who}")
+
+
+async def run_checks(settings: Settings, *, telegram: bool = True) -> list[Check]:
+    """Every check, in the order they are printed."""
+    config = settings.engine_config()
+    checks = [check_settings(settings), await asyncio.to_thread(check_models, config), check_data_dir(config)]
+    checks += await check_database_and_index(config)
+    checks.append(check_disk(config))
+    if telegram:
+        checks.append(await check_telegram(settings))
+    else:
+        checks.append(Check("telegram", "skip", "not checked (--skip-telegram)"))
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    """The report: one line per check, then a summary line."""
+    width = max(len(c.name) for c in checks)
+    lines = [f"{MARKS[c.status]} {c.name.ljust(width)}  {c.detail}" for c in checks]
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    if failed:
+        lines.append(f"{failed} problem(s), {warned} warning(s): the bot will not work until the ✗ lines are fixed")
+    elif warned:
+        lines.append(f"no problems, {warned} warning(s)")
+    else:
+        lines.append("all checks passed")
+    return "\n".join(lines)
+
+
+def exit_code(checks: list[Check]) -> int:
+    """1 when any check failed, else 0 (warnings don't fail)."""
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def running_as_root() -> bool:
+    """True when run as root (every permission check then passes, which hides the container's real user)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,317 @@
+"""Backups of the data directory: a consistent copy taken while the bot runs, verified, and restored.
+
+The database is copied with SQLite's online backup API from a connection of our own: under WAL the copy
+is a snapshot of the last commit, and the running bot keeps writing meanwhile. The index is derived data:
+its file is copied as it is (saves are atomic renames, so we copy one whole version) and the engine
+reconciles it with the database when it opens after a restore. Synchronous: call it in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EngineConfig
+from .errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "sightline-backup"
+VERSION = 1
+MANIFEST = "manifest.json"
+IGNORED_IN_EMPTY_DIR = {".gitkeep"}  # a data dir holding only these counts as empty
+
+
+class BackupError(StorageError):
+    """A backup cannot be taken, verified or restored."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFingerprint:
+    """What the saved index file holds: (count, sum of keys) like MetadataStore.face_fingerprint()."""
+
+    faces: int
+    key_sum: int
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def index_fingerprint(path: Path) -> IndexFingerprint | None:
+    """Count and key sum of a saved usearch index, memory-mapped; None when missing or unreadable."""
+    from usearch.index import Index
+
+    if not path.is_file():
+        return None
+    try:
+        index = Index.restore(str(path), view=True)
+    except Exception as exc:  # noqa: BLE001 (usearch raises several types for a damaged file)
+        logger.warning("index file %s is unreadable: %s", path, exc)
+        return None
+    if index is None:
+        return None
+    keys = np.asarray(index.keys, dtype=np.int64)
+    return IndexFingerprint(len(keys), int(keys.sum()))
+
+
+def is_empty_dir(path: Path) -> bool:
+    """True when `path` is missing or holds nothing but placeholder files."""
+    return not path.exists() or (path.is_dir() and all(p.name in IGNORED_IN_EMPTY_DIR for p in path.iterdir()))
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    # immutable=1: no locks, no -shm: right for a backup copy nobody else writes.
+    return sqlite3.connect(f"file:{path.resolve()}?mode=ro&immutable=1", uri=True)
+
+
+def _integrity(conn: sqlite3.Connection) -> str:
+    rows = conn.execute("PRAGMA integrity_check").fetchall()
+    return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
+
+
+def _describe(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Counts and markers of a database, for the manifest and for checking a restore against it."""
+
+    def one(sql: str) -> Any:
+        return conn.execute(sql).fetchone()[0]
+
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    count, total = conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM faces").fetchone()
+    return {
+        "schema_version": meta.get("schema_version"),
+        "counts": {
+            "images": one("SELECT count(*) FROM images"),
+            "faces": count,
+            "users": one("SELECT count(*) FROM users"),
+            "audit_entries": one("SELECT count(*) FROM audit"),
+        },
+        "face_fingerprint": [int(count), int(total)],
+        "audit_head": meta.get("audit_head"),
+        "audit_head_seq": int(meta["audit_head_seq"]) if meta.get("audit_head_seq") else None,
+    }
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("sightline")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def create_backup(config: EngineConfig, dest: Path) -> dict[str, Any]:
+    """Copy the database (online, consistent) and the index into the new folder `dest`; returns the manifest.
+
+    The folder is built under a temporary name and renamed when complete, so a `dest` that exists is a
+    whole backup. Files are readable by the owner only: they hold biometric data.
+    """
+    db = config.db_path
+    if not db.is_file():
+        raise BackupError(f"there is no database at {db}: nothing to back up (check SIGHTLINE_DATA_DIR)")
+    dest = Path(dest)
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise BackupError(f"{dest} already exists and is not an empty folder: choose a new destination")
+    if dest.resolve().is_relative_to(Path(config.data_dir).resolve()):
+        raise BackupError(f"{dest} is inside the data directory {config.data_dir}: put backups elsewhere")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o700)
+    try:
+        manifest = _write_backup(config, partial)
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.rename(partial, dest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
+    db_copy = out / config.db_path.name
+    try:
+        src = sqlite3.connect(str(config.db_path), timeout=30)
+        try:
+            dst = sqlite3.connect(str(db_copy))
+            try:
+                src.backup(dst)  # one step: a snapshot of the last commit; WAL writers are not blocked
+                dst.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
+                integrity = _integrity(dst)
+                described = _describe(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot back up the database {config.db_path}: {exc}") from None
+    if integrity != "ok":
+        raise BackupError(f"the database fails its integrity check ({integrity}): not backed up")
+    files = {db_copy.name: db_copy}
+    index_info: dict[str, Any] | None = None
+    if config.index_path.is_file():
+        index_copy = out / config.index_path.name
+        shutil.copyfile(config.index_path, index_copy)  # saves are os.replace: we read one whole version
+        files[index_copy.name] = index_copy
+        fp = index_fingerprint(index_copy)
+        index_info = {
+            "file": index_copy.name,
+            "faces": fp.faces if fp else None,
+            "consistent": fp is not None and [fp.faces, fp.key_sum] == described["face_fingerprint"],
+        }
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sightline_version": _version(),
+        "database": {"file": db_copy.name, "integrity_check": integrity},
+        "index": index_info,
+        **described,
+        "files": {},
+    }
+    for name, path in files.items():
+        os.chmod(path, 0o600)
+        _fsync(path)
+        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    manifest_path = out / MANIFEST
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.chmod(manifest_path, 0o600)
+    _fsync(manifest_path)
+    return manifest
+
+
+def verify_backup(src: Path) -> dict[str, Any]:
+    """Check a backup folder: manifest, sizes and SHA-256 of its files, the database's integrity and counts."""
+    src = Path(src)
+    try:
+        manifest = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackupError(f"{src} has no {MANIFEST}: it is not a Sightline backup") from None
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"cannot read {src / MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{src / MANIFEST} is not a Sightline backup manifest")
+    if manifest.get("version") != VERSION:
+        raise BackupError(f"backup format version {manifest.get('version')} is not supported (expected {VERSION})")
+    files = manifest.get("files") or {}
+    db_name = (manifest.get("database") or {}).get("file")
+    if not db_name or db_name not in files:
+        raise BackupError("the manifest names no database file")
+    for name, info in files.items():
+        path = src / name
+        if Path(name).name != name:
+            raise BackupError(f"the manifest names a file outside the backup folder: {name!r}")
+        if not path.is_file():
+            raise BackupError(f"{name} is listed in the manifest but missing from {src}")
+        if path.stat().st_size != info.get("bytes") or file_digest(path) != info.get("sha256"):
+            raise BackupError(f"{name} does not match its SHA-256 in the manifest: the backup is damaged")
+    try:
+        conn = _connect_ro(src / db_name)
+        try:
+            integrity = _integrity(conn)
+            described = _describe(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"the backed-up database cannot be read: {exc}") from None
+    if integrity != "ok":
+        raise BackupError(f"the backed-up database fails its integrity check: {integrity}")
+    if described["counts"] != manifest.get("counts") or described["face_fingerprint"] != manifest.get(
+        "face_fingerprint"
+    ):
+        raise BackupError("the backed-up database does not hold what its manifest counts")
+    return manifest
+
+
+def database_in_use(db: Path) -> bool:
+    """True when another connection has the database open (leaving WAL mode needs it to be the only one).
+
+    As a side effect an idle WAL database is checkpointed into its main file. A file SQLite cannot read at
+    all is reported as not in use: it is probably why we are restoring.
+    """
+    if not db.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(str(db), timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.OperationalError as exc:
+        return "locked" in str(exc) or "busy" in str(exc)
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+    return False
+
+
+def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> dict[str, Any]:
+    """Verify the backup in `src` and put its database and index in the data directory; returns its manifest.
+
+    Refuses a data directory that holds anything unless `force`, and always refuses while another process
+    has the database open. Open the engine afterwards: it reconciles the index with the restored database.
+    """
+    manifest = verify_backup(src)
+    data_dir = Path(config.data_dir)
+    if not is_empty_dir(data_dir) and not force:
+        raise BackupError(
+            f"the data directory {data_dir} is not empty: pass --force to replace its database and index "
+            "(what they hold now is lost)"
+        )
+    if database_in_use(config.db_path):
+        raise BackupError(f"{config.db_path} is open in another process: stop the bot before restoring")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = data_dir / f".restore-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        staged_db = staging / config.db_path.name
+        shutil.copyfile(Path(src) / manifest["database"]["file"], staged_db)
+        os.chmod(staged_db, 0o600)
+        _fsync(staged_db)
+        staged_index = None
+        if manifest.get("index"):
+            staged_index = staging / config.index_path.name
+            shutil.copyfile(Path(src) / manifest["index"]["file"], staged_index)
+            os.chmod(staged_index, 0o600)
+            _fsync(staged_index)
+        # An old -wal next to the new file would be replayed into it: remove the old set first.
+        for stale in (
+            config.db_path.with_name(config.db_path.name + "-wal"),
+            config.db_path.with_name(config.db_path.name + "-shm"),
+            config.index_path,
+            config.index_path.with_name(config.index_path.name + ".tmp"),
+        ):
+            stale.unlink(missing_ok=True)
+        os.replace(staged_db, config.db_path)
+        if staged_index is not None:
+            os.replace(staged_index, config.index_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("restored %s into %s", src, data_dir)
+    return manifest
