@@ -54,7 +54,7 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> De
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = (img.format or "").upper()
             if fmt not in ACCEPTED_FORMATS:
                 raise ImageRejected("not_image", f"{fmt or 'this'} files are not accepted; send a JPEG, PNG, WebP or HEIC photo")

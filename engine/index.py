@@ -84,7 +84,7 @@ class UsearchIndex:
         if loaded is None or loaded.ndim != self.ndim or str(loaded.dtype).rsplit(".", 1)[-1].lower() != self.dtype.lower():
             logger.warning("index file %s has another shape; it will be rebuilt", self.path)
             return False
-        loaded.expansion_search = self.expansion_search
+        loaded.expansion_search = self.expansion_search  # type: ignore[misc]  # it has a setter
         with self._lock:
             self._index = loaded
             self._scrubs = int((self._all_keys() >= SCRUB_BASE).sum())

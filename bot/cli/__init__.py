@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         result = func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
-        return int(result or 0)
+        return int(result or 0)  # type: ignore[arg-type]
     except EngineError as exc:
         print(f"sightline: error: {exc}", file=sys.stderr)
         return 1
