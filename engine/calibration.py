@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 TABLES = Path(__file__).with_name("calibration")
+
+# `sightline calibrate` chooses the band thresholds at these false-match rates per comparison.
+DEFAULT_POSSIBLE_FMR = 1e-4
+DEFAULT_STRONG_FMR = 1e-5
 
 # Used when a model has no calibration table and the operator configured nothing: deliberately strict.
 FALLBACK_POSSIBLE = 0.30
@@ -35,14 +41,54 @@ class Calibration:
     threshold_strong: float
     fmr_possible: float
     fmr_strong: float
+    # Written by `sightline calibrate` (optional, so older tables still load):
+    genuine_pairs: int = 0
+    tar_possible: float | None = None  # share of genuine pairs at or above each threshold
+    tar_strong: float | None = None
+    fmr_possible_interval: tuple[float, float] | None = None  # 95 % bootstrap over identities
+    fmr_strong_interval: tuple[float, float] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # engine settings the scores were made with
+    created: str = ""
+
+    @property
+    def min_fmr(self) -> float:
+        """The smallest false-match rate the table can vouch for: one impostor pair in all of them."""
+        return 1.0 / max(self.impostor_pairs, 1)
 
     def false_match_rate(self, similarity: float) -> float:
-        """Share of impostor comparisons scoring at least `similarity` (interpolated in log space)."""
+        """Share of impostor comparisons scoring at least `similarity` (interpolated in log space).
+
+        Above the highest impostor score seen, no stranger was observed: the rate is then reported as
+        half of `min_fmr` (the table cannot tell how much lower it really is; `describe` says so).
+        """
         s = np.asarray(self.scores)
         logf = np.log10(np.maximum(np.asarray(self.fmr), 1e-12))
-        floor = 0.5 / max(self.impostor_pairs, 1)  # beyond the last observed impostor: below 1/pairs
+        floor = 0.5 * self.min_fmr  # beyond the last observed impostor: below 1/pairs
+        if len(s) and similarity > s[-1]:
+            return floor
         value = float(10 ** np.interp(similarity, s, logf, left=0.0, right=np.log10(floor)))
         return max(min(value, 1.0), 0.0)
+
+    def describe(self, similarity: float, gallery_faces: int) -> str:
+        """Plain words for an officer: how often a stranger scores this high, and how many would here."""
+        fmr = self.false_match_rate(similarity)
+        if fmr >= 0.01:
+            return (f"{fmr:.0%} of strangers score this high: in a gallery of {gallery_faces:,} faces, "
+                    f"about {fmr * gallery_faces:,.0f} strangers would. Not evidence of identity.")
+        if similarity > self.scores[-1]:
+            one_in = _round_sig(1 / self.min_fmr)
+            return (f"no stranger scored this high in {self.impostor_pairs:,} comparisons (fewer than 1 in "
+                    f"{one_in:,}); in a gallery of {gallery_faces:,} faces, expect fewer than "
+                    f"{_fmt_count(self.min_fmr * gallery_faces)} strangers this close. A lead, not an identification.")
+        one_in = _round_sig(1 / fmr)
+        seen = fmr * self.impostor_pairs
+        if seen < 10:  # a handful of pairs: say how few, not a precise-looking rate
+            return (f"only about {seen:.0f} of {self.impostor_pairs:,} stranger comparisons scored this high "
+                    f"(roughly 1 in {one_in:,}; too few to be precise); in a gallery of {gallery_faces:,} faces, "
+                    f"expect about {_fmt_count(fmr * gallery_faces)} strangers this close. "
+                    "A lead, not an identification.")
+        return (f"about 1 stranger in {one_in:,} scores this high; in a gallery of {gallery_faces:,} faces, "
+                f"expect {_fmt_count(fmr * gallery_faces)} strangers this close. A lead, not an identification.")
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
@@ -53,6 +99,11 @@ class Calibration:
             scores=tuple(data["scores"]), fmr=tuple(data["fmr"]),
             threshold_possible=float(data["threshold_possible"]), threshold_strong=float(data["threshold_strong"]),
             fmr_possible=float(data["fmr_possible"]), fmr_strong=float(data["fmr_strong"]),
+            genuine_pairs=int(data.get("genuine_pairs", 0)),
+            tar_possible=_opt_float(data.get("tar_possible")), tar_strong=_opt_float(data.get("tar_strong")),
+            fmr_possible_interval=_opt_pair(data.get("fmr_possible_interval")),
+            fmr_strong_interval=_opt_pair(data.get("fmr_strong_interval")),
+            settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
         )
 
     def save(self, path: Path) -> None:
@@ -60,6 +111,31 @@ class Calibration:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["scores"], data["fmr"] = list(self.scores), list(self.fmr)
         path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _opt_pair(v: Any) -> tuple[float, float] | None:
+    return None if v is None else (float(v[0]), float(v[1]))
+
+
+def _round_sig(x: float, digits: int = 2) -> int:
+    """A count rounded to two significant digits: 41,237 -> 41,000."""
+    if x <= 0 or not math.isfinite(x):
+        return 0
+    p = max(0, int(math.floor(math.log10(x))) - digits + 1)
+    return int(round(x / 10**p) * 10**p)
+
+
+def _fmt_count(x: float) -> str:
+    """An expected count in words-friendly form: 0.003 -> '0.003', 2.4 -> '2.4', 130 -> '130'."""
+    if x >= 10:
+        return f"{x:,.0f}"
+    if x >= 0.1:
+        return f"{x:.1f}"
+    return f"{x:.1g}"
 
 
 def for_model(model_sha256: str) -> Calibration | None:

@@ -44,10 +44,10 @@ class EngineConfig:
     primary_rule: str = "central"  # how the default face of a photo is chosen: central | largest
     threshold_possible: float | None = None  # None: from the model's calibration table
     threshold_strong: float | None = None
-    quality_min_width: int = 40  # pixels; below this a face is flagged
+    quality_min_width: int = 40  # pixels as analysed (after max_side); below this a face is flagged
     quality_min_det_score: float = 0.6
     quality_min_blur: float = 15.0
-    quality_max_yaw: float = 50.0
+    quality_max_yaw: float = 45.0  # degrees, from estimate_pose (see docs/model-card.md)
     inference_threads: int = 2  # onnxruntime intra-op threads per session
     workers: int = 2  # concurrent decode/detect/embed jobs
     index_dtype: str = "i8"

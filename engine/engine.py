@@ -328,21 +328,11 @@ class Engine:
             raise InvalidArgument("top must be between 1 and 100")
         t0 = time.perf_counter()
         sha = sha256_hex(image)
-        analysed = await self._cpu(self._analyse_sync, image)
-        detected = analysed.detected
-        if not detected:
+        try:
+            detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
+        except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
-            raise NoFaceFound("no face was found in the photo")
-        if face is None and several == "ask" and len(detected) > 1:
-            raise SeveralFaces(detected)
-        if face is None:
-            chosen = next(d.number for d in detected if d.primary)
-        elif 1 <= face <= len(detected):
-            chosen = face
-        else:
-            raise FaceIndexError(f"the photo has {len(detected)} face(s); there is no face {face}")
-        raw = analysed.faces[chosen - 1]
-        vec, thumb = await self._cpu(self._embed_one, analysed.decoded.bgr, raw)
+            raise
         cut = self.threshold_possible if threshold is None else threshold
         hits = await self._hits(vec, top, cut)
         gallery = len(self.index)
@@ -361,10 +351,33 @@ class Engine:
         logger.info("search by %s case=%s: %d face(s), %d hit(s)", actor, case, len(detected), len(hits))
         return _with_audit(result, entry.seq)
 
-    def _embed_one(self, bgr: np.ndarray, raw: RawFace) -> tuple[np.ndarray, bytes]:
+    def _query_sync(
+        self, image: bytes, face: int | None, several: str
+    ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes]:
+        """Decode, detect, choose a face and embed it (one hop to the worker pool): the faces, the
+        chosen face's number, its embedding and its thumbnail."""
+        analysed = self._analyse_sync(image)
+        detected = analysed.detected
+        if not detected:
+            raise NoFaceFound("no face was found in the photo")
+        if face is None and several == "ask" and len(detected) > 1:
+            raise SeveralFaces(detected)
+        if face is None:
+            chosen = next(d.number for d in detected if d.primary)
+        elif 1 <= face <= len(detected):
+            chosen = face
+        else:
+            raise FaceIndexError(f"the photo has {len(detected)} face(s); there is no face {face}")
+        raw = analysed.faces[chosen - 1]
         emb = self.faces.embed([raw])[0].embedding
         assert emb is not None
-        return emb, self.faces.thumbnail(bgr, raw.box)
+        return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box)
+
+    async def query_embedding(self, image: bytes, face: int | None = None) -> np.ndarray:
+        """The embedding `search` compares with the gallery for a photo's face (the primary one by
+        default), by the very same steps; for evaluation. Raises NoFaceFound, FaceIndexError."""
+        _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        return vec
 
     async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.

@@ -94,14 +94,19 @@ def estimate_pose(kps: np.ndarray) -> tuple[float, float]:
     """Rough yaw and pitch in degrees from the 5 landmarks (eyes, nose, mouth corners)."""
     le, re, nose, lm, rm = (np.asarray(p, dtype=np.float64) for p in kps)
     eye_mid = (le + re) / 2
-    mouth_mid = (lm + rm) / 2
+    axis = (lm + rm) / 2 - eye_mid  # eyes -> mouth: the face's midline, whatever the in-plane roll
+    length = float(np.linalg.norm(axis)) or 1.0
+    rel = nose - eye_mid
+    # Yaw: the nose tip stands ~25 mm in front of the eye-mouth plane and the eyes are ~64 mm apart, so
+    # turning by t moves the nose off the midline by 25 sin t while the eye distance shrinks to 64 cos t:
+    # offset / eye distance = 0.39 tan t. Measured perpendicular to the midline, so roll does not count.
+    offset = (axis[0] * rel[1] - axis[1] * rel[0]) / length
     eye_dist = float(np.linalg.norm(re - le)) or 1.0
-    # Nose offset from the eye-mouth axis, relative to half the eye distance: 0 frontal, ~1 in profile.
-    axis_x = (eye_mid[0] + mouth_mid[0]) / 2
-    yaw = math.degrees(math.asin(max(-1.0, min(1.0, (nose[0] - axis_x) / (eye_dist / 2)))))
-    face_h = float(mouth_mid[1] - eye_mid[1]) or 1.0
-    ratio = (nose[1] - eye_mid[1]) / face_h  # about 0.55 when looking straight on
-    pitch = max(-90.0, min(90.0, (ratio - 0.55) * 150.0))
+    yaw = math.degrees(math.atan2(offset, 0.39 * eye_dist))
+    # Pitch: where the nose falls along the midline (0.53 of the way down on frontal faces, the median
+    # on LFW); a rough linear map, reported but not used for warnings.
+    ratio = float(np.dot(rel, axis)) / (length * length)
+    pitch = max(-90.0, min(90.0, (ratio - 0.53) * 150.0))
     return yaw, pitch
 
 
@@ -186,7 +191,7 @@ class FaceModel:
     def detect_faces(self, bgr: np.ndarray) -> list[RawFace]:
         """Detect every face and align it (no embedding yet), ordered left to right."""
         boxes, kps = self.detect(bgr)
-        order = np.argsort(boxes[:, 0], kind="stable") if len(boxes) else []
+        order: list[int] = np.argsort(boxes[:, 0], kind="stable").tolist() if len(boxes) else []
         return [
             RawFace(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), kps=kps[i], aligned=self.align(bgr, kps[i]))
             for i in order
@@ -199,15 +204,25 @@ class FaceModel:
 
     # -- quality -----------------------------------------------------------------------------
     def quality(self, face: RawFace, scale: float) -> Quality:
-        """Detection score, size in original pixels, sharpness and pose, with plain-word warnings."""
+        """Detection score, size in original pixels, sharpness and pose, with plain-word warnings.
+
+        The floors (EngineConfig.quality_*) are where accuracy was measured to fall off on degraded
+        calibration photos; see docs/model-card.md, "Image quality".
+        """
         c = self.config
-        width = int(round(float(face.box[2] - face.box[0]) / max(scale, 1e-6)))
+        analysed = int(round(float(face.box[2] - face.box[0])))  # what the recognizer saw (working image)
+        width = int(round(analysed / max(scale, 1e-6)))
         gray = cv2.cvtColor(face.aligned, cv2.COLOR_BGR2GRAY)
         blur = float(cv2.Laplacian(gray, cv2.CV_64F).var())
         yaw, pitch = estimate_pose(face.kps)
         warnings_: list[str] = []
-        if width < c.quality_min_width:
-            warnings_.append(f"face is {width} px wide")
+        # A big photo is scaled down before analysis (max_side): a face that is 60 px wide in a 12 MP
+        # photo is analysed at 29 px, and it is the analysed size that limits accuracy.
+        if analysed < c.quality_min_width:
+            if width > analysed + 1:
+                warnings_.append(f"face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")
+            else:
+                warnings_.append(f"face is {width} px wide")
         if face.score < c.quality_min_det_score:
             warnings_.append(f"detector is unsure it is a face ({face.score:.0%})")
         if blur < c.quality_min_blur:
