@@ -40,6 +40,8 @@ class EngineConfig:
     max_image_pixels: int = 60_000_000  # above this we refuse (decompression bomb guard)
     max_side: int = 1920  # images are downscaled to this long side before detection
     pad_retry: bool = True  # when nothing is found, retry once on a padded image
+    small_face_side: int = 1280  # queries larger than this get a second detection pass at this input size
+    small_face_pass: bool = True  # for faces too small for det_size (search only; enrolment skips it)
     flip_fusion: bool = False  # add the horizontally flipped crop's embedding (measured: no gain)
     primary_rule: str = "central"  # how the default face of a photo is chosen: central | largest
     threshold_possible: float | None = None  # None: from the model's calibration table

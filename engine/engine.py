@@ -196,10 +196,10 @@ class Engine:
                 self._dirty = 0
 
     # -- images ------------------------------------------------------------------------------
-    def _analyse_sync(self, data: bytes) -> Analysed:
+    def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
         c = self.config
         decoded = decode(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        faces = self.faces.detect_faces(decoded.bgr)
+        faces = self.faces.detect_faces(decoded.bgr, small_faces)
         return Analysed(decoded, faces, self._detected(decoded, faces))
 
     def _detected(self, d: Decoded, faces: list[RawFace]) -> tuple[DetectedFace, ...]:
@@ -221,7 +221,7 @@ class Engine:
 
     async def detect(self, image: bytes) -> tuple[DetectedFace, ...]:
         """Every face in a photo (numbered left to right), without searching. Raises NoFaceFound."""
-        analysed = await self._cpu(self._analyse_sync, image)
+        analysed = await self._cpu(self._analyse_sync, image, True)
         faces = analysed.detected
         if not faces:
             raise NoFaceFound("no face was found in the photo")
@@ -356,7 +356,7 @@ class Engine:
     ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes]:
         """Decode, detect, choose a face and embed it (one hop to the worker pool): the faces, the
         chosen face's number, its embedding and its thumbnail."""
-        analysed = self._analyse_sync(image)
+        analysed = self._analyse_sync(image, small_faces=True)
         detected = analysed.detected
         if not detected:
             raise NoFaceFound("no face was found in the photo")

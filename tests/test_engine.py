@@ -267,3 +267,30 @@ async def test_forget_by_subject_source_and_image(gallery_copy: Path) -> None:
         assert len(engine.index) == (await engine.stats()).faces
     finally:
         await engine.close()
+
+
+async def test_small_faces_in_a_big_photo_get_a_second_detection_pass(tmp_path: Path) -> None:
+    """A 60 px face in a 12 MP photo (a bystander behind a close-up) is missed at 640 and found at 1280."""
+    face_photo = DEV / "Barack_Obama" / "2.jpg"
+    probe = await Engine.open(make_config(tmp_path))
+    try:
+        box = (await probe.detect(face_photo.read_bytes()))[0].box
+    finally:
+        await probe.close()
+    src = Image.open(face_photo).convert("RGB")
+    k = 55 / (box[2] - box[0])
+    canvas = Image.open(DEV / "Colin_Powell" / "1.jpg").convert("RGB").resize((4000, 3000))
+    canvas.paste(src.resize((int(src.width * k), int(src.height * k))), (2500, 900))
+    photo = jpeg(canvas)
+    counts = {}
+    for flag in (False, True):
+        engine = await Engine.open(make_config(tmp_path / str(flag), small_face_pass=flag))
+        try:
+            faces = await engine.detect(photo)
+        finally:
+            await engine.close()
+        counts[flag] = len(faces)
+        if flag:
+            small = [f for f in faces if f.box[0] > 2400]
+            assert small and small[0].quality.warnings  # found, and flagged as small
+    assert counts == {False: 1, True: 2}
