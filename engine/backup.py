@@ -8,7 +8,6 @@ reconciles it with the database when it opens after a restore. Synchronous: call
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 from .config import EngineConfig
 from .errors import StorageError
+from .images import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ class IndexFingerprint:
 
     faces: int
     key_sum: int
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def index_fingerprint(path: Path) -> IndexFingerprint | None:
@@ -196,7 +187,7 @@ def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
     for name, path in files.items():
         os.chmod(path, 0o600)
         _fsync(path)
-        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     manifest_path = out / MANIFEST
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.chmod(manifest_path, 0o600)
@@ -227,7 +218,7 @@ def verify_backup(src: Path) -> dict[str, Any]:
             raise BackupError(f"the manifest names a file outside the backup folder: {name!r}")
         if not path.is_file():
             raise BackupError(f"{name} is listed in the manifest but missing from {src}")
-        if path.stat().st_size != info.get("bytes") or file_digest(path) != info.get("sha256"):
+        if path.stat().st_size != info.get("bytes") or file_sha256(path) != info.get("sha256"):
             raise BackupError(f"{name} does not match its SHA-256 in the manifest: the backup is damaged")
     try:
         conn = _connect_ro(src / db_name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -20,6 +19,7 @@ from .config import (
     EngineConfig,
 )
 from .errors import ModelError
+from .images import file_sha256
 from .types import Box, Quality
 
 logger = logging.getLogger(__name__)
@@ -70,15 +70,6 @@ def _pick(folder: Path, configured: str | None, default: str, alternatives: tupl
     raise ModelError(
         f"no {what} model in {folder}: expected {default} or one of {', '.join(alternatives)}"
     )
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def primary_face(boxes: np.ndarray, width: int, height: int, rule: str = "central") -> int:

@@ -7,6 +7,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,6 +40,15 @@ class Decoded:
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of some bytes, hex encoded."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed, hex encoded."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def decode(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> Decoded:
