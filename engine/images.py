@@ -75,8 +75,11 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> De
                     f"the image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels",
                 )
             if fmt == "JPEG":
-                # Decode at a reduced size straight from the DCT: much faster for 12 MP photos.
-                img.draft("RGB", (max_side, max_side))
+                # Decode at a reduced size straight from the DCT: much faster for 12 MP photos. draft() only
+                # reduces while both sides stay >= the request, so ask for the photo's own aspect ratio.
+                f = max_side / max(width, height)
+                if f < 1:
+                    img.draft("RGB", (max(1, round(width * f)), max(1, round(height * f))))
             orientation = img.getexif().get(0x0112, 1)
             img.load()
             img = ImageOps.exif_transpose(img)
