@@ -63,7 +63,9 @@ class Settings(BaseSettings):
         None, description="Gallery images without expires_at expire this many days after enrolment."
     )
     audit_retention_days: int | None = Field(None, description="Audit entries older than this are purged.")
-    inference_threads: int = Field(2, description="onnxruntime intra-op threads per model.")
+    inference_threads: int = Field(
+        1, description="onnxruntime intra-op threads per model (more threads spin-wait against the workers)."
+    )
     workers: int = Field(2, description="Concurrent decode/detect/embed jobs.")
 
     # -- Logging ---------------------------------------------------------------------------------
