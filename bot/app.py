@@ -108,6 +108,7 @@ async def _post_init(application: BotApplication) -> None:
     admins = {u.user_id for u in await engine.users() if u.role == "admin"} | settings.admin_ids
     await menus.publish(application.bot, admins)
     services.tasks.append(asyncio.create_task(jobs.purge_daily(engine, settings.purge_hour_utc), name="daily-purge"))
+    services.tasks.append(asyncio.create_task(jobs.save_index_periodically(engine), name="index-saver"))
     if settings.mode == "polling":  # in webhook mode bot/web.py runs the server itself
         services.http = await web.start_http(settings, engine, application)
     logger.info("bot @%s ready: %d gallery faces, %d admin(s)", application.bot.username, len(engine.index), len(admins))

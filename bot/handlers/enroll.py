@@ -45,7 +45,7 @@ async def _enroll(message: Message, photo: Message | None, args: list[str], cont
         try:
             image = await download(context.bot, attachment, engine.config.max_image_bytes)
             enrollment = await engine.enroll(image, source_url=source_url, subject=subject,
-                                             actor=context.account.actor)
+                                             actor=context.account.actor, save=False)  # saved each minute
         except FileTooBig as exc:
             await message.reply_text(texts.too_big(exc.size, engine.config.max_image_bytes))
             return
