@@ -165,8 +165,8 @@ def real_embeddings(folder: Path = CALIB_DIR, *, refresh: bool = False) -> RealE
     change recomputes it. Photos where no face is found are skipped.
     """
     from engine.config import DEFAULT_RECOGNIZER, EngineConfig
-    from engine.faces import FaceModel, file_sha256, primary_face
-    from engine.images import decode
+    from engine.faces import FaceModel, primary_face
+    from engine.images import decode, file_sha256
 
     config = EngineConfig()
     photos = calib_photos(folder)
