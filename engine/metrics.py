@@ -50,38 +50,32 @@ class OperatingPoint:
     resolvable: bool  # False when target * trials < 1: the set is too small to measure that rate
 
 
-def verification_points(genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float]) -> list[OperatingPoint]:
-    """TAR at each FAR over genuine and impostor pair scores."""
+def operating_points(positives: np.ndarray, negatives: np.ndarray, rates: Sequence[float]) -> list[OperatingPoint]:
+    """At each target false rate over `negatives`: the threshold, the errors, and the share of `positives` kept."""
     out = []
-    impostor = np.asarray(impostor, dtype=np.float64)
-    for far in fars:
-        t = threshold_at_rate(impostor, far)
-        errors = int(np.sum(impostor >= t))
+    negatives = np.asarray(negatives, dtype=np.float64)
+    for rate in rates:
+        t = threshold_at_rate(negatives, rate)
+        errors = int(np.sum(negatives >= t))
         out.append(
             OperatingPoint(
-                target=far, threshold=t, achieved=errors / max(len(impostor), 1), errors=errors,
-                hit_rate=share_at_or_above(genuine, t), resolvable=far * len(impostor) >= 1,
+                target=rate, threshold=t, achieved=errors / max(len(negatives), 1), errors=errors,
+                hit_rate=share_at_or_above(positives, t), resolvable=rate * len(negatives) >= 1,
             )
         )
     return out
+
+
+def verification_points(genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float]) -> list[OperatingPoint]:
+    """TAR at each FAR over genuine and impostor pair scores."""
+    return operating_points(genuine, impostor, fars)
 
 
 def identification_points(
     mated_rank1_scores: np.ndarray, nonmated_top: np.ndarray, fpirs: Sequence[float]
 ) -> list[OperatingPoint]:
     """FNIR at each FPIR. `mated_rank1_scores`: the mate's score when it is ranked first, else -inf."""
-    out = []
-    nonmated_top = np.asarray(nonmated_top, dtype=np.float64)
-    for fpir in fpirs:
-        t = threshold_at_rate(nonmated_top, fpir)
-        errors = int(np.sum(nonmated_top >= t))
-        out.append(
-            OperatingPoint(
-                target=fpir, threshold=t, achieved=errors / max(len(nonmated_top), 1), errors=errors,
-                hit_rate=share_at_or_above(mated_rank1_scores, t), resolvable=fpir * len(nonmated_top) >= 1,
-            )
-        )
-    return out
+    return operating_points(mated_rank1_scores, nonmated_top, fpirs)
 
 
 def rank_k(ranks: np.ndarray, k: int) -> float:
