@@ -20,6 +20,8 @@ dimension of ~190 of 512), so this bench shapes its data on the real thing:
 Built indexes are cached in ~/.cache/sightline-bench keyed by data and index parameters, so a
 rerun only searches. Everything the product does goes through engine.index.UsearchIndex:
 `add` to build, `save`, `load` (Index.restore) at start-up and `search` for single queries.
+Like the engine (EngineConfig.index_dims), the index holds the faces projected to 192 dimensions with
+the model's shipped basis by default (`--pca 0`: the full 512-d vectors); ground truth stays float32 512-d.
 
 Example: python bench/search.py --n 1000000 --ef 128,64,256
 """
@@ -44,9 +46,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 
-from engine import calibration  # noqa: E402
+from engine import calibration, projection  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
+from engine.images import file_sha256  # noqa: E402
 from engine.index import UsearchIndex  # noqa: E402
+from engine.projection import Projection  # noqa: E402
 
 logger = logging.getLogger("bench.search")
 
@@ -240,18 +244,21 @@ def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int, chunk: int = 65
     return best_i, best_s
 
 
-def pca_basis(real: common.RealEmbeddings, dims: int) -> np.ndarray:
-    """(512, dims): the top principal directions of the real embeddings (uncentred, so dot products keep best)."""
-    x = real.vectors.astype(np.float64)
-    w, v = np.linalg.eigh(x.T @ x / len(x))
-    return v[:, np.argsort(w)[::-1][:dims]].astype(np.float32)
+def index_projection(real: common.RealEmbeddings, dims: int, basis: str) -> Projection:
+    """The projection the index holds: the engine's shipped basis for the model, or one fitted here.
 
-
-def project(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Rows projected on the basis and L2-normalised again."""
-    y = x @ basis
-    y /= np.linalg.norm(y, axis=1, keepdims=True)
-    return y
+    "fit" fits engine.projection.fit on the bench's cached calib embeddings (how the first measurements
+    were made); "shipped" loads engine/calibration/<model sha256>.projection.npz, as Engine.open does.
+    """
+    if basis == "fit":
+        return projection.fit(real.vectors, "bench", "bench: calib primary faces").projection(dims)
+    cfg = EngineConfig()
+    rec = cfg.resolved_model_dir() / (cfg.recognizer_file or DEFAULT_RECOGNIZER)
+    shipped = projection.for_model(file_sha256(rec), dims)
+    if shipped is None:
+        raise SystemExit(f"no shipped projection for {rec.name} at {dims} dims: run `sightline calibrate`, "
+                         "or pass --basis fit")
+    return shipped
 
 
 # -- index build / load -----------------------------------------------------------------------
@@ -262,7 +269,7 @@ class IndexParams:
     dtype: str
     connectivity: int
     expansion_add: int
-    ndim: int = NDIM  # < 512: the index holds a PCA projection (the --pca prototype)
+    ndim: int = NDIM  # < 512: the index holds a projection (--pca, as EngineConfig.index_dims)
 
 
 def build_index(path: Path, data: Dataset, p: IndexParams, ef: int, checkpoint: int) -> dict[str, float]:
@@ -427,9 +434,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="similarity below which the engine shows no hit: mate_recall_shown counts only mates at or "
                     "above it, searched with --fetch as Engine._hits does")
     ap.add_argument("--exact-queries", type=int, default=30, help="queries timed for exact search (slow at 1 M)")
-    ap.add_argument("--pca", type=int, default=0, metavar="D",
-                    help="prototype: index a D-dim PCA projection (fitted on the calib embeddings) instead of the 512-d "
-                    "vectors; truth stays exact float32 512-d, and the engine would re-rank its --fetch hits in 512-d")
+    ap.add_argument("--pca", type=int, default=defaults.index_dims, metavar="D",
+                    help="the index holds a D-dim projection (EngineConfig.index_dims, default %(default)s; 0: the "
+                    "512-d vectors); truth stays exact float32 512-d, and the engine re-ranks its --fetch hits in 512-d")
+    ap.add_argument("--basis", choices=["shipped", "fit"], default="shipped",
+                    help="projection basis: the model's shipped one (as the engine uses; default) or fitted here on "
+                    "the cached calib embeddings")
     ap.add_argument("--centres", choices=["between", "total"], default="between",
                     help="covariance identity centres are drawn with (see the module docstring)")
     ap.add_argument("--seed", type=int, default=7, help="data seed")
@@ -479,13 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     full = data  # the 512-d float32 data (numpy exact timing uses it even with --pca)
     spec = {"data": data_key, "dtype": p.dtype, "M": p.connectivity, "efa": p.expansion_add}
     pca = ""
-    if p.ndim != NDIM:  # prototype: the index holds a PCA projection; truth and re-ranking stay float32 512-d
-        basis = pca_basis(real, p.ndim)
-        kept = float(np.mean(np.linalg.norm(data.gallery[:10_000] @ basis, axis=1) ** 2))
-        logger.info("PCA %d: keeps %.1f%% of the gallery's energy", p.ndim, kept * 100)
-        data = Dataset(project(data.gallery, basis), data.gallery_ident, project(data.queries, basis), data.query_ident)
-        spec["pca"] = p.ndim
-        pca = f"-pca{p.ndim}"
+    if p.ndim != NDIM:  # the index holds a projection (as the engine's does); truth and re-ranking stay float32 512-d
+        proj = index_projection(real, p.ndim, args.basis)
+        kept = float(np.mean(np.linalg.norm(data.gallery[:10_000] @ proj.basis, axis=1) ** 2))
+        logger.info("projection %s (%s basis): keeps %.1f%% of the gallery's energy", proj.key, args.basis, kept * 100)
+        data = Dataset(proj.apply(data.gallery), data.gallery_ident, proj.apply(data.queries), data.query_ident)
+        spec["pca"] = p.ndim if args.basis == "fit" else proj.key  # "fit": the key the first runs cached under
+        pca = f"-pca{p.ndim}" + ("" if args.basis == "fit" else "s")
     index_key = common.stable_hash(spec)
     path = cache / f"index-n{args.n}-{p.dtype}-M{p.connectivity}-efa{p.expansion_add}{pca}-{index_key}.usearch"
     meta_path = path.with_suffix(".json")

@@ -97,7 +97,8 @@ def check_data_dir(config: EngineConfig) -> Check:
 
 async def check_database_and_index(config: EngineConfig) -> list[Check]:
     """Run quick_check, open the database, and compare the saved index with it (nothing is rebuilt)."""
-    from engine.index import UsearchIndex
+    from engine.backup import index_fingerprint
+    from engine.index import read_sidecar
     from engine.store import MetadataStore
 
     if not config.db_path.is_file():
@@ -127,24 +128,21 @@ async def check_database_and_index(config: EngineConfig) -> list[Check]:
         f"{counts['images']} images, {counts['faces']} faces, {counts['users']} users, "
         f"{counts['audit_entries']} audit entries; quick_check ok",
     )
-    index = UsearchIndex(
-        config.index_path, dtype=config.index_dtype, connectivity=config.index_connectivity,
-        expansion_add=config.index_expansion_add, expansion_search=config.index_expansion_search,
-    )
-    loaded = await asyncio.to_thread(index.load)
-    if not loaded:
+    fp = await asyncio.to_thread(index_fingerprint, config.index_path)
+    if fp is None:
         if count == 0:
             return [database, Check("index", "ok", "no index file yet (the gallery is empty)")]
         return [database, Check(
             "index", "warn",
             f"{config.index_path} is missing or unreadable: the engine rebuilds it from the {count} faces at start",
         )]
-    keys = await asyncio.to_thread(index.keys)
-    if len(keys) == count and int(keys.sum()) == key_sum:
-        return [database, Check("index", "ok", f"{count} faces, consistent with the database")]
+    projected = read_sidecar(config.index_path).get("projection")
+    shape = f"projected to {str(projected).split(':')[0]} dims" if projected else "full vectors"
+    if (fp.faces, fp.key_sum) == (count, key_sum):
+        return [database, Check("index", "ok", f"{count} faces ({shape}), consistent with the database")]
     return [database, Check(
         "index", "warn",
-        f"the index holds {len(keys)} faces, the database {count}: the engine repairs the index at start",
+        f"the index holds {fp.faces} faces, the database {count}: the engine repairs the index at start",
     )]
 
 

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         1, description="onnxruntime intra-op threads per model (more threads spin-wait against the workers)."
     )
     workers: int = Field(2, description="Concurrent decode/detect/embed jobs.")
+    index_dims: int = Field(
+        192, ge=0, description="Dimensions the index projects faces to with the model's fitted basis (0: full "
+        "vectors; results are re-scored on full vectors either way). Changing it rebuilds the index.",
+    )
+    index_ef_search: int = Field(
+        128, ge=10, description="HNSW search breadth: higher finds more true matches in a large gallery, slower.",
+    )
 
     # -- Logging ---------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Logging level.")
@@ -104,4 +111,6 @@ class Settings(BaseSettings):
             audit_retention_days=self.audit_retention_days,
             inference_threads=self.inference_threads,
             workers=self.workers,
+            index_dims=self.index_dims,
+            index_expansion_search=self.index_ef_search,
         )

@@ -24,6 +24,7 @@ import numpy as np
 from .config import EngineConfig
 from .errors import StorageError
 from .images import file_sha256
+from .index import SCRUB_BASE, sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def index_fingerprint(path: Path) -> IndexFingerprint | None:
         return None
     if index is None:
         return None
-    keys = np.asarray(index.keys, dtype=np.int64)
+    keys = np.asarray(index.keys, dtype=np.uint64).astype(np.int64)
+    keys = keys[keys < SCRUB_BASE]  # the noise vectors that fill erased faces' slots
     return IndexFingerprint(len(keys), int(keys.sum()))
 
 
@@ -168,6 +170,10 @@ def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
         index_copy = out / config.index_path.name
         shutil.copyfile(config.index_path, index_copy)  # saves are os.replace: we read one whole version
         files[index_copy.name] = index_copy
+        if sidecar_path(config.index_path).is_file():
+            side_copy = sidecar_path(index_copy)
+            shutil.copyfile(sidecar_path(config.index_path), side_copy)
+            files[side_copy.name] = side_copy
         fp = index_fingerprint(index_copy)
         index_info = {
             "file": index_copy.name,
@@ -291,17 +297,23 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
             shutil.copyfile(Path(src) / manifest["index"]["file"], staged_index)
             os.chmod(staged_index, 0o600)
             _fsync(staged_index)
+            side = sidecar_path(Path(src) / manifest["index"]["file"])
+            if side.is_file():  # which projection built the index (older backups have none: a rebuild)
+                shutil.copyfile(side, sidecar_path(staged_index))
         # An old -wal next to the new file would be replayed into it: remove the old set first.
         for stale in (
             config.db_path.with_name(config.db_path.name + "-wal"),
             config.db_path.with_name(config.db_path.name + "-shm"),
             config.index_path,
             config.index_path.with_name(config.index_path.name + ".tmp"),
+            sidecar_path(config.index_path),
         ):
             stale.unlink(missing_ok=True)
         os.replace(staged_db, config.db_path)
         if staged_index is not None:
             os.replace(staged_index, config.index_path)
+            if sidecar_path(staged_index).is_file():
+                os.replace(sidecar_path(staged_index), sidecar_path(config.index_path))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("restored %s into %s", src, data_dir)

@@ -53,6 +53,9 @@ class EngineConfig:
     inference_threads: int = 1  # onnxruntime intra-op threads per session (2 workers x 1 thread: measured 4x less CPU than x 2)
     workers: int = 2  # concurrent decode/detect/embed jobs
     index_dtype: str = "i8"
+    # The index holds embeddings projected to this many dimensions (the model's fitted basis; re-ranking
+    # stays exact on the full vectors). 0: full vectors. bench/RESULTS.md measures the trade.
+    index_dims: int = 192
     index_connectivity: int = 32
     index_expansion_add: int = 128
     index_expansion_search: int = 128

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import calibration as calib
+from . import projection
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
@@ -124,6 +125,7 @@ class Engine:
             connectivity=config.index_connectivity,
             expansion_add=config.index_expansion_add,
             expansion_search=config.index_expansion_search,
+            projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
         )
         engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
         await engine.reconcile_index()
@@ -176,6 +178,7 @@ class Engine:
             connectivity=self.index.connectivity,
             expansion_add=self.index.expansion_add,
             expansion_search=self.index.expansion_search,
+            projection=self.index.projection,
         )
         n = 0
         async for ids, vecs in self.store.iter_embeddings():

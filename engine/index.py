@@ -6,13 +6,17 @@ keyed by face row id, and can always be rebuilt from the database.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .projection import Projection
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,12 @@ class VectorIndex(Protocol):
 
 
 class UsearchIndex:
-    """A usearch HNSW index on disk at `path`, cosine metric, quantised vectors."""
+    """A usearch HNSW index on disk at `path`, cosine metric, quantised vectors.
+
+    With a `projection`, callers still pass full embeddings: the index projects them (to
+    `projection.dims` dimensions) on the way in, for both `add` and `search`. A sidecar file
+    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in.
+    """
 
     def __init__(
         self,
@@ -46,9 +55,11 @@ class UsearchIndex:
         connectivity: int = 32,
         expansion_add: int = 128,
         expansion_search: int = 128,
+        projection: Projection | None = None,
     ) -> None:
         self.path = Path(path)
-        self.ndim = ndim
+        self.projection = projection
+        self.ndim = projection.dims if projection is not None else ndim
         self.dtype = dtype
         self.connectivity = connectivity
         self.expansion_add = expansion_add
@@ -70,11 +81,25 @@ class UsearchIndex:
         )
 
     # -- persistence -------------------------------------------------------------------------
+    @property
+    def sidecar_path(self) -> Path:
+        """Small JSON beside the index: which projection built it."""
+        return sidecar_path(self.path)
+
+    @property
+    def projection_key(self) -> str | None:
+        return self.projection.key if self.projection is not None else None
+
     def load(self) -> bool:
         """Load the saved index; False (and an empty index) when it is missing, corrupt or of another shape."""
         from usearch.index import Index
 
         if not self.path.is_file():
+            return False
+        built_with = read_sidecar(self.path).get("projection")
+        if built_with != self.projection_key:
+            logger.warning("index file %s was built with projection %s, not %s; it will be rebuilt",
+                           self.path, built_with or "none", self.projection_key or "none")
             return False
         try:
             loaded = Index.restore(str(self.path), view=False)
@@ -100,6 +125,12 @@ class UsearchIndex:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        # After the index: a crash in between leaves an old sidecar, which only costs a rebuild.
+        meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype}
+        if read_sidecar(self.path) != meta:
+            side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+            side_tmp.write_text(json.dumps(meta) + "\n")
+            os.replace(side_tmp, self.sidecar_path)
 
     def reset(self) -> None:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
@@ -116,12 +147,17 @@ class UsearchIndex:
         """How many scrub vectors fill the slots of removed faces (a rebuild drops them)."""
         return self._scrubs
 
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32)
+        return self.projection.apply(v) if self.projection is not None else v
+
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under their face ids."""
+        """Add full embeddings under their face ids."""
         if len(keys) == 0:
             return
+        v = self._prepare(vectors)
         with self._lock:
-            self._index.add(np.asarray(keys, dtype=np.uint64), np.asarray(vectors, dtype=np.float32))
+            self._index.add(np.asarray(keys, dtype=np.uint64), v)
 
     def remove(self, keys: np.ndarray) -> None:
         """Remove face ids (absent ones are ignored) and overwrite their vectors' slots with noise."""
@@ -149,11 +185,12 @@ class UsearchIndex:
         return k[k < SCRUB_BASE]
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `count` nearest face ids and their approximate cosine similarities."""
+        """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
+        v = self._prepare(vector)
         with self._lock:
             if len(self._index) == 0:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-            m = self._index.search(np.asarray(vector, dtype=np.float32), count)
+            m = self._index.search(v, count)
         return np.asarray(m.keys, dtype=np.int64), 1.0 - np.asarray(m.distances, dtype=np.float32)
 
     def memory_bytes(self) -> int:
@@ -163,3 +200,16 @@ class UsearchIndex:
     def file_bytes(self) -> int:
         """Bytes of the saved file (0 if not saved)."""
         return self.path.stat().st_size if self.path.exists() else 0
+
+
+def sidecar_path(index_path: Path) -> Path:
+    return Path(index_path).with_name(Path(index_path).name + ".json")
+
+
+def read_sidecar(index_path: Path) -> dict[str, object]:
+    """The sidecar's contents; {} when missing or unreadable (an index saved before sidecars: no projection)."""
+    try:
+        data = json.loads(sidecar_path(index_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

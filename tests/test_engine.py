@@ -19,6 +19,7 @@ from engine import (
     NoFaceFound,
     NotFound,
 )
+from engine.index import read_sidecar
 
 
 def jpeg(img: Image.Image, **kw: object) -> bytes:
@@ -296,3 +297,25 @@ async def test_small_faces_in_a_big_photo_get_a_second_detection_pass(tmp_path: 
             small = [f for f in faces if f.box[0] > 2400]
             assert small and small[0].quality.warnings  # found, and flagged as small
     assert counts == {False: 1, True: 2}
+
+
+async def test_index_projection_is_a_setting_and_answers_stay_exact(gallery_copy: Path) -> None:
+    probe = dev_identities()["Ariel_Sharon"][1].read_bytes()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:  # the default: the model's shipped basis, 192 dims
+        assert engine.index.ndim == 192 and engine.index.projection is not None
+        assert read_sidecar(engine.config.index_path)["projection"] == engine.index.projection.key
+        projected = await engine.search(probe, actor="t", threshold=-1.0, top=10)
+    finally:
+        await engine.close()
+    engine = await Engine.open(make_config(gallery_copy, index_dims=0))
+    try:  # full vectors: the saved 192-d index is not used but rebuilt
+        assert engine.index.ndim == 512 and len(engine.index) == (await engine.stats()).faces
+        assert read_sidecar(engine.config.index_path)["projection"] is None
+        full = await engine.search(probe, actor="t", threshold=-1.0, top=10)
+    finally:
+        await engine.close()
+    # Candidates are re-scored on the stored float32 embeddings: the same hits, the same similarities.
+    assert [(h.face_id, round(h.similarity, 5)) for h in projected.hits] == [
+        (h.face_id, round(h.similarity, 5)) for h in full.hits]
+    assert projected.hits[0].subject == "Ariel_Sharon"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from engine.index import SCRUB_BASE, UsearchIndex
+from engine import projection
+from engine.index import SCRUB_BASE, UsearchIndex, read_sidecar
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -53,7 +55,51 @@ def test_removed_vectors_leave_nothing_in_the_saved_file(tmp_path: Path) -> None
     after = path.read_bytes()
     assert not any(q in after for q in quantised)
     assert len(idx) == 297 and idx.scrubbed == 3
-    assert 5 not in idx.keys() and idx.keys().max() < SCRUB_BASE
+    assert 5 not in idx.keys().tolist() and idx.keys().max() < SCRUB_BASE
     keys, _ = idx.search(vecs[4], 5)  # scrub keys may be returned: they match no database row
     reloaded = UsearchIndex(path, ndim=64)
     assert reloaded.load() and len(reloaded) == 297 and reloaded.scrubbed == 3
+
+
+def low_rank_faces(n: int, d: int = 64, rank: int = 12, seed: int = 3) -> np.ndarray:
+    """Unit vectors whose energy sits in a few directions, as face embeddings' does."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((rank, d))
+    return unit(rng.standard_normal((n, rank)) @ mix + 0.05 * rng.standard_normal((n, d)))
+
+
+def test_projected_index_takes_full_vectors_and_records_its_basis(tmp_path: Path) -> None:
+    vecs = low_rank_faces(400)
+    basis = projection.fit(vecs, "model-x", "test")
+    assert basis.energy[:12].sum() > 0.95  # the fit found the structure
+    proj = basis.projection(16)
+    path = tmp_path / "g.usearch"
+    idx = UsearchIndex(path, ndim=64, projection=proj)
+    assert idx.ndim == 16
+    idx.add(np.arange(1, 401), vecs)
+    hits = [idx.search(vecs[i], 1)[0][0] for i in range(0, 400, 7)]
+    assert hits == list(range(1, 401, 7))  # full 64-d queries find themselves through the 16-d graph
+    idx.save()
+    assert read_sidecar(path)["projection"] == proj.key
+    assert UsearchIndex(path, ndim=64, projection=proj).load()
+    # Another basis with the same dims, fewer dims, or none at all: never mixed with this graph.
+    other = projection.fit(low_rank_faces(400, seed=9), "model-x", "test").projection(16)
+    assert other.key != proj.key
+    assert not UsearchIndex(path, ndim=64, projection=other).load()
+    assert not UsearchIndex(path, ndim=64, projection=basis.projection(8)).load()
+    assert not UsearchIndex(path, ndim=64).load()
+
+
+def test_basis_file_round_trip_and_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    basis = projection.fit(low_rank_faces(300), "abc", "test set")
+    path = tmp_path / f"abc{projection.SUFFIX}"
+    basis.save(path)
+    again = projection.Basis.load(path)
+    assert np.array_equal(again.directions, basis.directions) and again.samples == 300
+    assert again.projection(16).key == basis.projection(16).key
+    monkeypatch.setattr(projection, "TABLES", tmp_path)
+    assert projection.for_model("abc", 16).key == basis.projection(16).key
+    assert projection.for_model("abc", 0) is None  # 0: full vectors
+    assert projection.for_model("another-model", 16) is None  # never another model's basis
+    with pytest.raises(ValueError):
+        projection.fit(low_rank_faces(10), "abc", "too few")

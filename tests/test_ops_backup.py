@@ -21,7 +21,8 @@ def test_backup_then_restore_then_search_through_the_cli(tmp_path: Path) -> None
     assert "backed up 3 images, 3 faces" in out and "consistent with the database" in out
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     assert manifest["format"] == "sightline-backup" and manifest["counts"]["faces"] == 3
-    assert set(manifest["files"]) == {"sightline.sqlite3", "gallery.usearch"}
+    # The index travels with its sidecar (which projection built it), so a restore needs no rebuild.
+    assert set(manifest["files"]) == {"sightline.sqlite3", "gallery.usearch", "gallery.usearch.json"}
     assert manifest["index"]["consistent"] is True
     assert (tmp_path / "bk" / "sightline.sqlite3").stat().st_mode & 0o077 == 0  # biometric data: owner only
 
@@ -29,6 +30,7 @@ def test_backup_then_restore_then_search_through_the_cli(tmp_path: Path) -> None
     code, out, err = cli("--data-dir", str(restored), "restore", str(tmp_path / "bk"))
     assert code == 0, err
     assert "3 images, 3 faces (index consistent)" in out and "audit chain verified" in out
+    assert (restored / "gallery.usearch.json").read_bytes() == (data / "gallery.usearch.json").read_bytes()
 
     code, out, err = cli("--data-dir", str(restored), "search", "--case", "T-1", "--json", str(QUERY))
     assert code == 0, err

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine import calibration as calib
 from engine import evaluate as ev
+from engine import projection
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ labelled folder DIR (same layout as `eval`), and choose the band thresholds from
 --possible-fmr and "strong" at --strong-fmr. The table is written to
 engine/calibration/<sha256 of the model>.json (or --output), where the engine finds it at start-up.
 The shipped table was made with:  sightline calibrate /work/shared/faces/calib
+
+It also fits the index projection (the principal directions of the same embeddings; the index searches
+faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table as
+<sha256>.projection.npz. A new projection takes effect by rebuilding the index, which the engine does
+at its next start.
 
 Pairs: the same embeddings as the verification part of `eval` (gallery photos enrolled through
 Engine.enroll, the others embedded by the search path), all pairs of different identities. With n
@@ -149,6 +155,17 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
     out = args.output or calib.TABLES / f"{obs.recognizer_sha256}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
+    basis_note = ""
+    try:
+        basis = projection.fit(obs.embeddings, obs.recognizer_sha256, table.source)
+    except ValueError as exc:
+        basis_note = f"\nno index projection written: {exc}"
+    else:
+        basis_path = out.with_name(out.stem + projection.SUFFIX)
+        basis.save(basis_path)
+        dims = args.settings.index_dims or basis.directions.shape[0]
+        basis_note = (f"\nindex projection written to {basis_path} (the top {dims} of {basis.directions.shape[0]} "
+                      f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
     if args.report:
         summary = ev.summarise(obs)
         ev.write_report(obs, summary, args.report)
@@ -160,6 +177,6 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         f"TAR {table.tar_possible:.4f}\n"
         f"strong   >= {table.threshold_strong:.3f}: FMR {table.fmr_strong:.1e} (95% {lo_s:.1e}-{hi_s:.1e}), "
         f"TAR {table.tar_strong:.4f}\n"
-        f"table written to {out}"
+        f"table written to {out}{basis_note}"
     )
     return 0
