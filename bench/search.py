@@ -23,7 +23,7 @@ rerun only searches. Everything the product does goes through engine.index.Usear
 Like the engine (EngineConfig.index_dims), the index holds the faces projected to 192 dimensions with
 the model's shipped basis by default (`--pca 0`: the full 512-d vectors); ground truth stays float32 512-d.
 
-Example: python bench/search.py --n 1000000 --ef 128,64,256
+Example: python bench/search.py --n 1000000 --ef auto,128,512
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import common  # noqa: E402  (bench/ is not a package)
 from engine import calibration, projection  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
-from engine.index import UsearchIndex  # noqa: E402
+from engine.index import UsearchIndex, auto_expansion  # noqa: E402
 from engine.projection import Projection  # noqa: E402
 
 logger = logging.getLogger("bench.search")
@@ -426,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="HNSW links per node, M (EngineConfig.index_connectivity)")
     ap.add_argument("--expansion-add", type=int, default=defaults.index_expansion_add,
                     help="ef at build time (EngineConfig.index_expansion_add)")
-    ap.add_argument("--ef", default=str(defaults.index_expansion_search),
-                    help="ef at search time (EngineConfig.index_expansion_search); a comma list sweeps it on one build")
+    ap.add_argument("--ef", default="auto",
+                    help="ef at search time; a comma list sweeps it on one build. 'auto' (default) is what the engine "
+                    "uses for a gallery of --n faces (engine.index.auto_expansion)")
     ap.add_argument("--fetch", type=int, default=40,
                     help="how many the engine asks the index for (Engine._hits over-fetches max(4*top, 40) and re-ranks)")
     ap.add_argument("--threshold", type=float, default=shown_threshold(),
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     common.setup_logging(args.verbose)
-    efs = [int(v) for v in str(args.ef).split(",") if v.strip()]
+    efs = [auto_expansion(args.n) if v.strip() == "auto" else int(v) for v in str(args.ef).split(",") if v.strip()]
     p = IndexParams(args.dtype, args.connectivity, args.expansion_add, args.pca or NDIM)
     m0 = common.machine()
     logger.info("machine at start: %s", m0)

@@ -58,7 +58,7 @@ class EngineConfig:
     index_dims: int = 192
     index_connectivity: int = 32
     index_expansion_add: int = 128
-    index_expansion_search: int = 128
+    index_expansion_search: int | None = None  # None: grows with the gallery (engine.index.auto_expansion)
     thumbnail_size: int = 112
     require_case: bool = True
     default_retention_days: int | None = None  # gallery images expire after this many days if set

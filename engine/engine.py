@@ -180,13 +180,22 @@ class Engine:
             expansion_search=self.index.expansion_search,
             projection=self.index.projection,
         )
+        total, _ = await self.store.face_fingerprint()
         n = 0
+        started = last_log = time.monotonic()
         async for ids, vecs in self.store.iter_embeddings():
             await self._cpu(fresh.add, ids, vecs)
             n += len(ids)
             if progress:
                 progress(len(ids))
+            now = time.monotonic()
+            if now - last_log >= 30 and n < total:  # a 1 M-face rebuild takes many minutes: say how far it is
+                rate = n / (now - started)
+                logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f min left",
+                            n, total, 100 * n / total, (total - n) / rate / 60)
+                last_log = now
         await asyncio.to_thread(fresh.save)
+        logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
         self.index = fresh
         self._dirty = 0
         return n

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine import projection
-from engine.index import SCRUB_BASE, UsearchIndex, read_sidecar
+from engine.index import SCRUB_BASE, UsearchIndex, auto_expansion, read_sidecar
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -103,3 +103,20 @@ def test_basis_file_round_trip_and_lookup(tmp_path: Path, monkeypatch: pytest.Mo
     assert projection.for_model("another-model", 16) is None  # never another model's basis
     with pytest.raises(ValueError):
         projection.fit(low_rank_faces(10), "abc", "too few")
+
+
+def test_search_breadth_grows_with_the_gallery_unless_configured(tmp_path: Path) -> None:
+    # The two sizes bench/search.py measured (mate recall >= 0.99 at 1 M needed ef 1024), and a cap.
+    assert auto_expansion(0) == auto_expansion(100_000) == 128
+    assert auto_expansion(1_000_000) == 1024
+    sizes = [10**5, 2 * 10**5, 5 * 10**5, 10**6, 3 * 10**6, 10**8]
+    efs = [auto_expansion(n) for n in sizes]
+    assert efs == sorted(efs)
+    assert auto_expansion(10**8) == 4096
+    idx = UsearchIndex(tmp_path / "g.usearch", ndim=8)
+    idx.add(np.arange(1, 11), unit(np.random.default_rng(4).standard_normal((10, 8))))
+    assert idx.ef == 128
+    fixed = UsearchIndex(tmp_path / "h.usearch", ndim=8, expansion_search=40)
+    fixed.add(np.arange(1, 11), unit(np.random.default_rng(4).standard_normal((10, 8))))
+    fixed.search(unit(np.ones((1, 8)))[0], 3)
+    assert fixed.ef == 40 and fixed._index.expansion_search == 40
