@@ -32,6 +32,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -194,33 +195,50 @@ async def run(args: argparse.Namespace) -> int:
         await engine.set_case(uid, "BENCH-1", actor="bench")
     app = build_application(settings, engine=engine)
 
-    async def one_search(uid: int, name: str, photo: bytes) -> tuple[float, bool]:
-        """Send a photo as `uid`; the seconds until the answer (picture or "no match" text) and rank-1."""
+    async def one_search(uid: int, name: str, photo: bytes) -> tuple[float, bool | None]:
+        """Send a photo as `uid`; the seconds until the answer, and whether the right identity came first.
+
+        The clock stops at the first answer (what the officer sees first). A long match list follows the
+        picture as a second message, so rank-1 is read from whichever answer holds line "1. ". A photo with
+        several faces is answered with the numbered faces to choose from: rank-1 is then None (not counted).
+        """
         since = fake.mark()
         t0 = time.perf_counter()
         fake.send_photo(uid, photo)
-        deadline = t0 + 120
-        while time.perf_counter() < deadline:
-            answers = fake.calls_of("sendPhoto", since=since, chat_id=uid) + fake.calls_of(
-                "sendMessage", since=since, chat_id=uid)
-            if answers:
-                elapsed = time.perf_counter() - t0
-                first = next((ln for ln in answers[0].text.splitlines() if ln.startswith("1. ")), "")
-                return elapsed, name in first
-            await asyncio.sleep(0.002)
-        raise TimeoutError(f"no answer to officer {uid} within 120 s")
+
+        def answers() -> list[Any]:
+            return [c for c in fake.calls[since:] if c.method in ("sendPhoto", "sendMessage")
+                    and c.params.get("chat_id") in (uid, str(uid))]
+
+        await fake.wait_until(answers, timeout=120)  # woken by each call the fake API records: no polling
+        elapsed = time.perf_counter() - t0
+
+        def first_line() -> str | None:
+            for call in answers():
+                if any(str(b.get("callback_data", "")).startswith("face:") for b in call.buttons):
+                    return "?"  # which face? (several faces)
+                line = next((ln for ln in call.text.splitlines() if ln.startswith("1. ")), None)
+                if line is not None or call.text.startswith("No match"):
+                    return line or ""
+            return None
+
+        first = await fake.wait_until(first_line, timeout=120)
+        return elapsed, None if first == "?" else name in first
 
     try:
         async with polling(app, poll_interval=0.0, timeout=timedelta(seconds=1)):
             await one_search(officers[0], *photos[0])  # warm-up: first inference allocates buffers
-            seq, hits = [], 0
+            seq, ranked = [], []
             for i in range(args.searches):
                 name, photo = photos[i % len(photos)]
                 elapsed, right = await one_search(officers[0], name, photo)
                 seq.append(elapsed)
-                hits += right
+                if right is not None:
+                    ranked.append(right)
+            rank1 = sum(ranked) / max(len(ranked), 1)
             print(f"sequential: {len(seq)} searches, p50 {np.percentile(seq, 50) * 1e3:.0f} ms, "
-                  f"p99 {np.percentile(seq, 99) * 1e3:.0f} ms, rank-1 {hits / len(seq):.3f}")
+                  f"p99 {np.percentile(seq, 99) * 1e3:.0f} ms, rank-1 {rank1:.3f} over the {len(ranked)} photos "
+                  f"with one face ({len(seq) - len(ranked)} asked which face)")
 
             conc: list[float] = []
 
@@ -242,7 +260,7 @@ async def run(args: argparse.Namespace) -> int:
     print(common.kv_line({
         "n": gallery_faces, "ndim": engine.index.ndim, "ef": engine.index.ef, "startup_s": round(startup_s, 2),
         "p50_ms": round(float(np.percentile(seq, 50)) * 1e3, 1), "p99_ms": round(float(np.percentile(seq, 99)) * 1e3, 1),
-        "rank1": round(hits / len(seq), 3), "officers": len(officers),
+        "rank1": round(rank1, 3), "asked_face": len(seq) - len(ranked), "officers": len(officers),
         "conc_p50_ms": round(float(np.percentile(conc, 50)) * 1e3, 1),
         "conc_p99_ms": round(float(np.percentile(conc, 99)) * 1e3, 1),
         "throughput_per_s": round(len(conc) / wall.s, 2), "load1": round(load[0], 2),

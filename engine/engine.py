@@ -394,7 +394,7 @@ class Engine:
     async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
         want = min(max(top * 4, 40), max(len(self.index), 1))
-        keys, _approx = await asyncio.to_thread(self.index.search, vec, want)
+        keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
         scored = sorted(
             ((float(np.dot(r.embedding, vec)), r) for r in rows.values()), key=lambda t: t[0], reverse=True

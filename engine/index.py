@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +44,46 @@ def auto_expansion(faces: int) -> int:
         return AUTO_EF_MIN
     ef = AUTO_EF_MIN * (faces / 100_000) ** _AUTO_EF_EXPONENT
     return int(min(AUTO_EF_MAX, math.ceil(ef / 16 - 1e-9) * 16))
+
+
+class SharedLock:
+    """Many readers or one writer. usearch searches may run side by side (each releases the GIL), but not
+    beside an add or a removal. A waiting writer stops new readers from entering, so it is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 class VectorIndex(Protocol):
@@ -81,7 +123,7 @@ class UsearchIndex:
         self.connectivity = connectivity
         self.expansion_add = expansion_add
         self.expansion_search = expansion_search  # None: auto_expansion(len(self))
-        self._lock = threading.RLock()  # usearch is not safe for add/remove concurrent with search
+        self._lock = SharedLock()  # searches share it; add, remove and swaps take it alone
         self._index = self._new()
         self._scrubs = 0
 
@@ -131,9 +173,10 @@ class UsearchIndex:
         if loaded is None or loaded.ndim != self.ndim or str(loaded.dtype).rsplit(".", 1)[-1].lower() != self.dtype.lower():
             logger.warning("index file %s has another shape; it will be rebuilt", self.path)
             return False
-        with self._lock:
+        with self._lock.exclusive():
             self._index = loaded
             self._scrubs = int((self._all_keys() >= SCRUB_BASE).sum())
+            self._set_ef()
         return True
 
     def save(self) -> None:
@@ -155,7 +198,7 @@ class UsearchIndex:
 
     def reset(self) -> None:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
-        with self._lock:
+        with self._lock.exclusive():
             self._index = self._new()
             self._scrubs = 0
 
@@ -177,15 +220,16 @@ class UsearchIndex:
         if len(keys) == 0:
             return
         v = self._prepare(vectors)
-        with self._lock:
+        with self._lock.exclusive():
             self._index.add(np.asarray(keys, dtype=np.uint64), v)
+            self._set_ef()
 
     def remove(self, keys: np.ndarray) -> None:
         """Remove face ids (absent ones are ignored) and overwrite their vectors' slots with noise."""
         if len(keys) == 0:
             return
         keys = np.asarray(keys, dtype=np.uint64)
-        with self._lock:
+        with self._lock.exclusive():
             present = keys[np.asarray(self._index.contains(keys), dtype=bool).reshape(-1)]
             if len(present) == 0:
                 return
@@ -195,25 +239,29 @@ class UsearchIndex:
             noise = np.random.default_rng().standard_normal((len(present), self.ndim)).astype(np.float32)
             self._index.add(np.arange(start, start + len(present), dtype=np.uint64), noise)
             self._scrubs += len(present)
+            self._set_ef()
+
+    def _set_ef(self) -> None:
+        """Keep usearch's search breadth at `ef` (called under the exclusive lock, after the size changed)."""
+        ef = self.ef
+        if self._index.expansion_search != ef:
+            self._index.expansion_search = ef  # type: ignore[misc]  # it has a setter
 
     def _all_keys(self) -> np.ndarray:
         return np.asarray(self._index.keys, dtype=np.uint64).astype(np.int64)
 
     def keys(self) -> np.ndarray:
         """Every face id in the index (scrub keys excluded)."""
-        with self._lock:
+        with self._lock.shared():
             k = self._all_keys()
         return k[k < SCRUB_BASE]
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
         v = self._prepare(vector)
-        with self._lock:
+        with self._lock.shared():
             if len(self._index) == 0:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-            ef = self.ef
-            if self._index.expansion_search != ef:
-                self._index.expansion_search = ef  # type: ignore[misc]  # it has a setter
             m = self._index.search(v, count)
         return np.asarray(m.keys, dtype=np.int64), 1.0 - np.asarray(m.distances, dtype=np.float32)
 

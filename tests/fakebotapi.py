@@ -343,6 +343,12 @@ class FakeBotAPI:
         assert result is not None
         return result
 
+    async def wait_until(self, condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Wait (without polling) until `condition()` is truthy after a recorded call; return its value."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+        return condition()
+
     async def quiet(self, seconds: float = 0.3) -> None:
         """Wait until no call has been recorded for `seconds` (to assert that something did NOT happen)."""
         count = -1

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine import projection
-from engine.index import SCRUB_BASE, UsearchIndex, auto_expansion, read_sidecar
+from engine.index import SCRUB_BASE, SharedLock, UsearchIndex, auto_expansion, read_sidecar
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -120,3 +122,25 @@ def test_search_breadth_grows_with_the_gallery_unless_configured(tmp_path: Path)
     fixed.add(np.arange(1, 11), unit(np.random.default_rng(4).standard_normal((10, 8))))
     fixed.search(unit(np.ones((1, 8)))[0], 3)
     assert fixed.ef == 40 and fixed._index.expansion_search == 40
+
+
+def test_searches_share_the_lock_and_writers_wait_for_them() -> None:
+    lock = SharedLock()
+    inside = threading.Barrier(2, timeout=5)
+    order: list[str] = []
+
+    def reader() -> None:
+        with lock.shared():
+            inside.wait()  # both readers are in at once, or this times out
+            time.sleep(0.05)
+            order.append("read")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    time.sleep(0.01)
+    with lock.exclusive():
+        order.append("write")
+    for t in readers:
+        t.join()
+    assert order == ["read", "read", "write"]
