@@ -10,6 +10,7 @@ so tests can wait for it and assert on what a user would see.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import itertools
 import json
@@ -408,8 +409,12 @@ def _image_size(data: bytes) -> tuple[int, int]:
         return 1, 1
 
 
+@functools.lru_cache(maxsize=512)
 def _thumbnail(data: bytes) -> bytes:
-    """A small JPEG version of an image, like Telegram's smallest photo size (the bytes themselves if not one)."""
+    """A small JPEG version of an image, like Telegram's smallest photo size (the bytes themselves if not one).
+
+    Cached: Telegram makes these on its own servers, so a benchmark sending the same photo again should not
+    pay for it in the bot's process."""
     try:
         from PIL import Image
 
