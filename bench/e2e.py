@@ -128,13 +128,19 @@ async def build_gallery(data_dir: Path, n: int, seed: int) -> dict[str, float]:
         return {}
     timings: dict[str, float] = {}
     db_path = data_dir / "sightline.sqlite3"
-    if db_path.exists() and synthetic_rows(db_path) == n:  # the rows are written; an index build was interrupted
-        with common.Stopwatch() as sw:
-            engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=False))
-            await engine.close()
-        timings["index_build_s"] = sw.s
-        done.write_text("ok\n")
-        return timings
+    if not (db_path.exists() and synthetic_rows(db_path) == n):  # else the rows are written: only the index is left
+        await write_rows(data_dir, n, seed, timings)
+    # Engine.open finds the saved index short of the new rows (or missing) and builds it from the database.
+    with common.Stopwatch() as sw:
+        engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=False))
+        await engine.close()
+    timings["index_build_s"] = sw.s
+    done.write_text("ok\n")
+    return timings
+
+
+async def write_rows(data_dir: Path, n: int, seed: int, timings: dict[str, float]) -> None:
+    """A fresh data dir: the dev gallery enrolled through the engine, then n synthetic rows written to SQLite."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob("*"):
         stale.unlink()
@@ -153,14 +159,6 @@ async def build_gallery(data_dir: Path, n: int, seed: int) -> dict[str, float]:
     with common.Stopwatch() as sw:
         insert_synthetic(data_dir / "sightline.sqlite3", data.gallery)
     timings["insert_s"] = sw.s
-    del data
-    # Engine.open finds the saved index short of the new rows and adds them from the database.
-    with common.Stopwatch() as sw:
-        engine = await Engine.open(EngineConfig(data_dir=data_dir, require_case=False))
-        await engine.close()
-    timings["index_build_s"] = sw.s
-    done.write_text("ok\n")
-    return timings
 
 
 async def run(args: argparse.Namespace) -> int:
