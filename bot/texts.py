@@ -382,7 +382,8 @@ def stats(s: Stats) -> str:
         f"Gallery: {s.images:,} images, {s.faces:,} faces, {s.subjects:,} subjects "
         f"({s.labelled_faces:,} labelled faces, {s.flagged_faces:,} flagged low quality).",
         f"Accounts: {s.users:,}. Audit entries: {s.audit_entries:,}.",
-        f"Database {s.db_bytes / 1e6:.1f} MB, index {s.index_bytes / 1e6:.1f} MB. Model: {s.model}.",
+        f"Database {s.db_bytes / 1e6:.1f} MB, index {s.index_bytes / 1e6:.1f} MB "
+        f"({s.index_dims}-d, search breadth {s.index_ef}). Model: {s.model}.",
     ])
 
 

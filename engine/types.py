@@ -98,6 +98,9 @@ class Stats:
     db_bytes: int
     index_bytes: int
     model: str
+    index_dims: int = 512  # dimensions the index holds (a projection when < the embedding's)
+    index_ef: int = 0  # the search breadth searches use now
+    index_memory_bytes: int = 0  # what the index holds in RAM
 
 
 @dataclass(frozen=True, slots=True)
