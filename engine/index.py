@@ -183,9 +183,9 @@ class UsearchIndex:
         """Write the index atomically: a temporary file, fsync, then rename over the old one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        # No lock: saving only reads, searches may go on meanwhile, and the engine's write lock keeps
-        # adds and removals out.
-        self._index.save(str(tmp))
+        # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
+        with self._lock.shared():
+            self._index.save(str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
