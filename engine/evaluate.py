@@ -17,7 +17,7 @@ import platform
 import re
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -636,6 +636,20 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
     return "\n".join(lines)
 
 
+def _det_panel(ax: Any, x: np.ndarray, y: np.ndarray, xmin: float, marks: Sequence[float], color: str) -> None:
+    """One log-log DET curve (points where both error rates are > 0), with grey lines at the operating points."""
+    keep = (x > 0) & (y > 0)
+    if keep.any():
+        ax.loglog(x[keep], y[keep], lw=1.6, color=color)
+    else:  # perfect separation: no error of either kind to draw
+        ax.text(0.5, 0.5, "no errors at any threshold", ha="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(xmin, 1)
+    for mark in marks:
+        ax.axvline(mark, color="grey", lw=0.6, ls=":")
+
+
 def plot_det(obs: Observations, genuine: np.ndarray, impostor: np.ndarray, path: Path) -> None:
     """DET curves: verification (FNMR vs FMR) and open-set identification (FNIR vs FPIR), log axes."""
     import matplotlib
@@ -647,16 +661,7 @@ def plot_det(obs: Observations, genuine: np.ndarray, impostor: np.ndarray, path:
     ax = axes[0]
     if len(genuine) and len(impostor):
         _t, fmr, fnmr = metrics.det_curve(genuine, impostor, 2000)
-        keep = (fmr > 0) & (fnmr > 0)
-        if keep.any():
-            ax.loglog(fmr[keep], fnmr[keep], lw=1.6)
-        else:  # perfect separation: no error of either kind to draw
-            ax.text(0.5, 0.5, "no errors at any threshold", ha="center", transform=ax.transAxes)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(min(1e-6, 0.5 / len(impostor)), 1)
-        for far in FARS:
-            ax.axvline(far, color="grey", lw=0.6, ls=":")
+        _det_panel(ax, fmr, fnmr, min(1e-6, 0.5 / len(impostor)), FARS, "C0")
         ax.axvline(1 / len(impostor), color="red", lw=0.8, ls="--", label="1 / impostor pairs")
         ax.legend(loc="upper right", fontsize=8)
     ax.set(xlabel="false match rate (FMR)", ylabel="false non-match rate (FNMR)", title="Verification, all pairs")
@@ -669,16 +674,7 @@ def plot_det(obs: Observations, genuine: np.ndarray, impostor: np.ndarray, path:
         ts = np.unique(nonmated[np.isfinite(nonmated)])
         fpir = np.array([np.mean(nonmated >= t) for t in ts])
         fnir = np.array([np.mean(mated < t) for t in ts])
-        keep = (fpir > 0) & (fnir > 0)
-        if keep.any():
-            ax.loglog(fpir[keep], fnir[keep], lw=1.6, color="C1")
-        else:
-            ax.text(0.5, 0.5, "no errors at any threshold", ha="center", transform=ax.transAxes)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(min(1e-4, 0.5 / len(nonmated)), 1)
-        for r in FPIRS:
-            ax.axvline(r, color="grey", lw=0.6, ls=":")
+        _det_panel(ax, fpir, fnir, min(1e-4, 0.5 / len(nonmated)), FPIRS, "C1")
     ax.set(xlabel="false positive identification rate (FPIR)", ylabel="false negative identification rate (FNIR)",
            title=f"Open-set identification, gallery {len(obs.plan.gallery)}")
     ax.grid(True, which="both", alpha=0.3)
