@@ -124,6 +124,9 @@ def for_model(model_sha256: str, dims: int) -> Projection | None:
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("index projection %s is unreadable (%s): the index holds full vectors", path, exc)
         return None
-    if dims >= basis.directions.shape[0]:
-        return None  # all the directions: a rotation, no gain
+    if dims >= basis.directions.shape[0]:  # all the directions would be a rotation: no gain
+        if dims > basis.directions.shape[0]:
+            logger.warning("index_dims %d is more than the embedding's %d dimensions: the index holds full vectors",
+                           dims, basis.directions.shape[0])
+        return None
     return basis.projection(dims)

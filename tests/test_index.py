@@ -102,6 +102,7 @@ def test_basis_file_round_trip_and_lookup(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(projection, "TABLES", tmp_path)
     assert projection.for_model("abc", 16).key == basis.projection(16).key
     assert projection.for_model("abc", 0) is None  # 0: full vectors
+    assert projection.for_model("abc", 64) is None and projection.for_model("abc", 500) is None  # >= 64-d: full
     assert projection.for_model("another-model", 16) is None  # never another model's basis
     with pytest.raises(ValueError):
         projection.fit(low_rank_faces(10), "abc", "too few")
