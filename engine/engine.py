@@ -20,7 +20,9 @@ from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
-from .index import UsearchIndex
+from . import codes
+from .hamming import HammingIndex
+from .index import UsearchIndex, VectorIndex
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
@@ -81,7 +83,7 @@ class Engine:
     def __init__(
         self,
         faces: FaceModel,
-        index: UsearchIndex,
+        index: VectorIndex,
         store: MetadataStore,
         config: EngineConfig,
         calibration: calib.Calibration | None,
@@ -119,14 +121,7 @@ class Engine:
         """Load the models, open the database, restore (or repair) the index."""
         faces = await asyncio.to_thread(FaceModel, config)
         store = await MetadataStore.open(config.db_path)
-        index = UsearchIndex(
-            config.index_path,
-            dtype=config.index_dtype,
-            connectivity=config.index_connectivity,
-            expansion_add=config.index_expansion_add,
-            expansion_search=config.index_expansion_search,
-            projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
-        )
+        index = make_index(config, faces.recognizer_sha256)
         engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
         await engine.reconcile_index()
         return engine
@@ -136,6 +131,8 @@ class Engine:
         await self.save_index()
         await self.store.close()
         self._executor.shutdown(wait=True)
+        if isinstance(self.index, HammingIndex):
+            self.index.close()
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -172,15 +169,9 @@ class Engine:
 
     async def rebuild_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Build a fresh index from the database's embeddings and save it over the old one."""
-        fresh = UsearchIndex(
-            self.index.path,
-            dtype=self.index.dtype,
-            connectivity=self.index.connectivity,
-            expansion_add=self.index.expansion_add,
-            expansion_search=self.index.expansion_search,
-            projection=self.index.projection,
-        )
+        fresh = make_index(self.config, self.faces.recognizer_sha256)
         total, _ = await self.store.face_fingerprint()
+        logger.info("building the %s index from the database's %d faces", type(fresh).__name__, total)
         n = 0
         started = last_log = time.monotonic()
         async for ids, vecs in self.store.iter_embeddings():
@@ -189,14 +180,17 @@ class Engine:
             if progress:
                 progress(len(ids))
             now = time.monotonic()
-            if now - last_log >= 30 and n < total:  # a 1 M-face rebuild takes many minutes: say how far it is
+            if now - last_log >= 10 and n < total:  # a 1 M-face rebuild takes a minute (hamming) or many (usearch)
                 rate = n / (now - started)
-                logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f min left",
-                            n, total, 100 * n / total, (total - n) / rate / 60)
+                logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f s left",
+                            n, total, 100 * n / total, (total - n) / rate)
                 last_log = now
         await asyncio.to_thread(fresh.save)
         logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
-        self.index = fresh
+        old, self.index = self.index, fresh
+        if isinstance(old, HammingIndex):  # zero its arrays: freed memory keeps its bytes otherwise
+            old.reset()
+            old.close()
         self._dirty = 0
         return n
 
@@ -533,6 +527,24 @@ class Engine:
             db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
             index_dims=self.index.ndim, index_ef=self.index.ef, index_memory_bytes=self.index.memory_bytes(),
         )
+
+
+def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | HammingIndex:
+    """An empty index of the configured kind for a recognition model (its shipped projection and code model)."""
+    proj = projection.for_model(model_sha256, config.index_dims)
+    if config.index_kind == "usearch":
+        return UsearchIndex(
+            config.index_path,
+            dtype=config.index_dtype,
+            connectivity=config.index_connectivity,
+            expansion_add=config.index_expansion_add,
+            expansion_search=config.index_expansion_search,
+            projection=proj,
+        )
+    if config.index_kind != "hamming":
+        raise InvalidArgument(f"index_kind must be hamming or usearch, not {config.index_kind!r}")
+    return HammingIndex(config.index_path, code_model=codes.for_model(model_sha256), projection=proj,
+                        candidates=config.index_candidates, threads=config.index_scan_threads)
 
 
 def _with_audit(result: SearchResult, seq: int) -> SearchResult:

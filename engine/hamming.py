@@ -1,0 +1,342 @@
+"""HammingIndex: binary sign codes scanned exhaustively, candidates re-ranked from vectors held in memory.
+
+Why not a graph: at 1 M face-like vectors HNSW needs ef 1024 (14 ms) to find 99 % of the true mates,
+because every identity is an isolated pair of points the graph reaches only by a wide search
+(bench/RESULTS.md). An exhaustive scan has no such blind spots. Each face is kept as
+
+- a 256-bit sign code of (embedding - mean) @ W (engine.codes: centred PCA + ITQ rotation, 32 bytes),
+- its projection (engine.projection, 192-d by default) as float16, for re-ranking (384 bytes),
+- its face id (8 bytes),
+
+in three numpy arrays. A search computes the query's code, scans every code with faiss's Hamming k-NN
+(`faiss.knn_hamming`, split over `threads` threads), re-ranks the best `candidates` by their projected
+cosine and returns the best `count`. The engine then re-scores those exactly from SQLite.
+
+Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
+byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
+`save` writes only the live rows.
+
+File format (`<path>`, little-endian): the 8-byte magic, a uint32 header length, a JSON header (format
+version, count, code model and projection keys, row sizes), then the keys, codes and vectors arrays.
+The sidecar `<path>.json` repeats the header and the file's SHA-256... (see `save`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .codes import CodeModel, fallback
+from .index import SharedLock, sidecar_path
+
+if TYPE_CHECKING:
+    from .projection import Projection
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"SLHAMM01"
+FORMAT = 1
+DEFAULT_CANDIDATES = 1000
+_GROW = 1.25  # capacity grows by a quarter: at most 25 % headroom counts against the memory budget
+_MIN_CAPACITY = 1024
+SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
+
+
+class HammingIndex:
+    """Face ids with their sign codes and projected float16 vectors; see the module docstring.
+
+    Callers pass full L2-normalised embeddings to `add` and `search`; the index encodes and projects them.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        ndim: int = 512,
+        code_model: CodeModel | None = None,
+        projection: Projection | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
+        threads: int = 2,
+    ) -> None:
+        self.path = Path(path)
+        self.projection = projection
+        self.code_model = code_model if code_model is not None else fallback(ndim)
+        if self.code_model.weights.shape[0] != ndim and projection is None:
+            raise ValueError(f"the code model is for {self.code_model.weights.shape[0]}-d embeddings, not {ndim}")
+        self.input_dim = ndim
+        self.ndim = projection.dims if projection is not None else ndim  # dimensions of the re-rank vectors
+        self.candidates = max(1, int(candidates))
+        self.threads = max(1, int(threads))
+        self.split_min = SPLIT_MIN
+        self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._n = 0
+        self._keys, self._codes, self._vecs = self._arrays(0)
+
+    # -- storage -----------------------------------------------------------------------------
+    def _arrays(self, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.zeros(capacity, dtype=np.int64), np.zeros((capacity, self.code_model.nbytes), dtype=np.uint8),
+                np.zeros((capacity, self.ndim), dtype=np.float16))
+
+    def _reserve(self, needed: int) -> None:
+        """Grow the arrays to hold `needed` rows (under the exclusive lock); the old buffers are zeroed."""
+        capacity = len(self._keys)
+        if needed <= capacity:
+            return
+        new = self._arrays(max(needed, int(capacity * _GROW), _MIN_CAPACITY))
+        for old, fresh in zip((self._keys, self._codes, self._vecs), new, strict=True):
+            fresh[: self._n] = old[: self._n]
+            old.fill(0)  # freed memory keeps its bytes: leave none of a face that is erased later
+        self._keys, self._codes, self._vecs = new
+
+    def _project(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        return self.projection.apply(v) if self.projection is not None else v
+
+    # -- the VectorIndex interface -----------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def scrubbed(self) -> int:
+        """Always 0: removed rows are overwritten at once (the engine compacts usearch indexes by this count)."""
+        return 0
+
+    @property
+    def ef(self) -> int:
+        """How many candidates each search re-ranks (shown where usearch's search breadth is)."""
+        return self.candidates
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add full embeddings under their face ids; an id already present gets the new embedding."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        if len(keys) == 0:
+            return
+        x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if len(x) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(x)} vectors")
+        keys, first = np.unique(keys[::-1], return_index=True)  # a key given twice: its last vector wins
+        x = x[::-1][first]
+        codes = self.code_model.encode(x)
+        vecs = self._project(x).astype(np.float16)
+        with self._lock.exclusive():
+            live = self._keys[: self._n]
+            if self._n and keys[0] <= live.max():  # (a rebuild adds ascending ids: no search needed)
+                present = np.isin(live, keys)
+                if present.any():
+                    self._delete_rows(np.flatnonzero(present))
+            a = self._n
+            self._reserve(a + len(keys))
+            self._keys[a : a + len(keys)] = keys
+            self._codes[a : a + len(keys)] = codes
+            self._vecs[a : a + len(keys)] = vecs
+            self._n = a + len(keys)
+
+    def remove(self, keys: np.ndarray) -> None:
+        """Remove face ids (absent ones are ignored); their rows are overwritten, nothing of them stays."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        if len(keys) == 0:
+            return
+        with self._lock.exclusive():
+            rows = np.flatnonzero(np.isin(self._keys[: self._n], keys))
+            if len(rows):
+                self._delete_rows(rows)
+
+    def _delete_rows(self, rows: np.ndarray) -> None:
+        """Fill the given rows with the last live rows, then zero the vacated tail (exclusive lock held)."""
+        n = self._n
+        m = n - len(rows)
+        holes = rows[rows < m]  # rows to refill, all below the new end
+        movers = np.setdiff1d(np.arange(m, n), rows, assume_unique=True)  # live rows beyond the new end
+        for arr in (self._keys, self._codes, self._vecs):
+            arr[holes] = arr[movers]
+            arr[m:n] = 0
+        self._n = m
+
+    def keys(self) -> np.ndarray:
+        """Every face id in the index."""
+        with self._lock.shared():
+            return self._keys[: self._n].copy()
+
+    def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `count` nearest face ids and their approximate cosine similarities (projected, float16), best first."""
+        code = self.code_model.encode(vector)
+        q = self._project(vector)[0]
+        with self._lock.shared():
+            n = self._n
+            if n == 0 or count < 1:
+                return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+            rows = self._scan(code, min(max(self.candidates, count), n), n)
+            cand = self._vecs[rows].astype(np.float32)
+            keys = self._keys[rows]
+        sims = cand @ q
+        cand.fill(0)  # the candidates' vectors are gallery data: leave no copy in freed memory
+        k = min(count, len(rows))
+        top = np.argpartition(-sims, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return keys[top], sims[top]
+
+    def _scan(self, code: np.ndarray, k: int, n: int) -> np.ndarray:
+        """Rows of the k codes nearest `code` in Hamming distance among the first n (shared lock held)."""
+        import faiss
+
+        parts = self.threads if n >= self.split_min * self.threads else 1
+        if parts == 1:
+            _, rows = faiss.knn_hamming(code, self._codes[:n], k)
+            return rows[0][rows[0] >= 0]
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        pool = self._executor()
+        futures = [pool.submit(faiss.knn_hamming, code, self._codes[a:b], min(k, b - a))
+                   for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+        d0, r0 = faiss.knn_hamming(code, self._codes[: bounds[1]], min(k, int(bounds[1])))
+        dist = [d0[0]]
+        rows = [r0[0]]
+        for f, a in zip(futures, bounds[1:-1], strict=True):
+            d, r = f.result()
+            dist.append(d[0])
+            rows.append(r[0] + a)
+        all_d = np.concatenate(dist)
+        all_r = np.concatenate(rows)
+        best = np.argpartition(all_d, k - 1)[:k] if k < len(all_d) else np.arange(len(all_d))
+        return all_r[best]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan")
+            return self._pool
+
+    def memory_bytes(self) -> int:
+        """Bytes the index's arrays hold (including spare capacity)."""
+        return int(self._keys.nbytes + self._codes.nbytes + self._vecs.nbytes)
+
+    def file_bytes(self) -> int:
+        """Bytes of the saved file (0 if not saved)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def reset(self) -> None:
+        """Drop every face (the arrays are zeroed, then freed)."""
+        with self._lock.exclusive():
+            for arr in (self._keys, self._codes, self._vecs):
+                arr.fill(0)
+            self._n = 0
+            self._keys, self._codes, self._vecs = self._arrays(0)
+
+    # -- persistence -------------------------------------------------------------------------
+    @property
+    def sidecar_path(self) -> Path:
+        """Small JSON beside the index: format, code model, projection, count and the file's SHA-256."""
+        return sidecar_path(self.path)
+
+    @property
+    def projection_key(self) -> str | None:
+        return self.projection.key if self.projection is not None else None
+
+    def _header(self, n: int) -> dict[str, object]:
+        return {"kind": "hamming", "format": FORMAT, "count": n, "codes": self.code_model.key,
+                "projection": self.projection_key, "input_dim": self.input_dim, "ndim": self.ndim,
+                "code_bytes": self.code_model.nbytes, "vector_dtype": "f16"}
+
+    def save(self) -> None:
+        """Write the live rows atomically (a temporary file, fsync, rename), then the sidecar."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        digest = hashlib.sha256()
+        with self._lock.shared():  # searches go on; adds and removals wait
+            n = self._n
+            header = json.dumps(self._header(n), sort_keys=True).encode()
+            with open(tmp, "wb") as fh:
+                for chunk in (MAGIC, len(header).to_bytes(4, "little"), header,
+                              self._keys[:n].astype("<i8", copy=False), self._codes[:n], self._vecs[:n].astype("<f2", copy=False)):
+                    data = memoryview(chunk).cast("B") if isinstance(chunk, np.ndarray) else chunk
+                    digest.update(data)
+                    fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        meta = {**self._header(n), "sha256": digest.hexdigest()}
+        side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        side_tmp.write_text(json.dumps(meta, sort_keys=True) + "\n")
+        os.replace(side_tmp, self.sidecar_path)
+
+    def load(self) -> bool:
+        """Load the saved index; False (and the index unchanged) when it is missing, damaged, of another
+        format, or built with another code model or projection."""
+        if not self.path.is_file():
+            return False
+        try:
+            loaded = self._read()
+        except (OSError, ValueError) as exc:
+            logger.warning("index file %s cannot be used (%s); it will be rebuilt", self.path, exc)
+            return False
+        keys, codes, vecs = loaded
+        with self._lock.exclusive():
+            for arr in (self._keys, self._codes, self._vecs):
+                arr.fill(0)
+            self._keys, self._codes, self._vecs = keys, codes, vecs
+            self._n = len(keys)
+        return True
+
+    def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Parse and check the file; raises ValueError saying what is wrong."""
+        want = self._header(0)
+        with open(self.path, "rb") as fh:
+            if fh.read(8) != MAGIC:
+                raise ValueError("not a HammingIndex file (another index format)")
+            size = int.from_bytes(fh.read(4), "little")
+            if not 0 < size < 1 << 20:
+                raise ValueError("damaged header")
+            try:
+                header = json.loads(fh.read(size))
+            except ValueError:
+                raise ValueError("damaged header") from None
+            if not isinstance(header, dict):
+                raise ValueError("damaged header")
+            for field in ("format", "codes", "projection", "input_dim", "ndim", "code_bytes", "vector_dtype"):
+                if header.get(field) != want[field]:
+                    raise ValueError(f"built with {field} {header.get(field)!r}, not {want[field]!r}")
+            n = int(header.get("count", -1))
+            expected = 12 + size + n * (8 + self.code_model.nbytes + 2 * self.ndim)
+            if n < 0 or os.fstat(fh.fileno()).st_size != expected:
+                raise ValueError("truncated or padded file")
+            keys, codes, vecs = self._arrays(n)
+            for arr in (keys, codes, vecs) if n else ():
+                if fh.readinto(memoryview(arr).cast("B")) != arr.nbytes:
+                    raise ValueError("truncated file")
+        if n and (len(np.unique(keys)) != n or keys.min() < 0):
+            raise ValueError("duplicate or negative face ids")
+        return keys, codes, vecs
+
+    def close(self) -> None:
+        """Stop the scan threads."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+
+def saved_keys(path: Path) -> np.ndarray | None:
+    """The face ids of a saved HammingIndex file (header and keys only); None when it is not one or is damaged."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != MAGIC:
+                return None
+            size = int.from_bytes(fh.read(4), "little")
+            header = json.loads(fh.read(size)) if 0 < size < 1 << 20 else None
+            if not isinstance(header, dict):
+                return None
+            n = int(header.get("count", -1))
+            row = 8 + int(header.get("code_bytes", 0)) + 2 * int(header.get("ndim", 0))
+            if n < 0 or os.fstat(fh.fileno()).st_size != 12 + size + n * row:
+                return None
+            return np.fromfile(fh, dtype="<i8", count=n).astype(np.int64)
+    except (OSError, ValueError):
+        return None
