@@ -7,7 +7,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
-from . import codes
+from . import codes, scheduling
 from .hamming import HammingIndex
 from .index import UsearchIndex, VectorIndex
 from .store import FaceRow, MetadataStore, now_iso
@@ -93,7 +92,8 @@ class Engine:
         self.store = store
         self.config = config
         self.calibration = calibration
-        self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
+        # Jobs run oldest request first: a burst of searches is answered in arrival order (engine.scheduling).
+        self._executor = scheduling.PriorityExecutor(max(1, config.workers), "sightline")
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
         if config.threshold_possible is not None:
@@ -225,6 +225,7 @@ class Engine:
             for i, f in enumerate(faces)
         )
 
+    @scheduling.as_request
     async def detect(self, image: bytes) -> tuple[DetectedFace, ...]:
         """Every face in a photo (numbered left to right), without searching. Raises NoFaceFound."""
         analysed = await self._cpu(self._analyse_sync, image, True)
@@ -261,6 +262,7 @@ class Engine:
             )
         return analysed.decoded, rows
 
+    @scheduling.as_request
     async def enroll(
         self,
         image: bytes,
@@ -307,6 +309,7 @@ class Engine:
         return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
 
     # -- search ------------------------------------------------------------------------------
+    @scheduling.as_request
     async def search(
         self,
         image: bytes,
@@ -379,6 +382,7 @@ class Engine:
         assert emb is not None
         return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box)
 
+    @scheduling.as_request
     async def query_embedding(self, image: bytes, face: int | None = None) -> np.ndarray:
         """The embedding `search` compares with the gallery for a photo's face (the primary one by
         default), by the very same steps; for evaluation. Raises NoFaceFound, FaceIndexError."""
