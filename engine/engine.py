@@ -14,13 +14,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import calibration as calib
-from . import projection
+from . import codes, projection, scheduling
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
-from .images import Decoded, decode, sha256_hex
-from . import codes, scheduling
 from .hamming import HammingIndex
+from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex, VectorIndex
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
