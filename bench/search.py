@@ -46,10 +46,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 
-from engine import calibration, projection  # noqa: E402
+from engine import calibration, codes, projection  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
-from engine.index import UsearchIndex, auto_expansion  # noqa: E402
+from engine.hamming import HammingIndex  # noqa: E402
+from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
 
 logger = logging.getLogger("bench.search")
@@ -374,7 +375,7 @@ def recall_at(found: np.ndarray, truth10: np.ndarray) -> float:
     return float(np.mean([len(set(f[:10].tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth10, strict=True)]))
 
 
-def single_queries(index: UsearchIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[float], list[float]]:
+def single_queries(index: UsearchIndex | HammingIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[float], list[float]]:
     """Search one query at a time through UsearchIndex.search: gallery rows found, wall and CPU seconds per query.
 
     usearch answers a single query on the calling thread, so its thread CPU time is what the query
@@ -404,6 +405,110 @@ def shown_threshold() -> float:
     return table.threshold_possible if table else calibration.FALLBACK_POSSIBLE
 
 
+def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int) -> HammingIndex:
+    """The engine's HammingIndex for the default recognizer (shipped code model), as Engine.open makes it."""
+    cfg = EngineConfig()
+    rec = cfg.resolved_model_dir() / (cfg.recognizer_file or DEFAULT_RECOGNIZER)
+    return HammingIndex(path, code_model=codes.for_model(file_sha256(rec)), projection=proj, candidates=candidates,
+                        threads=threads)
+
+
+def probe_hamming_load(path: str, dims: int, basis: str, threads: int) -> dict[str, float]:
+    """Start-up cost in a fresh process: HammingIndex.load(), RSS delta, keys()."""
+    proj = index_projection(common.real_embeddings(), dims, basis) if dims else None
+    index = hamming_index(Path(path), proj, 1000, threads)
+    gc.collect()
+    rss0 = common.rss_bytes()
+    with common.Stopwatch() as t:
+        ok = index.load()
+    if not ok:
+        raise RuntimeError(f"could not load {path}")
+    rss_delta = common.rss_bytes() - rss0
+    with common.Stopwatch() as t_keys:
+        _ = int(index.keys().sum())
+    return {"load_s": t.s, "load_rss_delta": rss_delta, "keys_s": t_keys.s, "loaded_memory_bytes": index.memory_bytes()}
+
+
+def hamming_bench(
+    args: argparse.Namespace, data: Dataset, truth: np.ndarray, truth_sim: np.ndarray, real: common.RealEmbeddings,
+    m0: dict[str, Any], fit: dict[str, float], synth: dict[str, float], mates_in_top10: float, visible_mates: float,
+) -> int:
+    """The engine's HammingIndex: build (add in batches), save, load in a fresh process, single queries per
+    candidates value (k=10 and k=--fetch), and the final key=value line."""
+    n = args.n
+    cands = [int(v) for v in str(args.candidates).split(",") if v.strip()]
+    proj = index_projection(real, args.pca, args.basis) if args.pca else None
+    path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash([n, args.seed, args.pca, args.basis])}.idx"
+    index = hamming_index(path, proj, cands[0], args.scan_threads)
+    gc.collect()
+    rss0 = common.rss_bytes()
+    keys = np.arange(1, n + 1, dtype=np.int64)
+    with common.Stopwatch() as t_build:
+        c0 = time.process_time()
+        for a in range(0, n, 20_000):  # MetadataStore.iter_embeddings' batch, as Engine.rebuild_index adds
+            index.add(keys[a : a + 20_000], data.gallery[a : a + 20_000])
+        build_cpu = time.process_time() - c0
+    build_rss = common.rss_bytes() - rss0
+    with common.Stopwatch() as t_save:
+        index.save()
+    file_bytes = path.stat().st_size
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads).result()
+    logger.info("built in %.1f s, saved in %.1f s; start-up: load %.2f s, +%.0f MB RSS", t_build.s, t_save.s,
+                startup["load_s"], startup["load_rss_delta"] / 1e6)
+    rows_out: list[dict[str, object]] = []
+    for c in cands:
+        index.candidates = c
+        found, times, cpu_times = single_queries(index, data.queries, 10)
+        found_f, times_f, _ = single_queries(index, data.queries, args.fetch)
+        lat, lat_cpu, lat_f = (common.percentiles_ms(t) for t in (times, cpu_times, times_f))
+        rows_out.append({
+            "candidates": c, "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_p50_ms": lat_cpu["p50"],
+            "mate_recall": mate_recall(found, truth, data.gallery_ident, data.query_ident),
+            "recall10": recall_at(found, truth),
+            f"p50_k{args.fetch}_ms": lat_f["p50"], f"p99_k{args.fetch}_ms": lat_f["p99"],
+            f"mate_recall_k{args.fetch}": mate_recall(found_f, truth, data.gallery_ident, data.query_ident),
+            "mate_recall_shown": mate_recall(found_f, truth, data.gallery_ident, data.query_ident, truth_sim, args.threshold),
+            "load1": common.load_avg()[0],
+        })
+        logger.info("candidates=%d: %s", c, common.kv_line(rows_out[-1]))
+    index.close()
+    m1 = common.machine()
+    common.emit(f"# search bench  index=hamming n={n} bits={index.code_model.bits} rerank={index.ndim}-d float16 "
+                f"scan_threads={args.scan_threads} queries={args.queries} code_model={index.code_model.source!r}")
+    common.emit(f"# machine  start: {common.kv_line(m0)}")
+    common.emit(f"# machine  end:   {common.kv_line(m1)}")
+    common.emit(f"# data  same-person cos mean real {fit['real_same_mean']:.3f} vs synthetic {synth['same_mean']:.3f}; "
+                f"stranger cos p99.9 {fit['real_stranger_p999']:.3f} vs {synth['stranger_p999']:.3f}; "
+                f"mates in exact top-10 per query {mates_in_top10:.2f} ({visible_mates:.1%} at cosine >= {args.threshold:g})")
+    common.emit(f"# build  {t_build.s:.1f} s ({build_cpu:.0f} CPU-s), RSS +{build_rss / 1e6:.0f} MB; save {t_save.s:.1f} s")
+    common.emit(f"# memory  index.memory_bytes after load {startup['loaded_memory_bytes'] / n:.0f} B/face; "
+                f"RSS after load +{startup['load_rss_delta'] / n:.0f} B/face; file {file_bytes / n:.0f} B/face")
+    common.emit(f"# start-up  HammingIndex.load {startup['load_s']:.2f} s + keys check {startup['keys_s']:.3f} s")
+    common.emit("# per candidates value (single queries through HammingIndex.search: wall and thread-CPU ms of the "
+                "calling thread; the scan's other half runs on a second thread):")
+    for r in rows_out:
+        common.emit("  " + common.kv_line(r))
+    first = rows_out[0]
+    bpf = startup["loaded_memory_bytes"] / n
+    verdict = {"p50": first["p50_ms"] <= TARGET_P50_MS, "mate_recall": first["mate_recall"] >= TARGET_MATE_RECALL,  # type: ignore[operator]
+               "bytes": bpf <= TARGET_BYTES_PER_FACE, "load": startup["load_s"] <= TARGET_LOAD_S}
+    common.emit("# targets (for n=1M): " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in verdict.items()))
+    final = {
+        "index": "hamming", "n": n, "bits": index.code_model.bits, "ndim": index.ndim, "candidates": first["candidates"],
+        "scan_threads": args.scan_threads, "p50_ms": first["p50_ms"], "p99_ms": first["p99_ms"],
+        "cpu_p50_ms": first["cpu_p50_ms"], "mate_recall": first["mate_recall"], "recall10": first["recall10"],
+        f"p50_k{args.fetch}_ms": first[f"p50_k{args.fetch}_ms"], f"mate_recall_k{args.fetch}": first[f"mate_recall_k{args.fetch}"],
+        "mate_recall_shown": first["mate_recall_shown"], "bytes_per_face": bpf,
+        "rss_per_face": startup["load_rss_delta"] / n, "file_per_face": file_bytes / n, "build_s": t_build.s,
+        "save_s": t_save.s, "load_s": startup["load_s"], "nproc": m1["nproc"], "load1_start": m0["load1"], "load1_end": m1["load1"],
+    }
+    common.emit(common.kv_line(final))
+    path.unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
+    return 0
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and every option's default."""
 
@@ -419,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_HelpFormatter,
     )
     ap.add_argument("--n", type=int, default=100_000, help="faces in the gallery (index size)")
+    ap.add_argument("--index", choices=["hamming", "usearch"], default=defaults.index_kind,
+                    help="which index (EngineConfig.index_kind; the engine's default unless given)")
+    ap.add_argument("--candidates", default=str(defaults.index_candidates),
+                    help="hamming: candidates re-ranked per search (EngineConfig.index_candidates); a comma list sweeps it")
+    ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
+                    help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")
     ap.add_argument("--dtype", default=defaults.index_dtype, choices=["i8", "f16", "bf16", "f32"],
                     help="index scalar type (EngineConfig.index_dtype)")
@@ -487,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     visible_mates = float((is_mate & (truth_sim >= args.threshold)).sum() / max(1, is_mate.sum()))
     mates_in_top10 = float(np.mean([(data.gallery_ident[t] == qi).sum() for t, qi in zip(truth, data.query_ident, strict=True)]))
 
+    if args.index == "hamming":
+        return hamming_bench(args, data, truth, truth_sim, real, m0, fit, synth, mates_in_top10, visible_mates)
     full = data  # the 512-d float32 data (numpy exact timing uses it even with --pca)
     spec = {"data": data_key, "dtype": p.dtype, "M": p.connectivity, "efa": p.expansion_add}
     pca = ""

@@ -118,7 +118,7 @@ def test_adding_a_present_id_replaces_its_vector(tmp_path: Path) -> None:
 
 
 def row_bytes(idx: HammingIndex, keys: list[int]) -> list[bytes]:
-    """The code and the float16 vector the index holds for each face id."""
+    """The code and the int8 vector the index holds for each face id."""
     live = idx._keys[: len(idx)]
     rows = [int(np.flatnonzero(live == k)[0]) for k in keys]
     return [idx._codes[r].tobytes() for r in rows] + [idx._vecs[r].tobytes() for r in rows]
