@@ -48,8 +48,8 @@ import common  # noqa: E402  (bench/ is not a package)
 
 from engine import calibration, codes, projection  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
-from engine.images import file_sha256  # noqa: E402
 from engine.hamming import HammingIndex  # noqa: E402
+from engine.images import file_sha256  # noqa: E402
 from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
 

@@ -181,3 +181,35 @@ def test_load_refuses_other_formats_models_and_damaged_files(tmp_path: Path, cap
     assert not UsearchIndex(path, ndim=64).load()
     header = json.loads(good[12 : 12 + int.from_bytes(good[8:12], "little")])
     assert header["count"] == 400 and header["format"] == 1
+
+
+async def test_engine_rebuilds_on_an_index_format_change_and_says_so(gallery_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from conftest import dev_identities, make_config
+    from engine import Engine
+
+    caplog.set_level(logging.INFO)
+    probe = dev_identities()["Colin_Powell"][1].read_bytes()
+    engine = await Engine.open(make_config(gallery_copy, index_kind="usearch"))  # the format before this one
+    try:
+        assert isinstance(engine.index, UsearchIndex) and len(engine.index) > 0
+        before = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    caplog.clear()
+    engine = await Engine.open(make_config(gallery_copy))  # the default: hamming
+    try:
+        assert isinstance(engine.index, HammingIndex) and len(engine.index) == len(await engine.store.face_ids())
+        after = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    assert after == before and after  # the same exact re-scored hits through either index
+    log = caplog.text
+    assert "another index format" in log and "building the HammingIndex index from the database's" in log
+    assert "index rebuilt" in log
+    assert read_sidecar(gallery_copy / "gallery.usearch")["kind"] == "hamming"
+    caplog.clear()
+    engine = await Engine.open(make_config(gallery_copy))  # and the next start just loads it
+    await engine.close()
+    assert "consistent with the database" in caplog.text and "rebuil" not in caplog.text
