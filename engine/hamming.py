@@ -130,23 +130,23 @@ class HammingIndex:
         return self.candidates
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add full embeddings under their face ids; an id already present gets the new embedding."""
+        """Add full embeddings under their face ids; ids already in the index are left as they are (a face's
+        embedding never changes, so a replayed change is a no-op); an id given twice is added once."""
         keys = np.asarray(keys, dtype=np.int64).reshape(-1)
         if len(keys) == 0:
             return
         x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if len(x) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(x)} vectors")
-        keys, first = np.unique(keys[::-1], return_index=True)  # a key given twice: its last vector wins
-        x = x[::-1][first]
+        keys, first = np.unique(keys, return_index=True)
+        x = x[first]
         codes = self.code_model.encode(x)
         vecs = self._quantise(self._project(x))
         with self._lock.exclusive():
             live = self._keys[: self._n]
             if self._n and keys[0] <= live.max():  # (a rebuild adds ascending ids: no search needed)
-                present = np.isin(live, keys)
-                if present.any():
-                    self._delete_rows(np.flatnonzero(present))
+                new = ~np.isin(keys, live)
+                keys, codes, vecs = keys[new], codes[new], vecs[new]
             a = self._n
             self._reserve(a + len(keys))
             self._keys[a : a + len(keys)] = keys

@@ -105,14 +105,14 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     two.close()
 
 
-def test_adding_a_present_id_replaces_its_vector(tmp_path: Path) -> None:
+def test_adding_a_present_id_leaves_it_as_it_is(tmp_path: Path) -> None:
     photo, _ = faces(100)
     idx = make(tmp_path / "g.idx", photo)
     idx.add(np.arange(1, 101), photo)
-    idx.add(np.array([7, 7]), photo[[50, 60]])  # given twice: the last one wins
-    assert len(idx) == 100 and sorted(idx.keys().tolist()) == list(range(1, 101))
-    keys, sims = idx.search(photo[60], 2)
-    assert set(keys.tolist()) == {7, 61} and sims[0] > 0.99
+    idx.add(np.array([7, 7, 101]), photo[[50, 60, 70]])  # a replayed change: 7 is kept as it was, 101 added once
+    assert len(idx) == 101 and sorted(idx.keys().tolist()) == list(range(1, 102))
+    keys, sims = idx.search(photo[6], 1)
+    assert keys[0] == 7 and sims[0] > 0.99
     with pytest.raises(ValueError):
         idx.add(np.array([1, 2]), photo[:1])
 
