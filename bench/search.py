@@ -1,4 +1,5 @@
-"""Index search benchmark on face-like embeddings, through the engine's UsearchIndex.
+"""Index search benchmark on face-like embeddings, through the engine's own index (HammingIndex by default,
+`--index usearch` for the HNSW graph).
 
 Isotropic random vectors are far harder for HNSW than real faces (real ones have an effective
 dimension of ~190 of 512), so this bench shapes its data on the real thing:
@@ -23,7 +24,13 @@ rerun only searches. Everything the product does goes through engine.index.Usear
 Like the engine (EngineConfig.index_dims), the index holds the faces projected to 192 dimensions with
 the model's shipped basis by default (`--pca 0`: the full 512-d vectors); ground truth stays float32 512-d.
 
-Example: python bench/search.py --n 1000000 --ef auto,128,512
+The default index (engine.hamming.HammingIndex, issue 15) is built in a few seconds per 100 k faces, so it is
+not cached: per code model (`--codes`) the bench adds the gallery in batches, saves it, loads it in a fresh
+process (start-up time, RSS), then times single queries per `--candidates` value.
+
+Examples: python bench/search.py --n 1000000                      (the engine's default index and settings)
+          python bench/search.py --n 1000000 --candidates 1000,2000 --codes shipped,random512
+          python bench/search.py --n 1000000 --index usearch --ef auto,128,512
 """
 
 from __future__ import annotations
