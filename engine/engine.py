@@ -529,6 +529,7 @@ class Engine:
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
             db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
             index_dims=self.index.ndim, index_ef=self.index.ef, index_memory_bytes=self.index.memory_bytes(),
+            index_kind="hamming" if isinstance(self.index, HammingIndex) else "usearch",
         )
 
 

@@ -101,6 +101,7 @@ class Stats:
     index_dims: int = 512  # dimensions the index holds (a projection when < the embedding's)
     index_ef: int = 0  # the search breadth searches use now
     index_memory_bytes: int = 0  # what the index holds in RAM
+    index_kind: str = "usearch"  # hamming (index_ef: candidates re-ranked per search) or usearch (index_ef: HNSW ef)
 
 
 @dataclass(frozen=True, slots=True)

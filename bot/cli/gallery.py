@@ -357,7 +357,8 @@ async def cmd_stats(args: argparse.Namespace) -> int:
         f"{stats.flagged_faces} below the quality floor)\nsubjects        {stats.subjects}\n"
         f"users           {stats.users}\naudit entries   {stats.audit_entries}\n"
         f"database        {stats.db_bytes / 1e6:.1f} MB\nindex           {stats.index_bytes / 1e6:.1f} MB on disk, "
-        f"{stats.index_memory_bytes / 1e6:.1f} MB in RAM; {stats.index_dims}-d, search breadth (ef) {stats.index_ef}\n"
+        f"{stats.index_memory_bytes / 1e6:.1f} MB in RAM; {stats.index_kind}, {stats.index_dims}-d, "
+        f"{f'{stats.index_ef} candidates re-ranked' if stats.index_kind == 'hamming' else f'search breadth (ef) {stats.index_ef}'}\n"
         f"model           {stats.model}\nthresholds      possible {thresholds[0]:.3f}, strong {thresholds[1]:.3f}"
         f" ({'calibrated' if thresholds[2] else 'configured: no calibration table'})"
     )
