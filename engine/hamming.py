@@ -54,7 +54,10 @@ _MIN_CAPACITY = 1024
 # the rounding moves a similarity by ~0.002, far below the gap between a mate (~0.6) and the best strangers
 # (~0.3). (A finer scale, 254, clipped the largest components and cost up to 0.02.)
 QUANT_SCALE = 127.0
-SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
+SPLIT_MIN = 50_000
+# faiss's counting k-NN ("mc") rather than its heap ("hc"): for 1,000 of 500 k 256-bit codes 1.95 against 2.85 ms
+# of CPU (measured on this machine under load); both return the same distances.
+SCAN_VARIANT = "mc"  # a scan is split over threads only when each part has at least this many codes
 
 
 class HammingIndex:
@@ -205,13 +208,13 @@ class HammingIndex:
         faiss = _faiss()
         parts = self.threads if n >= self.split_min * self.threads else 1
         if parts == 1:
-            _, rows = faiss.knn_hamming(code, self._codes[:n], k)
+            _, rows = faiss.knn_hamming(code, self._codes[:n], k, variant=SCAN_VARIANT)
             return rows[0][rows[0] >= 0]
         bounds = np.linspace(0, n, parts + 1).astype(np.int64)
         pool = self._executor()
-        futures = [pool.submit(faiss.knn_hamming, code, self._codes[a:b], min(k, b - a))
+        futures = [pool.submit(faiss.knn_hamming, code, self._codes[a:b], min(k, b - a), variant=SCAN_VARIANT)
                    for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
-        d0, r0 = faiss.knn_hamming(code, self._codes[: bounds[1]], min(k, int(bounds[1])))
+        d0, r0 = faiss.knn_hamming(code, self._codes[: bounds[1]], min(k, int(bounds[1])), variant=SCAN_VARIANT)
         dist = [d0[0]]
         rows = [r0[0]]
         for f, a in zip(futures, bounds[1:-1], strict=True):
