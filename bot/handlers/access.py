@@ -38,7 +38,7 @@ def update_kind(update: Update) -> str:
     return "text" if message.text else "other"
 
 
-async def account_for(context: BotContext, user_id: int) -> Account | None:
+async def account_for(context: BotContext, user_id: int, telegram_language: str | None = None) -> Account | None:
     """The whitelisted account of a Telegram user, or None; bootstrap admins get a row on first contact."""
     bootstrap = user_id in context.settings.admin_ids
     user = await context.engine.user(user_id)
@@ -46,13 +46,20 @@ async def account_for(context: BotContext, user_id: int) -> Account | None:
         user = await context.engine.allow(user_id, "admin", texts.BOOTSTRAP_NOTE, actor="system")
     if user is None:
         return None
-    return Account(user.user_id, user.role, user.active_case, bootstrap)
+    language = context.services.languages.choose(await context.engine.language(user_id), telegram_language)
+    return Account(user.user_id, user.role, user.active_case, bootstrap, language)
 
 
 async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str, **details: Any) -> None:
-    """Record a refusal in the audit log, count it, and tell the user why."""
-    await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update), **details)
+    """Record a refusal in the audit log (with the language of the reply), count it, and tell the user why."""
+    await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update),
+                                lang=context.t.code, **details)
     context.metrics.refused(METRIC_REASONS.get(reason, reason))
+    await _tell(update, context, reply)
+
+
+async def _tell(update: Update, context: BotContext, reply: str) -> None:
+    """A refusal's reply: an alert on a button, else a message in the chat."""
     if update.callback_query is not None:
         try:
             await update.callback_query.answer(reply[:200], show_alert=True)
@@ -73,10 +80,15 @@ async def gate(update: Update, context: BotContext) -> None:
     if user is None or user.is_bot or (chat is not None and chat.type != ChatType.PRIVATE):
         logger.debug("ignoring update %s: not from a person in a private chat", update.update_id)
         raise ApplicationHandlerStop
-    account = await account_for(context, user.id)
+    context.services.saw_language(user.id, user.language_code)
+    account = await account_for(context, user.id, user.language_code)
     if account is None:
         logger.info("refused %s from %s: not whitelisted", update_kind(update), user.id)
-        await refuse(update, context, f"tg:{user.id}", "not_whitelisted", texts.not_authorised(user.id))
+        language = context.services.languages.choose(None, user.language_code)
+        await context.engine.record(f"tg:{user.id}", "refused", None, reason="not_whitelisted", update=update_kind(update),
+                                    lang=language.code)
+        context.metrics.refused(METRIC_REASONS["not_whitelisted"])
+        await _tell(update, context, texts.not_authorised(language, user.id))
         raise ApplicationHandlerStop
     context.account = account
 
@@ -89,7 +101,7 @@ def admin_only(handler: Handler) -> Handler:
         account = context.account
         if not account.is_admin:
             command = handler.__name__.removeprefix("on_")
-            await refuse(update, context, account.actor, "not_admin", texts.ADMIN_ONLY, command=command)
+            await refuse(update, context, account.actor, "not_admin", texts.admin_only(context.t), command=command)
             return
         await handler(update, context)
 
