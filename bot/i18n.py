@@ -130,7 +130,7 @@ class Language:
 
     def percent(self, fraction: float) -> str:
         """A fraction as a whole percentage, this locale's way ("87%", "87 %")."""
-        return format_percent(fraction, format="#,##0%", locale=self.locale)
+        return format_percent(fraction, locale=self.locale)  # the locale's own pattern: whole percentages
 
     def duration(self, seconds: float) -> str:
         """A duration in words: "90 seconds", "2 minutes", "1 hour" (seconds up to two minutes)."""

@@ -4,7 +4,8 @@ It implements what python-telegram-bot calls: getMe, getUpdates (long polling fr
 updates into), getFile plus the file download route (downloads are counted), sendMessage, sendPhoto,
 sendChatAction, edit*, answerCallbackQuery, the command-menu methods (kept per scope and language_code, as
 Telegram keeps them) and deleteWebhook. Unknown methods answer ok with `true`. Users may have a Telegram app
-language (`set_user_language`), sent as `from.language_code` as Telegram does. Every call but getUpdates is recorded (method, decoded parameters, uploaded files)
+language (`set_user_language`), sent as `from.language_code` as Telegram does. Every call but getUpdates is
+recorded (method, decoded parameters, uploaded files)
 so tests can wait for it and assert on what a user would see.
 """
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from bot import texts
-from bot.i18n import ENGLISH as EN
 from bot.app import MissingToken, build_application, run
+from bot.i18n import ENGLISH as EN
 from bot.settings import Settings
 from conftest import BOT_ADMIN, DEV, BotHarness, new_user_id
 from engine import Engine
