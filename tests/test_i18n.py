@@ -271,3 +271,53 @@ async def test_a_language_choice_is_audited(gallery_copy: Path) -> None:
         assert (await engine.audit_verify()).ok
     finally:
         await engine.close()
+
+
+async def test_report_in_french_keeps_audit_values_and_counts_answers_per_language(
+    gallery_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from bot.cli import main as cli_main
+    from conftest import dev_identities, make_config
+
+    ids = dev_identities()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        await engine.search(ids["Barack_Obama"][1].read_bytes(), actor="tg:1", case="OP-1", language="fr")
+        await engine.search(ids["Jeff_Bezos"][1].read_bytes(), actor="tg:2", case="OP-2", language="nl")
+        await engine.record("tg:3", "refused", None, reason="no_case", lang="fr")
+        await engine.forget(subject="Elon_Musk", actor="tg:9")
+    finally:
+        await engine.close()
+    assert await asyncio.to_thread(cli_main, ["--data-dir", str(gallery_copy), "report", "--lang", "fr"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Rapport de contrôle Sightline\n")
+    assert "Chaîne d'audit\u00a0: **vérifiée**" in out and "Réponses par langue (recherches et refus)\u00a0: fr 2, nl 1." in out
+    assert "| utilisateur | recherches | avec résultats | taux de résultats | aucun visage |" in out
+    assert "| tg:1 | 1 | 1 | 100\u00a0% | 0 |" in out  # audit values as recorded, numbers the French way
+    assert "tg:9 forget: 1 image, 1 visage" in out and "## Modifications des accès" in out
+    assert "janv." in out or "févr." in out or re.search(r"\d{1,2} [a-zéû]+\.? \d{4}", out)  # a French date
+
+    assert await asyncio.to_thread(cli_main, ["--data-dir", str(gallery_copy), "report", "--lang", "xx"]) == 2
+    err = capsys.readouterr().err
+    assert "sightline: no report language 'xx'; available: en, fr, nl, de\n" in err, err
+
+
+def test_picture_font_draws_every_letter_of_the_catalogs() -> None:
+    from PIL import Image, ImageDraw
+
+    from bot import render
+
+    font = render.font(18)
+
+    def glyph(ch: str) -> bytes:
+        img = Image.new("L", (40, 40))
+        ImageDraw.Draw(img).text((5, 5), ch, fill=255, font=font)
+        return img.tobytes()
+
+    missing = glyph("\U0010fffd")  # a code point no font has: its "missing glyph" box
+    letters = {ch for language in CATALOGS for m in read_catalog(language) if m.id
+               for form in ([m.string] if isinstance(m.string, str) else m.string) for ch in form if ord(ch) > 127}
+    letters |= set("Müller Ødegård Çelik Łukasz")
+    assert {ch for ch in letters if ch.isalpha() and glyph(ch) == missing} == set()
