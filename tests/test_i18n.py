@@ -60,8 +60,13 @@ def fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
 
 
-def test_the_three_catalogs_exist() -> None:
-    assert CATALOGS == ["de", "fr", "nl"]
+def test_every_configured_language_has_a_catalog() -> None:
+    from bot.settings import Settings
+
+    assert {"de", "fr", "nl"} <= set(CATALOGS)
+    default = Settings.model_fields["languages"].default
+    assert [lang.tag for lang in Languages.load(default.split(","))] == default.split(",")
+    assert {tag.split("_")[0] for tag in default.split(",")} == {"en", *CATALOGS}
 
 
 @pytest.mark.parametrize("language", CATALOGS)
