@@ -226,11 +226,26 @@ def test_a_missing_or_stale_mo_is_replaced_by_compiling_the_po_in_memory(
     assert load_translations("es", locales) is None
 
 
-def test_installed_catalogs_are_compiled_and_current() -> None:
-    """scripts/_setup.sh (and the Dockerfile) compile the catalogs at install: the bot does not need to."""
+def test_install_compiles_the_catalogs_and_doctor_says_so(tmp_path: Path) -> None:
+    """What scripts/_setup.sh and the Dockerfile run (pybabel compile) gives .mo files the bot uses as they are."""
+    import subprocess
+    import sys
+
+    from bot.doctor import check_languages
+    from bot.settings import Settings
+
+    locales = tmp_path / "locales"
+    shutil.copytree(LOCALES_DIR, locales, ignore=shutil.ignore_patterns("*.mo"))
+    settings = Settings(languages="en,fr_BE,nl_BE,de_BE")
+    warned = check_languages(settings, locales)
+    assert warned.status == "ok" and "; fr, nl, de not compiled" in warned.detail  # fr_BE falls back to fr
+    pybabel = Path(sys.executable).with_name("pybabel")
+    subprocess.run([str(pybabel), "-q", "compile", "-d", str(locales), "-D", "sightline"], check=True)
     for language in CATALOGS:
-        po, mo = catalog_files(language)
-        assert mo.is_file() and mo.stat().st_mtime >= po.stat().st_mtime, f"{mo}: run scripts/catalogs compile"
+        assert catalog_files(language, locales)[1].is_file()
+    ok = check_languages(settings, locales)
+    assert (ok.status, ok.detail) == ("ok", "en (default), fr_BE, nl_BE, de_BE")
+    assert check_languages(Settings(languages="en,es_ES"), locales).status == "fail"
 
 
 def test_locale_names_are_valid_babel_locales() -> None:
