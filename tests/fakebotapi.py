@@ -322,11 +322,13 @@ class FakeBotAPI:
         return message
 
     def send_document(self, user_id: int, data: bytes, *, file_name: str, mime_type: str | None,
-                      reported_size: int | None = None) -> dict[str, Any]:
-        """A user sends a file; returns the message."""
+                      reported_size: int | None = None, size_in_message: bool = True) -> dict[str, Any]:
+        """A user sends a file; returns the message (without file_size when `size_in_message` is False: only
+        getFile then tells the size, as for some forwarded files)."""
         file_id = self.add_file(data, reported_size=reported_size)
-        document: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": file_name,
-                                    "file_size": reported_size if reported_size is not None else len(data)}
+        document: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": file_name}
+        if size_in_message:
+            document["file_size"] = reported_size if reported_size is not None else len(data)
         if mime_type:
             document["mime_type"] = mime_type
         message = self.user_message(user_id, document=document)
