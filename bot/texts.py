@@ -445,7 +445,7 @@ def users_list(users: Sequence[User], bootstrap: frozenset[int]) -> str:
             extra.append("bootstrap")
         if u.active_case:
             extra.append(f"case {u.active_case}")
-        note = f" - {u.note}" if u.note and u.note != BOOTSTRAP_NOTE else ""
+        note = f" - {clip(u.note, SUBJECT_SHOWN)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
         lines.append(f"{u.user_id} ({', '.join(extra)}){note}")
     return "\n".join(lines)
 

@@ -10,8 +10,9 @@ It refuses what Telegram refuses, with Telegram's 400 descriptions (core.telegra
 are the ones the Bot API server answers): message text over 4,096 or caption over 1,024 UTF-16 code units
 after entity parsing, empty text, malformed HTML/MarkdownV2 ("can't parse entities"), callback_data outside
 1-64 bytes, URL buttons with a link Telegram does not accept, buttons without text or action, more than 100
-buttons or 8 per row, callback-query answers over 200 characters, a reply to a message that does not exist,
-and getFile of a file over 20 MB ("file is too big").
+buttons or 8 per row, callback-query answers over 200 characters or a second answer to one query, an edit
+that changes nothing, a reply to a message that does not exist, and getFile of a file over 20 MB ("file is
+too big").
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class FakeBotAPI:
         self._update_ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self._answered: set[str] = set()  # callback queries answered (Telegram takes one answer each)
         self._last_push = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -201,6 +203,11 @@ class FakeBotAPI:
                     "file_path": f"files/{file_id}"}
         if method == "getMyCommands":
             return []
+        if method == "answerCallbackQuery":
+            query_id = str(params.get("callback_query_id"))
+            if query_id in self._answered:
+                raise _ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            self._answered.add(query_id)
         return True  # sendChatAction, answerCallbackQuery, setMyCommands, deleteMyCommands, deleteWebhook, ...
 
     def _new_message(self, params: dict[str, Any], files: dict[str, bytes], method: str) -> dict[str, Any]:
@@ -239,6 +246,11 @@ class FakeBotAPI:
         message = self.messages.get(int(params.get("message_id") or 0))
         if message is None:
             raise _ApiError(400, "Bad Request: message to edit not found")
+        same_markup = params.get("reply_markup") == message.get("reply_markup")
+        same_text = method == "editMessageText" and params.get("text", "") == message.get("text")
+        if same_markup and (same_text or method == "editMessageReplyMarkup"):
+            raise _ApiError(400, "Bad Request: message is not modified: specified new message content and reply "
+                                 "markup are exactly the same as a current content and reply markup of the message")
         if method == "editMessageText":
             message["text"] = params.get("text", "")
         elif method == "editMessageCaption":

@@ -179,10 +179,11 @@ async def test_a_file_over_the_bot_api_download_limit(bot: BotHarness) -> None:
     officer = new_user_id()
     await bot.allow(officer)
     # The message does not say the size; getFile answers 400 "file is too big".
-    bot.fake.send_document(officer, b"\xff\xd8 tiny", file_name="scan.jpg", mime_type="image/jpeg",
-                           reported_size=22 * 1024 * 1024, size_in_message=False)
+    sent = bot.fake.send_document(officer, b"\xff\xd8 tiny", file_name="scan.jpg", mime_type="image/jpeg",
+                                  reported_size=22 * 1024 * 1024, size_in_message=False)
     reply = await bot.fake.wait_for("sendMessage", chat_id=officer)
     assert reply.text.startswith("That file is too big: the limit is 20 MB.")
+    assert reply.params["reply_parameters"]["message_id"] == sent["message_id"]  # it quotes the file
     assert bot.fake.downloads == [] and texts.SORRY not in [c.text for c in bot.fake.calls]
     bot.fake.send_photo(officer, BLAIR.read_bytes())  # the refused file did not count, the next photo searches
     assert (await bot.fake.wait_for("sendPhoto", chat_id=officer)).text
