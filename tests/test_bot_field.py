@@ -19,7 +19,7 @@ from telegram.ext import CommandHandler
 from test_bot_search import side_by_side
 
 from bot import render, texts
-from bot.telegram_io import caption_and_rest, clip, split_message, utf16_len
+from bot.telegram_io import button, caption_and_rest, clip, keyboard, split_message, utf16_len
 from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
 from engine import Engine, LastAdmin
 
@@ -100,6 +100,15 @@ def test_limits_helpers_count_what_telegram_counts() -> None:
     assert all(utf16_len(c) <= 4096 for c in chunks) and len(chunks) == 5  # 3,000 units a line: one a chunk
     caption, rest = caption_and_rest("\n".join(f"line {i} " + "y" * 90 for i in range(30)))
     assert utf16_len(caption) <= 1024 and rest and f"{caption}\n{rest}".count("line ") == 30
+
+
+def test_buttons_and_keyboards_stay_within_telegram_limits() -> None:
+    long = button("Face " + "9" * 500, callback_data="face:abcdefgh:999")
+    assert utf16_len(long.text) <= 64 and long.text.endswith("…")
+    with pytest.raises(ValueError, match="64"):
+        button("x", callback_data="d" * 65)
+    rows = keyboard([button(str(i), callback_data=str(i)) for i in range(150)], per_row=12, extra_rows=1)
+    assert max(len(r) for r in rows) == 8 and sum(len(r) for r in rows) == 99  # room for the More row
 
 
 def test_a_5000_character_label_is_fitted_quickly() -> None:
