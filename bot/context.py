@@ -11,15 +11,16 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.i18n import Language, Languages
 from bot.metrics import Metrics
-from bot.sessions import ExpiringStore, PendingPhoto, RateLimiter, ResultSet
+from bot.sessions import Confirmation, ExpiringStore, PendingPhoto, RateLimiter, ResultSet, StrangerThrottle
 from bot.settings import Settings
 from engine import Engine
 
 ENGINE_KEY = "engine"  # bot_data key of the open Engine (bot/web.py reads it for /healthz)
 SERVICES_KEY = "services"
 RESULTS_TTL_SECONDS = 3600  # the More button works for an hour after a search
-MAX_RESULT_SETS = 2000
-MAX_PENDING_PHOTOS = 32  # photos waiting for a face choice, across all users (each up to max_image_mb)
+MAX_RESULT_SETS = 50  # per user: result lists kept for their More buttons
+MAX_PENDING_PHOTOS = 8  # per user: photos waiting for a face choice (each up to 20 MB); never another user's
+CONFIRM_TTL_SECONDS = 300  # a Confirm button of /forget or a self-revoke works for 5 minutes
 MAX_SEEN_LANGUAGES = 10_000  # Telegram language codes of recent senders, kept in memory for the welcome
 
 
@@ -53,6 +54,8 @@ class Services:
     limiter: RateLimiter
     results: ExpiringStore[ResultSet]
     photos: ExpiringStore[PendingPhoto]
+    confirmations: ExpiringStore[Confirmation]
+    strangers: StrangerThrottle
     seen_languages: dict[int, str] = field(default_factory=dict)  # user id -> last Telegram language_code
     owns_engine: bool = False
     http: web.AppRunner | None = None
@@ -79,6 +82,8 @@ class Services:
             limiter=RateLimiter(settings.rate_limit_per_hour),
             results=ExpiringStore(RESULTS_TTL_SECONDS, MAX_RESULT_SETS),
             photos=ExpiringStore(settings.photo_ttl_seconds, MAX_PENDING_PHOTOS),
+            confirmations=ExpiringStore(CONFIRM_TTL_SECONDS, 4),
+            strangers=StrangerThrottle(settings.stranger_quiet_seconds),
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.i18n import ENGLISH, N_, Language
+from bot.telegram_io import DOWNLOAD_LIMIT, clip
 from engine import (
     AuditEntry,
     CaseRequired,
@@ -26,6 +27,7 @@ from engine import (
     Hit,
     ImageRejected,
     InvalidArgument,
+    LastAdmin,
     ModelError,
     NoFaceFound,
     NotFound,
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from bot.sessions import ResultSet
 
 logger = logging.getLogger(__name__)
+
+SUBJECT_SHOWN = 100  # characters of a subject, note or case shown in a reply (the rest is cut with "…")
+URL_SHOWN = 300  # characters of a source link shown in a list (its button carries the whole link)
 
 # -- start-up (for the operator, in the log) -----------------------------------------------------
 MISSING_TOKEN = (
@@ -98,12 +103,15 @@ def clear_words(languages: Sequence[Language]) -> set[str]:
 
 
 # -- access ------------------------------------------------------------------------------------
-def not_authorised(t: Language, user_id: int) -> str:
-    """The one reply an account that is not whitelisted gets."""
-    return t._(
+def not_authorised(t: Language, user_id: int, quiet_seconds: int = 0) -> str:
+    """The one reply an account that is not whitelisted gets (then silence for `quiet_seconds`)."""
+    text = t._(
         "You are not authorised to use this bot.\n"
         "Your Telegram id is {user_id}. Send it to an administrator if you should have access."
     ).format(user_id=user_id)  # the raw digits: an admin types them into /allow
+    if quiet_seconds > 0:
+        text += "\n" + t._("Messages in the next {duration} will get no reply.").format(duration=t.duration(quiet_seconds))
+    return text
 
 
 def admin_only(t: Language) -> str:
@@ -130,13 +138,31 @@ def start(t: Language) -> str:
 
 
 def help_text(t: Language, is_admin: bool, active_case: str | None, rate_limit_per_hour: int) -> str:
-    """The /help reply; admins also get their commands (in English, like every admin reply)."""
+    """The /help reply: how to search, how to read an answer, the commands; admins also get theirs (in English,
+    like every admin reply)."""
+    strong, possible = t.pgettext("band", "strong"), t.pgettext("band", "possible")
     lines = [
-        t._("Send a photo (or an image file: JPEG, PNG, WebP or HEIC) to search the gallery."),
-        t._("Your active case: {case}").format(case=active_case) if active_case
+        t._("Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to {size}) to search the gallery.").format(
+            size=t._("{size} MB").format(size=t.number(DOWNLOAD_LIMIT / 2**20))  # Telegram's "20 MB" is 20 MiB
+        ),
+        t._("Your active case: {case}").format(case=clip(active_case, SUBJECT_SHOWN)) if active_case
         else t._("You have no active case: set one with /case <reference>."),
-        t.ngettext("You can run up to {n} search per hour.", "You can run up to {n} searches per hour.",
-                   rate_limit_per_hour).format(n=t.number(rate_limit_per_hour)),
+        t.ngettext(
+            "You can send up to {n} photo per hour (each photo counts, and each extra face you search in it).",
+            "You can send up to {n} photos per hour (each photo counts, and each extra face you search in it).",
+            rate_limit_per_hour,
+        ).format(n=t.number(rate_limit_per_hour)),
+        "",
+        t._("Reading an answer:"),
+        t._("- Several faces in the photo: I box and number them. Tap a face's number to search that face."),
+        t._("- Each match shows a percentage: how similar the two faces are ({full} would be the same picture). "
+            "It is not a probability that it is the same person.").format(full=t.percent(1)),
+        t._("- {strong}: similar enough that strangers rarely score this high. {possible}: worth a look, often a "
+            "stranger.").format(strong=strong, possible=possible),
+        t._("- The odds line says how often a stranger scores this high in this gallery: 1 in {strong_odds} is "
+            "strong evidence, 1 in {weak_odds} is weak.").format(strong_odds=t.number(40_000), weak_odds=t.number(20)),
+        t._("- More shows the next matches. Source opens where the gallery photo came from."),
+        t._("Matches are leads, not identifications: confirm them another way before acting."),
         "",
         t._("Commands:"),
     ]
@@ -212,20 +238,20 @@ USAGE = {  # admin commands: English
 def need_case(t: Language) -> str:
     """A search refused because the account has no active case."""
     return t._(
-        "Set a case reference before searching: /case <reference> (for example /case OP-2024-117). "
-        "Every search is logged against it."
+        "Set a case reference first: /case <reference> (for example /case OP-2024-117); every search is logged "
+        "against it. Then send the photo again: it was not kept."
     )
 
 
 def case_set(t: Language, case: str) -> str:
     """After /case <ref>."""
-    return t._("Active case: {case}. Your searches are now logged against it.").format(case=case)
+    return t._("Active case: {case}. Your searches are now logged against it.").format(case=clip(case, SUBJECT_SHOWN))
 
 
 def case_shown(t: Language, case: str | None) -> str:
     """After /case alone."""
     if case:
-        return t._("Active case: {case}").format(case=case)
+        return t._("Active case: {case}").format(case=clip(case, SUBJECT_SHOWN))
     return t._("You have no active case. Set one with /case <reference>.")
 
 
@@ -268,10 +294,14 @@ def too_big(t: Language, size_bytes: int | None, limit_bytes: int) -> str:
     """An attachment refused before downloading because of its size."""
     limit = megabytes(t, limit_bytes)
     if size_bytes:
-        return t._("That file is too big ({size}): the limit is {limit}. Send a smaller photo.").format(
-            size=megabytes(t, size_bytes, 1), limit=limit
-        )
-    return t._("That file is too big: the limit is {limit}. Send a smaller photo.").format(limit=limit)
+        return t._(
+            "That file is too big ({size}): the limit is {limit}. Send a smaller photo, or send it as a photo rather "
+            "than a file (Telegram makes it smaller)."
+        ).format(size=megabytes(t, size_bytes, 1), limit=limit)
+    return t._(
+        "That file is too big: the limit is {limit}. Send a smaller photo, or send it as a photo rather than a file "
+        "(Telegram makes it smaller)."
+    ).format(limit=limit)
 
 
 def results_expired(t: Language) -> str:
@@ -334,6 +364,10 @@ ERRORS: dict[type[EngineError], str] = {  # admin replies: English, with the eng
     NotFound: "Not found: {detail}.",
     InvalidArgument: "That doesn't work: {detail}.",
     CaseRequired: "A case reference is required for every search.",
+    LastAdmin: (
+        "That would leave Sightline without an administrator. Make another account admin first: "
+        "/allow <user_id> admin."
+    ),
     ModelError: OFFICER_ERRORS[ModelError],
     StorageError: OFFICER_ERRORS[StorageError],
     EngineError: "That failed: {detail}.",
@@ -380,23 +414,18 @@ def strangers(t: Language, expected: float, gallery_faces: int) -> str:
     if expected >= 0.5:
         count = t.number(expected, 0 if expected >= 10 else 1)
         return t.ngettext(
-            "strangers expected this close in a gallery of {faces} face: ~{count}",
-            "strangers expected this close in a gallery of {faces} faces: ~{count}",
+            "weak: ~{count} strangers in this gallery of {faces} face may score this high",
+            "weak: ~{count} strangers in this gallery of {faces} faces may score this high",
             gallery_faces,
         ).format(faces=t.number(gallery_faces), count=count)
     if expected <= 0:
-        return t._("no stranger in the calibration set scored this high")
-    galleries = _nice(1 / expected)
-    return t.ngettext(
-        "about 1 in {n} gallery this size would have a stranger scoring this high",
-        "about 1 in {n} galleries this size would have a stranger scoring this high",
-        int(galleries),
-    ).format(n=t.number(galleries))
+        return t._("no stranger in our test set scored this high")
+    return t._("odds a stranger scores this high here: 1 in {n}").format(n=t.number(_nice(1 / expected)))
 
 
 def subject_of(t: Language, hit: Hit) -> str:
-    """The subject of a hit, or "unlabelled"."""
-    return hit.subject or t._("unlabelled")
+    """The subject of a hit, or "unlabelled" (cut to fit a list)."""
+    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else t._("unlabelled")
 
 
 # The engine's quality warnings (engine/faces.py, FaceModel.quality) are English phrases: each known one is
@@ -456,7 +485,8 @@ def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[s
     lines = [f"{hit.rank}. {subject_of(t, hit)} - {percent(t, hit.similarity)} ({band(t, hit)})"]
     if hit.strangers_expected is not None:
         lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
-    lines.append(f"   {hit.source_url}" if linked else "   " + t._("source: {url}").format(url=hit.source_url))
+    url = clip(hit.source_url, URL_SHOWN)
+    lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
     return lines
 
 
@@ -466,7 +496,7 @@ def search_header(t: Language, results: ResultSet) -> list[str]:
         face = t._("face {number} of {total}").format(number=results.face, total=results.faces_in_photo)
     else:
         face = t._("1 face")
-    case = t._("Case {case}").format(case=results.case) if results.case else t._("No case")
+    case = t._("Case {case}").format(case=clip(results.case, SUBJECT_SHOWN)) if results.case else t._("No case")
     gallery = t.ngettext("gallery of {n} face", "gallery of {n} faces", results.gallery_faces).format(
         n=t.number(results.gallery_faces)
     )
@@ -513,7 +543,7 @@ def no_match(t: Language, case: str | None, gallery_faces: int, threshold: float
             "No match: no gallery face scored above {percent} among {n} gallery faces.",
             gallery_faces,
         ).format(percent=percent(t, threshold), n=t.number(gallery_faces)),
-        t._("Case {case}.").format(case=case) if case else t._("No case."),
+        t._("Case {case}.").format(case=clip(case, SUBJECT_SHOWN)) if case else t._("No case."),
     ]
     warning = quality_warning(t, warnings)
     if warning:
@@ -560,11 +590,57 @@ def searching_face(t: Language, number: int) -> str:
     return t._("Searching face {number}...").format(number=number)
 
 
+def already_searched(t: Language, number: int) -> str:
+    """A face button pressed again: the answer is already in the chat."""
+    return t._("Face {number} was already searched: its matches are above.").format(number=number)
+
+
+def results_continued(t: Language, start: int, stop: int, total: int) -> str:
+    """The header of the list of matches when it does not fit under the picture."""
+    return t._("Matches {first}-{last} of {total} (continued):").format(first=start + 1, last=stop, total=total)
+
+
 # -- admin: users, stats ---------------------------------------------------------------------------
 def allowed(user: User) -> str:
     """After /allow."""
-    note = f" ({user.note})" if user.note else ""
+    note = f" ({clip(user.note, SUBJECT_SHOWN)})" if user.note else ""
     return f"User {user.user_id} may now use Sightline as {user.role}{note}."
+
+
+def cannot_demote_bootstrap(user_id: int) -> str:
+    """/allow <id> officer for an admin listed in SIGHTLINE_ADMINS: nothing changes."""
+    return (
+        f"User {user_id} is an admin from SIGHTLINE_ADMINS and stays admin: remove them from SIGHTLINE_ADMINS "
+        "and restart the bot to change that. Nothing was changed."
+    )
+
+
+# -- confirmations (inline buttons) before what cannot be undone: admin commands, English ---------------
+def confirm_forget(what: str, value: str) -> str:
+    """Asked before /forget erases anything."""
+    return (
+        f"Erase for good every gallery image of {what} {clip(value, SUBJECT_SHOWN)}, with all its faces? "
+        "This cannot be undone."
+    )
+
+
+def confirm_revoke_self(user_id: int) -> str:
+    """Asked before an admin removes their own access."""
+    return f"You are about to remove your own access ({user_id}). You will not be able to use the bot afterwards."
+
+
+def confirm_demote_self(user_id: int) -> str:
+    """Asked before an admin makes themself an officer."""
+    return f"You are about to make yourself ({user_id}) an officer: you will lose the admin commands."
+
+
+CONFIRM_FORGET = "Erase for good"
+CONFIRM_REVOKE = "Remove my access"
+CONFIRM_DEMOTE = "Make me an officer"
+CANCEL = "Cancel"
+CANCELLED = "Cancelled: nothing was changed."
+CONFIRM_EXPIRED = "This question has expired or was answered already. Send the command again."
+DONE_BELOW = "Done: see below."
 
 
 def revoked(user_id: int) -> str:
@@ -588,7 +664,7 @@ def users_list(users: Sequence[User], bootstrap: frozenset[int]) -> str:
             extra.append("bootstrap")
         if u.active_case:
             extra.append(f"case {u.active_case}")
-        note = f" - {u.note}" if u.note and u.note != BOOTSTRAP_NOTE else ""
+        note = f" - {clip(u.note, SUBJECT_SHOWN)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
         lines.append(f"{u.user_id} ({', '.join(extra)}){note}")
     return "\n".join(lines)
 
@@ -609,13 +685,13 @@ def enrolled(e: Enrollment) -> str:
     """After /enroll."""
     if e.duplicate:
         return f"That image is already in the gallery (image {e.image_id}); nothing was added."
-    subject = f", subject {e.subject} on its main face" if e.subject else ", unlabelled"
+    subject = f", subject {clip(e.subject, SUBJECT_SHOWN)} on its main face" if e.subject else ", unlabelled"
     return f"Added image {e.image_id}: {e.faces} face(s){subject}.\nSHA-256 {e.image_sha256}"
 
 
 def forgotten(e: Erasure, what: str, value: str) -> str:
     """After /forget."""
-    return f"Erased for good ({what} {value}): {e.images} image(s), {e.faces} face(s)."
+    return f"Erased for good ({what} {clip(value, SUBJECT_SHOWN)}): {e.images} image(s), {e.faces} face(s)."
 
 
 # -- admin: audit --------------------------------------------------------------------------------------

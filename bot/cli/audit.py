@@ -218,6 +218,8 @@ def build_report(
             table[key]["with_hits"] += hit
             table[key]["no_face"] += e.details.get("faces") == 0
     actions = Counter(e.action for e in entries)
+    # the bot audits a stranger's repeated refusals as one entry with their count
+    refusals = sum(int(e.details.get("count", 1)) for e in entries if e.action == "refused")
     erasures = [e for e in entries if e.action in ("forget", "purge")]
     languages = Counter(str(e.details["lang"]) for e in entries if e.details.get("lang"))
     n = t.number
@@ -229,16 +231,16 @@ def build_report(
             seq=head_seq, head=head,
         ),
         "",
-        t._("Searches: {searches}; with at least one match: {hits}; refusals: {refusals}; enrolments: {enrolments}; "
-            "erasures: {erasures}; purges: {purges}.").format(
+        t._("Searches: {searches}; with at least one match: {hits}; photos analysed awaiting a face choice: "
+            "{detected}; refusals: {refusals}; enrolments: {enrolments}; erasures: {erasures}; purges: {purges}.").format(
             searches=n(len(searches)), hits=n(sum(1 for e in searches if e.details.get("hits"))),
-            refusals=n(actions.get("refused", 0)), enrolments=n(actions.get("enroll", 0)),
+            detected=n(actions.get("detect", 0)), refusals=n(refusals), enrolments=n(actions.get("enroll", 0)),
             erasures=n(actions.get("forget", 0)), purges=n(actions.get("purge", 0)),
         ),
     ]
     if languages:
         counts = ", ".join(f"{code} {n(count)}" for code, count in languages.most_common())
-        lines += ["", t._("Answers per language (searches and refusals): {counts}.").format(counts=counts)]
+        lines += ["", t._("Answers per language: {counts}.").format(counts=counts)]
     columns = [t._("user"), t._("searches"), t._("with matches"), t._("hit rate"), t._("no face")]
     lines += [
         "",

@@ -13,7 +13,9 @@ from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
 
 from bot import texts
-from bot.context import Account, BotContext
+from bot.context import Account, BotContext, Services
+from bot.i18n import Language
+from engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,11 @@ async def account_for(context: BotContext, user_id: int, telegram_language: str 
     return Account(user.user_id, user.role, user.active_case, bootstrap, language)
 
 
-async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str, **details: Any) -> None:
+async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str,
+                 language: Language | None = None, **details: Any) -> None:
     """Record a refusal in the audit log (with the language of the reply), count it, and tell the user why."""
     await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update),
-                                lang=context.t.code, **details)
+                                lang=(language or context.t).code, **details)
     context.metrics.refused(METRIC_REASONS.get(reason, reason))
     await _tell(update, context, reply)
 
@@ -73,7 +76,9 @@ async def _tell(update: Update, context: BotContext, reply: str) -> None:
 async def gate(update: Update, context: BotContext) -> None:
     """Let whitelisted accounts through; refuse everyone else, showing their id, and stop the update there.
 
-    Nothing of a refused update is downloaded or processed. Only private chats are served.
+    Nothing of a refused update is downloaded or processed. Only private chats are served. A stranger gets
+    one reply, then silence for `stranger_quiet_seconds`: those refusals are counted, not answered, and
+    audited as one entry with their count when the quiet time ends.
     """
     user = update.effective_user
     chat = update.effective_chat
@@ -83,14 +88,36 @@ async def gate(update: Update, context: BotContext) -> None:
     context.services.saw_language(user.id, user.language_code)
     account = await account_for(context, user.id, user.language_code)
     if account is None:
-        logger.info("refused %s from %s: not whitelisted", update_kind(update), user.id)
-        language = context.services.languages.choose(None, user.language_code)
-        await context.engine.record(f"tg:{user.id}", "refused", None, reason="not_whitelisted", update=update_kind(update),
-                                    lang=language.code)
-        context.metrics.refused(METRIC_REASONS["not_whitelisted"])
-        await _tell(update, context, texts.not_authorised(language, user.id))
+        await _refuse_stranger(update, context, user.id, context.services.languages.choose(None, user.language_code))
         raise ApplicationHandlerStop
     context.account = account
+
+
+async def _refuse_stranger(update: Update, context: BotContext, user_id: int, language: Language) -> None:
+    """Answer a stranger's first message, in the language of their Telegram app; only count the next ones for a while."""
+    services = context.services
+    await flush_strangers(services, context.engine)  # windows that ended become audit entries first
+    kind = update_kind(update)
+    if not services.strangers.first(user_id):
+        services.strangers.count(user_id, kind)
+        context.metrics.refused(METRIC_REASONS["not_whitelisted"])
+        logger.debug("refused %s from %s silently (quiet time)", kind, user_id)
+        if update.callback_query is not None:  # stop the button's spinner, say nothing
+            try:
+                await update.callback_query.answer()
+            except BadRequest:
+                pass
+        return
+    logger.info("refused %s from %s: not whitelisted", kind, user_id)
+    reply = texts.not_authorised(language, user_id, context.settings.stranger_quiet_seconds)
+    await refuse(update, context, f"tg:{user_id}", "not_whitelisted", reply, language)
+
+
+async def flush_strangers(services: Services, engine: Engine, everything: bool = False) -> None:
+    """Write one audit entry per stranger whose quiet time ended, with how many refusals it covered."""
+    for user_id, counts in services.strangers.due(everything).items():
+        await engine.record(f"tg:{user_id}", "refused", None, reason="not_whitelisted", update="repeated",
+                            count=sum(counts.values()), kinds=counts, quiet_seconds=services.strangers.quiet)
 
 
 def admin_only(handler: Handler) -> Handler:
