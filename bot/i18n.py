@@ -25,6 +25,7 @@ from babel.dates import format_date, format_datetime, format_timedelta
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, format_percent
+from babel.units import format_unit
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ class Language:
     def duration(self, seconds: float) -> str:
         """A duration in words: "90 seconds", "2 minutes", "1 hour" (seconds up to two minutes)."""
         return format_timedelta(timedelta(seconds=seconds), threshold=2, locale=self.locale)
+
+    def minutes(self, n: int) -> str:
+        """A whole number of minutes in words: "1 minute", "60 minutes", "1 minuut" (CLDR unit names)."""
+        return format_unit(n, "duration-minute", length="long", locale=self.locale)
 
     def date(self, value: date | datetime) -> str:
         """A date, medium length ("31 janv. 2025", "31 jan. 2025")."""

@@ -276,7 +276,7 @@ def rate_limited(t: Language, per_hour: int, wait_seconds: float) -> str:
         "You have reached the limit of {n} search per hour.", "You have reached the limit of {n} searches per hour.",
         per_hour,
     ).format(n=t.number(per_hour))
-    return f"{limit} " + t._("Try again in {duration}.").format(duration=t.duration(minutes * 60))
+    return f"{limit} " + t._("Try again in {duration}.").format(duration=t.minutes(minutes))
 
 
 # -- files -----------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class Vocabulary:
         catalog = messages(language)
         t = load_language(language)
         cldr = [re.sub(r"[\d\s]+", " ", t.duration(s)) for s in (1, 2, 90, 120, 3600, 7200)]  # Babel's unit words
+        cldr += [re.sub(r"[\d\s]+", " ", t.minutes(n)) for n in (1, 2)]
         self.own = pieces([form for _, forms in catalog for form in forms] + cldr)
         english_only = []
         for ids, forms in catalog:  # an English piece is foreign unless this very message says it too ("JPEG, PNG")

@@ -135,8 +135,9 @@ def test_plural_forms_choose_the_right_words() -> None:
     assert texts.matches_count(fr, 1_000_000) == "1\u202f000\u202f000 de résultats."
     assert [texts.matches_count(nl, n) for n in (1, 2)] == ["1 resultaat.", "2 resultaten."]
     assert [texts.matches_count(de, n) for n in (1, 2)] == ["1 Treffer.", "2 Treffer."]
-    assert texts.help_text(de, False, None, 1).splitlines()[2] == "Sie können bis zu 1 Suche pro Stunde durchführen."
-    assert texts.help_text(de, False, None, 30).splitlines()[2] == "Sie können bis zu 30 Suchen pro Stunde durchführen."
+    assert texts.help_text(de, False, None, 1).splitlines()[2].startswith("Sie können bis zu 1 Foto pro Stunde senden")
+    assert texts.help_text(de, False, None, 30).splitlines()[2].startswith("Sie können bis zu 30 Fotos pro Stunde senden")
+    assert texts.rate_limited(nl, 1, 30) == "U hebt de limiet van 1 opzoeking per uur bereikt. Probeer het opnieuw over 1 minuut."
 
 
 def test_numbers_percentages_and_durations_follow_the_locale() -> None:
@@ -147,7 +148,8 @@ def test_numbers_percentages_and_durations_follow_the_locale() -> None:
     assert [t.duration(120) for t in (en, fr, nl, de)] == ["2 minutes", "2 minutes", "2 minuten", "2 Minuten"]
     assert [t.duration(1) for t in (en, fr, nl, de)] == ["1 second", "1\u00a0seconde", "1 seconde", "1 Sekunde"]
     assert fr.date(__import__("datetime").date(2025, 1, 31)) == "31 janv. 2025"
-    assert texts.strangers(nl, 3.46, 80_000) == "verwachte onbekenden met zo'n gelijkenis in een beeldbank van 80.000 gezichten: ~3,5"
+    assert texts.strangers(nl, 3.46, 80_000) == "zwak: ~3,5 onbekenden in deze beeldbank van 80.000 gezichten kunnen zo hoog scoren"
+    assert [t.minutes(1) for t in (en, nl, de)] == ["1 minute", "1 minuut", "1 Minute"]
     assert texts.too_big(fr, 30_500_000, 25 * 1024 * 1024).startswith(
         "Ce fichier est trop volumineux (30,5\u00a0Mo)\u00a0: la limite est de 26\u00a0Mo."
     )
@@ -313,7 +315,7 @@ async def test_report_in_french_keeps_audit_values_and_counts_answers_per_langua
     assert await asyncio.to_thread(cli_main, ["--data-dir", str(gallery_copy), "report", "--lang", "fr"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# Rapport de contrôle Sightline\n")
-    assert "Chaîne d'audit\u00a0: **vérifiée**" in out and "Réponses par langue (recherches et refus)\u00a0: fr 2, nl 1." in out
+    assert "Chaîne d'audit\u00a0: **vérifiée**" in out and "Réponses par langue\u00a0: fr 2, nl 1." in out
     assert "| utilisateur | recherches | avec résultats | taux de résultats | aucun visage |" in out
     assert "| tg:1 | 1 | 1 | 100\u00a0% | 0 |" in out  # audit values as recorded, numbers the French way
     assert "tg:9 forget: 1 image, 1 visage" in out and "## Modifications des accès" in out
