@@ -94,7 +94,7 @@ async def officer_flow(bot: BotHarness, bot_engine: Engine, language: str) -> tu
     bot.fake.set_user_language(officer, language)
 
     refused = await bot.command(officer, GREETING[language])  # not whitelisted yet
-    assert refused.text == texts.not_authorised(t, officer) and str(officer) in refused.text
+    assert refused.text == texts.not_authorised(t, officer, bot.settings.stranger_quiet_seconds) and str(officer) in refused.text
     await bot.command(BOT_ADMIN, f"/allow {officer} officer")
     welcome = await bot.fake.wait_for("sendMessage", chat_id=officer)
     assert welcome.text == texts.welcome(t, "officer")
