@@ -143,7 +143,7 @@ def help_text(t: Language, is_admin: bool, active_case: str | None, rate_limit_p
     strong, possible = t.pgettext("band", "strong"), t.pgettext("band", "possible")
     lines = [
         t._("Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to {size}) to search the gallery.").format(
-            size=t._("{size} MB").format(size=t.number(DOWNLOAD_LIMIT / 2**20))  # Telegram's "20 MB" is 20 MiB
+            size=megabytes(t, DOWNLOAD_LIMIT)
         ),
         t._("Your active case: {case}").format(case=clip(active_case, SUBJECT_SHOWN)) if active_case
         else t._("You have no active case: set one with /case <reference>."),

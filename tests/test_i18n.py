@@ -150,6 +150,7 @@ def test_numbers_percentages_and_durations_follow_the_locale() -> None:
     assert fr.date(__import__("datetime").date(2025, 1, 31)) == "31 janv. 2025"
     assert texts.strangers(nl, 3.46, 80_000) == "zwak: ~3,5 onbekenden in deze beeldbank van 80.000 gezichten kunnen zo hoog scoren"
     assert [t.minutes(1) for t in (en, nl, de)] == ["1 minute", "1 minuut", "1 Minute"]
+    assert "up to 20 MB)" in texts.help_text(en, False, None, 30) and "jusqu'à 20\u00a0Mo)" in texts.help_text(fr, False, None, 30)
     assert texts.too_big(fr, 30_500_000, 25 * 1024 * 1024).startswith(
         "Ce fichier est trop volumineux (30,5\u00a0Mo)\u00a0: la limite est de 26\u00a0Mo."
     )
