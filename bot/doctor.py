@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bot.i18n import LOCALES_DIR, SOURCE_LANGUAGE, LanguageError, Languages, catalog_files, describe
+from bot.i18n import LOCALES_DIR, SOURCE_LANGUAGE, LanguageError, Languages, catalog_files, describe, is_stale
 from bot.settings import Settings
 from bot.web import webhook_problems
 from engine import EngineConfig, EngineError
@@ -80,7 +80,7 @@ def check_languages(settings: Settings, locales_dir: Path = LOCALES_DIR) -> Chec
         for name in dict.fromkeys((language.tag, language.code)):
             po, mo = catalog_files(name, locales_dir)
             if po.is_file() or mo.is_file():
-                if not mo.is_file() or (po.is_file() and po.stat().st_mtime > mo.stat().st_mtime):
+                if is_stale(po, mo):
                     stale.append(name)
                 break
     if stale:  # not a problem: the bot compiles those .po files in memory (a few ms each) and says so in its log
