@@ -349,3 +349,26 @@ def test_picture_font_draws_every_letter_of_the_catalogs() -> None:
                for form in ([m.string] if isinstance(m.string, str) else m.string) for ch in form if ord(ch) > 127}
     letters |= set("Müller Ødegård Çelik Łukasz")
     assert {ch for ch in letters if ch.isalpha() and glyph(ch) == missing} == set()
+
+
+def test_a_command_name_another_command_owns_is_not_registered(caplog: pytest.LogCaptureFixture) -> None:
+    import gettext
+    import io
+    from types import SimpleNamespace
+
+    from bot.app import command_aliases
+    from bot.i18n import Language
+
+    catalog = Catalog(locale="es")  # a careless catalog: "help" named like the English "case", "case" like /allow
+    catalog.add("help", "case", context=COMMAND_CONTEXT)
+    catalog.add("case", "allow", context=COMMAND_CONTEXT)
+    catalog.add("language", "idioma", context=COMMAND_CONTEXT)
+    buf = io.BytesIO()
+    write_mo(buf, catalog)
+    buf.seek(0)
+    spanish = Language(Locale.parse("es_ES"), gettext.GNUTranslations(buf))
+    services = SimpleNamespace(languages=Languages([ENGLISH, load_language("fr_BE"), spanish]))
+    with caplog.at_level(logging.WARNING, logger="bot.app"):
+        aliases = command_aliases(services)  # type: ignore[arg-type]
+    assert aliases == {"help": ["aide"], "case": ["dossier"], "language": ["langue", "idioma"]}
+    assert "/case (for /help) is already taken" in caplog.text and "/allow (for /case) is already taken" in caplog.text
