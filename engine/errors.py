@@ -51,3 +51,38 @@ class CaseRequired(EngineError):
 
 class StorageError(EngineError):
     """The data directory cannot be used (permissions, corrupt database)."""
+
+
+class DiskFull(StorageError):
+    """A write failed because the disk (or quota) is full; nothing was left half-written."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the errors a full disk or quota raises: ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    import errno
+    import sqlite3
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.Error) and (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def disk_full(where: Any) -> DiskFull:
+    """The DiskFull error for a folder: "disk full at DIR (N MB free)"."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(f"disk full at {Path(where)} ({free})")
