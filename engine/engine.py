@@ -17,9 +17,8 @@ import numpy as np
 
 from . import audit, projection
 from . import calibration as calib
-from .errors import disk_full, is_disk_full
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces, disk_full, is_disk_full
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -210,6 +209,7 @@ class Engine:
             expansion_search=self.index.expansion_search,
             projection=self.index.projection,
         )
+        fresh.gallery_id = self.store.gallery_id
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -550,8 +550,8 @@ class Engine:
         return await self.store.audit_entries(last=n)
 
     async def audit_verify(self) -> ChainCheck:
-        """Verify the whole hash chain."""
-        return await self.store.verify_audit()
+        """Verify the whole hash chain, and that it agrees with the head file kept outside the database."""
+        return await self.store.verify_audit(self.store.head_log)
 
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:

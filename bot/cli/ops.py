@@ -111,11 +111,12 @@ def _mb(n: int | None) -> str:
     return f"{(n or 0) / 1e6:.1f} MB"
 
 
-async def cmd_backup(args: argparse.Namespace) -> int:
-    """Take a backup and print what it holds."""
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Take a backup and print what it holds (in the main thread: Ctrl-C or SIGTERM stops it and removes
+    the partial copy; a backup killed outright is removed by the next one into the same parent folder)."""
     from engine.backup import create_backup
 
-    manifest = await asyncio.to_thread(create_backup, args.settings.engine_config(), args.dest)
+    manifest = create_backup(args.settings.engine_config(), args.dest)
     c = manifest["counts"]
     files = manifest["files"]
     index = manifest["index"]
