@@ -147,7 +147,7 @@ class Engine:
             if store is not None:
                 with contextlib.suppress(Exception):
                     await store.conn.close()
-            if is_disk_full(exc):
+            if is_disk_full(exc, config.data_dir):
                 raise disk_full(config.data_dir) from exc
             raise
         return engine
@@ -157,7 +157,7 @@ class Engine:
         try:
             await self.save_index()
         except BaseException as exc:
-            if is_disk_full(exc):
+            if is_disk_full(exc, self.config.data_dir):
                 raise disk_full(self.config.data_dir) from exc
             raise
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -57,12 +58,23 @@ class DiskFull(StorageError):
     """A write failed because the disk (or quota) is full; nothing was left half-written."""
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """True for the errors a full disk or quota raises: ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+def is_disk_full(exc: BaseException, where: Any = None) -> bool:
+    """True for the errors a full disk or quota raises: ENOSPC/EDQUOT, SQLite's SQLITE_FULL, and (when
+    `where`, the data directory, has under 1 MB free) SQLite's "disk I/O error", which is what it raises
+    when it cannot even create its -wal or -shm file."""
     import errno
+    import shutil
     import sqlite3
+    from pathlib import Path
 
     while exc is not None:
+        if where is not None and isinstance(exc, sqlite3.Error) and "disk I/O error" in str(exc):
+            folder = Path(where)
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(folder).free < 1 << 20:
+                    return True
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if isinstance(exc, sqlite3.Error) and (

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -155,8 +156,12 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
             return 128 + int(exc.args[0])
         if not isinstance(exc, Exception):
             raise
-        if is_disk_full(exc):
+        if is_disk_full(exc, settings.data_dir):
             print(f"sightline: error: {disk_full(settings.data_dir)}", file=sys.stderr)
+            return 1
+        if isinstance(exc, sqlite3.DatabaseError):
+            print(f"sightline: error: the database in {settings.data_dir} is damaged or unreadable ({exc}): "
+                  "restore a backup (`sightline restore SRC --force`)", file=sys.stderr)
             return 1
         logger.debug("unexpected error", exc_info=exc)
         print(f"sightline: error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
