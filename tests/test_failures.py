@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,38 @@ def test_forget_without_a_terminal_needs_yes(tmp_path: Path) -> None:
     conn.close()
     proc = run("--data-dir", str(data), "forget", "--subject", "Colin_Powell", "--yes")
     assert proc.returncode == 0 and "erased 1 image(s)" in proc.stdout, proc.stderr
+
+
+def test_sigterm_during_index_ends_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [str(SIGHTLINE), "--data-dir", str(data), "index", str(FACES), "--no-progress", "--concurrency", "2"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1"},
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _enrolled(data) and time.monotonic() < deadline:  # wait until it is writing
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert one_line(err) == "sightline: stopped by SIGTERM"
+    assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]
+    proc2 = run("--data-dir", str(data), "stats")
+    assert proc2.returncode == 0, proc2.stderr
+    assert f"faces           {_enrolled(data)}" in proc2.stdout  # the saved index holds what was committed
+
+
+def _enrolled(data: Path) -> int:
+    """Faces committed so far (0 before the database exists)."""
+    db = data / "sightline.sqlite3"
+    if not db.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM faces").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
