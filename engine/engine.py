@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,17 @@ import numpy as np
 from . import audit, projection
 from . import calibration as calib
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces, disk_full, is_disk_full
+from .errors import (
+    CaseRequired,
+    FaceIndexError,
+    InvalidArgument,
+    NoFaceFound,
+    NotFound,
+    SeveralFaces,
+    StorageError,
+    disk_full,
+    is_disk_full,
+)
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -149,6 +160,9 @@ class Engine:
                     await store.conn.close()
             if is_disk_full(exc, config.data_dir):
                 raise disk_full(config.data_dir) from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StorageError(f"the database {config.db_path} is damaged or unreadable ({exc}): restore a "
+                                   "backup (`sightline restore SRC --force`)") from exc
             raise
         return engine
 
