@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from .errors import (
     SeveralFaces,
     StorageError,
     disk_full,
+    is_damaged_database,
     is_disk_full,
 )
 from .faces import FaceModel, RawFace, primary_face, to_original_box
@@ -160,7 +160,7 @@ class Engine:
                     await store.conn.close()
             if is_disk_full(exc, config.data_dir):
                 raise disk_full(config.data_dir) from exc
-            if isinstance(exc, sqlite3.DatabaseError):
+            if is_damaged_database(exc):
                 raise StorageError(f"the database {config.db_path} is damaged or unreadable ({exc}): restore a "
                                    "backup (`sightline restore SRC --force`)") from exc
             raise

@@ -68,6 +68,8 @@ def is_disk_full(exc: BaseException, where: Any = None) -> bool:
     from pathlib import Path
 
     while exc is not None:
+        if isinstance(exc, BaseExceptionGroup) and any(is_disk_full(e, where) for e in exc.exceptions):
+            return True
         if where is not None and isinstance(exc, sqlite3.Error) and "disk I/O error" in str(exc):
             folder = Path(where)
             while not folder.exists() and folder != folder.parent:
@@ -83,6 +85,14 @@ def is_disk_full(exc: BaseException, where: Any = None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+def is_damaged_database(exc: BaseException) -> bool:
+    """True for SQLite's "the file is damaged" errors (malformed image, not a database); not for locks or I/O."""
+    import sqlite3
+
+    text = str(exc)
+    return isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text)
 
 
 def disk_full(where: Any) -> DiskFull:

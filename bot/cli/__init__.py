@@ -8,7 +8,6 @@ import importlib
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine import EngineError
-from engine.errors import disk_full, is_disk_full
+from engine.errors import disk_full, is_damaged_database, is_disk_full
 
 # Each module adds its sub-commands; a handler is `func(args) -> int` or an async one.
 COMMAND_MODULES = ("bot.cli.gallery", "bot.cli.audit", "bot.cli.evaluate", "bot.cli.ops")
@@ -145,7 +144,7 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
         return int(result or 0)  # type: ignore[arg-type]
     except BaseException as raised:  # noqa: BLE001  (every failure ends in one line and an exit code)
         exc = _first(raised)  # an ingest's TaskGroup wraps its workers' errors
-        if isinstance(exc, EngineError):
+        if isinstance(exc, EngineError):  # says what and where (a backup's disk is not the data directory's)
             print(f"sightline: error: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, KeyboardInterrupt):
@@ -156,10 +155,10 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
             return 128 + int(exc.args[0])
         if not isinstance(exc, Exception):
             raise
-        if is_disk_full(exc, settings.data_dir):
+        if is_disk_full(raised, settings.data_dir):
             print(f"sightline: error: {disk_full(settings.data_dir)}", file=sys.stderr)
             return 1
-        if isinstance(exc, sqlite3.DatabaseError):
+        if is_damaged_database(exc):
             print(f"sightline: error: the database in {settings.data_dir} is damaged or unreadable ({exc}): "
                   "restore a backup (`sightline restore SRC --force`)", file=sys.stderr)
             return 1

@@ -45,8 +45,13 @@ async def open_engine(args: argparse.Namespace, *, create: bool = False) -> Asyn
     engine = await Engine.open(args.settings.engine_config(), create=create)
     try:
         yield engine
-    finally:
-        await engine.close()
+    except BaseException:
+        try:  # the first error is the one to report: a close that fails after it (the same full disk) is logged
+            await engine.close()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("closing the engine after an error also failed: %r", exc)
+        raise
+    await engine.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
