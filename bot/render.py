@@ -5,11 +5,13 @@ Synchronous and CPU-bound: call through `asyncio.to_thread`. Nothing is written 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -37,10 +39,25 @@ class Tile:
     caption: str = ""
 
 
+def font_file() -> Path | None:
+    """DejaVu Sans as matplotlib (a dependency) ships it, or None: found without importing matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return path
+    return None
+
+
 @lru_cache(maxsize=8)
 def font(size: int) -> Font:
-    """Pillow's bundled scalable font at `size` px (the bitmap one if FreeType is missing)."""
+    """DejaVu Sans at `size` px: it has the accented letters of French, Dutch and German labels and names
+    ("visage recherché", "Müller"), which Pillow's bundled font draws as boxes; that one is the fallback."""
+    path = font_file()
     try:
+        if path is not None:
+            return ImageFont.truetype(str(path), size)
+        logger.warning("DejaVu Sans not found: labels with accented letters will show boxes")
         return ImageFont.load_default(size=size)
     except (OSError, ImportError):  # pragma: no cover - Pillow without FreeType
         return ImageFont.load_default()
@@ -57,11 +74,24 @@ def _face(jpeg: bytes | None) -> Image.Image:
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, f: Font, width: int) -> str:
+    """The longest prefix of `text` (with "..." when cut) that fits in `width` px.
+
+    A binary search over the prefix length: O(log n) measurements, each of at most `width` px worth of text
+    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does.
+    """
+    text = text[: width + 1]  # nothing longer can fit
     if draw.textlength(text, font=f) <= width:
         return text
-    while text and draw.textlength(text + "...", font=f) > width:
-        text = text[:-1]
-    return text + "..."
+    lo, hi = 0, len(text)  # text[:lo] + "..." fits; text[:hi] + "..." does not (or hi is the whole text)
+    if draw.textlength("...", font=f) > width:
+        return ""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if draw.textlength(text[:mid] + "...", font=f) <= width:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo] + "..."
 
 
 def result_sheet(query: Tile | None, tiles: Sequence[Tile]) -> bytes:

@@ -19,13 +19,13 @@ byte of a removed face stays in these arrays; a grown array's old buffer is zero
 
 File format (`<path>`, little-endian): the 8-byte magic, a uint32 header length, a JSON header (format
 version, count, code model and projection keys, row sizes), then the keys, codes and vectors arrays.
-The sidecar `<path>.json` repeats the header and the file's SHA-256... (see `save`).
+The sidecar `<path>.json` repeats the header and adds the gallery id and the file's XXH3 checksum
+(engine.integrity): a file of another gallery, damaged or of another format is never loaded, but rebuilt.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import integrity
 from .codes import CodeModel, fallback
-from .index import SharedLock, sidecar_path
+from .index import SharedLock, read_sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -89,6 +90,7 @@ class HammingIndex:
         self.threads = max(1, int(threads))
         self.split_min = SPLIT_MIN
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
+        self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._n = 0
@@ -232,6 +234,22 @@ class HammingIndex:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan")
             return self._pool
 
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """(len(keys), ndim) float32: the re-rank vectors held for face ids, de-quantised (rows of NaN for absent
+        ids); for checking the index against the database (`sightline doctor --deep`)."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        out = np.full((len(keys), self.ndim), np.nan, dtype=np.float32)
+        with self._lock.shared():
+            if not self._n:
+                return out
+            order = np.argsort(self._keys[: self._n], kind="stable")
+            ordered = self._keys[order]
+            pos = np.minimum(np.searchsorted(ordered, keys), self._n - 1)
+            found = ordered[pos] == keys
+            rows = order[pos[found]]
+            out[found] = self._vecs[rows].astype(np.float32) / QUANT_SCALE + self._centre
+        return out
+
     def memory_bytes(self) -> int:
         """Bytes the index's arrays hold (including spare capacity)."""
         return int(self._keys.nbytes + self._codes.nbytes + self._vecs.nbytes)
@@ -264,33 +282,45 @@ class HammingIndex:
                 "code_bytes": self.code_model.nbytes, "vector_dtype": "i8"}
 
     def save(self) -> None:
-        """Write the live rows atomically (a temporary file, fsync, rename), then the sidecar."""
+        """Write the live rows atomically (a temporary file, fsync, rename), then the sidecar with the gallery id and
+        the file's checksum (engine.integrity), both computed as the bytes are written. A full disk leaves the
+        previous file whole and no partial one beside it."""
+        import xxhash
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        digest = hashlib.sha256()
-        with self._lock.shared():  # searches go on; adds and removals wait
-            n = self._n
-            header = json.dumps(self._header(n), sort_keys=True).encode()
-            with open(tmp, "wb") as fh:
-                for chunk in (MAGIC, len(header).to_bytes(4, "little"), header,
-                              self._keys[:n].astype("<i8", copy=False), self._codes[:n], self._vecs[:n]):
-                    if not len(chunk):
-                        continue
-                    data = memoryview(chunk).cast("B") if isinstance(chunk, np.ndarray) else chunk
-                    digest.update(data)
-                    fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        meta = {**self._header(n), "sha256": digest.hexdigest()}
-        side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
-        side_tmp.write_text(json.dumps(meta, sort_keys=True) + "\n")
-        os.replace(side_tmp, self.sidecar_path)
+        digest = xxhash.xxh3_128()
+        try:
+            with self._lock.shared():  # searches go on; adds and removals wait
+                n = self._n
+                header = json.dumps(self._header(n), sort_keys=True).encode()
+                with open(tmp, "wb") as fh:
+                    for chunk in (MAGIC, len(header).to_bytes(4, "little"), header,
+                                  self._keys[:n].astype("<i8", copy=False), self._codes[:n], self._vecs[:n]):
+                        if not len(chunk):
+                            continue
+                        data = memoryview(chunk).cast("B") if isinstance(chunk, np.ndarray) else chunk
+                        digest.update(data)
+                        fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            meta = {**self._header(n), "gallery_id": self.gallery_id,
+                    "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}"}
+            os.replace(tmp, self.path)
+            # After the index: a crash in between leaves the old sidecar, whose checksum fails: a rebuild.
+            write_json(self.sidecar_path, meta)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load(self) -> bool:
-        """Load the saved index; False (and the index unchanged) when it is missing, damaged, of another
-        format, or built with another code model or projection."""
+        """Load the saved index; False (and the index unchanged) when it is missing, of another gallery, damaged
+        (checksum), of another format, or built with another code model or projection."""
         if not self.path.is_file():
+            return False
+        problem = integrity.sidecar_problem(self.path, read_sidecar(self.path), self.gallery_id)
+        if problem:
+            logger.warning("index file %s is not used: %s; it will be rebuilt from the database", self.path, problem)
             return False
         try:
             loaded = self._read()
@@ -351,6 +381,20 @@ def _faiss():  # type: ignore[no-untyped-def]
 
     faiss.omp_set_num_threads(1)
     return faiss
+
+
+def write_json(path: Path, fields: dict[str, object]) -> None:
+    """Write a small JSON file atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(fields, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def saved_keys(path: Path) -> np.ndarray | None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from bot import texts
 from bot.app import MissingToken, build_application, run
+from bot.i18n import ENGLISH as EN
 from bot.settings import Settings
 from conftest import BOT_ADMIN, DEV, BotHarness, new_user_id
 from engine import Engine
 
+StartBot = Callable[..., Awaitable[BotHarness]]
 PHOTO = DEV / "George_W_Bush" / "2.jpg"  # not in the gallery (photo 1 is)
 
 
@@ -20,7 +23,8 @@ async def audit_of(engine: Engine, user_id: int, n: int = 50) -> list[tuple[str,
     return [(e.action, e.details) for e in await engine.audit_tail(n) if e.actor == f"tg:{user_id}"]
 
 
-async def test_stranger_is_refused_with_their_id_nothing_downloaded_and_audited(bot: BotHarness, bot_engine: Engine) -> None:
+async def test_stranger_is_refused_with_their_id_nothing_downloaded_and_audited(start_bot: StartBot, bot_engine: Engine) -> None:
+    bot = await start_bot(stranger_quiet_seconds=0)  # answer every message (test_bot_field.py tests the quiet time)
     stranger = new_user_id()
     bot.fake.send_photo(stranger, PHOTO.read_bytes())
     reply = await bot.fake.wait_for("sendMessage", chat_id=stranger)
@@ -50,7 +54,7 @@ async def test_allowed_officer_searches_and_the_right_identity_comes_first(bot: 
     assert bot.fake.calls_of("sendChatAction", chat_id=officer)  # "sending photo..." while it worked
     assert bot.fake.downloads == [sent["photo"][-1]["file_id"]]  # the largest size only, once
     lines = result.text.splitlines()
-    assert texts.LEADS_NOT_IDS in lines
+    assert texts.leads_not_ids(EN) in lines
     assert any(line.startswith("Case OP-17") for line in lines)
     first = next(line for line in lines if line.startswith("1. "))
     assert first.startswith("1. George_W_Bush - ") and "(strong" in first
@@ -86,7 +90,7 @@ async def test_officer_cannot_use_admin_commands(bot: BotHarness, bot_engine: En
     for command in (f"/allow {victim} admin", f"/revoke {BOT_ADMIN}", "/users", "/stats", "/audit verify",
                     "/forget subject George_W_Bush", "/enroll https://x.example/1"):
         reply = await bot.command(officer, command)
-        assert reply.text == texts.ADMIN_ONLY, command
+        assert reply.text == texts.admin_only(EN), command
     assert await bot_engine.user(victim) is None
     assert (await bot_engine.stats()).subjects >= 28  # nothing was forgotten
     refused = [d["command"] for a, d in await audit_of(bot_engine, officer) if a == "refused"]
@@ -108,9 +112,9 @@ async def test_admin_commands_validate_their_arguments(bot: BotHarness) -> None:
 async def test_allow_admin_and_users_list_and_scoped_menus(bot: BotHarness) -> None:
     # At start-up: officer commands for everyone, admin commands only in the bootstrap admin's chat.
     menus = bot.fake.calls_of("setMyCommands")
-    default = next(c for c in menus if c.params["scope"]["type"] == "default")
+    default = next(c for c in menus if c.params["scope"]["type"] == "default" and "language_code" not in c.params)
     admin = next(c for c in menus if c.params["scope"] == {"type": "chat", "chat_id": BOT_ADMIN})
-    assert [c["command"] for c in default.params["commands"]] == ["start", "help", "case"]
+    assert [c["command"] for c in default.params["commands"]] == ["start", "help", "case", "language"]
     assert {"allow", "revoke", "users", "stats", "enroll", "forget", "audit"} <= {
         c["command"] for c in admin.params["commands"]
     }
@@ -129,8 +133,8 @@ async def test_allow_admin_and_users_list_and_scoped_menus(bot: BotHarness) -> N
 
 
 async def test_unknown_command_and_plain_text(bot: BotHarness) -> None:
-    assert (await bot.command(BOT_ADMIN, "/frobnicate")).text == texts.UNKNOWN_COMMAND
-    assert (await bot.command(BOT_ADMIN, "who is this?")).text == texts.SEND_A_PHOTO
+    assert (await bot.command(BOT_ADMIN, "/frobnicate")).text == texts.unknown_command(EN)
+    assert (await bot.command(BOT_ADMIN, "who is this?")).text == texts.send_a_photo(EN)
     assert "Set your case" in (await bot.command(BOT_ADMIN, "/start")).text
 
 

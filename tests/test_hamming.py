@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import codes, projection
+from engine import codes, integrity, projection
 from engine.hamming import MAGIC, HammingIndex, saved_keys
 from engine.index import UsearchIndex, read_sidecar
 
@@ -161,13 +161,19 @@ def test_load_refuses_other_formats_models_and_damaged_files(tmp_path: Path, cap
     idx.add(np.arange(1, 401), photo)
     idx.save()
     side = read_sidecar(path)
-    assert side["kind"] == "hamming" and side["count"] == 400 and len(str(side["sha256"])) == 64
+    assert side["kind"] == "hamming" and side["count"] == 400 and str(side["checksum"]).startswith("xxh3_128:")
+    assert side["checksum"] == integrity.file_checksum(path)  # computed while writing, equal to reading it back
+    other_gallery = make(path, photo)
+    other_gallery.gallery_id = "another-gallery"
+    assert not other_gallery.load()  # a file of another gallery is never loaded
     assert saved_keys(path) is not None and sorted(saved_keys(path).tolist()) == list(range(1, 401))  # type: ignore[union-attr]
     assert make(path, photo).load()
     assert not make(path, photo, bits=64).load()  # another code model
     assert not make(path, photo, dims=16).load()  # another projection
     good = path.read_bytes()
-    for damaged in (good[:-1], good + b"\0", good[:40], b"\x00garbage" * 100, MAGIC + b"\xff\xff\xff\xff"):
+    flipped = bytearray(good)
+    flipped[-5] ^= 1  # one bit of one face's vector
+    for damaged in (good[:-1], good + b"\0", good[:40], b"\x00garbage" * 100, MAGIC + b"\xff\xff\xff\xff", bytes(flipped)):
         path.write_bytes(damaged)
         assert not make(path, photo).load()
     # The index file of the usearch kind (the format before this one) is refused, and the reverse.
