@@ -32,7 +32,7 @@ def index_copies(index: object, face_ids: list[int]) -> list[bytes]:
     if isinstance(index, HammingIndex):
         live = index._keys[: len(index)]
         rows = [int(np.flatnonzero(live == i)[0]) for i in face_ids]
-        return [index._codes[r].tobytes() for r in rows] + [index._vecs[r].tobytes() for r in rows]
+        return [a[r].tobytes() for a in (index._codes, index._codes2, index._vecs) for r in rows if a.shape[1]]
     assert isinstance(index, UsearchIndex)
     return [index._index.get(i, dtype="i8").tobytes() for i in face_ids]
 
@@ -40,7 +40,7 @@ def index_copies(index: object, face_ids: list[int]) -> list[bytes]:
 def index_memory(index: object) -> bytes:
     """Every byte of the index's arrays (hamming), spare capacity too; usearch's memory is not reachable."""
     if isinstance(index, HammingIndex):
-        return index._keys.tobytes() + index._codes.tobytes() + index._vecs.tobytes()
+        return b"".join(a.tobytes() for a in index._all)
     return b""
 
 

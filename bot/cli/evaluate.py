@@ -36,8 +36,8 @@ The shipped table was made with:  sightline calibrate /work/shared/faces/calib
 
 It also fits the index projection (the principal directions of the same embeddings; the index searches
 faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table as
-<sha256>.projection.npz, and the index's code model (the mean and 256 sign-bit directions: centred
-principal directions with an ITQ rotation, engine/codes.py) as <sha256>.codes.npz. A new projection or
+<sha256>.projection.npz, and the index's code model (the mean and a random rotation: 512 sign bits per
+face, engine/codes.py) as <sha256>.codes.npz. A new projection or
 code model takes effect by rebuilding the index, which the engine does at its next start.
 
 Pairs: the same embeddings as the verification part of `eval` (gallery photos enrolled through
@@ -168,7 +168,7 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         basis_note = (f"\nindex projection written to {basis_path} (the top {dims} of {basis.directions.shape[0]} "
                       f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
     try:
-        code_model = codes.fit(obs.embeddings, source=f"{table.source} (centred PCA + ITQ)")
+        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean + random rotation)")
     except ValueError as exc:
         basis_note += f"\nno index code model written: {exc}"
     else:
