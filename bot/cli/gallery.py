@@ -201,14 +201,22 @@ async def cmd_index(args: argparse.Namespace) -> int:
                     last_save = time.monotonic()
                     await engine.save_index()
 
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, args.concurrency))]
-        try:
+        async def feed() -> None:
             for item in items:
                 await queue.put(item)
-        finally:
             for _ in workers:
                 await queue.put(None)
+
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, args.concurrency))]
+        feeder = asyncio.create_task(feed())
+        try:
+            # The first worker to fail ends the run: the feeder, blocked on a full queue once no worker
+            # takes from it, would otherwise wait for ever at a partial count.
             await asyncio.gather(*workers)
+        finally:
+            for task in (feeder, *workers):
+                task.cancel()
+            await asyncio.gather(feeder, *workers, return_exceptions=True)
             bar.close()
     report = write_report(args, summary)
     print(
