@@ -642,6 +642,7 @@ class Engine:
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:
         """Counts and sizes."""
+        await self.catch_up()  # the index's size as of the database's latest change
         c = await self.store.counts()
         db = self.config.db_path
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())

@@ -32,7 +32,8 @@ async def main(data: str, op: str) -> None:
     engine = await Engine.open(EngineConfig(data_dir=Path(data), require_case=False))
     try:
         if op == "enroll":
-            await engine.enroll(Path(sys.argv[3]).read_bytes(), source_url="https://new.example/1", subject="Newcomer", actor="t")
+            photo, url = Path(sys.argv[3]).read_bytes(), "https://new.example/" + sys.argv[4]
+            await engine.enroll(photo, source_url=url, subject="Newcomer", actor="t")
         elif op == "forget":
             await engine.forget(subject="Vladimir_Putin", actor="t")
         elif op == "purge":
@@ -52,12 +53,12 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 POINTS = ("before-audit", "before-commit", "after-commit")
 
 
-def run_child(data: Path, op: str, fault: str | None) -> int:
+def run_child(data: Path, op: str, fault: str | None, photo: Path = DEV / "Barack_Obama" / "2.jpg", tag: str = "1") -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
-    args = [sys.executable, "-c", CHILD, str(data), op, str(DEV / "Barack_Obama" / "2.jpg")]
+    args = [sys.executable, "-c", CHILD, str(data), op, str(photo), tag]
     return subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180).returncode
 
 
@@ -208,14 +209,15 @@ async def test_a_save_killed_midway_leaves_nothing_stale(gallery_copy: Path) -> 
         before = engine.index.stored_state()["change_seq"]
     finally:
         await engine.close()
-    code = await asyncio.to_thread(run_child, gallery_copy, "enroll", "index-save:after-replace")
+    photo = DEV / "Colin_Powell" / "2.jpg"
+    code = await asyncio.to_thread(run_child, gallery_copy, "enroll", "index-save:after-replace", photo, "2")
     assert code == FAULT_EXIT_CODE
     assert read_sidecar(gallery_copy / "gallery.usearch")["change_seq"] == before  # the sidecar is the old one
     engine = await Engine.open(make_config(gallery_copy))
     try:
         assert len(engine.index) == (await engine.stats()).faces
-        hit = (await engine.search((DEV / "Barack_Obama" / "2.jpg").read_bytes(), actor="t")).hits[0]
-        assert hit.source_url == "https://new.example/1"
+        hit = (await engine.search(photo.read_bytes(), actor="t")).hits[0]
+        assert hit.source_url == "https://new.example/2"
     finally:
         await engine.close()
     await asyncio.to_thread(assert_everything_audited, gallery_copy)
