@@ -18,7 +18,7 @@ from . import calibration as calib
 from . import index as index_files
 from . import projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -459,7 +459,7 @@ class Engine:
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched or audited then.
+        choose; nothing is searched then, and the analysis is audited (action "detect").
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -475,6 +475,9 @@ class Engine:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            raise
+        except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
             raise
         cut = self.threshold_possible if threshold is None else threshold
         await self.catch_up()  # faces other processes added or erased since the last search
@@ -614,11 +617,21 @@ class Engine:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
         if user_id <= 0:
             raise InvalidArgument("a Telegram user id is a positive number")
+        if role != "admin":
+            await self._keep_an_admin(user_id)
         return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
-        """Remove a user from the whitelist; raises NotFound if they were not on it."""
+        """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
+        only administrator."""
+        await self._keep_an_admin(user_id)
         await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
+
+    async def _keep_an_admin(self, user_id: int) -> None:
+        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
+        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
+        if admins == [user_id]:
+            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
