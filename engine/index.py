@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from . import faults
+from . import faults, integrity
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -115,7 +115,9 @@ class UsearchIndex:
 
     With a `projection`, callers still pass full embeddings: the index projects them (to
     `projection.dims` dimensions) on the way in, for both `add` and `search`. A sidecar file
-    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in.
+    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in,
+    and which gallery it belongs to with a checksum of the file (engine.integrity): a foreign or damaged
+    file is never loaded.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class UsearchIndex:
         self._lock = SharedLock()  # searches share it; add, remove and swaps take it alone
         self._index = self._new()
         self._scrubs = 0
+        self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
 
     def _new(self):  # type: ignore[no-untyped-def]
         from usearch.index import Index
@@ -172,7 +175,12 @@ class UsearchIndex:
 
         if not self.path.is_file():
             return False
-        built_with = read_sidecar(self.path).get("projection")
+        sidecar = read_sidecar(self.path)
+        problem = integrity.sidecar_problem(self.path, sidecar, self.gallery_id)
+        if problem:
+            logger.warning("index file %s is not used: %s; it will be rebuilt from the database", self.path, problem)
+            return False
+        built_with = sidecar.get("projection")
         if built_with != self.projection_key:
             logger.warning("index file %s was built with projection %s, not %s; it will be rebuilt",
                            self.path, built_with or "none", self.projection_key or "none")
@@ -209,15 +217,16 @@ class UsearchIndex:
                 self._index.save(str(tmp))
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
+                    **integrity.sidecar_fields(tmp, self.gallery_id), **(state or {})}
             faults.reached("index-save:before-replace")
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
             tmp.unlink(missing_ok=True)
             raise
         faults.reached("index-save:after-replace")
-        # After the index: a crash in between leaves the old sidecar, whose older seq only makes the next
-        # load replay changes the file already has (add and remove are idempotent).
-        write_sidecar(self.path, {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype, **(state or {})})
+        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
+        write_sidecar(self.path, meta)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
