@@ -191,8 +191,8 @@ def test_an_ingest_whose_workers_all_fail_ends_instead_of_hanging(tmp_path: Path
 
 async def test_a_save_killed_midway_leaves_nothing_stale(gallery_copy: Path) -> None:
     """Killed before the rename: the temporary file (which holds every vector) is deleted by the next save, so
-    a later `forget` leaves none of the subject's vectors behind. Killed after it: the sidecar still records
-    the older change seq, and replaying those changes over the newer file is harmless."""
+    a later `forget` leaves none of the subject's vectors behind. Killed after it: the old sidecar is left
+    (its checksum no longer matches), and the next start still ends with the index agreeing with the database."""
     from test_many_processes import ERASED, all_bytes, erased_vectors
 
     _, secrets = await erased_vectors(gallery_copy)
