@@ -34,16 +34,18 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import integrity
+from . import faults, integrity
 from .codes import CodeModel, fallback
-from .index import SharedLock, read_sidecar, sidecar_path
+from .index import TEMP_SUFFIX, SharedLock, read_sidecar, remove_stale_temporaries, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -310,20 +312,28 @@ class HammingIndex:
                 "projection": self.projection_key, "input_dim": self.input_dim, "ndim": self.ndim,
                 "code_bytes": self.code_model.nbytes, "vector_dtype": "i8"}
 
-    def save(self) -> None:
-        """Write the live rows atomically (a temporary file, fsync, rename), then the sidecar with the gallery id and
-        the file's checksum (engine.integrity), both computed as the bytes are written. A full disk leaves the
-        previous file whole and no partial one beside it."""
+    def save(self, state: Mapping[str, object] | None = None) -> None:
+        """Write the live rows atomically and record `state` in the sidecar; call it under the save lock
+        (engine.index.acquire_save_lock), as UsearchIndex.save.
+
+        The rows go to a fresh temporary file in the same folder (tempfile.mkstemp: never a fixed name, so two
+        writers cannot trip over each other's file), are fsynced, then renamed over the old file. Temporary files
+        left by a killed save are deleted first: they may hold rows of faces erased since. The sidecar records the
+        gallery id and the file's checksum (engine.integrity), both computed as the bytes are written. A full disk
+        leaves the previous file whole and no partial one beside it.
+        """
         import xxhash
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        remove_stale_temporaries(self.path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+        tmp = Path(tmp_name)
         digest = xxhash.xxh3_128()
         try:
             with self._lock.shared():  # searches go on; adds and removals wait
                 n = self._n
                 header = json.dumps(self._header(n), sort_keys=True).encode()
-                with open(tmp, "wb") as fh:
+                with os.fdopen(fd, "wb") as fh:
                     for chunk in (MAGIC, len(header).to_bytes(4, "little"), header,
                                   self._keys[:n].astype("<i8", copy=False), self._codes[:n], self._codes2[:n],
                                   self._vecs[:n]):
@@ -335,13 +345,19 @@ class HammingIndex:
                     fh.flush()
                     os.fsync(fh.fileno())
             meta = {**self._header(n), "gallery_id": self.gallery_id,
-                    "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}"}
+                    "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}", **(state or {})}
+            faults.reached("index-save:before-replace")
             os.replace(tmp, self.path)
-            # After the index: a crash in between leaves the old sidecar, whose checksum fails: a rebuild.
-            write_json(self.sidecar_path, meta)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        faults.reached("index-save:after-replace")
+        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
+        write_sidecar(self.path, meta)
+
+    def stored_state(self) -> dict[str, object]:
+        """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
+        return read_sidecar(self.path) if self.path.is_file() else {}
 
     def load(self) -> bool:
         """Load the saved index; False (and the index unchanged) when it is missing, of another gallery, damaged
@@ -411,20 +427,6 @@ def _faiss():  # type: ignore[no-untyped-def]
 
     faiss.omp_set_num_threads(1)
     return faiss
-
-
-def write_json(path: Path, fields: dict[str, object]) -> None:
-    """Write a small JSON file atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(fields, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def saved_keys(path: Path) -> np.ndarray | None:

@@ -7,14 +7,12 @@ import logging
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bot.cli import main as cli_main
-from conftest import dev_identities, make_config
+from conftest import dev_identities, index_copies, make_config
 from engine import Engine
 from engine.hamming import HammingIndex
-from engine.index import UsearchIndex
 
 
 async def cli(argv: list[str]) -> int:
@@ -25,16 +23,6 @@ async def cli(argv: list[str]) -> int:
 def all_bytes(folder: Path) -> bytes:
     """Every byte of every file under a folder."""
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
-
-
-def index_copies(index: object, face_ids: list[int]) -> list[bytes]:
-    """What the index keeps of each face: code and int8 vector (hamming) or the int8 vector (usearch)."""
-    if isinstance(index, HammingIndex):
-        live = index._keys[: len(index)]
-        rows = [int(np.flatnonzero(live == i)[0]) for i in face_ids]
-        return [a[r].tobytes() for a in (index._codes, index._codes2, index._vecs) for r in rows if a.shape[1]]
-    assert isinstance(index, UsearchIndex)
-    return [index._index.get(i, dtype="i8").tobytes() for i in face_ids]
 
 
 def index_memory(index: object) -> bytes:
