@@ -217,15 +217,20 @@ class HammingIndex:
             want = min(max(self.candidates, count), n)
             if self._codes2.shape[1]:  # two stages: the scan's nearest by the first bits, then by all of them
                 dist, rows = self._scan(code[:, : self._scan_bytes], min(max(self.prefilter, want), n), n)
-                rest = self._codes2[rows]
-                dist = dist + np.bitwise_count(rest ^ code[0, self._scan_bytes :]).sum(axis=1, dtype=np.int32)
+                tail = np.ascontiguousarray(code[0, self._scan_bytes :])
+                if self._codes2.shape[1] % 8 == 0:  # 64 bits at a time; np.take gathers rows ~8x faster than [rows]
+                    rest = np.take(self._codes2[:n].view(np.uint64), rows, axis=0)
+                    tail = tail.view(np.uint64)
+                else:
+                    rest = np.take(self._codes2, rows, axis=0)
+                dist = dist + np.bitwise_count(rest ^ tail).sum(axis=1, dtype=np.int32)
                 rest.fill(0)
                 if want < len(rows):
                     rows = rows[np.argpartition(dist, want - 1)[:want]]
             else:
                 _, rows = self._scan(code, want, n)
-            gathered = self._vecs[rows]
-            keys = self._keys[rows]
+            gathered = np.take(self._vecs, rows, axis=0)
+            keys = np.take(self._keys, rows)
         cand = gathered.astype(np.float32)
         sims = cand @ (q / QUANT_SCALE) + float(q @ self._centre)
         gathered.fill(0)  # the candidates' vectors are gallery data: leave no copy in freed memory
