@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from . import fsmodes
+
 if TYPE_CHECKING:
     from .projection import Projection
 
@@ -181,11 +183,12 @@ class UsearchIndex:
 
     def save(self) -> None:
         """Write the index atomically: a temporary file, fsync, then rename over the old one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fsmodes.private_dir(self.path.parent)
         tmp = self.path.with_name(self.path.name + ".tmp")
         # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
         with self._lock.shared():
             self._index.save(str(tmp))
+        fsmodes.make_private(tmp)  # usearch creates it with the umask's mode
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -193,7 +196,7 @@ class UsearchIndex:
         meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype}
         if read_sidecar(self.path) != meta:
             side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
-            side_tmp.write_text(json.dumps(meta) + "\n")
+            fsmodes.write_private_text(side_tmp, json.dumps(meta) + "\n")
             os.replace(side_tmp, self.sidecar_path)
 
     def reset(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from . import audit
+from . import audit, fsmodes
 from .errors import StorageError
 from .types import AuditEntry, ChainCheck, User
 
@@ -130,9 +130,9 @@ class MetadataStore:
     @classmethod
     async def open(cls, path: Path) -> MetadataStore:
         """Open (creating if needed) the database with WAL, foreign keys and secure_delete on."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         conn = None
         try:
+            fsmodes.private_file(fsmodes.private_dir(path.parent) / path.name)  # 0600: -wal/-shm follow its mode
             conn = await aiosqlite.connect(str(path), isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine import EngineError
+from engine import EngineError, fsmodes
 
 # Each module adds its sub-commands; a handler is `func(args) -> int` or an async one.
 COMMAND_MODULES = ("bot.cli.gallery", "bot.cli.audit", "bot.cli.evaluate", "bot.cli.ops")
@@ -71,7 +72,17 @@ def configure_logging(level: str, fmt: str = "text") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sightline` console script."""
+    """Entry point of the `sightline` console script (and of `python -m bot`)."""
+    # Everything this process writes holds biometric or case data: owner-only whatever the caller's umask.
+    previous_umask = fsmodes.restrict_umask()
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous_umask)  # for callers that run main() in-process (tests)
+
+
+def _main(argv: list[str] | None) -> int:
+    """Parse, configure logging, run the command; errors a user can cause become one line and exit 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine import AuditEntry, InvalidArgument
+from engine import AuditEntry, InvalidArgument, fsmodes
 from engine.config import EngineConfig
 from engine.store import MetadataStore
 
@@ -149,7 +149,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
             d["details"] = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
             w.writerow([d[k] for k in EXPORT_FIELDS])
     if args.out:
-        args.out.write_text(buf.getvalue(), encoding="utf-8")
+        fsmodes.write_private_text(args.out, buf.getvalue())  # who searched what, for which case: owner only
         print(f"exported {len(entries)} entries to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
@@ -242,7 +242,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
         await store.close()
     text = build_report(entries, since, until, check.ok, check.head, head_seq)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        fsmodes.write_private_text(args.out, text)
         print(f"report written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
