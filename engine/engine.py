@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import calibration as calib
-from . import projection
+from . import fsmodes, projection
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
@@ -118,6 +118,7 @@ class Engine:
     async def open(cls, config: EngineConfig) -> Engine:
         """Load the models, open the database, restore (or repair) the index."""
         faces = await asyncio.to_thread(FaceModel, config)
+        fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only (a git clone's index_data/ is 0755)
         store = await MetadataStore.open(config.db_path)
         index = UsearchIndex(
             config.index_path,

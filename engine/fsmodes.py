@@ -37,17 +37,17 @@ def restrict_umask() -> int:
     return previous
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) with the folder itself 0700; tighten it if it already exists.
+def private_dir(path: Path, *, tighten: bool = False) -> Path:
+    """Create `path` (and missing parents) with the folder itself 0700; with `tighten`, also an existing one.
 
     An existing folder is tightened only when this user owns it and it is not a shared sticky folder such as
-    /tmp (that would be the operator's mistake to fix, and `doctor` reports it). Raises OSError if it cannot
-    be created.
+    /tmp (that would be the operator's mistake to fix, and `doctor` reports it); a warning says so. Raises
+    OSError if it cannot be created.
     """
     path = Path(path)
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     st = path.stat()
-    if st.st_mode & OTHERS and not st.st_mode & stat.S_ISVTX and st.st_uid == os.geteuid():
+    if tighten and st.st_mode & OTHERS and not st.st_mode & stat.S_ISVTX and st.st_uid == os.geteuid():
         try:
             os.chmod(path, stat.S_IMODE(st.st_mode) & ~OTHERS | stat.S_IRWXU)
         except OSError as exc:
