@@ -118,7 +118,7 @@ class Engine:
     async def open(cls, config: EngineConfig) -> Engine:
         """Load the models, open the database, restore (or repair) the index."""
         faces = await asyncio.to_thread(FaceModel, config)
-        fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only (a git clone's index_data/ is 0755)
+        fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only, even if made 0755 by hand
         store = await MetadataStore.open(config.db_path)
         index = UsearchIndex(
             config.index_path,

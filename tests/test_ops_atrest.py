@@ -147,7 +147,7 @@ async def test_the_engine_writes_owner_only_files_whatever_the_umask_of_its_call
 
 
 async def test_an_existing_data_dir_open_to_others_is_tightened_when_the_engine_opens_it(tmp_path: Path) -> None:
-    """A fresh git clone's index_data/ is 0755: the first start makes it 0700 (files inside stay unreachable)."""
+    """A data dir made by hand (`mkdir` under umask 022) or by an older version: the first start makes it 0700."""
     from test_ops_support import engine_config
 
     data = gallery_copy(tmp_path / "data")
