@@ -170,7 +170,9 @@ def check_file_modes(config: EngineConfig, also: Sequence[Path] = ()) -> Check:
     """No file or folder holding biometric or case data may be open to group or other accounts."""
     roots = private_roots(config, also)
     found = fsmodes.exposed(roots)
-    where = ", ".join(str(r) for r in roots)
+    where = ", ".join(str(r) for r in roots if r.exists())
+    if not where:
+        return Check("file modes", "ok", "nothing written yet")
     if not found:
         return Check("file modes", "ok", f"everything under {where} is owner-only")
     shown = "; ".join(str(e) for e in found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")

@@ -17,7 +17,7 @@ import numpy as np
 from . import calibration as calib
 from . import fsmodes, projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces, StorageError
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -118,7 +118,10 @@ class Engine:
     async def open(cls, config: EngineConfig) -> Engine:
         """Load the models, open the database, restore (or repair) the index."""
         faces = await asyncio.to_thread(FaceModel, config)
-        fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only, even if made 0755 by hand
+        try:
+            fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only, even if made 0755 by hand
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {config.data_dir}: {exc.strerror or exc}") from None
         store = await MetadataStore.open(config.db_path)
         index = UsearchIndex(
             config.index_path,

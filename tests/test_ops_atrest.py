@@ -15,11 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fakebotapi import FakeBotAPI
 from test_ops_support import REPO, gallery_copy
 
 from conftest import BOT_ADMIN, DEV
-from engine import Engine, fsmodes
+from engine import Engine, StorageError, fsmodes
 
 SIGHTLINE = [sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())"]  # the console script
 IDENTITIES = ("Colin_Powell", "George_W_Bush", "Hugo_Chavez", "Tony_Blair")
@@ -206,3 +207,12 @@ def test_the_entry_point_sets_an_owner_only_umask_and_gives_the_callers_back() -
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0o77", "0o2"]
+
+
+async def test_a_data_dir_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> None:
+    from test_ops_support import engine_config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match=f"cannot create the data directory {blocker / 'data'}"):
+        await Engine.open(engine_config(blocker / "data"))
