@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -14,13 +15,26 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import audit, fsmodes, projection
 from . import calibration as calib
-from . import fsmodes, projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces, StorageError
+from .errors import (
+    CaseRequired,
+    FaceIndexError,
+    InvalidArgument,
+    LastAdmin,
+    NoFaceFound,
+    NotFound,
+    SeveralFaces,
+    StorageError,
+    disk_full,
+    is_damaged_database,
+    is_disk_full,
+)
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
+from .integrity import clamp_similarity
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
@@ -115,31 +129,59 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    async def open(cls, config: EngineConfig) -> Engine:
-        """Load the models, open the database, restore (or repair) the index."""
-        faces = await asyncio.to_thread(FaceModel, config)
+    async def open(cls, config: EngineConfig, *, create: bool = True) -> Engine:
+        """Load the models, open the database, restore (or repair) the index.
+
+        Without `create`, a missing database raises StorageError instead of starting an empty gallery.
+        Whatever fails, everything opened so far is closed again (the database connection's thread would
+        otherwise keep the process alive at exit); a full disk raises DiskFull naming the data directory.
+        """
+        store: MetadataStore | None = None
+        engine: Engine | None = None
         try:
-            fsmodes.private_dir(config.data_dir, tighten=True)  # biometric data: owner-only, even if made 0755 by hand
-        except OSError as exc:
-            raise StorageError(f"cannot create the data directory {config.data_dir}: {exc.strerror or exc}") from None
-        store = await MetadataStore.open(config.db_path)
-        index = UsearchIndex(
-            config.index_path,
-            dtype=config.index_dtype,
-            connectivity=config.index_connectivity,
-            expansion_add=config.index_expansion_add,
-            expansion_search=config.index_expansion_search,
-            projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
-        )
-        engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
-        await engine.reconcile_index()
+            faces = await asyncio.to_thread(FaceModel, config)
+            if create or config.db_path.parent.is_dir():  # biometric data: owner-only, even if made 0755 by hand
+                fsmodes.private_data_dir(config.data_dir)
+            head_log = audit.HeadLog(config.audit_head_path, config.audit_head_syslog)
+            store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
+            index = UsearchIndex(
+                config.index_path,
+                dtype=config.index_dtype,
+                connectivity=config.index_connectivity,
+                expansion_add=config.index_expansion_add,
+                expansion_search=config.index_expansion_search,
+                projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
+            )
+            index.gallery_id = store.gallery_id
+            engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
+            await engine.reconcile_index()
+        except BaseException as exc:
+            if engine is not None:
+                engine._executor.shutdown(wait=True, cancel_futures=True)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.conn.close()
+            if is_disk_full(exc, config.data_dir):
+                raise disk_full(config.data_dir) from exc
+            if is_damaged_database(exc):
+                raise StorageError(f"the database {config.db_path} is damaged or unreadable ({exc}): restore a "
+                                   "backup (`sightline restore SRC --force`)") from exc
+            raise
         return engine
 
     async def close(self) -> None:
-        """Save the index if it changed and close the database."""
-        await self.save_index()
-        await self.store.close()
-        self._executor.shutdown(wait=True)
+        """Save the index if it changed and close the database; both are closed even when saving fails."""
+        try:
+            await self.save_index()
+        except BaseException as exc:
+            if is_disk_full(exc, self.config.data_dir):
+                raise disk_full(self.config.data_dir) from exc
+            raise
+        finally:
+            try:
+                await self.store.close()
+            finally:
+                self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -184,6 +226,7 @@ class Engine:
             expansion_search=self.index.expansion_search,
             projection=self.index.projection,
         )
+        fresh.gallery_id = self.store.gallery_id
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -403,8 +446,10 @@ class Engine:
         want = min(max(top * 4, 40), max(len(self.index), 1))
         keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
+        # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
         scored = sorted(
-            ((float(np.dot(r.embedding, vec)), r) for r in rows.values()), key=lambda t: t[0], reverse=True
+            ((clamp_similarity(float(np.dot(r.embedding, vec))), r) for r in rows.values()),
+            key=lambda t: t[0], reverse=True,
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
@@ -535,8 +580,8 @@ class Engine:
         return await self.store.audit_entries(last=n)
 
     async def audit_verify(self) -> ChainCheck:
-        """Verify the whole hash chain."""
-        return await self.store.verify_audit()
+        """Verify the whole hash chain, and that it agrees with the head file kept outside the database."""
+        return await self.store.verify_audit(self.store.head_log)
 
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:

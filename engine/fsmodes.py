@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import StorageError, is_disk_full
+
 logger = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
@@ -56,6 +58,19 @@ def private_dir(path: Path, *, tighten: bool = False) -> Path:
             logger.warning("%s was readable by other accounts (mode %04o): now owner-only (0700)", path,
                            stat.S_IMODE(st.st_mode))
     return path
+
+
+def private_data_dir(data_dir: Path) -> Path:
+    """The engine's data directory: created 0700, or made owner-only if it exists (see `private_dir`).
+
+    Raises StorageError when it cannot be created (OSError as is for a full disk, which the caller reports).
+    """
+    try:
+        return private_dir(data_dir, tighten=True)
+    except OSError as exc:
+        if is_disk_full(exc, data_dir):
+            raise
+        raise StorageError(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from exc
 
 
 def private_file(path: Path) -> Path:

@@ -29,11 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "doctor",
         help="check that this machine can run the bot",
         description="Check the settings, the face models, the data directory (writable, and owner-only: no file "
-        "readable by other accounts), the database and index, free disk space and (with a token) that the Bot API "
-        "answers. Prints one line per check; exits 1 if any failed.",
+        "readable by other accounts), the database, the audit chain (against its head file), the index (its gallery id "
+        "and checksum), free disk space and (with a token) that the Bot API answers. Prints one line per check; exits 1 "
+        "if any failed.",
     )
     p.add_argument("--skip-telegram", action="store_true", help="don't contact the Bot API (offline machines)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--deep", action="store_true",
+                   help="also verify every stored embedding (checksum, unit length) and every index vector against "
+                   "it (reads the whole gallery: minutes at 1 M faces)")
     p.add_argument(
         "--fix", action="store_true",
         help="first make every file and folder of the data directory (and --also paths) owner-only: files 0600, folders 0700",
@@ -108,7 +112,7 @@ async def cmd_doctor(args: argparse.Namespace) -> int:
         changed = await asyncio.to_thread(doctor.fix_file_modes, args.settings.engine_config(), args.also)
         for line in changed:
             print(line, file=sys.stderr if args.json else sys.stdout)
-    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram, also=args.also)
+    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram, deep=args.deep, also=args.also)
     if args.json:
         report = {
             "ok": doctor.exit_code(checks) == 0,
@@ -125,11 +129,12 @@ def _mb(n: int | None) -> str:
     return f"{(n or 0) / 1e6:.1f} MB"
 
 
-async def cmd_backup(args: argparse.Namespace) -> int:
-    """Take a backup and print what it holds."""
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Take a backup and print what it holds (in the main thread: Ctrl-C or SIGTERM stops it and removes
+    the partial copy; a backup killed outright is removed by the next one into the same parent folder)."""
     from engine.backup import create_backup
 
-    manifest = await asyncio.to_thread(create_backup, args.settings.engine_config(), args.dest)
+    manifest = create_backup(args.settings.engine_config(), args.dest)
     c = manifest["counts"]
     files = manifest["files"]
     index = manifest["index"]
