@@ -45,11 +45,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && rm -rf engine bot build ./*.egg-info \
  && pip uninstall --yes sightline
 
-# The code itself (a small layer), then a check that the installed packages are the real ones.
+# The code itself (a small layer). The translation catalogs are compiled here (.po -> .mo; the .mo files are
+# not in git), before the install copies them into the package: the bot then loads them without compiling.
+# Then a check that the installed packages are the real ones, not the stand-ins.
 COPY engine ./engine
 COPY bot ./bot
 RUN --mount=type=secret,id=pip_ca \
     { [ ! -s /run/secrets/pip_ca ] || export PIP_CERT=/run/secrets/pip_ca; } \
+ && pybabel compile --statistics -d bot/locales -D sightline \
  && pip install --no-cache-dir --no-deps . \
  && rm -rf build ./*.egg-info \
  && cd / && python -c "import engine, bot.cli; engine.Engine; print('sightline installed from', engine.__file__)"

@@ -55,7 +55,7 @@ def test_image_and_compose_agree_on_data_dir_port_and_user() -> None:
 
 
 def test_scripts_parse() -> None:
-    for name in ("start", "test", "_setup.sh", "docker-base"):
+    for name in ("start", "test", "_setup.sh", "catalogs", "docker-base"):
         result = subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
 
