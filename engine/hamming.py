@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import faults, integrity
+from . import faults, fsmodes, integrity
 from .codes import CodeModel, fallback
 from .index import TEMP_SUFFIX, SharedLock, read_sidecar, remove_stale_temporaries, sidecar_path, write_sidecar
 
@@ -329,9 +329,9 @@ class HammingIndex:
         """
         import xxhash
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fsmodes.private_dir(self.path.parent)
         remove_stale_temporaries(self.path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+        fd, tmp_name = tempfile.mkstemp(  # mkstemp: owner-only (0600) from the startprefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
         tmp = Path(tmp_name)
         digest = xxhash.xxh3_128()
         try:
