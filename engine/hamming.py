@@ -331,7 +331,8 @@ class HammingIndex:
 
         fsmodes.private_dir(self.path.parent)
         remove_stale_temporaries(self.path)
-        fd, tmp_name = tempfile.mkstemp(  # mkstemp: owner-only (0600) from the startprefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+        # mkstemp: owner-only (0600) from the start
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
         tmp = Path(tmp_name)
         digest = xxhash.xxh3_128()
         try:
