@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from . import projection
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
-from .images import Decoded, decode, sha256_hex
+from .images import Decoded, decode_frames, sha256_hex
 from .index import UsearchIndex
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
@@ -210,9 +210,10 @@ class Engine:
     # -- images ------------------------------------------------------------------------------
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
         c = self.config
-        decoded = decode(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        faces = self.faces.detect_faces(decoded.bgr, small_faces)
-        return Analysed(decoded, faces, self._detected(decoded, faces))
+        frames = decode_frames(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
+        found = self.faces.find_faces([f.bgr for f in frames], small_faces)  # first frame with a face, upright
+        decoded = replace(frames[found.index], bgr=found.bgr, rotation=found.rotation)
+        return Analysed(decoded, found.faces, self._detected(decoded, found.faces))
 
     def _detected(self, d: Decoded, faces: list[RawFace]) -> tuple[DetectedFace, ...]:
         if not faces:
@@ -223,7 +224,7 @@ class Engine:
         return tuple(
             DetectedFace(
                 number=i + 1,
-                box=to_original_box(f.box, d.scale),
+                box=to_original_box(f.box, d.scale, d.rotation, (w, h)),
                 det_score=round(f.score, 4),
                 quality=self.faces.quality(f, d.scale),
                 primary=(i == primary),
@@ -308,9 +309,12 @@ class Engine:
             await self.store.append_audit(
                 actor, "enroll", None,
                 {"image_id": image_id, "image_sha256": sha, "faces": len(rows), "face_ids": face_ids,
-                 "subject": subject, "source_url": source_url, "expires_at": expiry},
+                 "subject": subject, "source_url": source_url, "expires_at": expiry,
+                 **({"frame": decoded.frame} if decoded.frames > 1 else {}),
+                 **({"rotation": decoded.rotation} if decoded.rotation else {})},
             )
-        return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
+        return Enrollment(image_id, sha, len(rows), subject, duplicate=False, frame=decoded.frame, frames=decoded.frames,
+                          rotation=decoded.rotation)
 
     # -- search ------------------------------------------------------------------------------
     async def search(
@@ -341,7 +345,7 @@ class Engine:
         t0 = time.perf_counter()
         sha = sha256_hex(image)
         try:
-            detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
+            detected, chosen, vec, thumb, where = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
             raise
@@ -351,11 +355,13 @@ class Engine:
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
+            frame=where.frame, frames=where.frames, rotation=where.rotation,
         )
         entry = await self.store.append_audit(
             actor, "search", case,
             {
                 "query_sha256": sha, "faces": len(detected), "face": chosen,
+                **({"frame": where.frame} if where.frames > 1 else {}), **({"rotation": where.rotation} if where.rotation else {}),
                 "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
             },
@@ -365,9 +371,9 @@ class Engine:
 
     def _query_sync(
         self, image: bytes, face: int | None, several: str
-    ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes]:
+    ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes, Decoded]:
         """Decode, detect, choose a face and embed it (one hop to the worker pool): the faces, the
-        chosen face's number, its embedding and its thumbnail."""
+        chosen face's number, its embedding, its thumbnail and the analysed frame (which one, how turned)."""
         analysed = self._analyse_sync(image, small_faces=True)
         detected = analysed.detected
         if not detected:
@@ -383,12 +389,12 @@ class Engine:
         raw = analysed.faces[chosen - 1]
         emb = self.faces.embed([raw])[0].embedding
         assert emb is not None
-        return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box)
+        return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box), analysed.decoded
 
     async def query_embedding(self, image: bytes, face: int | None = None) -> np.ndarray:
         """The embedding `search` compares with the gallery for a photo's face (the primary one by
         default), by the very same steps; for evaluation. Raises NoFaceFound, FaceIndexError."""
-        _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        _, _, vec, _, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec
 
     async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:

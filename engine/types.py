@@ -62,6 +62,9 @@ class SearchResult:
     calibrated: bool  # False when the model has no calibration table
     query_thumbnail: bytes = field(repr=False, default=b"")  # JPEG of the searched face, in memory only
     audit_id: int | None = None
+    frame: int = 1  # the frame of an animated photo that was searched (1-based)
+    frames: int = 1  # frames the photo has
+    rotation: int = 0  # degrees clockwise the photo was turned to find an upright face (orientation not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,9 @@ class Enrollment:
     faces: int
     subject: str | None
     duplicate: bool  # the image was already in the gallery; nothing was added
+    frame: int = 1  # the frame of an animated image whose faces were enrolled (1-based)
+    frames: int = 1  # frames the image has
+    rotation: int = 0  # degrees clockwise the image was turned to find an upright face
 
 
 @dataclass(frozen=True, slots=True)
