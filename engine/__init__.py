@@ -23,6 +23,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    LabelChange,
     Quality,
     SearchResult,
     Stats,
@@ -31,6 +32,6 @@ from .types import (
 
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
-    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "LabelChange", "ModelError",
     "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
 ]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import calibration as calib
-from . import projection
+from . import labels, projection
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
@@ -29,6 +29,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    LabelChange,
     SearchResult,
     Stats,
     User,
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("admin", "officer")
-MAX_CASE_LEN = 64
+MAX_CASE_LEN = labels.MAX_CASE
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +65,8 @@ def normalize_expiry(value: str | None) -> str | None:
 
 
 def check_case(case: str | None) -> str | None:
-    """A case reference, stripped, or None; refuses control characters and very long ones."""
-    if case is None:
-        return None
-    case = case.strip()
-    if not case:
-        return None
-    if len(case) > MAX_CASE_LEN or any(ord(ch) < 32 for ch in case):
-        raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
-    return case
+    """A case reference, normalised (NFC, stripped), or None; refuses invisible characters and long ones."""
+    return labels.case_ref(case)
 
 
 class Engine:
@@ -280,11 +274,11 @@ class Engine:
         save: bool = True,
         audit: bool = True,
     ) -> Enrollment:
-        """Add an image to the gallery: every face is indexed, the subject goes to its primary face."""
-        source_url = (source_url or "").strip()
-        if not source_url:
-            raise InvalidArgument("every gallery image needs a source link")
-        subject = (subject or "").strip() or None
+        """Add an image to the gallery: every face is indexed, the subject goes to its primary face.
+
+        Labels are checked first (engine.labels): raises InvalidArgument for a bad subject, link or note.
+        """
+        source_url, subject, notes = labels.source_link(source_url), labels.subject(subject), labels.notes(notes)
         expiry = self._expiry(expires_at)
         sha = sha256_hex(image)
         existing = await self.store.image_id_by_sha(sha)
@@ -436,6 +430,8 @@ class Engine:
         actor: str = "cli",
     ) -> Erasure:
         """Remove images (and all their faces) by subject, source link or content hash, for good."""
+        # However the name was typed (NFD from macOS, spaces around it), it is looked up as it is stored.
+        subject, source_url, sha256 = (labels.normalize(v) if isinstance(v, str) else v for v in (subject, source_url, sha256))
         given = [v for v in (subject, source_url, sha256) if v]
         if len(given) != 1:
             raise InvalidArgument("say exactly one of: subject, source link, image SHA-256")
@@ -478,6 +474,34 @@ class Engine:
             )
         return erasure
 
+    async def normalize_labels(self, *, apply: bool = True, actor: str = "cli") -> list[LabelChange]:
+        """Bring stored labels to what enrolment accepts today (NFC, one line, no invisible characters).
+
+        Returns every value that differs or is still invalid (`problem`: too long, a bad link: a person must
+        fix it); with `apply`, writes the repairs in one transaction and audits them.
+        """
+        changes: list[LabelChange] = []
+        checks = {"subject": labels.subject, "source_url": labels.source_link, "notes": labels.notes,
+                  "note": labels.user_note, "active_case": labels.case_ref}
+        for table, column, key, value in await self.store.label_values():
+            new = labels.repair(value)
+            try:
+                checks[column](new)
+                problem = None
+            except InvalidArgument as exc:
+                problem = str(exc)
+            if new != value or problem:
+                changes.append(LabelChange(table, column, key, value, new, problem))
+        todo = [c for c in changes if c.new != c.old]
+        if apply and todo:
+            async with self._write:
+                await self.store.update_labels([(c.table, c.column, c.key, c.new or None) for c in todo])
+            await self.store.append_audit(
+                actor, "migrate_labels", None,
+                {"changed": len(todo), "rows": [[c.table, c.column, c.key] for c in todo]},
+            )
+        return changes
+
     # -- users -------------------------------------------------------------------------------
     async def user(self, user_id: int) -> User | None:
         """A whitelisted user or None."""
@@ -489,6 +513,7 @@ class Engine:
 
     async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
         """Whitelist a user (or change their role)."""
+        note = labels.user_note(note)
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
         if user_id <= 0:
@@ -517,7 +542,7 @@ class Engine:
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
         """Append an audit entry for something the front-end did (a refusal, an admin command)."""
-        return await self.store.append_audit(actor, action, case, details)
+        return await self.store.append_audit(labels.scrub(actor), action, labels.scrub(case), labels.scrub(details))
 
     async def audit_tail(self, n: int = 10) -> list[AuditEntry]:
         """The last n audit entries."""

@@ -21,6 +21,9 @@ from .types import AuditEntry, ChainCheck, User
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# The free-text columns the label migration (Engine.normalize_labels) may rewrite.
+LABEL_COLUMNS = (("images", "subject"), ("images", "source_url"), ("images", "notes"), ("faces", "subject"),
+                 ("users", "note"), ("users", "active_case"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -480,6 +483,33 @@ class MetadataStore:
                 await self.conn.execute("ROLLBACK")
                 raise
         return int(cur.rowcount)
+
+    # -- label migration ---------------------------------------------------------------------
+    async def label_values(self) -> list[tuple[str, str, int, str]]:
+        """Every stored label as (table, column, row key, value), for the label migration."""
+        out: list[tuple[str, str, int, str]] = []
+        for table, column in LABEL_COLUMNS:
+            key = "user_id" if table == "users" else "id"
+            rows = await self._all(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL AND {column} != ''")
+            out += [(table, column, int(r[0]), str(r[1])) for r in rows]
+        return out
+
+    async def update_labels(self, changes: Sequence[tuple[str, str, int, str | None]]) -> None:
+        """Write repaired labels (table, column, key, value) in one transaction; columns from LABEL_COLUMNS only."""
+        async with self._write:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column, key, value in changes:
+                    if (table, column) not in LABEL_COLUMNS:
+                        raise ValueError(f"{table}.{column} is not a label column")
+                    key_col = "user_id" if table == "users" else "id"
+                    if column in ("source_url", "note") and value is None:
+                        value = ""  # NOT NULL columns
+                    await self.conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key_col} = ?", (value, key))
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
 
 
 def _ids_vectors(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -144,3 +144,15 @@ class ChainCheck:
     head: str
     first_bad_seq: int | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChange:
+    """A stored label the label migration repaired, or that still needs a person (`problem`)."""
+
+    table: str  # images | faces | users
+    column: str  # subject | source_url | notes | note | active_case
+    key: int  # the row's id (user_id for users)
+    old: str
+    new: str
+    problem: str | None = None  # why the repaired value is still not accepted (too long, a bad link)
