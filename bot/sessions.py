@@ -117,6 +117,9 @@ class ResultSet:
     warnings: tuple[str, ...]  # quality warnings of the searched face
     gallery_faces: int
     calibrated: bool
+    frame: int = 1  # the frame of an animated photo that was searched
+    frames: int = 1
+    rotation: int = 0  # degrees clockwise the photo was turned to find an upright face
 
     @classmethod
     def of(cls, result: SearchResult, owner: int, case: str | None) -> ResultSet:
@@ -125,6 +128,7 @@ class ResultSet:
         return cls(
             owner=owner, case=case, hits=result.hits, face=result.searched, faces_in_photo=len(result.faces),
             warnings=searched.quality.warnings, gallery_faces=result.gallery_faces, calibrated=result.calibrated,
+            frame=result.frame, frames=result.frames, rotation=result.rotation,
         )
 
     def page_bounds(self, page: int, per_page: int) -> tuple[int, int]:

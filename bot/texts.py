@@ -263,7 +263,24 @@ def hit_lines(hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
     if hit.strangers_expected is not None:
         lines.append(f"   {strangers(hit.strangers_expected, gallery_faces)}")
     lines.append(f"   {hit.source_url}" if linked else f"   source: {hit.source_url}")
+    if hit.near_duplicates:
+        lines.append(f"   {near_copies(len(hit.near_duplicates))}")
     return lines
+
+
+def near_copies(n: int) -> str:
+    """How many near-identical copies of a gallery photo one hit stands for."""
+    return f"and {n} near-identical {'copy' if n == 1 else 'copies'} (crops or re-encodes of this photo)"
+
+
+def searched_where(frame: int, frames: int, rotation: int) -> str | None:
+    """Which frame of an animation was searched and how the photo was turned, or None for an ordinary photo."""
+    parts = []
+    if frames > 1:
+        parts.append(f"searched frame {frame} of {frames}")
+    if rotation:
+        parts.append(f"photo turned {rotation}° clockwise to find an upright face")
+    return "; ".join(parts).capitalize() + "." if parts else None
 
 
 def search_header(results: ResultSet) -> list[str]:
@@ -274,6 +291,9 @@ def search_header(results: ResultSet) -> list[str]:
     warning = quality_warning(results.warnings)
     if warning:
         lines.append(warning)
+    where = searched_where(results.frame, results.frames, results.rotation)
+    if where:
+        lines.append(where)
     return lines
 
 

@@ -17,11 +17,12 @@ import numpy as np
 from . import calibration as calib
 from . import labels, projection
 from .config import EngineConfig
+from .duplicates import group_near_duplicates
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode_frames, sha256_hex
 from .index import UsearchIndex
-from .store import FaceRow, MetadataStore, now_iso
+from .store import FaceRow, MetadataStore, StoredFace, now_iso
 from .types import (
     AuditEntry,
     ChainCheck,
@@ -402,12 +403,18 @@ class Engine:
         hits: list[Hit] = []
         seen_images: set[int] = set()
         gallery = len(self.index)
+        best: list[tuple[float, StoredFace]] = []
         for sim, r in scored:
-            if sim < cut or len(hits) >= top:
+            if sim < cut:
                 break
             if r.image_id in seen_images:  # one hit per gallery image: its best face
                 continue
             seen_images.add(r.image_id)
+            best.append((sim, r))
+        # Crops and re-encodes of one photo are one hit, so the answer shows distinct photos.
+        groups = group_near_duplicates(np.stack([r.embedding for _, r in best])) if best else []
+        for group in groups[:top]:
+            sim, r = best[group[0]]
             strong = sim >= self.threshold_strong and r.quality_ok
             fmr = self.calibration.false_match_rate(sim) if self.calibration else None
             hits.append(
@@ -416,6 +423,7 @@ class Engine:
                     band="strong" if strong else "possible", subject=r.subject, source_url=r.source_url,
                     image_sha256=r.image_sha256, box=r.box, low_quality=not r.quality_ok,
                     false_match_rate=fmr, strangers_expected=None if fmr is None else fmr * gallery,
+                    near_duplicates=tuple(best[i][1].face_id for i in group[1:]),
                 )
             )
         return hits

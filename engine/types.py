@@ -47,6 +47,7 @@ class Hit:
     low_quality: bool  # the gallery face is below the quality floor (never "strong")
     false_match_rate: float | None  # calibrated chance that one stranger scores this high
     strangers_expected: float | None  # gallery faces x false_match_rate
+    near_duplicates: tuple[int, ...] = ()  # face ids of near-identical copies of this image, shown as this one hit
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result or 0)  # type: ignore[arg-type]
     except EngineError as exc:
-        print(f"sightline: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # a machine reading --json output gets its errors as JSON too
+            error = {"type": type(exc).__name__, "reason": getattr(exc, "reason", None), "message": str(exc)}
+            print(json.dumps({"error": error}, ensure_ascii=False))
+        else:
+            print(f"sightline: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sightline: interrupted", file=sys.stderr)

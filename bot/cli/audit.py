@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine import AuditEntry, InvalidArgument
+from engine import AuditEntry, InvalidArgument, labels
 from engine.config import EngineConfig
 from engine.store import MetadataStore
 
@@ -122,12 +122,17 @@ def entry_dict(e: AuditEntry) -> dict[str, Any]:
             "details": e.details, "prev_hash": e.prev_hash, "hash": e.hash}
 
 
+def _nfc(value: str | None) -> str | None:
+    """A filter as the audit stores it (labels are NFC), however it was typed."""
+    return labels.normalize(value) if value else value
+
+
 async def _entries(args: argparse.Namespace, **extra: Any) -> list[AuditEntry]:
     store = await open_store(args)
     try:
         return await store.audit_entries(
             since=parse_time(getattr(args, "since", None)), until=parse_time(getattr(args, "until", None)),
-            actor=getattr(args, "actor", None), case_ref=getattr(args, "case", None),
+            actor=_nfc(getattr(args, "actor", None)), case_ref=_nfc(getattr(args, "case", None)),
             action=getattr(args, "action", None), **extra,
         )
     finally:
