@@ -27,6 +27,8 @@ LINE_BREAKS = {"\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u20
 BIDI = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u180e", "\u00ad"}
 FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control, format (bidi, zero-width), lone surrogates, separators
+# Schemes that run code or reach local or embedded data when a viewer opens them; www. links need http(s).
+REFUSED_SCHEMES = {"javascript", "vbscript", "data", "file", "blob", "about", "ftp", "tg"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 _HOST = re.compile(r"^[\w\-.]+$")  # letters of any script (IDN), digits, hyphens, dots; IPv6 is checked by urlsplit
@@ -60,7 +62,7 @@ def forbidden(ch: str) -> str | None:
 def check(value: Any, what: str, limit: int, *, required: bool = False) -> str | None:
     """`value` normalised (NFC, stripped) and checked; None when empty and not required.
 
-    Raises InvalidArgument naming the field, the character (U+XXXX) and its position, or the limit.
+    Raises InvalidArgument naming the field, the character (U+XX) and its position, or the limit.
     """
     if value is None:
         value = ""
@@ -88,12 +90,15 @@ def looks_like_url(text: str) -> bool:
 
 
 def url_problem(text: str) -> str | None:
-    """Why a URL is not a well-formed http(s) URL, or None when it is."""
+    """Why a link is unacceptable, or None: http(s) must be well-formed; other schemes are one-token references."""
     if any(ch.isspace() for ch in text):
         return "contains a space or other whitespace (write spaces in a URL as %20)"
     scheme = _SCHEME.match(text)
-    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
+    name = scheme.group(1).lower() if scheme else ""
+    if name in REFUSED_SCHEMES or not name:
         return "is not an http:// or https:// link"
+    if name not in ("http", "https"):
+        return None  # a reference in the operator's own scheme (case-file://A-1/3): one token, kept as text
     try:
         parts = urlsplit(text)
         host = parts.hostname
@@ -111,7 +116,9 @@ def subject(value: Any) -> str | None:
 
 
 def source_link(value: Any) -> str:
-    """A source link: required; when it is a URL, a well-formed http(s) one."""
+    """A source link: required; an http(s) URL must be well-formed and without whitespace, and links that
+    run code or open local data (javascript:, data:, file:...) are refused; a local path or an archive
+    reference in the operator's own scheme (case-file://A-1/3) is kept as text."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InvalidArgument("every gallery image needs a source link")
     text = check(value, "source link", MAX_SOURCE, required=True)
@@ -139,7 +146,7 @@ def user_note(value: Any) -> str:
 
 
 def scrub(value: Any) -> Any:
-    """A value for the audit log: every string in it NFC, with forbidden characters written as \\uXXXX.
+    """A value for the audit log: every string in it NFC, with forbidden characters written as \\uXX.
 
     The audit records what happened even when a user typed something we refuse, so nothing is dropped.
     """
