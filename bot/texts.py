@@ -177,11 +177,12 @@ def photo_expired(ttl_seconds: int) -> str:
 
 # -- engine errors -> replies -----------------------------------------------------------------------
 IMAGE_REJECTED = {
-    "not_image": "That file is not an image I can read. Send a JPEG, PNG, WebP or HEIC photo.",
+    "not_image": "That file is not an image I can read. Send a JPEG, PNG, WebP, GIF, HEIC or AVIF photo.",
     "corrupt": "That image is damaged or cut off and cannot be read. Send it again.",
     "too_large": "That file is too big: {detail}.",
     "too_many_pixels": "That image has too many pixels to open safely: {detail}.",
     "empty": "That file is empty.",
+    "degenerate": "That image cannot be searched: {detail}.",
 }
 ERRORS: dict[type[EngineError], str] = {
     NoFaceFound: (
