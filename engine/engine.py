@@ -17,7 +17,7 @@ import numpy as np
 from . import calibration as calib
 from . import labels, projection
 from .config import EngineConfig
-from .duplicates import group_near_duplicates
+from .duplicates import NEAR_DUPLICATE, group_near_duplicates
 from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode_frames, sha256_hex
@@ -286,6 +286,7 @@ class Engine:
         if existing is not None:
             return Enrollment(existing, sha, 0, subject, duplicate=True)
         decoded, rows = await self._cpu(self._prepare_enrollment, image, subject)
+        copy_of = await self._near_duplicate_of(rows)
         async with self._write:
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
@@ -306,10 +307,22 @@ class Engine:
                 {"image_id": image_id, "image_sha256": sha, "faces": len(rows), "face_ids": face_ids,
                  "subject": subject, "source_url": source_url, "expires_at": expiry,
                  **({"frame": decoded.frame} if decoded.frames > 1 else {}),
-                 **({"rotation": decoded.rotation} if decoded.rotation else {})},
+                 **({"rotation": decoded.rotation} if decoded.rotation else {}),
+                 **({"near_duplicate_of": copy_of} if copy_of is not None else {})},
             )
         return Enrollment(image_id, sha, len(rows), subject, duplicate=False, frame=decoded.frame, frames=decoded.frames,
-                          rotation=decoded.rotation)
+                          rotation=decoded.rotation, near_duplicate_of=copy_of)
+
+    async def _near_duplicate_of(self, rows: list[FaceRow]) -> int | None:
+        """The gallery image whose face is a near-identical copy of this image's primary face, if any."""
+        primary = next((r for r in rows if r.is_primary), None)
+        if primary is None or len(self.index) == 0:
+            return None
+        keys, _ = await self._cpu(self.index.search, primary.embedding, min(5, len(self.index)))
+        found = (await self.store.faces_by_ids(keys.tolist())).values()
+        sims = [(float(np.dot(f.embedding, primary.embedding)), f.image_id) for f in found]
+        best = max(sims, default=None)
+        return best[1] if best is not None and best[0] >= NEAR_DUPLICATE else None
 
     # -- search ------------------------------------------------------------------------------
     async def search(

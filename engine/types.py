@@ -80,6 +80,7 @@ class Enrollment:
     frame: int = 1  # the frame of an animated image whose faces were enrolled (1-based)
     frames: int = 1  # frames the image has
     rotation: int = 0  # degrees clockwise the image was turned to find an upright face
+    near_duplicate_of: int | None = None  # a gallery image this one is a near-identical copy of (crop, re-encode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,10 +365,16 @@ async def test_near_identical_copies_are_one_hit(tmp_path: Path, capsys: pytest.
         w, h = base.size
         crops = [base, base.crop((20, 20, w, h)), base.crop((0, 0, w - 30, h - 25)), base.crop((35, 10, w - 10, h - 40)),
                  base.crop((10, 30, w - 20, h))]
-        for i, img in enumerate(crops):
+        enrolled = [
             await eng.enroll(encode(img, "JPEG", quality=90 - i), source_url=f"https://a.example/crop{i}", subject="Tony Blair")
+            for i, img in enumerate(crops)
+        ]
+        # Detected at enrolment: every later crop is a copy of the first; distinct photos are not.
+        assert enrolled[0].near_duplicate_of is None
+        assert all(e.near_duplicate_of in {c.image_id for c in enrolled[:i]} for i, e in enumerate(enrolled) if i)
         for n in (3, 4, 5):
-            await eng.enroll((BLAIR / f"{n}.jpg").read_bytes(), source_url=f"https://a.example/photo{n}", subject="Tony Blair")
+            e = await eng.enroll((BLAIR / f"{n}.jpg").read_bytes(), source_url=f"https://a.example/photo{n}", subject="Tony Blair")
+            assert e.near_duplicate_of is None
         result = await eng.search((BLAIR / "6.jpg").read_bytes(), actor="t", top=4)
     finally:
         await eng.close()

@@ -147,6 +147,7 @@ class Summary:
     manifest_errors: int = 0  # manifest rows refused before any image was read
     invalid: int = 0  # labels the engine refused (a folder name used as subject, say)
     errors: int = 0  # anything unexpected on one file (logged with its traceback)
+    near_copies: int = 0  # indexed images that are near-identical copies of gallery images (shown as one hit)
     failures: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # path, reason, message, line
 
     def fail(self, path: str, reason: str, message: str, line: int | None = None) -> None:
@@ -157,7 +158,8 @@ class Summary:
         """The one-line summary printed at the end."""
         parts = [f"indexed {self.indexed} image(s) with {self.faces} face(s)", f"{self.duplicates} already in the gallery",
                  f"{self.no_face} with no face", f"{self.unreadable} unreadable"]
-        for n, what in ((self.not_image, "skipped (not an image)"), (self.manifest_errors, "manifest error(s)"),
+        for n, what in ((self.near_copies, "indexed as near-identical copies of gallery images"),
+                        (self.not_image, "skipped (not an image)"), (self.manifest_errors, "manifest error(s)"),
                         (self.invalid, "with labels refused"), (self.errors, "failed unexpectedly")):
             if n:
                 parts.append(f"{n} {what}")
@@ -289,6 +291,7 @@ async def ingest_one(engine: Engine, item: Item, actor: str, summary: Summary) -
         else:
             summary.indexed += 1
             summary.faces += result.faces
+            summary.near_copies += result.near_duplicate_of is not None
 
 
 def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
