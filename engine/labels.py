@@ -27,8 +27,8 @@ LINE_BREAKS = {"\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u20
 BIDI = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u180e", "\u00ad"}
 FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control, format (bidi, zero-width), lone surrogates, separators
-# Schemes that run code or reach local or embedded data when a viewer opens them; www. links need http(s).
-REFUSED_SCHEMES = {"javascript", "vbscript", "data", "file", "blob", "about", "ftp", "tg"}
+# Schemes that run code, embed data or act inside Telegram when a viewer opens them; www. links need http(s).
+REFUSED_SCHEMES = {"javascript", "vbscript", "data", "blob", "about", "tg"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 _HOST = re.compile(r"^[\w\-.]+$")  # letters of any script (IDN), digits, hyphens, dots; IPv6 is checked by urlsplit
@@ -117,8 +117,8 @@ def subject(value: Any) -> str | None:
 
 def source_link(value: Any) -> str:
     """A source link: required; an http(s) URL must be well-formed and without whitespace, and links that
-    run code or open local data (javascript:, data:, file:...) are refused; a local path or an archive
-    reference in the operator's own scheme (case-file://A-1/3) is kept as text."""
+    run code, embed data or act inside Telegram (javascript:, data:, tg:...) are refused; a local path, a
+    file: link or a reference in the operator's own scheme (case-file://A-1/3) is kept as one token of text."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InvalidArgument("every gallery image needs a source link")
     text = check(value, "source link", MAX_SOURCE, required=True)
