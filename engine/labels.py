@@ -80,7 +80,7 @@ def check(value: Any, what: str, limit: int, *, required: bool = False) -> str |
                 f"the {what} contains {problem} (U+{ord(ch):04X}) at character {i}; remove it"
             )
     if len(text) > limit:
-        raise InvalidArgument(f"the {what} is {len(text)} characters long; the limit is {limit}")
+        raise InvalidArgument(f"the {what} is {len(text)} characters long; the limit is {limit} printable characters")
     return text
 
 
