@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, labels
+from bot.cli import missing_gallery
+from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, labels
+from engine.errors import is_damaged_database, is_disk_full
 
 from .manifest import ManifestError, read_manifest
 
@@ -35,13 +37,23 @@ def cli_actor() -> str:
 
 
 @asynccontextmanager
-async def open_engine(args: argparse.Namespace) -> AsyncIterator[Engine]:
-    """Open the engine from the settings and always close it (saving the index)."""
-    engine = await Engine.open(args.settings.engine_config())
+async def open_engine(args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[Engine]:
+    """Open the engine from the settings and always close it (saving the index).
+
+    Only `create` (indexing) may start a new gallery; every other command refuses a data directory without
+    one, saying where it looked, rather than answering from a new, empty gallery."""
+    if not create and (problem := missing_gallery(args)):
+        raise StorageError(problem)
+    engine = await Engine.open(args.settings.engine_config(), create=create)
     try:
         yield engine
-    finally:
-        await engine.close()
+    except BaseException:
+        try:  # the first error is the one to report: a close that fails after it (the same full disk) is logged
+            await engine.close()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("closing the engine after an error also failed: %r", exc)
+        raise
+    await engine.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -217,14 +229,14 @@ async def cmd_index(args: argparse.Namespace) -> int:
         return fail_early(args, f"no files found in {display_path(source)}", code=1, reason="empty")
     actor = cli_actor()
     if items:
-        async with open_engine(args) as engine:
+        async with open_engine(args, create=True) as engine:
             bar = tqdm(total=len(items), unit="img", disable=args.no_progress or args.json, dynamic_ncols=True, desc="indexing")
-            queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=args.concurrency * 2)
+            pending = iter(items)
             last_save = time.monotonic()
 
             async def worker() -> None:
                 nonlocal last_save
-                while (item := await queue.get()) is not None:
+                for item in pending:  # shared: each item goes to one worker
                     await ingest_one(engine, item, actor, summary)
                     bar.update(1)
                     bar.set_postfix(faces=summary.faces, new=summary.indexed, failed=len(summary.failures), refresh=False)
@@ -232,14 +244,13 @@ async def cmd_index(args: argparse.Namespace) -> int:
                         last_save = time.monotonic()
                         await engine.save_index()
 
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, args.concurrency))]
+            # A worker that fails (a full disk, a damaged database) cancels the others and the run ends with
+            # its error; ingest_one already absorbs what one bad file can cause.
             try:
-                for item in items:
-                    await queue.put(item)
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(max(1, args.concurrency)):
+                        group.create_task(worker())
             finally:
-                for _ in workers:
-                    await queue.put(None)
-                await asyncio.gather(*workers)
                 bar.close()
     report = write_report(args, summary)
     if args.json:
@@ -263,28 +274,10 @@ async def ingest_one(engine: Engine, item: Item, actor: str, summary: Summary) -
             data, source_url=item.source_url, subject=item.subject, expires_at=item.expires_at,
             notes=item.notes, actor=actor, save=False,
         )
-    except NoFaceFound as exc:
-        summary.no_face += 1
-        summary.fail(where, "no_face", str(exc), item.line)
-    except ImageRejected as exc:
-        if exc.reason == "not_image":
-            summary.not_image += 1
-        else:
-            summary.unreadable += 1
-        summary.fail(where, exc.reason, str(exc), item.line)
-    except OSError as exc:
-        summary.unreadable += 1
-        summary.fail(where, "io", exc.strerror or str(exc), item.line)
-    except InvalidArgument as exc:
-        summary.invalid += 1
-        summary.fail(where, "invalid_label", str(exc), item.line)
-    except EngineError as exc:
-        summary.unreadable += 1
-        summary.fail(where, type(exc).__name__, str(exc), item.line)
     except Exception as exc:  # one bad file never stops an ingest: record it against the file and go on
-        logger.warning("ingest of %s failed", where, exc_info=True)
-        summary.errors += 1
-        summary.fail(where, "error", f"{type(exc).__name__}: {labels.scrub(str(exc))[:300]}", item.line)
+        if isinstance(exc, StorageError) or is_disk_full(exc, engine.config.data_dir) or is_damaged_database(exc):
+            raise  # the gallery itself cannot be written: the run ends, saying so in one line
+        record_failure(summary, where, item.line, exc)
     else:
         if result.duplicate:
             summary.duplicates += 1
@@ -292,6 +285,32 @@ async def ingest_one(engine: Engine, item: Item, actor: str, summary: Summary) -
             summary.indexed += 1
             summary.faces += result.faces
             summary.near_copies += result.near_duplicate_of is not None
+
+
+def record_failure(summary: Summary, where: str, line: int | None, exc: Exception) -> None:
+    """Count one file's failure under its kind and list it with its reason."""
+    if isinstance(exc, NoFaceFound):
+        summary.no_face += 1
+        summary.fail(where, "no_face", str(exc), line)
+    elif isinstance(exc, ImageRejected):
+        if exc.reason == "not_image":
+            summary.not_image += 1
+        else:
+            summary.unreadable += 1
+        summary.fail(where, exc.reason, str(exc), line)
+    elif isinstance(exc, OSError):
+        summary.unreadable += 1
+        summary.fail(where, "io", exc.strerror or str(exc), line)
+    elif isinstance(exc, InvalidArgument):
+        summary.invalid += 1
+        summary.fail(where, "invalid_label", str(exc), line)
+    elif isinstance(exc, EngineError):
+        summary.unreadable += 1
+        summary.fail(where, type(exc).__name__, str(exc), line)
+    else:
+        logger.warning("ingest of %s failed", where, exc_info=exc)
+        summary.errors += 1
+        summary.fail(where, "error", f"{type(exc).__name__}: {labels.scrub(str(exc))[:300]}", line)
 
 
 def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
@@ -387,7 +406,11 @@ async def cmd_search(args: argparse.Namespace) -> int:
 async def cmd_forget(args: argparse.Namespace) -> int:
     """Erase images for good."""
     what = args.subject or args.source_url or args.image
-    if not args.yes and sys.stdin.isatty():
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("sightline: error: forget erases for good and asks first, but there is no terminal to ask on: "
+                  "pass --yes to confirm (nothing erased)", file=sys.stderr)
+            return 2
         answer = input(f"Erase every image of {what!r} with its faces, for good? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing erased")
