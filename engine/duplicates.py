@@ -7,6 +7,7 @@ import numpy as np
 # Cosine similarity at which two gallery faces count as copies of one photo. On the dev set (28 people,
 # 174 photos, w600k_mbf) distinct photos of the same person reach at most 0.865 (99th percentile 0.822),
 # while crops and re-encodes of one photo at a usable size score 0.95 (median); 0.90 keeps a margin from both.
+# EngineConfig.near_duplicate_similarity defaults to it.
 NEAR_DUPLICATE = 0.90
 
 

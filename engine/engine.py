@@ -18,7 +18,7 @@ import numpy as np
 from . import audit, labels, projection
 from . import calibration as calib
 from .config import EngineConfig
-from .duplicates import NEAR_DUPLICATE, group_near_duplicates
+from .duplicates import group_near_duplicates
 from .errors import (
     CaseRequired,
     FaceIndexError,
@@ -367,7 +367,7 @@ class Engine:
         found = (await self.store.faces_by_ids(keys.tolist())).values()
         sims = [(float(np.dot(f.embedding, primary.embedding)), f.image_id) for f in found]
         best = max(sims, default=None)
-        return best[1] if best is not None and best[0] >= NEAR_DUPLICATE else None
+        return best[1] if best is not None and best[0] >= self.config.near_duplicate_similarity else None
 
     # -- search ------------------------------------------------------------------------------
     async def search(
@@ -475,7 +475,8 @@ class Engine:
             seen_images.add(r.image_id)
             best.append((sim, r))
         # Crops and re-encodes of one photo are one hit, so the answer shows distinct photos.
-        groups = group_near_duplicates(np.stack([r.embedding for _, r in best])) if best else []
+        near = self.config.near_duplicate_similarity
+        groups = group_near_duplicates(np.stack([r.embedding for _, r in best]), near) if best else []
         for group in groups[:top]:
             sim, r = best[group[0]]
             strong = sim >= self.threshold_strong and r.quality_ok

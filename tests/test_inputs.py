@@ -394,11 +394,13 @@ async def test_near_identical_copies_are_one_hit(tmp_path: Path, capsys: pytest.
     assert "and 4 near-identical copies in the gallery" in capsys.readouterr().out
 
 
-async def test_search_errors_are_json_in_json_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_search_errors_are_json_in_json_mode(tmp_path: Path, gallery_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grey = tmp_path / "grey.png"
     Image.new("RGB", (300, 300), (128, 128, 128)).save(grey)
-    assert await cli(["--data-dir", str(tmp_path / "d"), "search", str(grey), "--case", "C-1", "--json"]) == 1
+    assert await cli(["--data-dir", str(gallery_copy), "search", str(grey), "--case", "C-1", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
-    assert out["error"]["type"] == "NoFaceFound"
-    assert await cli(["--data-dir", str(tmp_path / "d"), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 2
+    assert out["error"]["type"] == "NoFaceFound" and out["error"]["message"]
+    assert await cli(["--data-dir", str(gallery_copy), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["reason"] == "not_found"
+    assert await cli(["--data-dir", str(tmp_path / "no-gallery"), "search", str(grey), "--case", "C-1", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "StorageError"
