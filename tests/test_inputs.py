@@ -384,8 +384,9 @@ async def test_near_identical_copies_are_one_hit(tmp_path: Path, capsys: pytest.
     copies = next(hit for hit in result.hits if "crop" in hit.source_url)
     assert len(copies.near_duplicates) == 4
     from bot import texts
+    from bot.i18n import ENGLISH
 
-    assert "and 4 near-identical copies" in "\n".join(texts.hit_lines(copies, result.gallery_faces, linked=True))
+    assert "and 4 near-identical copies" in "\n".join(texts.hit_lines(ENGLISH, copies, result.gallery_faces, linked=True))
     query = BLAIR / "6.jpg"
     assert await cli(["--data-dir", str(data), "search", str(query), "--case", "C-1", "--top", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
