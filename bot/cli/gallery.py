@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli import missing_gallery
-from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, labels
+from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
 from engine.errors import is_damaged_database, is_disk_full
 
 from .manifest import ManifestError, read_manifest
@@ -318,8 +318,8 @@ def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
     if not summary.failures:
         return None
     path = args.report or Path(args.settings.data_dir) / f"ingest-report-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    path.parent.mkdir(mode=fsmodes.DIR_MODE, parents=True, exist_ok=True)
+    with fsmodes.open_private(path, "w", newline="", encoding="utf-8") as fh:  # names and paths of case photos
         w = csv.writer(fh)
         w.writerow(["path", "reason", "message", "line"])
         w.writerows((p, r, m, "" if ln is None else ln) for p, r, m, ln in summary.failures)
