@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import degrade as degradation
 from . import metrics
 from .calibration import Calibration
 from .config import EngineConfig
@@ -199,6 +200,16 @@ class Observations:
     consistency_max_diff: float | None = None  # |probe embedding . top hit - search score|, worst case
     thumbnails: dict[int, bytes] = field(default_factory=dict)  # gallery face id -> JPEG, for the sheet
     seconds: float = 0.0
+    degrade: str | None = None  # probes degraded at this level (engine/degrade.py); None: as they are
+    degrade_seed: int = 0
+
+
+async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
+    """A probe's bytes as the protocol searches them: degraded when the run asks for it."""
+    data = await asyncio.to_thread(p.path.read_bytes)
+    if obs.degrade is None:
+        return data
+    return await asyncio.to_thread(degradation.degrade, data, obs.degrade, p.rel, obs.degrade_seed)
 
 
 async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
@@ -233,8 +244,14 @@ async def collect(
     progress: Callable[[int], None] | None = None,
     worst: int = 24,
     concurrency: int = 2,
+    degrade: str | None = None,
+    degrade_seed: int = 0,
 ) -> Observations:
-    """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen."""
+    """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen.
+
+    With `degrade` ("moderate" or "severe", see engine/degrade.py) every probe is degraded reproducibly
+    (by its relative path and `degrade_seed`) before it is embedded or searched; gallery photos stay clean.
+    """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     tick = progress or (lambda n: None)
@@ -246,6 +263,7 @@ async def collect(
                 root=Path(root), plan=plan, model=engine.faces.name, recognizer_sha256=engine.faces.recognizer_sha256,
                 config=config_summary(cfg), calibration=engine.calibration,
                 threshold_possible=engine.threshold_possible, threshold_strong=engine.threshold_strong,
+                degrade=degrade, degrade_seed=degrade_seed,
             )
             image_identity = await _enroll_gallery(engine, plan, obs, tick, concurrency)
             await engine.save_index()
@@ -307,7 +325,7 @@ async def _embed_probes(
 
     async def one(p: LabelledPhoto) -> None:
         try:
-            data = await asyncio.to_thread(p.path.read_bytes)
+            data = await read_probe(obs, p)
             vec = await primary_embedding(engine, data)
         except (EngineError, OSError) as exc:
             obs.embed_failed[p.rel] = f"{type(exc).__name__}: {exc}"
@@ -359,7 +377,7 @@ async def _search_all(
         rec = SearchSeen(photo=p, probe=p.rel in probe_rels)
         seen[p.rel] = rec
         try:
-            data = await asyncio.to_thread(p.path.read_bytes)
+            data = await read_probe(obs, p) if rec.probe else await asyncio.to_thread(p.path.read_bytes)
             r = await engine.search(data, actor=ACTOR, case=CASE, top=TOP, threshold=-1.0)
         except NoFaceFound:
             rec.error = "no face"
@@ -464,6 +482,7 @@ def summarise(obs: Observations) -> dict[str, Any]:
         "no_face_photos": no_face,
         "seconds": round(obs.seconds, 1),
         "consistency_max_diff": obs.consistency_max_diff,
+        "degrade": None if obs.degrade is None else {"level": obs.degrade, "seed": obs.degrade_seed},
     }
     if len(probes):
         named = np.array([s.named_rank for s in probes])
@@ -487,6 +506,7 @@ def summarise(obs: Observations) -> dict[str, Any]:
                 FPIRS)] if len(obs.searches) else [],
         }
         out["quality"] = _quality_split(probes)
+        out["false_leads"] = false_leads(probes, obs.threshold_possible)
         alarms = sorted((s for s in obs.searches if s.nonmated_score is not None and s.nonmated_score > -1.0),
                         key=lambda s: s.nonmated_score or 0.0, reverse=True)[:10]
         out["highest_nonmated"] = [
@@ -518,6 +538,30 @@ def _point(p: metrics.OperatingPoint, kind: str) -> dict[str, Any]:
     else:
         d["tar"] = d.pop("hit_rate")
     return d
+
+
+WIDTH_BINS = ((0, 24), (24, 40), (40, 80), (80, 1_000_000))  # probe face width, pixels as analysed
+
+
+def false_leads(probes: list[SearchSeen], threshold: float) -> dict[str, Any]:
+    """What an officer would be handed, by probe quality: of the probes whose first hit reaches `threshold`
+    (the "possible" band in use), how many first hits are the person (a lead), a labelled stranger or an
+    unlabelled gallery face (both false leads). Rows: all probes, quality ok / flagged, and face-width bins."""
+    def row(xs: list[SearchSeen]) -> dict[str, Any]:
+        shown = [s for s in xs if s.face_found and s.top_score is not None and s.top_score >= threshold]
+        mate = sum(1 for s in shown if s.mate_rank == 1)
+        stranger = sum(1 for s in shown if s.mate_rank != 1 and s.top_subject is not None)
+        unlabelled = sum(1 for s in shown if s.mate_rank != 1 and s.top_subject is None)
+        return {"probes": len(xs), "no_face": sum(1 for s in xs if not s.face_found), "shown": len(shown),
+                "mate_first": mate, "false_stranger": stranger, "false_unlabelled": unlabelled,
+                "false_lead_rate": (stranger + unlabelled) / len(xs) if xs else None}
+
+    out: dict[str, Any] = {"threshold": threshold, "all": row(probes)}
+    out["quality_ok"] = row([s for s in probes if s.quality is not None and s.quality.ok])
+    out["quality_flagged"] = row([s for s in probes if s.quality is not None and not s.quality.ok])
+    out["by_width"] = {f"{lo}-{hi}" if hi < 1_000_000 else f">={lo}": row(
+        [s for s in probes if s.quality is not None and lo <= s.quality.width_px < hi]) for lo, hi in WIDTH_BINS}
+    return out
 
 
 def _quality_split(probes: list[SearchSeen]) -> dict[str, Any]:
@@ -564,6 +608,7 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         f"{'calibrated' if s['calibrated'] else 'no calibration table'}",
         f"- settings: {', '.join(f'{k}={v}' for k, v in s['config'].items())}",
         f"- run: {s['date']}, {s['seconds']:.0f} s on {platform.machine()}",
+        f"- probes: {'degraded, level ' + obs.degrade + f' (seed {obs.degrade_seed})' if obs.degrade else 'as they are'}",
         "", "## Protocol", "", "```", PROTOCOL.rstrip(), "```", "",
         "## Counts", "",
         f"- gallery: {c['gallery_photos']} photos -> {c['gallery_faces_indexed']} faces indexed "
@@ -621,6 +666,22 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         lines += ["## Query quality", "",
                   f"- probes passing the quality checks: {q['ok']} (rank-1 {okr}); flagged: {q['flagged']} (rank-1 {fr})",
                   f"- reasons: {', '.join(f'{k} ×{v}' for k, v in q['reasons'].items()) or 'none'}", ""]
+    if "false_leads" in s:
+        fl = s["false_leads"]
+        lines += ["## False leads (what an officer is handed)", "",
+                  f"Probes whose first hit reaches the 'possible' threshold ({fl['threshold']:.3f}) are shown to an officer; "
+                  "a first hit that is not the person is a false lead (a labelled stranger, or an unlabelled face in "
+                  "some gallery photo)." + (f" Probes degraded: **{obs.degrade}** (seed {obs.degrade_seed}, "
+                  "engine/degrade.py)." if obs.degrade else ""), "",
+                  "| probes | n | no face | shown | person first | stranger first | unlabelled first | false-lead rate |",
+                  "|---|---|---|---|---|---|---|---|"]
+        rows = [("all", fl["all"]), ("quality ok", fl["quality_ok"]), ("quality flagged", fl["quality_flagged"])]
+        rows += [(f"face {k} px", v) for k, v in fl["by_width"].items()]
+        for name, r in rows:
+            rate = "—" if r["false_lead_rate"] is None else f"{r['false_lead_rate']:.3f}"
+            lines.append(f"| {name} | {r['probes']} | {r['no_face']} | {r['shown']} | {r['mate_first']} | "
+                         f"{r['false_stranger']} | {r['false_unlabelled']} | {rate} |")
+        lines.append("")
     misses = worst_misses(obs, worst)
     if misses:
         lines += ["## Worst misses", "", "`worst_misses.png`: each row is the probe, the wrong first hit and the true mate.", "",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import calibration as calib
+from engine import degrade as degradation
 from engine import evaluate as ev
 from engine import projection
 
@@ -59,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--worst", type=int, default=24, help="misses shown in worst_misses.png (default 24)")
     p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical): a quick run")
     p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
+    p.add_argument("--degrade", choices=degradation.LEVELS,
+                   help="degrade every probe (gallery photos stay clean) like a CCTV still or a photo of a screen: "
+                        "a recipe drawn per photo (downscale, blur, noise, grey, low light, heavy JPEG); see engine/degrade.py")
+    p.add_argument("--degrade-seed", type=int, default=0, help="seed of the per-photo recipes (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -101,7 +106,8 @@ async def _collect(args: argparse.Namespace, plan: ev.Plan, searches: bool) -> e
     with tqdm(total=ev.steps(plan, searches), unit="photo", disable=args.no_progress, dynamic_ncols=True,
               desc="eval" if searches else "calibrate") as bar:
         return await ev.collect(args.dir, args.settings.engine_config(), plan, searches=searches,
-                                progress=bar.update, worst=getattr(args, "worst", 24))
+                                progress=bar.update, worst=getattr(args, "worst", 24),
+                                degrade=getattr(args, "degrade", None), degrade_seed=getattr(args, "degrade_seed", 0))
 
 
 async def cmd_eval(args: argparse.Namespace) -> int:
@@ -136,6 +142,11 @@ def summary_text(s: dict[str, Any]) -> str:
     for p in s.get("verification", []):
         flag = "" if p["resolvable"] else "  (too few pairs to measure)"
         lines.append(f"TAR {p['tar']:.4f} at FAR {p['target']:g} (threshold {p['threshold']:.3f}){flag}")
+    if "false_leads" in s:
+        a = s["false_leads"]["all"]
+        lines.append(f"false leads at the 'possible' threshold: {a['false_stranger'] + a['false_unlabelled']} of {a['probes']} "
+                     f"probes ({a['false_stranger']} stranger first, {a['false_unlabelled']} unlabelled face first)"
+                     + (f"; probes degraded: {s['degrade']['level']}" if s.get("degrade") else ""))
     return "\n".join(lines)
 
 
