@@ -117,6 +117,11 @@ def apply(data: bytes, recipe: Recipe, key: str = "", seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def draw_level(key: str, seed: int = 0) -> str:
+    """A level drawn per photo, half of them each (calibration's degraded copies)."""
+    return LEVELS[int(_rng(key + "\0level", seed).integers(0, len(LEVELS)))]
+
+
 def degrade(data: bytes, level: str, key: str, seed: int = 0) -> bytes:
     """`data` degraded at `level` by the recipe drawn for `key` (the photo's relative path) and `seed`."""
     return apply(data, draw_recipe(level, key, seed), key, seed)

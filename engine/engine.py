@@ -29,6 +29,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    Quality,
     SearchResult,
     Stats,
     User,
@@ -346,7 +347,8 @@ class Engine:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
             raise
         cut = self.threshold_possible if threshold is None else threshold
-        hits = await self._hits(vec, top, cut)
+        probe_ok = detected[chosen - 1].quality.ok
+        hits = await self._hits(vec, top, cut, probe_ok, quality_aware=threshold is None)
         gallery = len(self.index)
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
@@ -391,7 +393,32 @@ class Engine:
         _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec
 
-    async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:
+    async def query_face(self, image: bytes, face: int | None = None) -> tuple[np.ndarray, Quality]:
+        """`query_embedding` and the searched face's quality (for calibration by quality class)."""
+        detected, chosen, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        return vec, detected[chosen - 1].quality
+
+    def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
+        """(possible, strong) for a comparison of a probe face and a gallery face of these qualities.
+
+        With a calibration that has quality-class tables (`sightline calibrate`), a poor comparison must
+        score higher to reach the same false-match rate (engine/calibration.py, QUALITY_PAIRS); configured
+        thresholds (SIGHTLINE_THRESHOLD_*) apply to every class as they are.
+        """
+        possible, strong = self.threshold_possible, self.threshold_strong
+        if self.calibration is not None:
+            p_cls, s_cls = self.calibration.thresholds(probe_ok, gallery_ok)
+            if self.config.threshold_possible is None:
+                possible = p_cls
+            if self.config.threshold_strong is None:
+                strong = s_cls
+        return possible, strong
+
+    async def _hits(
+        self, vec: np.ndarray, top: int, cut: float, probe_ok: bool | None = None, *, quality_aware: bool = False
+    ) -> list[Hit]:
+        """Hits at or above `cut` (or, `quality_aware`, at or above each comparison's own "possible"
+        threshold, which is never below `cut`), best first, one per gallery image."""
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
         want = min(max(top * 4, 40), max(len(self.index), 1))
         keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
@@ -405,11 +432,14 @@ class Engine:
         for sim, r in scored:
             if sim < cut or len(hits) >= top:
                 break
+            possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
+            if quality_aware and sim < possible:  # a poor comparison below its own class's threshold
+                continue
             if r.image_id in seen_images:  # one hit per gallery image: its best face
                 continue
             seen_images.add(r.image_id)
-            strong = sim >= self.threshold_strong and r.quality_ok
-            fmr = self.calibration.false_match_rate(sim) if self.calibration else None
+            strong = sim >= strong_at and r.quality_ok
+            fmr = self.calibration.false_match_rate(sim, probe_ok, r.quality_ok) if self.calibration else None
             hits.append(
                 Hit(
                     rank=len(hits) + 1, face_id=r.face_id, image_id=r.image_id, similarity=round(sim, 4),

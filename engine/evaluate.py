@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import calibration as calib
 from . import degrade as degradation
 from . import metrics
 from .calibration import Calibration
@@ -202,6 +203,12 @@ class Observations:
     seconds: float = 0.0
     degrade: str | None = None  # probes degraded at this level (engine/degrade.py); None: as they are
     degrade_seed: int = 0
+    embedded_ok: list[bool] = field(default_factory=list)  # quality check passed, per embedding row
+    # `sightline calibrate`: degraded copies of every photo (FIELD_SEED), for the quality-class tables
+    field_embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, 512), np.float32))
+    field_labels: list[str] = field(default_factory=list)
+    field_ok: list[bool] = field(default_factory=list)
+    field_origin: list[str] = field(default_factory=list)  # rel path of the photo each copy came from
 
 
 async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
@@ -210,6 +217,18 @@ async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
     if obs.degrade is None:
         return data
     return await asyncio.to_thread(degradation.degrade, data, obs.degrade, p.rel, obs.degrade_seed)
+
+
+FIELD_SEED = 1  # calibration's degraded copies; eval's probes default to seed 0, so the two never share recipes
+
+
+async def primary_face(engine: Engine, image: bytes) -> tuple[np.ndarray, Quality] | None:
+    """The primary face's embedding (as Engine.search computes it) and its quality; None when no face."""
+    try:
+        vec, quality = await engine.query_face(image)
+    except NoFaceFound:
+        return None
+    return np.asarray(vec, dtype=np.float32), quality
 
 
 async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
@@ -223,9 +242,9 @@ async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
     return np.asarray(vec, dtype=np.float32)
 
 
-def steps(plan: Plan, searches: bool = True) -> int:
+def steps(plan: Plan, searches: bool = True, field_copies: bool = False) -> int:
     """How many engine calls `collect` makes (for a progress bar)."""
-    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0)
+    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0) + (plan.photos if field_copies else 0)
 
 
 def config_summary(config: EngineConfig) -> dict[str, Any]:
@@ -246,11 +265,14 @@ async def collect(
     concurrency: int = 2,
     degrade: str | None = None,
     degrade_seed: int = 0,
+    field_copies: bool = False,
 ) -> Observations:
     """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen.
 
     With `degrade` ("moderate" or "severe", see engine/degrade.py) every probe is degraded reproducibly
     (by its relative path and `degrade_seed`) before it is embedded or searched; gallery photos stay clean.
+    With `field_copies` (calibration), every photo is also embedded once degraded (moderate or severe,
+    drawn per photo with FIELD_SEED), for the quality-class false-match tables.
     """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -269,8 +291,10 @@ async def collect(
             await engine.save_index()
             stats = await engine.stats()
             obs.gallery_faces, obs.gallery_flagged = stats.faces, stats.flagged_faces
-            probe_vecs = await _embed_probes(engine, plan, obs, tick, concurrency)
-            await _read_gallery_embeddings(engine, plan, obs, image_identity, probe_vecs)
+            probe_vecs, probe_ok = await _embed_probes(engine, plan, obs, tick, concurrency)
+            await _read_gallery_embeddings(engine, plan, obs, image_identity, probe_vecs, probe_ok)
+            if field_copies:
+                await _embed_field_copies(engine, plan, obs, tick, concurrency)
             if searches:
                 await _search_all(engine, plan, obs, image_identity, tick, concurrency)
                 await _check_consistency(engine, obs, probe_vecs)
@@ -320,46 +344,79 @@ async def _enroll_gallery(
 
 async def _embed_probes(
     engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
     vecs: dict[str, np.ndarray] = {}
+    oks: dict[str, bool] = {}
 
     async def one(p: LabelledPhoto) -> None:
         try:
             data = await read_probe(obs, p)
-            vec = await primary_embedding(engine, data)
+            got = await primary_face(engine, data)
         except (EngineError, OSError) as exc:
             obs.embed_failed[p.rel] = f"{type(exc).__name__}: {exc}"
         else:
-            if vec is None:
+            if got is None:
                 obs.embed_failed[p.rel] = "no face"
             else:
-                vecs[p.rel] = vec
+                vecs[p.rel], oks[p.rel] = got[0], got[1].ok
         tick(1)
 
     await _each(list(plan.probes), concurrency, one)
-    return vecs
+    return vecs, oks
+
+
+async def _embed_field_copies(
+    engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
+) -> None:
+    """Embed a degraded copy of every photo (level drawn per photo), in plan order."""
+    got: dict[str, tuple[np.ndarray, bool]] = {}
+
+    async def one(p: LabelledPhoto) -> None:
+        level = degradation.draw_level(p.rel, FIELD_SEED)
+        try:
+            data = await asyncio.to_thread(p.path.read_bytes)
+            data = await asyncio.to_thread(degradation.degrade, data, level, p.rel, FIELD_SEED)
+            face = await primary_face(engine, data)
+        except (EngineError, OSError):
+            face = None
+        if face is not None:
+            got[p.rel] = (face[0], face[1].ok)
+        tick(1)
+
+    photos = [*plan.gallery, *plan.probes]
+    await _each(photos, concurrency, one)
+    rows = [(p, got[p.rel]) for p in photos if p.rel in got]
+    obs.field_embeddings = np.stack([v for _, (v, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
+    obs.field_labels = [p.identity for p, _ in rows]
+    obs.field_ok = [ok for _, (_, ok) in rows]
+    obs.field_origin = [p.rel for p, _ in rows]
 
 
 async def _read_gallery_embeddings(
-    engine: Engine, plan: Plan, obs: Observations, image_identity: dict[int, str], probe_vecs: dict[str, np.ndarray]
+    engine: Engine, plan: Plan, obs: Observations, image_identity: dict[int, str], probe_vecs: dict[str, np.ndarray],
+    probe_ok: dict[str, bool],
 ) -> None:
     """The labelled (primary) faces' float32 embeddings as stored, then the probes', in plan order."""
-    by_rel: dict[str, np.ndarray] = {}
+    by_rel: dict[str, tuple[np.ndarray, bool]] = {}
     async for ids, _vecs in engine.store.iter_embeddings():
         rows = await engine.store.faces_by_ids(ids.tolist())
         for r in rows.values():
             if r.subject is not None and r.image_id in image_identity:
-                by_rel[r.source_url.removeprefix(SOURCE_PREFIX)] = r.embedding
-    vecs, labels, rels = [], [], []
+                by_rel[r.source_url.removeprefix(SOURCE_PREFIX)] = (r.embedding, r.quality_ok)
+    vecs, labels, rels, oks = [], [], [], []
     gallery_rels = {p.rel for p in plan.gallery}
     for p in (*plan.gallery, *plan.probes):
-        v = by_rel.get(p.rel) if p.rel in gallery_rels else probe_vecs.get(p.rel)
+        if p.rel in gallery_rels:
+            v, ok = by_rel.get(p.rel, (None, True))
+        else:
+            v, ok = probe_vecs.get(p.rel), probe_ok.get(p.rel, True)
         if v is not None:
             vecs.append(v)
             labels.append(p.identity)
             rels.append(p.rel)
+            oks.append(bool(ok))
     obs.embeddings = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, 512), np.float32)
-    obs.labels, obs.embedded = labels, rels
+    obs.labels, obs.embedded, obs.embedded_ok = labels, rels, oks
 
 
 async def _search_all(
@@ -520,6 +577,8 @@ def summarise(obs: Observations) -> dict[str, Any]:
             "impostor_mean": float(np.mean(impostor)), "impostor_sd": float(np.std(impostor)),
             "impostor_max": float(np.max(impostor)),
         }
+        if obs.calibration is not None and obs.calibration.pairs and obs.embedded_ok:
+            out["odds_check"] = odds_check(obs)
         if obs.calibration is not None:
             cal = obs.calibration
             out["calibration_check"] = [
@@ -650,6 +709,16 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         lines += ["", f"Genuine mean {sc['genuine_mean']:.3f} (1st percentile {sc['genuine_p01']:.3f}); impostor mean "
                   f"{sc['impostor_mean']:.3f}, sd {sc['impostor_sd']:.3f}, max {sc['impostor_max']:.3f}. "
                   "At FAR 1e-5 only about N/100,000 impostor pairs decide the threshold: read it as approximate.", ""]
+    if "odds_check" in s:
+        lines += ["## Odds by quality class", "",
+                  "Each hit shows the false-match rate of its comparison's quality class (probe face good/poor x gallery "
+                  "face good/poor, from `sightline calibrate`). Measured here on this run's impostor pairs:", "",
+                  "| class | score | FMR shown | FMR measured | ratio | within 2x |", "|---|---|---|---|---|---|"]
+        for c in s["odds_check"]:
+            verdict = "not measurable (too few pairs)" if c["within_2x"] is None else ("yes" if c["within_2x"] else "**no**")
+            lines.append(f"| {c['class']} ({c['pairs']:,} pairs) | {c['score']:.3f} | {c['shown_fmr']:.1e} | "
+                         f"{c['observed_fmr']:.1e} | {c['ratio']:.2f} | {verdict} |")
+        lines.append("")
     if "calibration_check" in s:
         lines += ["## Calibration check", "", "The shipped table's false-match rate against this set's impostor pairs:", "",
                   "| threshold | table FMR | observed FMR |", "|---|---|---|"]
@@ -821,16 +890,7 @@ def build_calibration(
     n = len(impostor)
     if n == 0:
         raise ValueError("no impostor pairs: the set needs at least two identities with a face")
-    imp = np.sort(impostor.astype(np.float64))
-    # Points: every 0.01 of score over the body, and 20 per decade of FMR in the tail, down to 1/n.
-    body = np.arange(math.floor(imp[0] * 100) / 100, imp[-1], 0.01)
-    decades = math.log10(n)
-    tail_rates = 10 ** -np.arange(0, decades, 0.05)
-    tail = np.array([imp[min(n - 1, max(0, n - int(round(r * n))))] for r in tail_rates])
-    grid = np.unique(np.round(np.concatenate([body, tail, [imp[-1]]]), 5))
-    counts = n - np.searchsorted(imp, grid, side="left")
-    fmr = np.maximum(counts / n, 1.0 / n)
-    fmr = np.minimum.accumulate(fmr)  # non-increasing despite rounding
+    grid, fmr = fmr_table(impostor)
     t_possible = _round_up(metrics.threshold_at_rate(impostor, possible_fmr))
     t_strong = _round_up(metrics.threshold_at_rate(impostor, strong_fmr))
     tail_pairs = metrics.high_impostor_pairs(obs.embeddings, obs.labels, min(t_possible, t_strong) - 0.05)
@@ -853,7 +913,94 @@ def build_calibration(
         fmr_strong_interval=(boot["strong"][1], boot["strong"][2]),
         settings=dict(obs.config),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        pairs=pair_tables(obs, possible_fmr, strong_fmr),
     )
+
+
+ODDS_CHECK_FMRS = (1e-2, 1e-3, 1e-4, 1e-5)
+MIN_EXPECTED_PAIRS = 10  # below this many expected impostor pairs a rate is noise, not a measurement
+
+
+def odds_check(obs: Observations) -> list[dict[str, Any]]:
+    """Per quality class: at the scores where the class's table says FMR 1e-2 ... 1e-5 (what a hit shows),
+    the false-match rate measured on this run's impostor pairs, their ratio, and whether it is within a
+    factor of 2 (None when fewer than MIN_EXPECTED_PAIRS pairs are expected: not measurable here)."""
+    assert obs.calibration is not None
+    out = []
+    for name, imp in class_scores(obs).items():
+        table = obs.calibration.pairs.get(name)
+        if table is None or len(imp) == 0:
+            continue
+        for target in ODDS_CHECK_FMRS:
+            grid_fmr = np.asarray(table.fmr)
+            at = np.flatnonzero(grid_fmr <= target)
+            if len(at) == 0:
+                continue
+            score = float(table.scores[at[0]])
+            shown = table.false_match_rate(score)
+            seen = metrics.share_at_or_above(imp, score)
+            measurable = shown * len(imp) >= MIN_EXPECTED_PAIRS
+            ratio = seen / shown if shown > 0 else math.inf
+            out.append({"class": name, "score": score, "shown_fmr": shown, "observed_fmr": seen, "pairs": int(len(imp)),
+                        "ratio": ratio, "within_2x": (0.5 <= ratio <= 2.0) if measurable else None})
+    return out
+
+
+def fmr_table(impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, false-match rates) of a monotone table from impostor scores: every 0.01 of score over the body,
+    and 20 points per decade of FMR in the tail, down to 1/n."""
+    n = len(impostor)
+    imp = np.sort(impostor.astype(np.float64))
+    body = np.arange(math.floor(imp[0] * 100) / 100, imp[-1], 0.01)
+    tail_rates = 10 ** -np.arange(0, math.log10(n), 0.05)
+    tail = np.array([imp[min(n - 1, max(0, n - int(round(r * n))))] for r in tail_rates])
+    grid = np.unique(np.round(np.concatenate([body, tail, [imp[-1]]]), 5))
+    counts = n - np.searchsorted(imp, grid, side="left")
+    fmr = np.maximum(counts / n, 1.0 / n)
+    return grid, np.minimum.accumulate(fmr)  # non-increasing despite rounding
+
+
+# A quality class gets a table when its "possible" threshold rests on at least this many impostor pairs
+# (100,000 pairs at the default FMR 1e-4); rarer classes show the overall odds.
+MIN_PAIRS_AT_POSSIBLE = 10
+
+
+def min_class_pairs(possible_fmr: float) -> int:
+    """Impostor pairs a quality class needs for a table of its own."""
+    return math.ceil(MIN_PAIRS_AT_POSSIBLE / possible_fmr)
+
+
+def class_scores(obs: Observations) -> dict[str, np.ndarray]:
+    """Impostor scores per quality class (calibration.QUALITY_PAIRS) over the clean embeddings and, when
+    collected, the degraded copies (a copy is never paired with the photo it came from)."""
+    emb = obs.embeddings
+    labels, ok, origin = list(obs.labels), list(obs.embedded_ok or [True] * len(obs.labels)), list(obs.embedded)
+    if len(obs.field_embeddings):
+        emb = np.concatenate([emb, obs.field_embeddings])
+        labels += obs.field_labels
+        ok += obs.field_ok
+        origin += obs.field_origin
+    by = metrics.impostor_scores_by_class(emb, labels, ok, origin)
+    return {name: by[i] for i, name in enumerate(calib.QUALITY_PAIRS)}
+
+
+def pair_tables(obs: Observations, possible_fmr: float, strong_fmr: float) -> dict[str, calib.PairTable]:
+    """A score -> FMR table and band thresholds per quality class with enough impostor pairs; none without
+    degraded copies (clean photos alone hold too few poor faces to say how poor ones behave)."""
+    out: dict[str, calib.PairTable] = {}
+    if not len(obs.field_embeddings):
+        return out
+    for name, imp in class_scores(obs).items():
+        if len(imp) < min_class_pairs(possible_fmr):
+            logger.info("quality class %s: %d impostor pairs, too few for a table", name, len(imp))
+            continue
+        grid, fmr = fmr_table(imp)
+        out[name] = calib.PairTable(
+            impostor_pairs=len(imp), scores=tuple(float(x) for x in grid), fmr=tuple(float(x) for x in fmr),
+            threshold_possible=_round_up(metrics.threshold_at_rate(imp, possible_fmr)),
+            threshold_strong=_round_up(metrics.threshold_at_rate(imp, strong_fmr)),
+        )
+    return out
 
 
 def _round_up(x: float, digits: int = 3) -> float:
