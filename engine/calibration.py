@@ -101,6 +101,7 @@ class Calibration:
     created: str = ""
     # Per quality class of the comparison (QUALITY_PAIRS), when `sightline calibrate` had degraded copies:
     pairs: dict[str, PairTable] = field(default_factory=dict)
+    pairs_source: str = ""  # how the quality-class tables were made, when not in the same run as the rest
 
     def table_for(self, probe_ok: bool | None, gallery_ok: bool | None) -> PairTable | None:
         """The quality-class table for a comparison, or None (unknown qualities, or an older table)."""
@@ -169,6 +170,7 @@ class Calibration:
             fmr_strong_interval=_opt_pair(data.get("fmr_strong_interval")),
             settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
             pairs={k: PairTable.from_json(v) for k, v in (data.get("pairs") or {}).items() if k in QUALITY_PAIRS},
+            pairs_source=str(data.get("pairs_source", "")),
         )
 
     def save(self, path: Path) -> None:
