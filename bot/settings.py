@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     photo_ttl_seconds: int = Field(
         120, description="How long a multi-face photo stays in memory for the face buttons, then dropped."
     )
+    protect_content: bool = Field(
+        True, description="Results, face lists and thumbnails cannot be forwarded or saved in Telegram. Turning it "
+        "off lets anyone an officer forwards a result to see gallery faces, names and source links.",
+    )
+    stranger_quiet_seconds: int = Field(
+        600, ge=0, description="After refusing an account that is not whitelisted, stay silent to it this long "
+        "(its further messages are counted into one audit entry).",
+    )
     purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
 
     # -- Engine ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .errors import (
     FaceIndexError,
     ImageRejected,
     InvalidArgument,
+    LastAdmin,
     ModelError,
     NoFaceFound,
     NotFound,
@@ -31,6 +32,6 @@ from .types import (
 
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
-    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "LastAdmin", "ModelError",
     "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
 ]

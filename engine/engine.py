@@ -17,7 +17,7 @@ import numpy as np
 from . import calibration as calib
 from . import projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
+from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
@@ -329,7 +329,7 @@ class Engine:
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched or audited then.
+        choose; nothing is searched then, and the analysis is audited (action "detect").
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -345,6 +345,9 @@ class Engine:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            raise
+        except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
             raise
         cut = self.threshold_possible if threshold is None else threshold
         probe_ok = detected[chosen - 1].quality.ok
@@ -517,6 +520,8 @@ class Engine:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
         if user_id <= 0:
             raise InvalidArgument("a Telegram user id is a positive number")
+        if role != "admin":
+            await self._keep_an_admin(user_id)
         await self.store.put_user(user_id, role, note, actor)
         await self.store.append_audit(actor, "allow", None, {"user_id": user_id, "role": role, "note": note})
         user = await self.store.get_user(user_id)
@@ -524,10 +529,18 @@ class Engine:
         return user
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
-        """Remove a user from the whitelist; raises NotFound if they were not on it."""
+        """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
+        only administrator."""
+        await self._keep_an_admin(user_id)
         if not await self.store.delete_user(user_id):
             raise NotFound(f"user {user_id} is not on the whitelist")
         await self.store.append_audit(actor, "revoke", None, {"user_id": user_id})
+
+    async def _keep_an_admin(self, user_id: int) -> None:
+        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
+        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
+        if admins == [user_id]:
+            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""

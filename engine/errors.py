@@ -45,6 +45,10 @@ class InvalidArgument(EngineError):
     """An argument a user typed is malformed (bad date, bad role, empty case reference)."""
 
 
+class LastAdmin(EngineError):
+    """Revoking or demoting this account would leave no administrator."""
+
+
 class CaseRequired(EngineError):
     """A search was attempted without a case reference while one is required."""
 

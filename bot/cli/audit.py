@@ -189,6 +189,8 @@ def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bo
             table[key]["with_hits"] += hit
             table[key]["no_face"] += e.details.get("faces") == 0
     actions = Counter(e.action for e in entries)
+    # the bot audits a stranger's repeated refusals as one entry with their count
+    refusals = sum(int(e.details.get("count", 1)) for e in entries if e.action == "refused")
     erasures = [e for e in entries if e.action in ("forget", "purge")]
     lines = [
         "# Sightline oversight report",
@@ -197,7 +199,8 @@ def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bo
         f"head entry {head_seq} `{head}`.",
         "",
         f"Searches: {len(searches)}; with at least one match: {sum(1 for e in searches if e.details.get('hits'))}; "
-        f"refusals: {actions.get('refused', 0)}; enrolments: {actions.get('enroll', 0)}; "
+        f"photos analysed awaiting a face choice: {actions.get('detect', 0)}; "
+        f"refusals: {refusals}; enrolments: {actions.get('enroll', 0)}; "
         f"erasures: {actions.get('forget', 0)}; purges: {actions.get('purge', 0)}.",
         "",
         "## Searches per user",
