@@ -237,7 +237,7 @@ def for_error(exc: EngineError) -> str:
 
 # -- search results ------------------------------------------------------------------------------
 LEADS_NOT_IDS = "Matches are leads, not identifications: confirm them independently before acting."
-UNRELIABLE = "results unreliable"
+POOR_PHOTO = "This photo is poor ({reasons}): treat any match as a weak lead."
 
 
 def percent(similarity: float) -> str:
@@ -272,7 +272,7 @@ def quality_warning(warnings: Sequence[str]) -> str | None:
     """The warning line for a searched face, or None when it looks fine."""
     if not warnings:
         return None
-    return f"Warning: {'; '.join(warnings)} - {UNRELIABLE}."
+    return POOR_PHOTO.format(reasons="; ".join(warnings))
 
 
 def tile_label(hit: Hit) -> str:

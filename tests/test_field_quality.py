@@ -122,14 +122,14 @@ async def test_hits_show_the_odds_of_their_quality_class(gallery_dir: Path) -> N
     assert shipped.pairs["poor-poor"].threshold_possible > shipped.pairs["good-good"].threshold_possible
     engine = await Engine.open(EngineConfig(data_dir=gallery_dir, require_case=False))
     try:
-        poor = degradation.apply(PHOTO.read_bytes(), degradation.Recipe(0.12, 1.2, 0, 8, True, 0.6, 0.6, 15, False))
+        poor = degradation.apply(PHOTO.read_bytes(), degradation.Recipe(0.35, 0.0, 0, 8, True, 0.6, 0.6, 15, False))
         r = await engine.search(poor, actor="t", top=10, threshold=-1.0)
         probe_ok = r.faces[r.searched - 1].quality.ok
         assert not probe_ok, "the degraded probe must be flagged poor"
         for h in r.hits:
             table = shipped.table_for(probe_ok, not h.low_quality)
             assert table is not None
-            assert h.false_match_rate == pytest.approx(table.false_match_rate(h.similarity))
+            assert h.false_match_rate == pytest.approx(table.false_match_rate(h.similarity), rel=0.02)  # similarity is rounded
         # With the default threshold, every hit clears its own class's "possible" threshold.
         r2 = await engine.search(poor, actor="t", top=10)
         for h in r2.hits:
