@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         "(its further messages are counted into one audit entry).",
     )
     purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
+    languages: str = Field(
+        "en,fr_BE,nl_BE,de_BE", description="Languages of the bot, as comma-separated locales (language_REGION: the "
+        "language picks the catalog in bot/locales/, the region the number formats); the first is the default.",
+    )
 
     # -- Engine ----------------------------------------------------------------------------------
     data_dir: Path = Field(Path("index_data"), description="Folder of the database and the index.")
@@ -71,6 +75,13 @@ class Settings(BaseSettings):
         None, description="Gallery images without expires_at expire this many days after enrolment."
     )
     audit_retention_days: int | None = Field(None, description="Audit entries older than this are purged.")
+    audit_head_file: Path | None = Field(
+        None, description="Append-only file of audit heads (`seq hash` per entry) that `audit verify` checks the log "
+        "against; default DATA_DIR/audit-head.log. Put it on another disk so one failure cannot take both.",
+    )
+    audit_head_syslog: str | None = Field(
+        None, description="Also send each audit head to syslog: a socket path such as /dev/log, or host:port (UDP).",
+    )
     inference_threads: int = Field(
         1, description="onnxruntime intra-op threads per model (more threads spin-wait against the workers)."
     )
@@ -96,6 +107,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"SIGHTLINE_ADMINS must be comma-separated numeric ids, got {part!r}")
         return v
 
+    @field_validator("languages")
+    @classmethod
+    def _languages_are_locales(cls, v: str) -> str:
+        from bot.i18n import parse_locale, parse_tags
+
+        tags = parse_tags(v)
+        if not tags:
+            raise ValueError("SIGHTLINE_LANGUAGES needs at least one locale, e.g. en or fr_BE")
+        for tag in tags:
+            parse_locale(tag)  # LanguageError is a ValueError: pydantic reports it as a bad setting
+        return v
+
+    @property
+    def language_tags(self) -> list[str]:
+        """The configured locales, in order (the first is the default)."""
+        from bot.i18n import parse_tags
+
+        return parse_tags(self.languages)
+
     @property
     def admin_ids(self) -> frozenset[int]:
         """The bootstrap admins' Telegram ids."""
@@ -118,6 +148,8 @@ class Settings(BaseSettings):
             require_case=self.require_case,
             default_retention_days=self.default_retention_days,
             audit_retention_days=self.audit_retention_days,
+            audit_head_file=self.audit_head_file,
+            audit_head_syslog=self.audit_head_syslog,
             inference_threads=self.inference_threads,
             workers=self.workers,
             index_dims=self.index_dims,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -14,13 +15,26 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import audit, projection
 from . import calibration as calib
-from . import projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, LastAdmin, NoFaceFound, NotFound, SeveralFaces
+from .errors import (
+    CaseRequired,
+    FaceIndexError,
+    InvalidArgument,
+    LastAdmin,
+    NoFaceFound,
+    NotFound,
+    SeveralFaces,
+    StorageError,
+    disk_full,
+    is_damaged_database,
+    is_disk_full,
+)
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
+from .integrity import clamp_similarity
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
@@ -116,27 +130,57 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    async def open(cls, config: EngineConfig) -> Engine:
-        """Load the models, open the database, restore (or repair) the index."""
-        faces = await asyncio.to_thread(FaceModel, config)
-        store = await MetadataStore.open(config.db_path)
-        index = UsearchIndex(
-            config.index_path,
-            dtype=config.index_dtype,
-            connectivity=config.index_connectivity,
-            expansion_add=config.index_expansion_add,
-            expansion_search=config.index_expansion_search,
-            projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
-        )
-        engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
-        await engine.reconcile_index()
+    async def open(cls, config: EngineConfig, *, create: bool = True) -> Engine:
+        """Load the models, open the database, restore (or repair) the index.
+
+        Without `create`, a missing database raises StorageError instead of starting an empty gallery.
+        Whatever fails, everything opened so far is closed again (the database connection's thread would
+        otherwise keep the process alive at exit); a full disk raises DiskFull naming the data directory.
+        """
+        store: MetadataStore | None = None
+        engine: Engine | None = None
+        try:
+            faces = await asyncio.to_thread(FaceModel, config)
+            head_log = audit.HeadLog(config.audit_head_path, config.audit_head_syslog)
+            store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
+            index = UsearchIndex(
+                config.index_path,
+                dtype=config.index_dtype,
+                connectivity=config.index_connectivity,
+                expansion_add=config.index_expansion_add,
+                expansion_search=config.index_expansion_search,
+                projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
+            )
+            index.gallery_id = store.gallery_id
+            engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
+            await engine.reconcile_index()
+        except BaseException as exc:
+            if engine is not None:
+                engine._executor.shutdown(wait=True, cancel_futures=True)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.conn.close()
+            if is_disk_full(exc, config.data_dir):
+                raise disk_full(config.data_dir) from exc
+            if is_damaged_database(exc):
+                raise StorageError(f"the database {config.db_path} is damaged or unreadable ({exc}): restore a "
+                                   "backup (`sightline restore SRC --force`)") from exc
+            raise
         return engine
 
     async def close(self) -> None:
-        """Save the index if it changed and close the database."""
-        await self.save_index()
-        await self.store.close()
-        self._executor.shutdown(wait=True)
+        """Save the index if it changed and close the database; both are closed even when saving fails."""
+        try:
+            await self.save_index()
+        except BaseException as exc:
+            if is_disk_full(exc, self.config.data_dir):
+                raise disk_full(self.config.data_dir) from exc
+            raise
+        finally:
+            try:
+                await self.store.close()
+            finally:
+                self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -181,6 +225,7 @@ class Engine:
             expansion_search=self.index.expansion_search,
             projection=self.index.projection,
         )
+        fresh.gallery_id = self.store.gallery_id
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -324,12 +369,15 @@ class Engine:
         face: int | None = None,
         threshold: float | None = None,
         several: str = "primary",
+        language: str | None = None,
     ) -> SearchResult:
         """Search the gallery for one face of a photo; "no match" is an ordinary, empty result.
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched then, and the analysis is audited (action "detect").
+        choose; nothing is searched then, and the analysis is audited (action "detect"). `language` (the
+        front-end's, e.g. "fr") is recorded in those entries as "lang", so an auditor knows in which
+        language the answer was given.
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -341,13 +389,14 @@ class Engine:
             raise InvalidArgument("top must be between 1 and 100")
         t0 = time.perf_counter()
         sha = sha256_hex(image)
+        lang = {"lang": language} if language else {}
         try:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
-            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": [], **lang})
             raise
         except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
-            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces), **lang})
             raise
         cut = self.threshold_possible if threshold is None else threshold
         probe_ok = detected[chosen - 1].quality.ok
@@ -363,6 +412,7 @@ class Engine:
                 "query_sha256": sha, "faces": len(detected), "face": chosen,
                 "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
+                **lang,
             },
         )
         logger.info("search by %s case=%s: %d face(s), %d hit(s)", actor, case, len(detected), len(hits))
@@ -426,8 +476,10 @@ class Engine:
         want = min(max(top * 4, 40), max(len(self.index), 1))
         keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
+        # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
         scored = sorted(
-            ((float(np.dot(r.embedding, vec)), r) for r in rows.values()), key=lambda t: t[0], reverse=True
+            ((clamp_similarity(float(np.dot(r.embedding, vec))), r) for r in rows.values()),
+            key=lambda t: t[0], reverse=True,
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
@@ -551,6 +603,18 @@ class Engine:
         await self.store.append_audit(actor, "case", case, {"user_id": user_id})
         return case
 
+    async def language(self, user_id: int) -> str | None:
+        """The language a user chose for the front-end ("fr"), or None."""
+        return await self.store.get_language(user_id)
+
+    async def set_language(self, user_id: int, language: str | None, *, actor: str) -> None:
+        """Remember a user's language (None forgets it); audited. Raises NotFound for a user not whitelisted."""
+        if language is not None and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 8):
+            raise InvalidArgument("a language is a code such as fr, nl or de")
+        if not await self.store.set_language(user_id, language):
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.append_audit(actor, "language", None, {"user_id": user_id, "language": language})
+
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
         """Append an audit entry for something the front-end did (a refusal, an admin command)."""
@@ -561,8 +625,8 @@ class Engine:
         return await self.store.audit_entries(last=n)
 
     async def audit_verify(self) -> ChainCheck:
-        """Verify the whole hash chain."""
-        return await self.store.verify_audit()
+        """Verify the whole hash chain, and that it agrees with the head file kept outside the database."""
+        return await self.store.verify_audit(self.store.head_log)
 
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from . import integrity
+
 if TYPE_CHECKING:
     from .projection import Projection
 
@@ -103,7 +105,9 @@ class UsearchIndex:
 
     With a `projection`, callers still pass full embeddings: the index projects them (to
     `projection.dims` dimensions) on the way in, for both `add` and `search`. A sidecar file
-    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in.
+    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in,
+    and which gallery it belongs to with a checksum of the file (engine.integrity): a foreign or damaged
+    file is never loaded.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class UsearchIndex:
         self._lock = SharedLock()  # searches share it; add, remove and swaps take it alone
         self._index = self._new()
         self._scrubs = 0
+        self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
 
     def _new(self):  # type: ignore[no-untyped-def]
         from usearch.index import Index
@@ -160,7 +165,12 @@ class UsearchIndex:
 
         if not self.path.is_file():
             return False
-        built_with = read_sidecar(self.path).get("projection")
+        sidecar = read_sidecar(self.path)
+        problem = integrity.sidecar_problem(self.path, sidecar, self.gallery_id)
+        if problem:
+            logger.warning("index file %s is not used: %s; it will be rebuilt from the database", self.path, problem)
+            return False
+        built_with = sidecar.get("projection")
         if built_with != self.projection_key:
             logger.warning("index file %s was built with projection %s, not %s; it will be rebuilt",
                            self.path, built_with or "none", self.projection_key or "none")
@@ -183,18 +193,23 @@ class UsearchIndex:
         """Write the index atomically: a temporary file, fsync, then rename over the old one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
-        with self._lock.shared():
-            self._index.save(str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        # After the index: a crash in between leaves an old sidecar, which only costs a rebuild.
-        meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype}
-        if read_sidecar(self.path) != meta:
-            side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        try:
+            # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
+            with self._lock.shared():
+                self._index.save(str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
+                    **integrity.sidecar_fields(tmp, self.gallery_id)}
+            os.replace(tmp, self.path)
+            # After the index: a crash in between leaves an old sidecar, whose checksum fails: a rebuild.
             side_tmp.write_text(json.dumps(meta) + "\n")
             os.replace(side_tmp, self.sidecar_path)
+        except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
+            tmp.unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
+            raise
 
     def reset(self) -> None:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
