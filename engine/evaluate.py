@@ -175,6 +175,26 @@ class SearchSeen:
     quality: Quality | None = None
     thumbnail: bytes = b""  # the query face, kept only for misses (the contact sheet)
     error: str | None = None  # the engine's refusal, e.g. NoFaceFound
+    # What an officer is handed first, per display rule (SHOWN_RULES): "mate", "stranger", "unlabelled" or
+    # "none" (no hit reaches the rule's threshold)
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+# Display rules compared by the false-lead report: "overall" shows hits at or above the overall "possible"
+# threshold; "quality" (what the engine does) at or above each comparison's quality-class threshold.
+SHOWN_RULES = ("overall", "quality")
+
+
+def first_shown(engine: Engine, hits: Sequence[Any], probe_ok: bool, identity: str) -> dict[str, str]:
+    """Per display rule, what the first hit an officer would see is (hits: best first, threshold -1)."""
+    out = {}
+    for rule in SHOWN_RULES:
+        first = next((h for h in hits if h.similarity >= (
+            engine.threshold_possible if rule == "overall" else engine.band_thresholds(probe_ok, not h.low_quality)[0])),
+            None)
+        out[rule] = ("none" if first is None else "mate" if first.subject == identity
+                     else "stranger" if first.subject is not None else "unlabelled")
+    return out
 
 
 @dataclass(slots=True)
@@ -446,6 +466,7 @@ async def _search_all(
             return
         rec.face_found, rec.faces = True, len(r.faces)
         rec.quality = r.faces[r.searched - 1].quality
+        rec.shown = first_shown(engine, r.hits, rec.quality.ok, p.identity)
         if r.hits:
             top = r.hits[0]
             rec.top_subject, rec.top_score, rec.top_face_id = top.subject, top.similarity, top.face_id
@@ -603,19 +624,20 @@ WIDTH_BINS = ((0, 24), (24, 40), (40, 80), (80, 1_000_000))  # probe face width,
 
 
 def false_leads(probes: list[SearchSeen], threshold: float) -> dict[str, Any]:
-    """What an officer would be handed, by probe quality: of the probes whose first hit reaches `threshold`
-    (the "possible" band in use), how many first hits are the person (a lead), a labelled stranger or an
-    unlabelled gallery face (both false leads). Rows: all probes, quality ok / flagged, and face-width bins."""
+    """What an officer would be handed, by probe quality and display rule (SHOWN_RULES: the overall
+    "possible" `threshold`, or each comparison's quality-class threshold, as the engine does): how many
+    probes show a first hit, and whether it is the person (a lead), a labelled stranger or an unlabelled
+    gallery face (both false leads). Rows: all probes, quality ok / flagged, and face-width bins."""
     def row(xs: list[SearchSeen]) -> dict[str, Any]:
-        shown = [s for s in xs if s.face_found and s.top_score is not None and s.top_score >= threshold]
-        mate = sum(1 for s in shown if s.mate_rank == 1)
-        stranger = sum(1 for s in shown if s.mate_rank != 1 and s.top_subject is not None)
-        unlabelled = sum(1 for s in shown if s.mate_rank != 1 and s.top_subject is None)
-        return {"probes": len(xs), "no_face": sum(1 for s in xs if not s.face_found), "shown": len(shown),
-                "mate_first": mate, "false_stranger": stranger, "false_unlabelled": unlabelled,
-                "false_lead_rate": (stranger + unlabelled) / len(xs) if xs else None}
+        out: dict[str, Any] = {"probes": len(xs), "no_face": sum(1 for s in xs if not s.face_found)}
+        for rule in SHOWN_RULES:
+            seen = Counter(s.shown.get(rule, "none") for s in xs if s.face_found)
+            false = seen["stranger"] + seen["unlabelled"]
+            out[rule] = {"shown": seen["mate"] + false, "mate_first": seen["mate"], "false_stranger": seen["stranger"],
+                         "false_unlabelled": seen["unlabelled"], "false_lead_rate": false / len(xs) if xs else None}
+        return out
 
-    out: dict[str, Any] = {"threshold": threshold, "all": row(probes)}
+    out: dict[str, Any] = {"threshold": threshold, "rules": list(SHOWN_RULES), "all": row(probes)}
     out["quality_ok"] = row([s for s in probes if s.quality is not None and s.quality.ok])
     out["quality_flagged"] = row([s for s in probes if s.quality is not None and not s.quality.ok])
     out["by_width"] = {f"{lo}-{hi}" if hi < 1_000_000 else f">={lo}": row(
@@ -738,18 +760,21 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
     if "false_leads" in s:
         fl = s["false_leads"]
         lines += ["## False leads (what an officer is handed)", "",
-                  f"Probes whose first hit reaches the 'possible' threshold ({fl['threshold']:.3f}) are shown to an officer; "
-                  "a first hit that is not the person is a false lead (a labelled stranger, or an unlabelled face in "
-                  "some gallery photo)." + (f" Probes degraded: **{obs.degrade}** (seed {obs.degrade_seed}, "
-                  "engine/degrade.py)." if obs.degrade else ""), "",
-                  "| probes | n | no face | shown | person first | stranger first | unlabelled first | false-lead rate |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "The first hit an officer sees is a false lead when it is not the person: a labelled stranger, or an "
+                  "unlabelled face in some gallery photo. Two display rules: **overall** shows hits at or above the overall "
+                  f"'possible' threshold ({fl['threshold']:.3f}); **quality** (what Sightline does) at or above each "
+                  "comparison's quality-class threshold (probe good/poor x gallery face good/poor)."
+                  + (f" Probes degraded: **{obs.degrade}** (seed {obs.degrade_seed}, engine/degrade.py)." if obs.degrade else ""),
+                  "", "| probes | n | no face | rule | shown | person first | stranger first | unlabelled first | false-lead rate |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         rows = [("all", fl["all"]), ("quality ok", fl["quality_ok"]), ("quality flagged", fl["quality_flagged"])]
         rows += [(f"face {k} px", v) for k, v in fl["by_width"].items()]
         for name, r in rows:
-            rate = "—" if r["false_lead_rate"] is None else f"{r['false_lead_rate']:.3f}"
-            lines.append(f"| {name} | {r['probes']} | {r['no_face']} | {r['shown']} | {r['mate_first']} | "
-                         f"{r['false_stranger']} | {r['false_unlabelled']} | {rate} |")
+            for rule in fl["rules"]:
+                x = r[rule]
+                rate = "—" if x["false_lead_rate"] is None else f"{x['false_lead_rate']:.3f}"
+                lines.append(f"| {name} | {r['probes']} | {r['no_face']} | {rule} | {x['shown']} | {x['mate_first']} | "
+                             f"{x['false_stranger']} | {x['false_unlabelled']} | {rate} |")
         lines.append("")
     misses = worst_misses(obs, worst)
     if misses:

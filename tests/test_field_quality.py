@@ -108,7 +108,12 @@ def test_eval_reports_false_leads_by_probe_quality(severe_report: dict) -> None:
         fl = severe_report[run]["false_leads"]
         a = fl["all"]
         assert a["probes"] == severe_report[run]["counts"]["probes"]
-        assert a["shown"] == a["mate_first"] + a["false_stranger"] + a["false_unlabelled"]
+        for rule in ("overall", "quality"):
+            x = a[rule]
+            assert x["shown"] == x["mate_first"] + x["false_stranger"] + x["false_unlabelled"]
+        # Quality-class thresholds are never below the overall one: they can only show fewer hits.
+        assert a["quality"]["shown"] <= a["overall"]["shown"]
+        assert a["quality"]["false_unlabelled"] <= a["overall"]["false_unlabelled"]
         assert fl["quality_ok"]["probes"] + fl["quality_flagged"]["probes"] + a["no_face"] == a["probes"]
         assert sum(r["probes"] for r in fl["by_width"].values()) + a["no_face"] == a["probes"]
     assert "## False leads" in severe_report["severe_md"]

@@ -154,9 +154,13 @@ def summary_text(s: dict[str, Any]) -> str:
         lines.append(f"TAR {p['tar']:.4f} at FAR {p['target']:g} (threshold {p['threshold']:.3f}){flag}")
     if "false_leads" in s:
         a = s["false_leads"]["all"]
-        lines.append(f"false leads at the 'possible' threshold: {a['false_stranger'] + a['false_unlabelled']} of {a['probes']} "
-                     f"probes ({a['false_stranger']} stranger first, {a['false_unlabelled']} unlabelled face first)"
-                     + (f"; probes degraded: {s['degrade']['level']}" if s.get("degrade") else ""))
+        for rule in s["false_leads"]["rules"]:
+            x = a[rule]
+            lines.append(f"false leads ({rule} thresholds): {x['false_stranger'] + x['false_unlabelled']} of {a['probes']} "
+                         f"probes ({x['false_stranger']} stranger first, {x['false_unlabelled']} unlabelled face first); "
+                         f"person first: {x['mate_first']}")
+        if s.get("degrade"):
+            lines.append(f"probes degraded: {s['degrade']['level']} (seed {s['degrade']['seed']})")
     return "\n".join(lines)
 
 
