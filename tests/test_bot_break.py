@@ -115,7 +115,7 @@ async def test_a_case_reference_with_direction_overrides_is_refused(bot: BotHarn
     assert not reply.text.startswith("Active case:"), repr(reply.text)
 
 
-@pytest.mark.parametrize("case", ["x" * 10_000, "A\x07B", "A\x7fB", "😀" * 40, "A\u0085B"])
+@pytest.mark.parametrize("case", ["x" * 10_000, "A\x07B", "A\x7fB", "A\u0085B"])
 async def test_long_or_control_case_references_are_refused_plainly(bot: BotHarness, case: str) -> None:
     officer = new_user_id()
     await bot.allow(officer, case=None)
@@ -199,6 +199,15 @@ async def test_photos_in_groups_are_ignored_without_downloading(bot: BotHarness)
                                 "photo": photo_sizes(fake, BLAIR.read_bytes())}})
     await fake.quiet(0.5)
     assert fake.downloads == [] and not fake.calls_of("sendPhoto") and sorry(fake) == []
+
+
+async def test_a_photo_deleted_before_the_answer_is_still_answered(bot: BotHarness) -> None:
+    officer = new_user_id()
+    await bot.allow(officer)
+    photo = bot.fake.send_photo(officer, BLAIR.read_bytes())
+    del bot.fake.messages[photo["message_id"]]  # the officer deleted it: Telegram cannot quote it any more
+    sheet = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+    assert "message_id" in (sheet.result or {}) and sorry(bot.fake) == []
 
 
 # -- albums and the hourly limit ---------------------------------------------------------------------------
@@ -390,9 +399,24 @@ async def test_a_subject_with_two_spaces_can_be_forgotten_from_the_bot(start_bot
 
 
 # -- what the gallery holds, shown back --------------------------------------------------------------------
+async def test_a_subject_with_a_line_break_does_not_break_every_search(start_bot: StartBot, own_engine: Engine) -> None:
+    """Subjects come from CSV files (Excel cells with line breaks) and the CLI. One such subject among the
+    matches makes the results sheet raise "can't measure length of multiline text": the officer gets the
+    generic apology, and the search was still counted and audited. Every later search that matches it fails too."""
+    await own_engine.enroll((DEV / "Tony_Blair" / "3.jpg").read_bytes(), source_url="https://ex.example/1",
+                            subject="Anthony\nBlair", actor="test", save=False)
+    bot = await start_bot(engine=own_engine)
+    officer = new_user_id()
+    await bot.allow(officer)
+    bot.fake.send_photo(officer, BLAIR.read_bytes())
+    sheet = await bot.fake.wait_for("sendPhoto", chat_id=officer, timeout=20)
+    assert sorry(bot.fake) == []
+    assert "2. Blair" not in sheet.text  # a line break in a subject does not start a forged list line
+
+
 async def test_markup_characters_and_scripts_in_subjects_and_links(start_bot: StartBot, own_engine: Engine) -> None:
     subjects = ["<b>Bold</b> & <i>Co", "عبد الله \u202eevil", "Zalgo " + "a\u0301\u0302\u0303" * 300,
-                "👨‍👩‍👧‍👦" * 400, "Line one\nLine two"]
+                "👨‍👩‍👧‍👦" * 400, "Tab\tseparated"]
     photos = [(DEV / "Tony_Blair" / f"{i}.jpg") for i in range(3, 8)]
     for path, subject in zip(photos, subjects, strict=True):
         await own_engine.enroll(path.read_bytes(), source_url="https://ex.example/p?q=<&>" + "é" * 500,
@@ -408,13 +432,16 @@ async def test_markup_characters_and_scripts_in_subjects_and_links(start_bot: St
     assert refused_by_telegram(bot.fake) == [] and sorry(bot.fake) == []
     shown = "\n".join(c.text for c in bot.fake.calls_of("sendMessage", chat_id=officer) if c.index >= sheet.index)
     assert "<b>Bold</b> & <i>Co" in sheet.text + shown
-    assert "2. Line two" not in sheet.text + shown  # a line break in a subject does not start a forged list line
 
 
-async def test_source_buttons_refused_by_telegram_do_not_duplicate_the_answer(start_bot: StartBot,
-                                                                              own_engine: Engine) -> None:
+async def test_source_buttons_refused_by_telegram_do_not_duplicate_the_answer(own_engine: Engine,
+                                                                              tmp_path: Path) -> None:
     """When Telegram refuses a source button the page is sent again without buttons; the picture and the first
     parts of a long list must not arrive twice."""
+    from datetime import timedelta
+
+    from bot.app import build_application, polling
+    from bot.settings import Settings
 
     class PickyFake(FakeBotAPI):
         def _answer(self, method: str, params: dict[str, Any], files: dict[str, bytes]) -> Any:
@@ -423,28 +450,29 @@ async def test_source_buttons_refused_by_telegram_do_not_duplicate_the_answer(st
                 raise _ApiError(400, "Bad Request: BUTTON_URL_INVALID")
             return super()._answer(method, params, files)
 
-    import fakebotapi
-
-    for i, path in enumerate(DEV.joinpath("Tony_Blair").glob("*.jpg")):
+    for i, path in enumerate(sorted(DEV.joinpath("Tony_Blair").glob("*.jpg"))):
         await own_engine.enroll(path.read_bytes(), source_url=f"https://picky.example/{i}?" + "t" * 900,
                                 subject=f"Blair copy {i}", actor="test", save=False)
-    original = fakebotapi.FakeBotAPI
-    fakebotapi.FakeBotAPI = PickyFake  # the start_bot fixture builds its fake from this module
+    fake = await PickyFake().start()
     try:
-        bot = await start_bot(engine=own_engine, results_per_page=10)
+        settings = Settings(telegram_token=fake.token, telegram_api_url=fake.base_url,
+                            telegram_file_url=fake.base_file_url, admins=str(BOT_ADMIN), http_port=0,
+                            data_dir=tmp_path / "unused", require_case=True, results_per_page=10)
+        app = build_application(settings, engine=own_engine)
+        async with polling(app, poll_interval=0.0, timeout=timedelta(seconds=1)):
+            bot = BotHarness(fake, app, settings)
+            officer = new_user_id()
+            await bot.allow(officer)
+            fake.send_photo(officer, BLAIR.read_bytes())
+            await fake.wait_for("sendMessage", chat_id=officer, where=lambda c: c.text.startswith(texts.LEADS_NOT_IDS)
+                                and isinstance(c.result, dict) and "message_id" in c.result)
+            await fake.quiet(0.5)
     finally:
-        fakebotapi.FakeBotAPI = original
-    assert isinstance(bot.fake, PickyFake)
-    officer = new_user_id()
-    await bot.allow(officer)
-    bot.fake.send_photo(officer, BLAIR.read_bytes())
-    await bot.fake.wait_for("sendMessage", chat_id=officer, where=lambda c: "Matches 1-10" in c.text
-                            and isinstance(c.result, dict) and "message_id" in c.result)
-    await bot.fake.quiet(0.5)
-    photos = [c for c in bot.fake.calls_of("sendPhoto", chat_id=officer) if "message_id" in (c.result or {})]
-    texts_ok = [c.text for c in bot.fake.calls_of("sendMessage", chat_id=officer) if "message_id" in (c.result or {})]
+        await fake.stop()
+    photos = [c for c in fake.calls_of("sendPhoto", chat_id=officer) if "message_id" in (c.result or {})]
+    parts = [c.text for c in fake.calls_of("sendMessage", chat_id=officer) if "message_id" in (c.result or {})]
     assert len(photos) == 1, f"{len(photos)} result pictures delivered"
-    assert len(texts_ok) == len(set(texts_ok)), "a part of the list was delivered twice"
+    assert len(parts) == len(set(parts)), "a part of the list was delivered twice"
 
 
 # -- strangers ----------------------------------------------------------------------------------------------
