@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bot.telegram_io import clip
+from bot.telegram_io import clip, single_line
 from engine import (
     AuditEntry,
     CaseRequired,
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 SUBJECT_SHOWN = 100  # characters of a subject, note or case shown in a reply (the rest is cut with "…")
 URL_SHOWN = 300  # characters of a source link shown in a list (its button carries the whole link)
+
+
+def shown(label: str, limit: int = SUBJECT_SHOWN) -> str:
+    """A stored label (subject, note, case, link) as a reply shows it: one safe line, cut to `limit` characters."""
+    return clip(single_line(label), limit)
 
 # -- start-up (for the operator, in the log) -----------------------------------------------------
 MISSING_TOKEN = (
@@ -89,7 +94,7 @@ def help_text(is_admin: bool, active_case: str | None, rate_limit_per_hour: int)
     """The /help reply: how to search, how to read an answer, the commands; admins also get theirs."""
     lines = [
         "Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to 20 MB) to search the gallery.",
-        f"Your active case: {clip(active_case, SUBJECT_SHOWN)}" if active_case
+        f"Your active case: {shown(active_case)}" if active_case
         else "You have no active case: set one with /case <ref>.",
         f"You can send up to {rate_limit_per_hour} photos per hour (each photo counts, and each extra face you "
         "search in it).",
@@ -149,12 +154,12 @@ NEED_CASE = (
 
 def case_set(case: str) -> str:
     """After /case <ref>."""
-    return f"Active case: {clip(case, SUBJECT_SHOWN)}. Your searches are now logged against it."
+    return f"Active case: {shown(case)}. Your searches are now logged against it."
 
 
 def case_shown(case: str | None) -> str:
     """After /case alone."""
-    return f"Active case: {clip(case, SUBJECT_SHOWN)}" if case else "You have no active case. Set one with /case <reference>."
+    return f"Active case: {shown(case)}" if case else "You have no active case. Set one with /case <reference>."
 
 
 CASE_CLEARED = "Active case cleared."
@@ -182,6 +187,10 @@ def too_big(size_bytes: int | None, limit_bytes: int) -> str:
     )
 
 
+PHOTO_UNAVAILABLE = (
+    "Telegram could not give me that photo (it may have expired or been deleted). Send it again; "
+    "it did not count against your searches."
+)
 PHOTO_EXPIRED = "That photo is no longer in memory (photos are dropped after {ttl}). Send it again to search."
 RESULTS_EXPIRED = "These results are no longer in memory. Send the photo again to search."
 
@@ -265,7 +274,7 @@ def strangers(expected: float, gallery_faces: int) -> str:
 
 def subject_of(hit: Hit) -> str:
     """The subject of a hit, or "unlabelled" (cut to fit a list)."""
-    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else "unlabelled"
+    return shown(hit.subject) if hit.subject else "unlabelled"
 
 
 def quality_warning(warnings: Sequence[str]) -> str | None:
@@ -289,7 +298,7 @@ def hit_lines(hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
     lines = [f"{hit.rank}. {subject_of(hit)} - {percent(hit.similarity)} ({hit.band}{low})"]
     if hit.strangers_expected is not None:
         lines.append(f"   {strangers(hit.strangers_expected, gallery_faces)}")
-    url = clip(hit.source_url, URL_SHOWN)
+    url = shown(hit.source_url, URL_SHOWN)
     lines.append(f"   {url}" if linked else f"   source: {url}")
     return lines
 
@@ -297,7 +306,7 @@ def hit_lines(hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
 def search_header(results: ResultSet) -> list[str]:
     """The lines above the matches: leads warning, case, which face, quality warning."""
     face = f"face {results.face} of {results.faces_in_photo}" if results.faces_in_photo > 1 else "1 face"
-    case = f"Case {clip(results.case, SUBJECT_SHOWN)}" if results.case else "No case"
+    case = f"Case {shown(results.case)}" if results.case else "No case"
     lines = [LEADS_NOT_IDS, f"{case} - {face} - gallery of {results.gallery_faces:,} faces"]
     warning = quality_warning(results.warnings)
     if warning:
@@ -331,7 +340,7 @@ def no_match(case: str | None, gallery_faces: int, threshold: float, warnings: S
     """A search that found nothing above the threshold."""
     lines = [
         f"No match: no gallery face scored above {percent(threshold)} among {gallery_faces:,} gallery faces.",
-        f"Case {clip(case, SUBJECT_SHOWN)}." if case else "No case.",
+        f"Case {shown(case)}." if case else "No case.",
     ]
     warning = quality_warning(warnings)
     if warning:
@@ -384,7 +393,7 @@ def results_continued(start: int, stop: int, total: int) -> str:
 # -- admin: users, stats ---------------------------------------------------------------------------
 def allowed(user: User) -> str:
     """After /allow."""
-    note = f" ({clip(user.note, SUBJECT_SHOWN)})" if user.note else ""
+    note = f" ({shown(user.note)})" if user.note else ""
     return f"User {user.user_id} may now use Sightline as {user.role}{note}."
 
 
@@ -400,7 +409,7 @@ def cannot_demote_bootstrap(user_id: int) -> str:
 def confirm_forget(what: str, value: str) -> str:
     """Asked before /forget erases anything."""
     return (
-        f"Erase for good every gallery image of {what} {clip(value, SUBJECT_SHOWN)}, with all its faces? "
+        f"Erase for good every gallery image of {what} {shown(value)}, with all its faces? "
         "This cannot be undone."
     )
 
@@ -444,8 +453,8 @@ def users_list(users: Sequence[User], bootstrap: frozenset[int]) -> str:
         if u.user_id in bootstrap:
             extra.append("bootstrap")
         if u.active_case:
-            extra.append(f"case {u.active_case}")
-        note = f" - {clip(u.note, SUBJECT_SHOWN)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
+            extra.append(f"case {shown(u.active_case)}")
+        note = f" - {shown(u.note)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
         lines.append(f"{u.user_id} ({', '.join(extra)}){note}")
     return "\n".join(lines)
 
@@ -466,13 +475,13 @@ def enrolled(e: Enrollment) -> str:
     """After /enroll."""
     if e.duplicate:
         return f"That image is already in the gallery (image {e.image_id}); nothing was added."
-    subject = f", subject {clip(e.subject, SUBJECT_SHOWN)} on its main face" if e.subject else ", unlabelled"
+    subject = f", subject {shown(e.subject)} on its main face" if e.subject else ", unlabelled"
     return f"Added image {e.image_id}: {e.faces} face(s){subject}.\nSHA-256 {e.image_sha256}"
 
 
 def forgotten(e: Erasure, what: str, value: str) -> str:
     """After /forget."""
-    return f"Erased for good ({what} {clip(value, SUBJECT_SHOWN)}): {e.images} image(s), {e.faces} face(s)."
+    return f"Erased for good ({what} {shown(value)}): {e.images} image(s), {e.faces} face(s)."
 
 
 # -- admin: audit --------------------------------------------------------------------------------------
@@ -482,9 +491,9 @@ def _details(details: dict[str, object]) -> str:
         if isinstance(value, list | dict):
             parts.append(f"{key}={len(value)}")
         elif isinstance(value, str) and len(value) > 24:
-            parts.append(f"{key}={value[:20]}...")
+            parts.append(f"{key}={single_line(value[:20])}...")
         else:
-            parts.append(f"{key}={value}")
+            parts.append(f"{key}={single_line(value) if isinstance(value, str) else value}")
     return " ".join(parts)
 
 
@@ -494,8 +503,8 @@ def audit_entries(entries: Sequence[AuditEntry]) -> str:
         return "The audit log is empty."
     lines = [f"Last {len(entries)} audit entries:"]
     for e in entries:
-        case = f" case={e.case_ref}" if e.case_ref else ""
-        lines.append(f"#{e.seq} {e.ts} {e.actor} {e.action}{case} {_details(e.details)}".rstrip())
+        case = f" case={shown(e.case_ref)}" if e.case_ref else ""
+        lines.append(f"#{e.seq} {e.ts} {shown(e.actor)} {e.action}{case} {_details(e.details)}".rstrip())
     return "\n".join(lines)
 
 

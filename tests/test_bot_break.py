@@ -495,6 +495,31 @@ async def test_a_stranger_pressing_buttons_and_sending_files(start_bot: StartBot
     assert len(fake.calls_of("answerCallbackQuery", since=mark)) == 6  # every spinner stopped, silently after the first
 
 
+async def test_many_stranger_accounts_at_once_get_a_capped_number_of_replies(start_bot: StartBot,
+                                                                             own_engine: Engine) -> None:
+    """The quiet time is per account: 40 throwaway accounts writing at once would get 40 replies and 40 audit
+    entries. At most `stranger_replies_per_minute` are answered; the rest become one counted audit entry."""
+    from bot.context import SERVICES_KEY
+    from bot.handlers.access import STRANGERS_ACTOR, flush_strangers
+
+    bot = await start_bot(engine=own_engine, stranger_replies_per_minute=5)
+    fake = bot.fake
+    crowd = [new_user_id() for _ in range(40)]
+    mark = fake.mark()
+    for user_id in crowd:
+        fake.send_text(user_id, "hello")
+    await fake.quiet(0.5)
+    assert len([c for c in fake.calls_of("sendMessage", since=mark) if c.params["chat_id"] in crowd]) == 5
+    await flush_strangers(bot.app.bot_data[SERVICES_KEY], own_engine, everything=True)
+    entries = [e for e in await own_engine.audit_tail(100) if e.action == "refused"]
+    one_by_one = [e for e in entries if e.actor in {f"tg:{u}" for u in crowd}]
+    assert len(one_by_one) == 5 and {e.details["update"] for e in one_by_one} == {"text"}
+    [counted] = [e for e in entries if e.actor == STRANGERS_ACTOR]
+    assert counted.details["count"] == 35 and counted.details["accounts"] == 35 and counted.details["update"] == "crowd"
+    fake.send_text(BOT_ADMIN, "/help")  # whitelisted accounts are not held up by the crowd
+    assert (await fake.wait_for("sendMessage", chat_id=BOT_ADMIN, since=mark)).text.startswith("Send a photo")
+
+
 async def test_a_crowd_photo_with_more_faces_than_buttons(bot: BotHarness) -> None:
     """A 7 x 7 grid of dev photos: more faces than the 40 face buttons; everything sent must fit Telegram."""
     people = [p for photos in (sorted(d.glob("*.jpg")) for d in sorted(DEV.iterdir()) if d.is_dir()) for p in photos]
