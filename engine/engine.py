@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,9 +85,28 @@ def check_case(case: str | None) -> str | None:
     case = case.strip()
     if not case:
         return None
-    if len(case) > MAX_CASE_LEN or any(ord(ch) < 32 for ch in case):
+    if len(case) > MAX_CASE_LEN:
         raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
+    hidden = invisible_character(case)
+    if hidden is not None:
+        raise InvalidArgument(f"a case reference cannot contain invisible or control characters (U+{ord(hidden):04X})")
     return case
+
+
+# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
+# pattern (U+2800). A case reference made of them looks empty in the audit log; Unicode calls them graphic.
+INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Control (Cc: tab, DEL, NEL), format (Cf: zero-width, LRM/RLM, bidi overrides, soft hyphen), line and paragraph
+# separators, private use and lone surrogates.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
+
+
+def invisible_character(text: str) -> str | None:
+    """The first character of `text` a reader cannot see (or that reorders or breaks the line), or None."""
+    for ch in text:
+        if ch in INVISIBLE_FILLERS or unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            return ch
+    return None
 
 
 class Engine:
