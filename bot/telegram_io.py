@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -204,6 +205,17 @@ def single_line(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def command_argument(text: str, skip: int = 1) -> str:
+    """What follows the command (and `skip - 1` keywords after it) exactly as typed: inner spaces, tabs and
+    other characters kept, only the ends stripped ("" when nothing follows).
+
+    PTB's context.args splits on any whitespace (NEL and others too), and joining the words again turns
+    "Jane  Doe" into "Jane Doe" and "A<NEL>B" into "A B".
+    """
+    head = re.match(rf"(?:\S+\s+){{{skip}}}", text)
+    return text[head.end():].strip() if head else ""
 
 
 def clip(text: str, limit: int) -> str:

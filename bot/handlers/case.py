@@ -6,6 +6,7 @@ from telegram import Update
 
 from bot import texts
 from bot.context import BotContext
+from bot.telegram_io import command_argument
 from engine import EngineError
 
 
@@ -19,8 +20,9 @@ async def on_case(update: Update, context: BotContext) -> None:
         await message.reply_text(texts.case_shown(account.active_case))
         return
     clear = len(args) == 1 and args[0].lower() == "clear"
+    typed = command_argument(message.text or "")  # as typed: args would turn "A<NEL>B" into "A B"
     try:
-        case = await context.engine.set_case(account.user_id, None if clear else " ".join(args), actor=account.actor)
+        case = await context.engine.set_case(account.user_id, None if clear else typed, actor=account.actor)
     except EngineError as exc:
         await message.reply_text(f"{texts.for_error(exc)}\n{texts.USAGE['case']}")
         return

@@ -12,19 +12,10 @@ from bot.context import BotContext
 from bot.handlers.access import admin_only
 from bot.handlers.confirm import ask_confirmation
 from bot.sessions import Confirmation
+from bot.telegram_io import command_argument
 from engine import EngineError
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-COMMAND_AND_KEYWORD = re.compile(r"\S+\s+\S+\s+", re.DOTALL)  # "/forget subject " (any whitespace between)
-
-
-def argument_as_typed(text: str) -> str:
-    """What follows the command and its keyword, exactly as typed (inner spaces and tabs kept, ends stripped).
-
-    context.args splits on whitespace, and joining the words again turns "Jane  Doe" into "Jane Doe".
-    """
-    head = COMMAND_AND_KEYWORD.match(text)
-    return text[head.end():].strip() if head else ""
 
 
 @admin_only
@@ -34,7 +25,7 @@ async def on_forget(update: Update, context: BotContext) -> None:
     assert message is not None
     args = context.args or []
     what = args[0].lower() if args else ""
-    value = argument_as_typed(message.text or "") if what == "subject" else " ".join(args[1:])
+    value = command_argument(message.text or "", skip=2) if what == "subject" else " ".join(args[1:])
     valid = (
         (what == "subject" and value)
         or (what == "source" and len(args) == 2)
