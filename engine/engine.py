@@ -388,12 +388,15 @@ class Engine:
         face: int | None = None,
         threshold: float | None = None,
         several: str = "primary",
+        language: str | None = None,
     ) -> SearchResult:
         """Search the gallery for one face of a photo; "no match" is an ordinary, empty result.
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched then, and the analysis is audited (action "detect").
+        choose; nothing is searched then, and the analysis is audited (action "detect"). `language` (the
+        front-end's, e.g. "fr") is recorded in those entries as "lang", so an auditor knows in which
+        language the answer was given.
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -405,13 +408,14 @@ class Engine:
             raise InvalidArgument("top must be between 1 and 100")
         t0 = time.perf_counter()
         sha = sha256_hex(image)
+        lang = {"lang": language} if language else {}
         try:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
-            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": [], **lang})
             raise
         except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
-            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces), **lang})
             raise
         cut = self.threshold_possible if threshold is None else threshold
         hits = await self._hits(vec, top, cut)
@@ -426,6 +430,7 @@ class Engine:
                 "query_sha256": sha, "faces": len(detected), "face": chosen,
                 "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
+                **lang,
             },
         )
         logger.info("search by %s case=%s: %d face(s), %d hit(s)", actor, case, len(detected), len(hits))
@@ -587,6 +592,18 @@ class Engine:
         await self.store.set_active_case(user_id, case)
         await self.store.append_audit(actor, "case", case, {"user_id": user_id})
         return case
+
+    async def language(self, user_id: int) -> str | None:
+        """The language a user chose for the front-end ("fr"), or None."""
+        return await self.store.get_language(user_id)
+
+    async def set_language(self, user_id: int, language: str | None, *, actor: str) -> None:
+        """Remember a user's language (None forgets it); audited. Raises NotFound for a user not whitelisted."""
+        if language is not None and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 8):
+            raise InvalidArgument("a language is a code such as fr, nl or de")
+        if not await self.store.set_language(user_id, language):
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.append_audit(actor, "language", None, {"user_id": user_id, "language": language})
 
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:

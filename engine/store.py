@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS users (
     note        TEXT NOT NULL DEFAULT '',
     added_by    TEXT NOT NULL,
     added_at    TEXT NOT NULL,
-    active_case TEXT
+    active_case TEXT,
+    language    TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq         INTEGER PRIMARY KEY,
@@ -83,6 +84,21 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+# Columns added after a table was first created: (table, column, declaration). CREATE TABLE IF NOT EXISTS leaves an
+# older table as it is, so these are added to it at open (SQLite's ADD COLUMN is instant: no table rewrite).
+ADDED_COLUMNS = (("users", "language", "TEXT"),)
+
+
+async def _add_missing_columns(conn: aiosqlite.Connection) -> None:
+    """Bring a database made by an earlier version up to SCHEMA (idempotent)."""
+    for table, column, declaration in ADDED_COLUMNS:
+        async with conn.execute(f"PRAGMA table_info({table})") as cur:
+            have = {row[1] for row in await cur.fetchall()}
+        if column not in have:
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            logger.info("database migrated: added %s.%s", table, column)
 
 
 def now_iso() -> str:
@@ -163,6 +179,7 @@ class MetadataStore:
             await conn.execute("PRAGMA busy_timeout=10000")
             await conn.executescript(SCHEMA)
             await _migrate(conn)
+            await _add_missing_columns(conn)
             await conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
             )
@@ -472,6 +489,17 @@ class MetadataStore:
         """Remove a user; False if they were not there."""
         async with self._write:
             cur = await self.conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+        return cur.rowcount > 0
+
+    async def get_language(self, user_id: int) -> str | None:
+        """The language a user chose for the bot ("fr"), or None when they never chose one."""
+        row = await self._one("SELECT language FROM users WHERE user_id = ?", (user_id,))
+        return row[0] if row else None
+
+    async def set_language(self, user_id: int, language: str | None) -> bool:
+        """Remember (or forget, with None) a user's language; False if they are not whitelisted."""
+        async with self._write:
+            cur = await self.conn.execute("UPDATE users SET language = ? WHERE user_id = ?", (language, user_id))
         return cur.rowcount > 0
 
     async def set_active_case(self, user_id: int, case_ref: str | None) -> None:

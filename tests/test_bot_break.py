@@ -21,6 +21,7 @@ from PIL import Image
 from test_bot_search import side_by_side
 
 from bot import texts
+from bot.i18n import ENGLISH as EN
 from bot.telegram_io import utf16_len
 from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
 from engine import Engine, FaceIndexError
@@ -45,7 +46,7 @@ def refused_by_telegram(fake: FakeBotAPI, since: int = 0) -> list[Call]:
 
 def sorry(fake: FakeBotAPI, since: int = 0) -> list[Call]:
     """The generic apology: a failure we did not foresee."""
-    return [c for c in fake.calls[since:] if c.method == "sendMessage" and c.text == texts.SORRY]
+    return [c for c in fake.calls[since:] if c.method == "sendMessage" and c.text == texts.sorry(EN)]
 
 
 def png(width: int, height: int) -> bytes:
@@ -84,7 +85,7 @@ async def test_odd_numbers_get_a_usage_reply_not_an_apology(bot: BotHarness, com
     bot.fake.send_text(BOT_ADMIN, command)
     reply = await bot.fake.wait_for("sendMessage", chat_id=BOT_ADMIN)
     await bot.fake.quiet(0.2)
-    assert reply.text != texts.SORRY and sorry(bot.fake, mark) == [], command
+    assert reply.text != texts.sorry(EN) and sorry(bot.fake, mark) == [], command
     assert reply.text.startswith(("Usage:", "That doesn't work", "Not found")), reply.text
 
 
@@ -131,8 +132,8 @@ async def test_commands_with_the_bot_username_and_unknown_ones(bot: BotHarness) 
     await bot.allow(officer)
     assert "Reading an answer:" in (await bot.command(officer, "/help@sightline_test_bot")).text
     assert (await bot.command(officer, "/case@sightline_test_bot")).text.startswith("Active case: CASE-1")
-    assert (await bot.command(officer, "/nosuch")).text == texts.UNKNOWN_COMMAND
-    assert (await bot.command(officer, "/" + "a" * 4000)).text == texts.UNKNOWN_COMMAND
+    assert (await bot.command(officer, "/nosuch")).text == texts.unknown_command(EN)
+    assert (await bot.command(officer, "/" + "a" * 4000)).text == texts.unknown_command(EN)
     assert (await bot.command(officer, "/help extra words")).text.startswith("Send a photo")
     assert (await bot.command(officer, "/allow 5")).text == texts.ADMIN_ONLY
     assert sorry(bot.fake) == [] and refused_by_telegram(bot.fake) == []
@@ -145,12 +146,12 @@ async def test_stickers_videos_and_non_image_files(bot: BotHarness) -> None:
     fake = bot.fake
     push_message(fake, officer, sticker={"file_id": fake.add_file(b"RIFF"), "file_unique_id": "s1", "width": 512,
                                          "height": 512, "is_animated": False, "is_video": False, "type": "regular"})
-    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.SEND_A_PHOTO
+    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.send_a_photo(EN)
     push_message(fake, officer, video={"file_id": fake.add_file(b"\x00" * 10), "file_unique_id": "v1", "width": 1,
                                        "height": 1, "duration": 1})
-    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.SEND_A_PHOTO
+    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.send_a_photo(EN)
     fake.send_document(officer, b"%PDF-1.4 ...", file_name="report.pdf", mime_type="application/pdf")
-    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.NOT_AN_IMAGE
+    assert (await fake.wait_for("sendMessage", chat_id=officer)).text == texts.not_an_image(EN)
     assert fake.downloads == []
 
 
@@ -180,7 +181,7 @@ async def test_a_photo_the_bot_api_cannot_serve(start_bot: StartBot) -> None:
     message = push_message(bot.fake, officer, photo=gone)
     reply = await bot.fake.wait_for("sendMessage", chat_id=officer)
     await bot.fake.quiet(0.3)
-    assert reply.text != texts.SORRY, "the generic apology for a reason we know"
+    assert reply.text != texts.sorry(EN), "the generic apology for a reason we know"
     assert reply.params.get("reply_parameters", {}).get("message_id") == message["message_id"]
     bot.fake.send_photo(officer, BLAIR.read_bytes())  # it did not count
     assert (await bot.fake.wait_for("sendPhoto", chat_id=officer)).text
@@ -233,7 +234,7 @@ async def test_no_case_refusal_quotes_the_photo(bot: BotHarness) -> None:
     await bot.allow(officer, case=None)
     photo = bot.fake.send_photo(officer, BLAIR.read_bytes())
     reply = await bot.fake.wait_for("sendMessage", chat_id=officer)
-    assert reply.text == texts.NEED_CASE
+    assert reply.text == texts.need_case(EN)
     assert reply.params.get("reply_parameters", {}).get("message_id") == photo["message_id"]
 
 
@@ -285,7 +286,7 @@ async def test_a_forged_face_number_costs_no_search(start_bot: StartBot) -> None
     await fake.wait_for("sendPhoto", chat_id=officer, since=mark)
     mark = fake.press(officer, chooser.message, first.rsplit(":", 1)[0] + ":7")
     reply = await fake.wait_for("sendMessage", chat_id=officer, since=mark)
-    assert reply.text == texts.ERRORS[FaceIndexError]
+    assert reply.text == texts.OFFICER_ERRORS[FaceIndexError]
     mark = fake.press(officer, chooser.message, second)  # the second real face is the second search: allowed
     result = await fake.wait_for("sendPhoto", chat_id=officer, since=mark)
     assert "Jeff_Bezos" in result.text
@@ -299,7 +300,7 @@ async def test_someone_elses_buttons(bot: BotHarness) -> None:
     fake.send_photo(owner, side_by_side(*PAIR))
     chooser = await fake.wait_for("sendPhoto", chat_id=owner)
     mark = fake.press(other, chooser.message, chooser.buttons[0]["callback_data"])
-    assert (await fake.wait_for("answerCallbackQuery", since=mark)).params["text"] == texts.NOT_YOUR_BUTTON
+    assert (await fake.wait_for("answerCallbackQuery", since=mark)).params["text"] == texts.not_your_button(EN)
     mark = fake.press(owner, chooser.message, chooser.buttons[0]["callback_data"])
     await fake.wait_for("sendPhoto", chat_id=owner, since=mark)
     assert not fake.calls_of("sendPhoto", chat_id=other)
@@ -368,7 +369,7 @@ async def test_another_admins_confirm_button_and_a_double_tap(start_bot: StartBo
     question = await bot.command(BOT_ADMIN, "/forget subject Tony_Blair")
     yes = question.buttons[0]["callback_data"]
     mark = bot.fake.press(other, question.message, yes)
-    assert (await bot.fake.wait_for("answerCallbackQuery", since=mark)).params["text"] == texts.NOT_YOUR_BUTTON
+    assert (await bot.fake.wait_for("answerCallbackQuery", since=mark)).params["text"] == texts.not_your_button(EN)
     mark = bot.fake.press(BOT_ADMIN, question.message, yes)
     bot.fake.press(BOT_ADMIN, question.message, yes)
     done = await bot.fake.wait_for("sendMessage", chat_id=BOT_ADMIN, since=mark)
@@ -467,7 +468,7 @@ async def test_source_buttons_refused_by_telegram_do_not_duplicate_the_answer(ow
             officer = new_user_id()
             await bot.allow(officer)
             fake.send_photo(officer, BLAIR.read_bytes())
-            await fake.wait_for("sendMessage", chat_id=officer, where=lambda c: c.text.startswith(texts.LEADS_NOT_IDS)
+            await fake.wait_for("sendMessage", chat_id=officer, where=lambda c: c.text.startswith(texts.leads_not_ids(EN))
                                 and isinstance(c.result, dict) and "message_id" in c.result)
             await fake.quiet(0.5)
     finally:
