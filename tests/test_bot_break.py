@@ -135,7 +135,7 @@ async def test_commands_with_the_bot_username_and_unknown_ones(bot: BotHarness) 
     assert (await bot.command(officer, "/nosuch")).text == texts.unknown_command(EN)
     assert (await bot.command(officer, "/" + "a" * 4000)).text == texts.unknown_command(EN)
     assert (await bot.command(officer, "/help extra words")).text.startswith("Send a photo")
-    assert (await bot.command(officer, "/allow 5")).text == texts.ADMIN_ONLY
+    assert (await bot.command(officer, "/allow 5")).text == texts.admin_only(EN)
     assert sorry(bot.fake) == [] and refused_by_telegram(bot.fake) == []
 
 
