@@ -18,6 +18,7 @@ import numpy as np
 
 from . import audit, projection
 from . import calibration as calib
+from . import index as index_files
 from .config import EngineConfig
 from .errors import (
     CaseRequired,
@@ -36,7 +37,7 @@ from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import UsearchIndex
 from .integrity import clamp_similarity
-from .store import FaceRow, MetadataStore, now_iso
+from .store import CHANGES_KEPT, FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
     ChainCheck,
@@ -128,6 +129,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
+        self._seq = 0  # the database change-log seq the in-memory index reflects (see catch_up)
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -207,35 +209,148 @@ class Engine:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     # -- index consistency -------------------------------------------------------------------
+    # Several processes may change one gallery (the bot, `sightline index`, `sightline forget`). The database
+    # is the truth and logs every face added or removed (store.changes) in the change's own transaction. Each
+    # engine remembers the log seq its in-memory index reflects and replays what came after it: before every
+    # search, before every save, after its own changes. Saves happen under one file lock, after catching up,
+    # and record the seq, so a saved file is never older than the database was when it was written. The
+    # index's add and remove are idempotent, so replaying a change the index already reflects is harmless.
+    # Only add/remove/keys/load/save/stored_state are used: any VectorIndex backend gets the same behaviour.
+
     async def reconcile_index(self) -> str:
-        """Make the index hold exactly the database's faces: load, compare, then repair or rebuild."""
+        """Make the index hold exactly the database's faces: load, catch up from the saved seq, else compare
+        with the database and repair or rebuild."""
+        async with self._write:
+            return await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> str:
         loaded = await asyncio.to_thread(self.index.load)
+        saved = self.index.stored_state().get("change_seq") if loaded else None
+        if isinstance(saved, int) and saved >= 0:
+            self._seq = saved
+            if await self._catch_up_locked() and await self._agrees_with_database():
+                if self.index.scrubbed <= max(10_000, len(self.index) // 5):
+                    logger.info("index loaded at change %d: %d faces, consistent with the database",
+                                self._seq, len(self.index))
+                    return "ok"
+                logger.info("index holds %d scrubbed slots of erased faces: compacting", self.index.scrubbed)
+                await self._rebuild_locked()
+                return "rebuilt"
+            logger.warning("index saved at change %d does not follow the database: comparing keys", saved)
+        head = await self.store.change_head()  # whatever is built below reflects at least this change
         count, total = await self.store.face_fingerprint()
         if loaded:
             keys = await asyncio.to_thread(self.index.keys)
             if len(keys) == count and int(keys.sum()) == total:
+                self._seq = head
+                await self._follow_locked()
                 if self.index.scrubbed <= max(10_000, count // 5):
                     logger.info("index loaded: %d faces, consistent with the database", count)
+                    await self._save_locked(force=True)  # records the change seq it reflects
                     return "ok"
                 logger.info("index holds %d scrubbed slots of erased faces: compacting", self.index.scrubbed)
-            db_ids = await self.store.face_ids()
-            extra = np.setdiff1d(keys, db_ids, assume_unique=True)
-            missing = np.setdiff1d(db_ids, keys, assume_unique=True)
-            if len(extra) == 0:
-                logger.warning("index is missing %d faces the database has: adding them", len(missing))
-                async for ids, vecs in self.store.iter_embeddings(only=missing):
-                    await self._cpu(self.index.add, ids, vecs)
-                await asyncio.to_thread(self.index.save)
-                return f"repaired: added {len(missing)}"
-            logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
+            else:
+                db_ids = await self.store.face_ids()
+                extra = np.setdiff1d(keys, db_ids, assume_unique=True)
+                missing = np.setdiff1d(db_ids, keys, assume_unique=True)
+                if len(extra) == 0:
+                    logger.warning("index is missing %d faces the database has: adding them", len(missing))
+                    async for ids, vecs in self.store.iter_embeddings(only=missing):
+                        await self._cpu(self.index.add, ids, vecs)
+                    self._seq = head
+                    await self._follow_locked()
+                    await self._save_locked(force=True)
+                    return f"repaired: added {len(missing)}"
+                logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
         else:
             if count:
                 logger.warning("index missing or unreadable: rebuilding %d faces from the database", count)
-        await self.rebuild_index()
+        await self._rebuild_locked()
         return "rebuilt"
+
+    async def _agrees_with_database(self) -> bool:
+        """Whether the index's keys have the database's face count and id sum (compared at one change seq)."""
+        for _ in range(5):
+            head = await self.store.change_head()
+            if head < self._seq:  # saved from a later state of the database than this one (a restore?)
+                return False
+            if head != self._seq:
+                await self._follow_locked()
+                continue
+            count, total = await self.store.face_fingerprint()
+            if await self.store.change_head() != head:  # another process changed the gallery meanwhile
+                continue
+            keys = await asyncio.to_thread(self.index.keys)
+            return len(keys) == count and int(keys.sum()) == total
+        return True  # a busy gallery: the log was followed change by change
+
+    async def catch_up(self) -> int:
+        """Apply the gallery changes other processes committed since this index was current; returns how many
+        log entries were applied. When there are none this is one indexed SQLite query (bench/catchup.py)."""
+        if not await self.store.changes_since(self._seq):
+            return 0
+        async with self._write:
+            before = self._seq
+            await self._follow_locked()
+            return self._seq - before
+
+    async def _follow_locked(self, known: dict[int, np.ndarray] | None = None) -> None:
+        """Catch up from the change log, or re-synchronise by keys when the log no longer reaches back."""
+        if not await self._catch_up_locked(known):
+            await self._resync_locked()
+
+    async def _catch_up_locked(self, known: dict[int, np.ndarray] | None = None) -> bool:
+        """Replay the change log after `_seq` onto the index (embeddings from `known` or the database).
+        False, with nothing applied, when the entries right after `_seq` were pruned."""
+        changes = await self.store.changes_since(self._seq)
+        if not changes:
+            return True
+        if changes[0].seq != self._seq + 1:
+            logger.warning("the change log no longer reaches back to change %d", self._seq)
+            return False
+        last: dict[int, str] = {}
+        for c in changes:  # face ids are never reused: the last entry of an id says where it stands
+            last[c.face_id] = c.op
+        removed = np.asarray(sorted(f for f, op in last.items() if op == "remove"), dtype=np.int64)
+        added = sorted(f for f, op in last.items() if op == "add")
+        if len(removed):
+            await self._cpu(self.index.remove, removed)
+        mine = [f for f in added if known is not None and f in known]
+        if mine:
+            await self._cpu(self.index.add, np.asarray(mine, dtype=np.int64), np.stack([known[f] for f in mine]))  # type: ignore[index]
+        theirs = np.asarray([f for f in added if known is None or f not in known], dtype=np.int64)
+        # A face erased after this log was read has no embedding any more: its removal comes next time.
+        async for ids, vecs in self.store.iter_embeddings(only=theirs):
+            await self._cpu(self.index.add, ids, vecs)
+        if len(theirs) or len(removed):
+            logger.debug("caught up to change %d: %d face(s) added, %d removed by other processes",
+                         changes[-1].seq, len(theirs), len(removed))
+        self._seq = changes[-1].seq
+        self._dirty += len(added) + len(removed)
+        return True
+
+    async def _resync_locked(self) -> None:
+        """Make the index's keys equal the database's face ids by comparing them (when the log was pruned)."""
+        head = await self.store.change_head()
+        keys = await asyncio.to_thread(self.index.keys)
+        db_ids = await self.store.face_ids()
+        extra = np.setdiff1d(keys, db_ids, assume_unique=True)
+        missing = np.setdiff1d(db_ids, keys, assume_unique=True)
+        logger.warning("re-synchronising the index with the database: %d face(s) to add, %d to remove",
+                       len(missing), len(extra))
+        if len(extra):
+            await self._cpu(self.index.remove, extra)
+        async for ids, vecs in self.store.iter_embeddings(only=missing):
+            await self._cpu(self.index.add, ids, vecs)
+        self._seq = head  # changes after `head` are replayed next time; add/remove are idempotent
+        self._dirty += len(extra) + len(missing)
 
     async def rebuild_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Build a fresh index from the database's embeddings and save it over the old one."""
+        async with self._write:
+            return await self._rebuild_locked(progress)
+
+    async def _rebuild_locked(self, progress: Callable[[int], None] | None = None) -> int:
         fresh = UsearchIndex(
             self.index.path,
             dtype=self.index.dtype,
@@ -245,6 +360,7 @@ class Engine:
             projection=self.index.projection,
         )
         fresh.gallery_id = self.store.gallery_id
+        head = await self.store.change_head()  # the rebuild reflects at least every change up to here
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -259,18 +375,38 @@ class Engine:
                 logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f min left",
                             n, total, 100 * n / total, (total - n) / rate / 60)
                 last_log = now
-        await asyncio.to_thread(fresh.save)
-        logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
         self.index = fresh
-        self._dirty = 0
+        self._seq = head
+        await self._save_locked(force=True)
+        logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
         return n
 
-    async def save_index(self) -> None:
-        """Save the index if it has unsaved changes."""
-        if self._dirty:
-            async with self._write:
-                await asyncio.to_thread(self.index.save)
+    async def save_index(self) -> bool:
+        """Catch up with the database and save the index, unless the saved file already reflects as much;
+        returns whether it wrote the file."""
+        async with self._write:
+            return await self._save_locked()
+
+    async def _save_locked(self, force: bool = False) -> bool:
+        """Save under the cross-process save lock, after catching up: the file on disk then never goes back
+        to an older state of the gallery (and never regains an erased face's vector)."""
+        fd = await asyncio.to_thread(index_files.acquire_save_lock, self.config.index_path)
+        try:
+            await self._follow_locked()
+            stored = self.index.stored_state()
+            same_shape = stored.get("projection") == self.index.projection_key and stored.get("ndim") == self.index.ndim
+            if not force and same_shape and stored.get("change_seq") == self._seq:
+                # Another process saved this very state (or nothing changed): leave the file alone.
+                await asyncio.to_thread(index_files.remove_stale_temporaries, self.config.index_path)
                 self._dirty = 0
+                return False
+            await asyncio.to_thread(self.index.save, {"change_seq": self._seq})
+            self._dirty = 0
+        finally:
+            index_files.release_save_lock(fd)
+        if self._seq > CHANGES_KEPT:
+            await self.store.prune_changes(self._seq)
+        return True
 
     # -- images ------------------------------------------------------------------------------
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
@@ -342,9 +478,12 @@ class Engine:
         notes: str | None = None,
         actor: str = "cli",
         save: bool = True,
-        audit: bool = True,
     ) -> Enrollment:
-        """Add an image to the gallery: every face is indexed, the subject goes to its primary face."""
+        """Add an image to the gallery: every face is indexed, the subject goes to its primary face.
+
+        The image, its faces and its "enroll" audit entry commit in one transaction. With save=False the
+        index file is written later (save_index; the database keeps every committed face meanwhile).
+        """
         source_url = (source_url or "").strip()
         if not source_url:
             raise InvalidArgument("every gallery image needs a source link")
@@ -363,18 +502,10 @@ class Engine:
                 sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
                 notes=notes, size=decoded.original_size, faces=rows,
             )
-            vecs = np.stack([r.embedding for r in rows])
-            await self._cpu(self.index.add, np.asarray(face_ids, dtype=np.int64), vecs)
-            self._dirty += len(rows)
+            # The log has our faces (and whatever other processes committed before): replay it.
+            await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})
             if save:
-                await asyncio.to_thread(self.index.save)
-                self._dirty = 0
-        if audit:
-            await self.store.append_audit(
-                actor, "enroll", None,
-                {"image_id": image_id, "image_sha256": sha, "faces": len(rows), "face_ids": face_ids,
-                 "subject": subject, "source_url": source_url, "expires_at": expiry},
-            )
+                await self._save_locked()
         return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
 
     # -- search ------------------------------------------------------------------------------
@@ -418,6 +549,7 @@ class Engine:
             await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces), **lang})
             raise
         cut = self.threshold_possible if threshold is None else threshold
+        await self.catch_up()  # faces other processes added or erased since the last search
         hits = await self._hits(vec, top, cut)
         gallery = len(self.index)
         result = SearchResult(
@@ -513,39 +645,34 @@ class Engine:
         if not image_ids:
             what = "subject" if subject else "source link" if source_url else "image"
             raise NotFound(f"no {what} {given[0]!r} in the gallery")
-        erasure = await self._erase(image_ids)
-        await self.store.append_audit(
-            actor, "forget", None,
-            {"by": "subject" if subject else "source_url" if source_url else "sha256",
-             "value": given[0], "images": erasure.images, "faces": erasure.faces,
-             "image_ids": list(erasure.image_ids)},
-        )
-        return erasure
-
-    async def _erase(self, image_ids: list[int]) -> Erasure:
+        by = "subject" if subject else "source_url" if source_url else "sha256"
         async with self._write:
-            face_ids = await self.store.delete_images(image_ids)
-            # remove() also overwrites the freed slots, so the saved file keeps nothing of these faces.
-            await self._cpu(self.index.remove, np.asarray(face_ids, dtype=np.int64))
-            await asyncio.to_thread(self.index.save)
-            self._dirty = 0
-        return Erasure(images=len(image_ids), faces=len(face_ids), image_ids=tuple(image_ids))
+            removal = await self.store.delete_images(
+                image_ids, actor=actor, action="forget", details={"by": by, "value": given[0]}
+            )
+            await self._after_erasure_locked()
+        return Erasure(images=len(removal.image_ids), faces=len(removal.face_ids), image_ids=tuple(removal.image_ids))
+
+    async def _after_erasure_locked(self) -> None:
+        """Remove the erased faces from the index (overwriting their slots) and save it under the lock: when
+        this returns, the index file holds none of their vectors, whatever other processes do next."""
+        await self._follow_locked()
+        await self._save_locked()
 
     async def purge_expired(self, actor: str = "system") -> Erasure:
-        """Erase every image whose expiry has passed, and audit entries past their retention."""
+        """Erase every image whose expiry has passed, and audit entries past their retention (one transaction,
+        with its "purge" audit entry)."""
         image_ids = await self.store.expired_images(now_iso())
-        erasure = await self._erase(image_ids) if image_ids else Erasure(0, 0, ())
-        purged_audit = 0
+        cutoff = None
         if self.config.audit_retention_days:
             cutoff = (datetime.now(UTC) - timedelta(days=self.config.audit_retention_days)).isoformat(timespec="seconds")
-            purged_audit = await self.store.purge_audit_before(cutoff)
-        if erasure.images or purged_audit:
-            await self.store.append_audit(
-                actor, "purge", None,
-                {"images": erasure.images, "faces": erasure.faces, "image_ids": list(erasure.image_ids),
-                 "audit_entries": purged_audit},
-            )
-        return erasure
+        if not image_ids and cutoff is None:
+            return Erasure(0, 0, ())
+        async with self._write:
+            removal = await self.store.purge(image_ids, cutoff, actor=actor)
+            if removal.face_ids:
+                await self._after_erasure_locked()
+        return Erasure(images=len(removal.image_ids), faces=len(removal.face_ids), image_ids=tuple(removal.image_ids))
 
     # -- users -------------------------------------------------------------------------------
     async def user(self, user_id: int) -> User | None:
@@ -564,19 +691,13 @@ class Engine:
             raise InvalidArgument("a Telegram user id is a positive number")
         if role != "admin":
             await self._keep_an_admin(user_id)
-        await self.store.put_user(user_id, role, note, actor)
-        await self.store.append_audit(actor, "allow", None, {"user_id": user_id, "role": role, "note": note})
-        user = await self.store.get_user(user_id)
-        assert user is not None
-        return user
+        return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
         """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
         only administrator."""
         await self._keep_an_admin(user_id)
-        if not await self.store.delete_user(user_id):
-            raise NotFound(f"user {user_id} is not on the whitelist")
-        await self.store.append_audit(actor, "revoke", None, {"user_id": user_id})
+        await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
 
     async def _keep_an_admin(self, user_id: int) -> None:
         """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
@@ -587,10 +708,7 @@ class Engine:
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
         case = check_case(case)
-        if await self.store.get_user(user_id) is None:
-            raise NotFound(f"user {user_id} is not on the whitelist")
-        await self.store.set_active_case(user_id, case)
-        await self.store.append_audit(actor, "case", case, {"user_id": user_id})
+        await self.store.set_active_case(user_id, case, actor=actor)  # audited in the same transaction
         return case
 
     async def language(self, user_id: int) -> str | None:
@@ -601,9 +719,7 @@ class Engine:
         """Remember a user's language (None forgets it); audited. Raises NotFound for a user not whitelisted."""
         if language is not None and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 8):
             raise InvalidArgument("a language is a code such as fr, nl or de")
-        if not await self.store.set_language(user_id, language):
-            raise NotFound(f"user {user_id} is not on the whitelist")
-        await self.store.append_audit(actor, "language", None, {"user_id": user_id, "language": language})
+        await self.store.set_language(user_id, language, actor=actor)  # audited in the same transaction
 
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
@@ -621,6 +737,7 @@ class Engine:
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:
         """Counts and sizes."""
+        await self.catch_up()  # the index's size as of the database's latest change
         c = await self.store.counts()
         db = self.config.db_path
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())

@@ -30,7 +30,7 @@ from bot.i18n import (
     load_language,
     load_translations,
 )
-from engine import Engine
+from engine import Engine, NotFound
 from engine.store import MetadataStore
 
 BOT_DIR = Path(texts.__file__).resolve().parent
@@ -271,8 +271,10 @@ async def test_users_table_gains_the_language_column_and_keeps_its_rows(tmp_path
     store = await MetadataStore.open(db)
     try:
         assert await store.get_language(7) is None
-        assert await store.set_language(7, "nl") and await store.get_language(7) == "nl"
-        assert not await store.set_language(8, "nl")  # not whitelisted: nothing stored
+        await store.set_language(7, "nl", actor="tg:7")  # audited in the same transaction
+        assert await store.get_language(7) == "nl"
+        with pytest.raises(NotFound):  # not whitelisted: nothing stored
+            await store.set_language(8, "nl", actor="tg:8")
         user = await store.get_user(7)
         assert user is not None and (user.active_case, user.note) == ("OP-1", "unit 5")
     finally:
