@@ -24,7 +24,6 @@ from .errors import (
     CaseRequired,
     FaceIndexError,
     InvalidArgument,
-    LastAdmin,
     NoFaceFound,
     NotFound,
     SeveralFaces,
@@ -55,6 +54,7 @@ T = TypeVar("T")
 
 ROLES = ("admin", "officer")
 MAX_CASE_LEN = 64
+MAX_USER_ID = 2**63 - 1  # Telegram ids fit in a signed 64-bit integer, as SQLite's INTEGER does
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,26 +684,21 @@ class Engine:
         return await self.store.list_users()
 
     async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
-        """Whitelist a user (or change their role)."""
+        """Whitelist a user (or change their role); raises InvalidArgument for a bad role or id, LastAdmin when
+        that would demote the only administrator (checked in the transaction of the change)."""
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
-        if user_id <= 0:
-            raise InvalidArgument("a Telegram user id is a positive number")
-        if role != "admin":
-            await self._keep_an_admin(user_id)
-        return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
+        if not 0 < user_id <= MAX_USER_ID:
+            raise InvalidArgument("a Telegram user id is a positive number below 2^63")
+        return await self.store.put_user(user_id, role, note, actor)  # checked and audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
         """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
-        only administrator."""
-        await self._keep_an_admin(user_id)
-        await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
-
-    async def _keep_an_admin(self, user_id: int) -> None:
-        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
-        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
-        if admins == [user_id]:
-            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
+        only administrator (checked in the transaction of the change, so two admins revoking each other at once
+        leave one)."""
+        if not 0 < user_id <= MAX_USER_ID:  # SQLite cannot even look it up (OverflowError)
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.delete_user(user_id, actor=actor)  # checked and audited in the same transaction
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""

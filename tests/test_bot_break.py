@@ -362,6 +362,30 @@ async def test_two_admins_revoking_each_other_at_once_leave_one_admin(own_engine
     assert [u.user_id for u in await own_engine.users() if u.role == "admin"], "no administrator left"
 
 
+async def test_two_connections_demoting_and_revoking_the_two_admins_leave_one(tmp_path: Path) -> None:
+    """As two processes on one data directory would: two connections (each with its own lock) change the two
+    admins at the same moment; the last-admin check sits in each change's own write transaction."""
+    from engine import LastAdmin
+    from engine.store import MetadataStore
+
+    db = tmp_path / "meta.sqlite3"
+    first, second = await MetadataStore.open(db), await MetadataStore.open(db)
+    try:
+        for _ in range(10):
+            a, b = new_user_id(), new_user_id()
+            await first.put_user(a, "admin", "", "test")
+            await first.put_user(b, "admin", "", "test")
+            for old in [u.user_id for u in await first.list_users() if u.user_id not in (a, b)]:
+                await first.delete_user(old, actor="test")
+            outcomes = await asyncio.gather(first.delete_user(a, actor="test"), second.put_user(b, "officer", "", "test"),
+                                            return_exceptions=True)
+            assert [type(o) for o in outcomes if isinstance(o, BaseException)] == [LastAdmin], outcomes
+            assert [u.user_id for u in await first.list_users() if u.role == "admin"] in ([a], [b])
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_another_admins_confirm_button_and_a_double_tap(start_bot: StartBot, own_engine: Engine) -> None:
     other = new_user_id()
     await own_engine.allow(other, "admin", actor="test")
