@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from .errors import (
     CaseRequired,
     FaceIndexError,
     InvalidArgument,
-    LastAdmin,
     NoFaceFound,
     NotFound,
     SeveralFaces,
@@ -55,6 +55,7 @@ T = TypeVar("T")
 
 ROLES = ("admin", "officer")
 MAX_CASE_LEN = 64
+MAX_USER_ID = 2**63 - 1  # Telegram ids fit in a signed 64-bit integer, as SQLite's INTEGER does
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +87,28 @@ def check_case(case: str | None) -> str | None:
     case = case.strip()
     if not case:
         return None
-    if len(case) > MAX_CASE_LEN or any(ord(ch) < 32 for ch in case):
+    if len(case) > MAX_CASE_LEN:
         raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
+    hidden = invisible_character(case)
+    if hidden is not None:
+        raise InvalidArgument(f"a case reference cannot contain invisible or control characters (U+{ord(hidden):04X})")
     return case
+
+
+# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
+# pattern (U+2800). A case reference made of them looks empty in the audit log; Unicode calls them graphic.
+INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Control (Cc: tab, DEL, NEL), format (Cf: zero-width, LRM/RLM, bidi overrides, soft hyphen), line and paragraph
+# separators, private use and lone surrogates.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
+
+
+def invisible_character(text: str) -> str | None:
+    """The first character of `text` a reader cannot see (or that reorders or breaks the line), or None."""
+    for ch in text:
+        if ch in INVISIBLE_FILLERS or unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            return ch
+    return None
 
 
 class Engine:
@@ -696,26 +716,21 @@ class Engine:
         return await self.store.list_users()
 
     async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
-        """Whitelist a user (or change their role)."""
+        """Whitelist a user (or change their role); raises InvalidArgument for a bad role or id, LastAdmin when
+        that would demote the only administrator (checked in the transaction of the change)."""
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
-        if user_id <= 0:
-            raise InvalidArgument("a Telegram user id is a positive number")
-        if role != "admin":
-            await self._keep_an_admin(user_id)
-        return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
+        if not 0 < user_id <= MAX_USER_ID:
+            raise InvalidArgument("a Telegram user id is a positive number below 2^63")
+        return await self.store.put_user(user_id, role, note, actor)  # checked and audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
         """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
-        only administrator."""
-        await self._keep_an_admin(user_id)
-        await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
-
-    async def _keep_an_admin(self, user_id: int) -> None:
-        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
-        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
-        if admins == [user_id]:
-            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
+        only administrator (checked in the transaction of the change, so two admins revoking each other at once
+        leave one)."""
+        if not 0 < user_id <= MAX_USER_ID:  # SQLite cannot even look it up (OverflowError)
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.delete_user(user_id, actor=actor)  # checked and audited in the same transaction
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
