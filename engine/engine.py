@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -478,10 +479,16 @@ class Engine:
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
                 return Enrollment(existing, sha, 0, subject, duplicate=True)
-            image_id, face_ids = await self.store.add_image(
-                sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
-                notes=notes, size=decoded.original_size, faces=rows,
-            )
+            try:
+                image_id, face_ids = await self.store.add_image(
+                    sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
+                    notes=notes, size=decoded.original_size, faces=rows,
+                )
+            except sqlite3.IntegrityError:  # another process committed the same bytes since the check above
+                existing = await self.store.image_id_by_sha(sha)
+                if existing is None:
+                    raise
+                return Enrollment(existing, sha, 0, subject, duplicate=True)
             # The log has our faces (and whatever other processes committed before): replay it.
             await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})
             if save:
