@@ -207,7 +207,9 @@ class Engine:
     async def _reconcile_locked(self) -> str:
         loaded = await asyncio.to_thread(self.index.load)
         saved = self.index.stored_state().get("change_seq") if loaded else None
-        if isinstance(saved, int) and saved >= 0:
+        # The sidecar's checksum covers the index file, not the sidecar: a seq edited by hand (a bool, a
+        # negative or a huge number, one ahead of the database) is not followed; the keys are compared instead.
+        if isinstance(saved, int) and not isinstance(saved, bool) and 0 <= saved <= await self.store.change_head():
             self._seq = saved
             if await self._catch_up_locked() and await self._agrees_with_database():
                 if self.index.scrubbed <= max(10_000, len(self.index) // 5):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from test_integrity import assert_everything_audited
 
@@ -43,3 +46,24 @@ def test_two_index_runs_on_one_folder_at_once_both_finish_and_each_image_is_enro
         assert db.execute("SELECT count(*) FROM images").fetchone()[0] == n
         assert db.execute("SELECT count(*) FROM audit WHERE action = 'enroll'").fetchone()[0] == n
     assert_everything_audited(data)
+
+
+def sightline(data: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI on `data` in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*CLI, "--data-dir", str(data), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("seq", [10**30, -5, True])
+def test_a_hand_edited_change_seq_in_the_sidecar_is_caught_up_from_the_database(gallery_copy: Path, seq: object) -> None:
+    # The sidecar's checksum covers the index file, not the sidecar: an edited change_seq must never make the
+    # gallery unusable (it once raised OverflowError from every command) nor skip changes.
+    side = gallery_copy / "gallery.usearch.json"
+    fields = json.loads(side.read_text())
+    fields["change_seq"] = seq
+    side.write_text(json.dumps(fields))
+    for args in (("stats",), ("doctor", "--skip-telegram")):
+        r = sightline(gallery_copy, *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and "Error:" not in r.stderr, r.stderr
+    assert_everything_audited(gallery_copy)
