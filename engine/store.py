@@ -720,7 +720,11 @@ class MetadataStore:
         if head_log is None:
             return check
         since = await self.get_meta("audit_head_log_from")
-        read = head_log.read()
+        try:
+            read = head_log.read()
+        except OSError as exc:
+            return ChainCheck(False, check.entries, check.head, first_bad_seq=int(since or 0),
+                              problem=f"the audit head file {head_log.path} cannot be read ({exc.strerror or exc})")
         if read is None or not read[0]:
             if since is None and read is None:
                 return check  # never used with this gallery

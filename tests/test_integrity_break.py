@@ -67,3 +67,13 @@ def test_a_hand_edited_change_seq_in_the_sidecar_is_caught_up_from_the_database(
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Traceback" not in r.stderr and "Error:" not in r.stderr, r.stderr
     assert_everything_audited(gallery_copy)
+
+
+def test_an_unreadable_audit_head_file_fails_verify_naming_it_without_a_traceback(gallery_copy: Path) -> None:
+    head = gallery_copy / "audit-head.log"
+    head.unlink()
+    head.mkdir()  # unreadable as a file (chmod does not stop root, a folder does)
+    r = sightline(gallery_copy, "audit", "verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "AUDIT CHAIN" in r.stdout and f"audit head file {head} cannot be read" in r.stdout, r.stdout + r.stderr
+    assert "Error" not in r.stderr, r.stderr
