@@ -77,3 +77,23 @@ def test_an_unreadable_audit_head_file_fails_verify_naming_it_without_a_tracebac
     assert r.returncode == 1, r.stdout + r.stderr
     assert "AUDIT CHAIN" in r.stdout and f"audit head file {head} cannot be read" in r.stdout, r.stdout + r.stderr
     assert "Error" not in r.stderr, r.stderr
+
+
+def test_embeddings_cut_short_or_turned_into_text_by_hand_are_reported_never_a_traceback(gallery_copy: Path) -> None:
+    # `embedding || x'00'` in the sqlite3 shell stores TEXT (not valid UTF-8): reading it as a str once raised
+    # "Could not decode to UTF-8 column 'embedding'" from every command that rebuilt or searched.
+    with sqlite3.connect(gallery_copy / "sightline.sqlite3") as db:
+        short, text = (r[0] for r in db.execute("SELECT id FROM faces ORDER BY id LIMIT 2"))
+        db.execute("UPDATE faces SET embedding = substr(embedding, 1, 1000) WHERE id = ?", (short,))
+        db.execute("UPDATE faces SET embedding = embedding || x'00000000' WHERE id = ?", (text,))
+        assert db.execute("SELECT typeof(embedding) FROM faces WHERE id = ?", (text,)).fetchone()[0] == "text"
+    for p in gallery_copy.glob("gallery.usearch*"):
+        p.unlink()  # so the next command rebuilds from every row
+    r = sightline(gallery_copy, "stats")
+    assert r.returncode == 0 and "Error" not in r.stderr, r.stdout + r.stderr
+    r = sightline(gallery_copy, "doctor", "--deep", "--skip-telegram")
+    assert r.returncode == 1 and "Error" not in r.stderr, r.stdout + r.stderr
+    rows_line = next(line for line in r.stdout.splitlines() if " rows " in line)
+    assert "2 damaged" in rows_line and f"face {short} " in rows_line and f"face {text} " in rows_line, rows_line
+    r = sightline(gallery_copy, "search", str(dev_identities()["Angelina_Jolie"][0]), "--case", "C-1")
+    assert r.returncode == 0 and "Error" not in r.stderr, r.stdout + r.stderr
