@@ -7,10 +7,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-
 from test_integrity import assert_everything_audited
 
 from conftest import ROOT, dev_identities
@@ -97,3 +97,46 @@ def test_embeddings_cut_short_or_turned_into_text_by_hand_are_reported_never_a_t
     assert "2 damaged" in rows_line and f"face {short} " in rows_line and f"face {text} " in rows_line, rows_line
     r = sightline(gallery_copy, "search", str(dev_identities()["Angelina_Jolie"][0]), "--case", "C-1")
     assert r.returncode == 0 and "Error" not in r.stderr, r.stdout + r.stderr
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from engine.index import acquire_save_lock
+fd = acquire_save_lock(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_save_lock_still_excludes_after_an_operator_deletes_the_lock_file(gallery_copy: Path) -> None:
+    # An operator "cleaning up a stale lock file" while a save holds it must not let a second saver in: two
+    # savers at once can rename an index older than a just-committed erasure over the newer one.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(gallery_copy / "gallery.usearch")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    forget = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        for p in gallery_copy.glob("*.lock"):
+            p.unlink()
+        forget = subprocess.Popen([*CLI, "--data-dir", str(gallery_copy), "forget", "--subject", "Tony_Blair", "--yes"],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the erasure commits, then forget saves the index under the lock
+            with sqlite3.connect(gallery_copy / "sightline.sqlite3", timeout=5) as db:
+                if not db.execute("SELECT count(*) FROM images WHERE subject = 'Tony_Blair'").fetchone()[0]:
+                    break
+            time.sleep(0.1)
+        time.sleep(3)
+        assert forget.poll() is None, "forget saved the index while another process held the save lock"
+        holder.kill()
+        holder.wait()
+        out, err = forget.communicate(timeout=60)
+        assert forget.returncode == 0, out + err
+    finally:
+        for p in (holder, forget):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert_everything_audited(gallery_copy)
