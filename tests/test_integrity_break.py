@@ -140,3 +140,17 @@ def test_the_save_lock_still_excludes_after_an_operator_deletes_the_lock_file(ga
                 p.kill()
                 p.wait()
     assert_everything_audited(gallery_copy)
+
+
+def test_a_restore_killed_after_staging_leaves_no_database_copy_once_restore_is_run_again(gallery_copy: Path, tmp_path: Path) -> None:
+    backup = tmp_path / "backup"
+    assert sightline(gallery_copy, "backup", str(backup)).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIGHTLINE_FAULT_AT": "restore:staged"}  # dies there as kill -9 would
+    killed = subprocess.run([*CLI, "--data-dir", str(gallery_copy), "restore", str(backup), "--force"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 86, killed.stdout + killed.stderr
+    assert list(gallery_copy.glob(".restore-*")), "the fault point was not reached after staging"
+    r = sightline(gallery_copy, "restore", str(backup), "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(gallery_copy.glob(".restore-*")), "a killed restore's staged database copy was left behind"
+    assert_everything_audited(gallery_copy)
