@@ -15,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from bot.telegram_io import single_line
 from engine import DetectedFace
+from engine.images import to_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +79,10 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, f: Font, width: int) -> str:
     """The longest prefix of `text` (with "..." when cut) that fits in `width` px.
 
     A binary search over the prefix length: O(log n) measurements, each of at most `width` px worth of text
-    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does.
+    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does. Any label
+    is drawn as one line (Pillow cannot measure a line break; a control character would draw as a box).
     """
-    text = text[: width + 1]  # nothing longer can fit
+    text = single_line(text[: width + 1])  # nothing longer can fit
     if draw.textlength(text, font=f) <= width:
         return text
     lo, hi = 0, len(text)  # text[:lo] + "..." fits; text[:hi] + "..." does not (or hi is the whole text)
@@ -124,7 +127,7 @@ def _open_rotated(data: bytes, max_side: int) -> tuple[Image.Image, float]:
         if img.format == "JPEG":
             img.draft("RGB", (max_side, max_side))  # decode reduced straight from the DCT
         img.load()
-        upright = ImageOps.exif_transpose(img).convert("RGB")
+        upright = to_rgb8(ImageOps.exif_transpose(img))  # 16-bit and transparent photos as the engine saw them
     original_width = height if orientation in (5, 6, 7, 8) else width
     if max(upright.size) > max_side:
         upright.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)

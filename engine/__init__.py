@@ -24,6 +24,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    LabelChange,
     Quality,
     SearchResult,
     Stats,
@@ -32,6 +33,7 @@ from .types import (
 
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
-    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "LastAdmin", "ModelError",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "LabelChange", "LastAdmin",
+    "ModelError",
     "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
 ]

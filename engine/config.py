@@ -6,6 +6,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from .duplicates import NEAR_DUPLICATE
 from .errors import ModelError
 
 DEFAULT_DETECTOR = "scrfd_500m_bnkps.onnx"
@@ -60,6 +61,9 @@ class EngineConfig:
     index_expansion_add: int = 128
     index_expansion_search: int | None = None  # None: grows with the gallery (engine.index.auto_expansion)
     thumbnail_size: int = 112
+    # Gallery faces at least this similar (cosine) are copies of one photo, shown as one hit (engine.duplicates);
+    # above 1.0 nothing is grouped.
+    near_duplicate_similarity: float = NEAR_DUPLICATE
     require_case: bool = True
     default_retention_days: int | None = None  # gallery images expire after this many days if set
     audit_retention_days: int | None = None  # audit entries older than this may be purged
