@@ -619,7 +619,7 @@ class Engine:
 
     async def query_face(self, image: bytes, face: int | None = None) -> tuple[np.ndarray, Quality]:
         """`query_embedding` and the searched face's quality (for calibration by quality class)."""
-        detected, chosen, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        detected, chosen, vec, _, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec, detected[chosen - 1].quality
 
     def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
