@@ -8,7 +8,6 @@ import functools
 import logging
 import sqlite3
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -86,22 +85,6 @@ def normalize_expiry(value: str | None) -> str | None:
 def check_case(case: str | None) -> str | None:
     """A case reference, normalised (NFC, stripped), or None; refuses invisible characters and long ones."""
     return labels.case_ref(case)
-
-
-# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
-# pattern (U+2800). A case reference made of them looks empty in the audit log; Unicode calls them graphic.
-INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Control (Cc: tab, DEL, NEL), format (Cf: zero-width, LRM/RLM, bidi overrides, soft hyphen), line and paragraph
-# separators, private use and lone surrogates.
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
-
-
-def invisible_character(text: str) -> str | None:
-    """The first character of `text` a reader cannot see (or that reorders or breaks the line), or None."""
-    for ch in text:
-        if ch in INVISIBLE_FILLERS or unicodedata.category(ch) in HIDDEN_CATEGORIES:
-            return ch
-    return None
 
 
 class Engine:
