@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import faults, fsmodes, integrity
+from . import fsmodes, integrity
 from .codes import CodeModel, fallback
-from .index import TEMP_SUFFIX, SharedLock, read_sidecar, remove_stale_temporaries, sidecar_path, write_sidecar
+from .index import TEMP_SUFFIX, SharedLock, publish_index, read_sidecar, remove_stale_temporaries, sidecar_path
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -352,14 +352,10 @@ class HammingIndex:
                     os.fsync(fh.fileno())
             meta = {**self._header(n), "gallery_id": self.gallery_id,
                     "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}", **(state or {})}
-            faults.reached("index-save:before-replace")
-            os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        faults.reached("index-save:after-replace")
-        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
-        write_sidecar(self.path, meta)
+        publish_index(tmp, self.path, meta)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""

@@ -220,14 +220,10 @@ class UsearchIndex:
                 os.fsync(fh.fileno())
             meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
                     **integrity.sidecar_fields(tmp, self.gallery_id), **(state or {})}
-            faults.reached("index-save:before-replace")
-            os.replace(tmp, self.path)
         except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
             tmp.unlink(missing_ok=True)
             raise
-        faults.reached("index-save:after-replace")
-        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
-        write_sidecar(self.path, meta)
+        publish_index(tmp, self.path, meta)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
@@ -317,6 +313,20 @@ class UsearchIndex:
 
 
 TEMP_SUFFIX = ".tmp"
+
+
+def publish_index(tmp: Path, path: Path, meta: Mapping[str, object]) -> None:
+    """Rename a written, fsynced temporary index file over `path`, then write its sidecar `meta` (any index
+    kind; call it under the save lock). On failure the temporary file is removed and the old index stays."""
+    try:
+        faults.reached("index-save:before-replace")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    faults.reached("index-save:after-replace")
+    # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
+    write_sidecar(path, meta)
 
 
 def sidecar_path(index_path: Path) -> Path:
