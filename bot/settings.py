@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     detector_file: str | None = Field(None, description="Detector file name in the model folder (default: found by name).")
     recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
     det_size: int = Field(640, description="Detector input size in pixels (square).")
+    det_retry_threshold: float = Field(
+        0.3, ge=0.0, lt=1.0,
+        description="When a searched photo shows no face, the detector looks once more at this confidence (and a "
+        "coarser input, SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 turns the retry off "
+        "(bench/RESULTS.md: finds about a quarter of the faces missed on severely degraded photos).",
+    )
+    det_retry_size: int = Field(
+        160, ge=32, le=1280, multiple_of=32,
+        description="Detector input size in pixels (square) of that retry: small, blurred faces are found more often "
+        "at 160 than at 320 or 640.",
+    )
     max_image_mb: float = Field(25.0, description="Largest accepted image file, in MB.")
     max_image_megapixels: float = Field(60.0, description="Largest accepted image, in megapixels.")
     threshold_possible: float | None = Field(
@@ -153,6 +164,8 @@ class Settings(BaseSettings):
             detector_file=self.detector_file,
             recognizer_file=self.recognizer_file,
             det_size=self.det_size,
+            det_retry_threshold=self.det_retry_threshold,
+            det_retry_size=self.det_retry_size,
             max_image_bytes=int(self.max_image_mb * 1024 * 1024),
             max_image_pixels=int(self.max_image_megapixels * 1_000_000),
             threshold_possible=self.threshold_possible,

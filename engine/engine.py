@@ -388,7 +388,8 @@ class Engine:
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
         c = self.config
         frames = decode_frames(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        found = self.faces.find_faces([f.bgr for f in frames], small_faces)  # first frame with a face, upright
+        # Queries (small_faces) also get the low-confidence retry when nothing is found; enrolment does not.
+        found = self.faces.find_faces([f.bgr for f in frames], small_faces, retry=small_faces)  # first frame with a face, upright
         decoded = replace(frames[found.index], bgr=found.bgr, rotation=found.rotation)
         return Analysed(decoded, found.faces, self._detected(decoded, found.faces))
 
