@@ -65,15 +65,15 @@ class Settings(BaseSettings):
     recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
     det_size: int = Field(640, description="Detector input size in pixels (square).")
     det_retry_threshold: float = Field(
-        0.3, ge=0.0, lt=1.0,
-        description="When a searched photo shows no face, the detector looks once more at this confidence (and a "
-        "coarser input, SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 turns the retry off "
-        "(bench/RESULTS.md: finds about a quarter of the faces missed on severely degraded photos).",
+        0.35, ge=0.0, lt=1.0,
+        description="When a searched photo shows no face, the detector looks once more at this confidence and a "
+        "coarser input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 turns the retry off "
+        "(bench/RESULTS.md: finds a third of the faces missed on severely degraded photos, no more false detections).",
     )
     det_retry_size: int = Field(
-        160, ge=32, le=1280, multiple_of=32,
-        description="Detector input size in pixels (square) of that retry: small, blurred faces are found more often "
-        "at 160 than at 320 or 640.",
+        64, ge=32, le=1280, multiple_of=32,
+        description="Detector input size in pixels (square) of that retry: a small, blurred face is found more often "
+        "near its own size than enlarged to the normal 320-640 px input.",
     )
     max_image_mb: float = Field(25.0, description="Largest accepted image file, in MB.")
     max_image_megapixels: float = Field(60.0, description="Largest accepted image, in megapixels.")

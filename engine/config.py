@@ -44,8 +44,8 @@ class EngineConfig:
     # A query photo in which nothing is found (any frame, any orientation) is detected once more at this
     # confidence and the coarser det_retry_size input; faces found only so are flagged poor (FaceModel.retry_faces).
     # 0 turns it off. bench/RESULTS.md, "No face on field-quality probes", measures it.
-    det_retry_threshold: float = 0.3
-    det_retry_size: int = 160
+    det_retry_threshold: float = 0.35
+    det_retry_size: int = 64
     small_face_side: int = 1280  # queries larger than this get a second detection pass at this input size
     small_face_pass: bool = True  # for faces too small for det_size (search only; enrolment skips it)
     flip_fusion: bool = False  # add the horizontally flipped crop's embedding (measured: no gain)

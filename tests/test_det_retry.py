@@ -75,7 +75,7 @@ async def test_a_missed_face_is_found_by_the_retry_and_flagged_poor(tmp_path: Pa
     on = await Engine.open(make_config(tmp_path / "on"))
     off = await Engine.open(make_config(tmp_path / "off", det_retry_threshold=0.0))
     try:
-        assert on.config.det_retry_threshold == 0.3 and on.config.det_retry_size == 160  # the defaults
+        assert on.config.det_retry_threshold == 0.35 and on.config.det_retry_size == 64  # the defaults
         for rel, seed in MISSED:
             probe = degraded(rel, seed)
             with pytest.raises(NoFaceFound):
@@ -105,7 +105,7 @@ async def test_face_free_images_still_have_no_face(tmp_path: Path) -> None:
             sizes.clear()
             with pytest.raises(NoFaceFound):
                 await engine.detect(data)
-            assert sizes[-1] == (160, 160), f"{name}: the retry must have run (and found nothing)"
+            assert sizes[-1] == (64, 64), f"{name}: the retry must have run (and found nothing)"
             with pytest.raises(NoFaceFound):
                 await engine.search(data, actor="t")
     finally:
@@ -120,12 +120,12 @@ async def test_photos_with_a_face_never_pay_for_the_retry(tmp_path: Path) -> Non
             for data in ((DEV / rel).read_bytes(), degradation.degrade((DEV / rel).read_bytes(), "moderate", rel, 0)):
                 sizes.clear()
                 faces = await engine.detect(data)
-                assert faces and (160, 160) not in sizes, rel
+                assert faces and (64, 64) not in sizes, rel
         # Enrolment never retries: a gallery photo in which the normal pass finds nothing is refused as before.
         sizes.clear()
         with pytest.raises(NoFaceFound):
             await engine.enroll(degraded(*MISSED[0]), source_url="case-file://x/1")
-        assert (160, 160) not in sizes
+        assert (64, 64) not in sizes
     finally:
         await engine.close()
 
