@@ -452,6 +452,8 @@ _WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = (
      N_("face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")),
     (re.compile(r"face is (?P<width>\d+) px wide"), N_("face is {width} px wide")),
     (re.compile(r"detector is unsure it is a face \((?P<score>\d+)%\)"), N_("detector is unsure it is a face ({score})")),
+    (re.compile(r"face found only by a second, less strict detection \((?P<score>\d+)%\)"),
+     N_("face found only by a second, less strict detection ({score})")),
     (re.compile(r"face is blurred"), N_("face is blurred")),
     (re.compile(r"head is turned \(~(?P<degrees>\d+)°\)"), N_("head is turned (~{degrees}°)")),
 )

@@ -425,7 +425,9 @@ class FaceModel:
                 warnings_.append(f"face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")
             else:
                 warnings_.append(f"face is {width} px wide")
-        if face.score < c.quality_min_det_score or face.retried:
+        if face.retried:  # whatever its score: the normal pass did not see it (FaceModel.retry_faces)
+            warnings_.append(f"face found only by a second, less strict detection ({face.score:.0%})")
+        elif face.score < c.quality_min_det_score:
             warnings_.append(f"detector is unsure it is a face ({face.score:.0%})")
         if blur < c.quality_min_blur:
             warnings_.append("face is blurred")
