@@ -65,10 +65,11 @@ class Settings(BaseSettings):
     recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
     det_size: int = Field(640, description="Detector input size in pixels (square).")
     det_retry_threshold: float = Field(
-        0.35, ge=0.0, lt=1.0,
-        description="When a searched photo shows no face, the detector looks once more at this confidence and a "
-        "coarser input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 turns the retry off "
-        "(bench/RESULTS.md: finds a third of the faces missed on severely degraded photos, no more false detections).",
+        0.0, ge=0.0, lt=1.0,
+        description="When a searched photo shows no face, look once more at this detector confidence and a coarser "
+        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 (the default) turns it off. 0.35 "
+        "finds a third of the faces missed on severely degraded photos, but their matches give more false leads and "
+        "the odds shown for them are too low (bench/RESULTS.md).",
     )
     det_retry_size: int = Field(
         64, ge=32, le=1280, multiple_of=32,
