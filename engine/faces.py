@@ -344,12 +344,11 @@ class FaceModel:
     def retry_faces(self, bgr: np.ndarray) -> list[RawFace]:
         """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`.
 
-        For a photo in which the normal pass found nothing. SCRFD enlarges a small photo to fill its 320-px
-        input, and a small, blurred, noisy face enlarged 4x looks unlike the faces it learned; detected near its
-        own size (a 64-px input) at confidence 0.35, it finds a third of the faces the normal pass missed on
-        severely degraded calib probes, and on 1,570 face-free images (solid colours, noise, textures,
-        backgrounds, clean and degraded) no more than the normal pass (bench/RESULTS.md, bench/noface.py).
-        The only cost is one 64-px detection, paid only when nothing was found.
+        For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0, the default).
+        SCRFD enlarges a small photo to fill its 320-px input, and a small, blurred, noisy face enlarged 4x looks
+        unlike the faces it learned; detected near its own size (a 64-px input) at confidence 0.35, it finds a
+        third of the faces the normal pass missed on severely degraded calib probes, and 4 on 2,198 face-free
+        images (bench/RESULTS.md, bench/noface.py). The cost is one 64-px detection, only when nothing was found.
         """
         c = self.config
         if c.det_retry_threshold <= 0:
