@@ -267,7 +267,8 @@ class HammingIndex:
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan")
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan",
+                                                initializer=_one_omp_thread)
             return self._pool
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
@@ -429,6 +430,11 @@ def _faiss():  # type: ignore[no-untyped-def]
 
     faiss.omp_set_num_threads(1)
     return faiss
+
+
+def _one_omp_thread() -> None:
+    """OpenMP's thread count is per thread: a scan thread must set its own, or faiss spawns a team in it."""
+    _faiss().omp_set_num_threads(1)
 
 
 def saved_keys(path: Path) -> np.ndarray | None:
