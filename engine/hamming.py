@@ -250,33 +250,36 @@ class HammingIndex:
         codes2 = scan.as_words(self._codes2[:n])
         q2 = scan.query_words(code[self._scan_bytes :])
         if keep >= n:
-            t, enough = bits, n
-        elif n <= SAMPLE:
-            hist = np.zeros(bits + 1, dtype=np.int64)
-            scan.sample_histogram(codes, q, n, 1, n, hist)
-            t, enough = scan.threshold_for(hist, 1.0, keep), keep
+            t, enough, expect = bits, n, float(n)
         else:
-            block = SAMPLE // SAMPLE_RUNS
+            runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
             hist = np.zeros(bits + 1, dtype=np.int64)
-            scan.sample_histogram(codes, q, n, SAMPLE_RUNS, block, hist)
-            t, enough = scan.threshold_for(hist, n / (SAMPLE_RUNS * block), keep * MARGIN), max(least, (3 * keep) // 4)
+            scan.sample_histogram(codes, q, n, runs, block, hist)
+            scale = n / (runs * block)
+            if runs == 1:  # the sample is the gallery: exact
+                t, enough = scan.threshold_for(hist, scale, float(keep)), keep
+            else:
+                t, enough = scan.threshold_for(hist, scale, keep * MARGIN), max(least, (3 * keep) // 4)
+            expect = float(hist[: t + 1].sum() * scale)
         parts = self.threads if n >= self.split_min * self.threads else 1
-        bounds = [int(b) for b in np.linspace(0, n, parts + 1)]
+        bounds = [n * i // parts for i in range(parts + 1)]
         while True:
-            found = self._scan_parts(codes, q, codes2, q2, t, bounds)
+            found = self._scan_parts(codes, q, codes2, q2, t, bounds, expect / n)
             if sum(len(r) for r, _ in found) >= enough or t >= bits:
                 break
             t += 1  # the sample misjudged the tail (rare): widen and scan again
+            expect *= 2
         if len(found) == 1:
             return found[0]
         return np.concatenate([r for r, _ in found]), np.concatenate([d for _, d in found])
 
     def _scan_parts(self, codes: np.ndarray, q: np.ndarray, codes2: np.ndarray, q2: np.ndarray, t: int,
-                    bounds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """scan.scan_under over each [bounds[i], bounds[i+1]) part, the first on this thread, the others on the pool."""
+                    bounds: list[int], share: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """scan.scan_under over each [bounds[i], bounds[i+1]) part, the first on this thread, the others on the pool;
+        `share`: the part of the codes the threshold is expected to keep (sizes the buffers)."""
 
         def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-            cap = max(1024, (b - a) // 32)  # 3 %: a threshold for 10,000 of 1 M keeps ~1.3 %
+            cap = min(b - a, int((b - a) * share * 1.5) + 1024)
             while True:
                 rows = np.empty(cap, dtype=np.int64)
                 dist = np.empty(cap, dtype=np.int32)

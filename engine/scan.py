@@ -38,6 +38,31 @@ def _popcount(typingctx, x):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+@intrinsic
+def _prefetch(typingctx, arr, i):  # type: ignore[no-untyped-def]
+    """Ask the CPU to start loading row i of a 2-D array into cache (llvm.prefetch: read, high locality)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(i, types.Integer)):
+        return None
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        from llvmlite import ir
+
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        row = builder.mul(builder.zext(args[1], ir.IntType(64)) if i.bitwidth < 64 else args[1], builder.extract_value(ary.strides, 0))
+        base = builder.ptrtoint(ary.data, ir.IntType(64))
+        ptr = builder.inttoptr(builder.add(base, row), ir.IntType(8).as_pointer())
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(
+            ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32), ir.IntType(32)]))
+        builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3), ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+PREFETCH = 16  # rows ahead the second stage asks for (its reads are scattered: the hardware cannot guess them)
+
+
 def as_words(codes: np.ndarray) -> np.ndarray:
     """(n, nbytes) uint8 codes -> the same memory as (n, nbytes / 8) uint64 when nbytes is a multiple of 8, else as is."""
     if codes.shape[1] % 8 == 0 and codes.flags.c_contiguous:
@@ -57,14 +82,6 @@ def sample_histogram(codes, q, n, blocks, block, hist):  # type: ignore[no-untyp
             for j in range(w):
                 d += _popcount(codes[i, j] ^ q[j])
             hist[d] += 1
-
-
-@njit(nogil=True, cache=True, boundscheck=False)
-def _rest(codes2, q2, i):  # type: ignore[no-untyped-def]
-    d = 0
-    for j in range(codes2.shape[1]):
-        d += _popcount(codes2[i, j] ^ q2[j])
-    return d
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
@@ -97,9 +114,24 @@ def scan_under(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-un
                     rows[k] = i
                     dist[k] = d
                 k += 1
-    if codes2.shape[1] and k <= cap:
+    w2 = codes2.shape[1]
+    if w2 == 4 and k <= cap:  # the default's second 256 bits: unrolled, inline
+        r0, r1, r2, r3 = q2[0], q2[1], q2[2], q2[3]
         for m in range(k):
-            dist[m] += _rest(codes2, q2, rows[m])
+            if m + PREFETCH < k:
+                _prefetch(codes2, rows[m + PREFETCH])
+            i = np.uint64(rows[m])
+            dist[m] += (_popcount(codes2[i, 0] ^ r0) + _popcount(codes2[i, 1] ^ r1)
+                        + _popcount(codes2[i, 2] ^ r2) + _popcount(codes2[i, 3] ^ r3))
+    elif w2 and k <= cap:
+        for m in range(k):
+            if m + PREFETCH < k:
+                _prefetch(codes2, rows[m + PREFETCH])
+            i = np.uint64(rows[m])
+            d = 0
+            for j in range(w2):
+                d += _popcount(codes2[i, j] ^ q2[j])
+            dist[m] += d
     return k
 
 
@@ -138,6 +170,8 @@ def rerank_int8(vecs, rows, k, q, out):  # type: ignore[no-untyped-def]
     """out[m] = vecs[rows[m]] . q for m < k (vecs (n, d) int8, q (d,) float32), read in place: no gathered copy."""
     d = vecs.shape[1]
     for m in range(k):
+        if m + PREFETCH < k:
+            _prefetch(vecs, rows[m + PREFETCH])
         i = rows[m]
         s = np.float32(0.0)
         for j in range(d):
@@ -145,10 +179,15 @@ def rerank_int8(vecs, rows, k, q, out):  # type: ignore[no-untyped-def]
         out[m] = s
 
 
-def threshold_for(hist: np.ndarray, scale: float, want: float) -> int:
-    """The smallest distance t whose sampled count at or under it, times `scale`, reaches `want`."""
-    reach = np.cumsum(hist) * scale
-    return int(min(np.searchsorted(reach, want), len(hist) - 1))
+@njit(nogil=True, cache=True)
+def threshold_for(hist, scale, want):  # type: ignore[no-untyped-def]
+    """The smallest distance t whose sampled count at or under it, times `scale`, reaches `want` (else the largest)."""
+    total = 0
+    for t in range(len(hist)):
+        total += hist[t]
+        if total * scale >= want:
+            return t
+    return len(hist) - 1
 
 
 def query_words(code: np.ndarray) -> np.ndarray:
@@ -168,4 +207,5 @@ def warm() -> None:
         dist = np.zeros(4, dtype=np.int32)
         k = scan_under(codes, q, codes, q, width * 8, 0, 4, rows, dist)
         top_by_distance(rows, dist, k, 2, width * 16, np.zeros(2, dtype=np.int64))
+        threshold_for(hist, 1.5, 2.0)
     rerank_int8(np.zeros((4, 3), dtype=np.int8), rows, 4, np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32))
