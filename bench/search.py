@@ -55,7 +55,7 @@ import common  # noqa: E402  (bench/ is not a package)
 
 from engine import calibration, codes, projection, scan  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
-from engine.hamming import HammingIndex  # noqa: E402
+from engine.hamming import DEFAULT_PREFILTER, SCAN_BYTES, HammingIndex  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
 from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
@@ -457,16 +457,19 @@ def code_model(name: str) -> codes.CodeModel:
     raise SystemExit(f"unknown code model {name!r}")
 
 
-def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped") -> HammingIndex:
-    """The engine's HammingIndex for the default recognizer, as Engine.open makes it."""
-    return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads)
+def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped",
+                  scan_bytes: int = SCAN_BYTES, prefilter: int = DEFAULT_PREFILTER) -> HammingIndex:
+    """The engine's HammingIndex for the default recognizer, as Engine.open makes it (other scan widths: --scan-bits)."""
+    return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads,
+                        scan_bytes=scan_bytes, prefilter=prefilter)
 
 
-def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str) -> dict[str, float]:
+def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str, scan_bytes: int = SCAN_BYTES,
+                       prefilter: int = DEFAULT_PREFILTER) -> dict[str, float]:
     """Start-up cost in a fresh process: HammingIndex.load(), RSS delta, keys()."""
     proj = index_projection(common.real_embeddings(), dims, basis) if dims else None
     with common.Stopwatch() as t_warm:
-        index = hamming_index(Path(path), proj, 1000, threads, codes_name)
+        index = hamming_index(Path(path), proj, 1000, threads, codes_name, scan_bytes, prefilter)
         scan.warm()  # the search kernels (numba), compiled or read from numba's cache: apart from the index's RSS
     gc.collect()
     rss0 = common.rss_bytes()
@@ -491,6 +494,7 @@ def hamming_bench(
     cands = [int(v) for v in str(args.candidates).split(",") if v.strip()]
     proj = index_projection(real, args.pca, args.basis) if args.pca else None
     common.emit(f"# search bench  index=hamming n={n} rerank={args.pca or NDIM}-d int8 scan_threads={args.scan_threads} "
+                f"scan_bits={args.scan_bits} prefilter={args.prefilter} "
                 f"queries={args.queries}")
     common.emit(f"# machine  start: {common.kv_line(m0)}")
     common.emit(f"# data  same-person cos mean real {fit['real_same_mean']:.3f} vs synthetic {synth['same_mean']:.3f}; "
@@ -498,8 +502,9 @@ def hamming_bench(
                 f"mates in exact top-10 per query {mates_in_top10:.2f} ({visible_mates:.1%} at cosine >= {args.threshold:g})")
     finals: list[dict[str, object]] = []
     for codes_name in str(args.codes).split(","):
-        path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash([n, args.seed, args.pca, args.basis, codes_name])}.idx"
-        index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name)
+        spec = [n, args.seed, args.pca, args.basis, codes_name] + ([args.scan_bits] if args.scan_bits != SCAN_BYTES * 8 else [])
+        path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash(spec)}.idx"
+        index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name, args.scan_bits // 8, args.prefilter)
         gc.collect()
         rss0 = common.rss_bytes()
         keys = np.arange(1, n + 1, dtype=np.int64)
@@ -513,7 +518,8 @@ def hamming_bench(
             index.save()
         file_bytes = path.stat().st_size
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads, codes_name).result()
+            startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads, codes_name,
+                                  args.scan_bits // 8, args.prefilter).result()
         logger.info("%s: built in %.1f s, saved in %.1f s; start-up: load %.2f s, +%.0f MB RSS", codes_name, t_build.s,
                     t_save.s, startup["load_s"], startup["load_rss_delta"] / 1e6)
         bpf = startup["loaded_memory_bytes"] / n
@@ -548,7 +554,8 @@ def hamming_bench(
             logger.info("%s", common.kv_line(row))
             finals.append({
                 "index": "hamming", "n": n, "codes": codes_name, "bits": index.code_model.bits, "ndim": index.ndim,
-                "candidates": c, "scan_threads": args.scan_threads, "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+                "candidates": c, "scan_threads": args.scan_threads, "scan_bits": args.scan_bits, "prefilter": args.prefilter,
+                "p50_ms": lat["p50"], "p99_ms": lat["p99"],
                 "cpu_p50_ms": lat_cpu["p50"], "mate_recall": row["mate_recall"], "recall10": row["recall10"],
                 f"p50_k{args.fetch}_ms": lat_f["p50"], f"mate_recall_k{args.fetch}": row[f"mate_recall_k{args.fetch}"],
                 "mate_recall_shown": row["mate_recall_shown"], "bytes_per_face": bpf,
@@ -594,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
                     "random256 / random512 (centred random rotation of all 512 dims); all fitted on the calib embeddings")
     ap.add_argument("--timed-queries", type=int, default=300,
                     help="hamming: single queries timed per candidates value (recall is scored on all --queries)")
+    ap.add_argument("--scan-bits", type=int, default=SCAN_BYTES * 8,
+                    help="hamming: bits of each code the exhaustive scan reads (a multiple of 8; the rest rank what it keeps)")
+    ap.add_argument("--prefilter", type=int, default=DEFAULT_PREFILTER,
+                    help="hamming: about how many codes the scan keeps for the second stage (HammingIndex.prefilter)")
     ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
                     help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")

@@ -345,7 +345,7 @@ class HammingIndex:
     def _header(self, n: int) -> dict[str, object]:
         return {"kind": "hamming", "format": FORMAT, "count": n, "codes": self.code_model.key,
                 "projection": self.projection_key, "input_dim": self.input_dim, "ndim": self.ndim,
-                "code_bytes": self.code_model.nbytes, "vector_dtype": "i8"}
+                "code_bytes": self.code_model.nbytes, "scan_bytes": self._scan_bytes, "vector_dtype": "i8"}
 
     def save(self, state: Mapping[str, object] | None = None) -> None:
         """Write the live rows atomically and record `state` in the sidecar; call it under the save lock
@@ -427,7 +427,8 @@ class HammingIndex:
                 raise ValueError("damaged header") from None
             if not isinstance(header, dict):
                 raise ValueError("damaged header")
-            for field in ("format", "codes", "projection", "input_dim", "ndim", "code_bytes", "vector_dtype"):
+            header.setdefault("scan_bytes", min(SCAN_BYTES, int(header.get("code_bytes", 0))))  # (files before it was recorded)
+            for field in ("format", "codes", "projection", "input_dim", "ndim", "code_bytes", "scan_bytes", "vector_dtype"):
                 if header.get(field) != want[field]:
                     raise ValueError(f"built with {field} {header.get(field)!r}, not {want[field]!r}")
             n = int(header.get("count", -1))

@@ -104,6 +104,15 @@ def scan_under(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-un
                     rows[k] = i
                     dist[k] = d
                 k += 1
+    elif w == 3:  # 192-bit scans (bench/search.py --scan-bits 192)
+        q0, q1, q2_0 = q[0], q[1], q[2]
+        for i in range(np.uint64(a), np.uint64(b)):
+            d = _popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1) + _popcount(codes[i, 2] ^ q2_0)
+            if d <= t:
+                if k < cap:
+                    rows[k] = i
+                    dist[k] = d
+                k += 1
     else:
         for i in range(np.uint64(a), np.uint64(b)):
             d = 0

@@ -213,6 +213,7 @@ def test_load_refuses_other_formats_models_and_damaged_files(tmp_path: Path, cap
     assert make(path, photo).load()
     assert not make(path, photo, bits=64).load()  # another code model
     assert not make(path, photo, dims=16).load()  # another projection
+    assert not make(path, photo, scan_bytes=2).load()  # the same codes split otherwise between scan and second stage
     good = path.read_bytes()
     flipped = bytearray(good)
     flipped[-5] ^= 1  # one bit of one face's vector
