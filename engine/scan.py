@@ -21,6 +21,20 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
+
+def _kernel(**options: object):  # type: ignore[no-untyped-def]
+    """njit(nogil=True, cache=True, **options); without a writable cache location (a read-only install and no writable
+    home: numba refuses cache=True then) the kernel is compiled afresh in each process instead (~6 s, on the warm-up thread)."""
+
+    def decorate(fn):  # type: ignore[no-untyped-def]
+        try:
+            return njit(nogil=True, cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(nogil=True, **options)(fn)
+
+    return decorate
+
+
 __all__ = ["as_words", "query_words", "warm", "rerank_int8", "sample_histogram", "scan_under", "threshold_for", "top_by_distance"]
 
 
@@ -70,7 +84,7 @@ def as_words(codes: np.ndarray) -> np.ndarray:
     return codes
 
 
-@njit(nogil=True, cache=True, boundscheck=False)
+@_kernel(boundscheck=False)
 def sample_histogram(codes, q, n, blocks, block, hist):  # type: ignore[no-untyped-def]
     """hist[d] += 1 for the Hamming distance d to q of each code in `blocks` runs of `block` consecutive codes spread
     evenly over the first n (runs, not single rows: read sequentially, ~4x faster than a strided sample)."""
@@ -84,7 +98,7 @@ def sample_histogram(codes, q, n, blocks, block, hist):  # type: ignore[no-untyp
             hist[d] += 1
 
 
-@njit(nogil=True, cache=True, boundscheck=False)
+@_kernel(boundscheck=False)
 def scan_under(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-untyped-def]
     """Rows i in [a, b) whose scanned code (codes[i]) is within Hamming distance t of q, written to rows, with their
     distance over all the bits (codes[i] to q plus codes2[i] to q2: the second stage, read only for the rows kept, after
@@ -144,7 +158,7 @@ def scan_under(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-un
     return k
 
 
-@njit(nogil=True, cache=True, boundscheck=False)
+@_kernel(boundscheck=False)
 def top_by_distance(rows, dist, k, want, maxd, out):  # type: ignore[no-untyped-def]
     """The `want` rows of rows[:k] with the smallest dist (ties at the cut broken by position), into out;
     returns how many were written (min(want, k)). A counting selection: distances are small integers <= maxd."""
@@ -174,7 +188,7 @@ def top_by_distance(rows, dist, k, want, maxd, out):  # type: ignore[no-untyped-
     return o
 
 
-@njit(nogil=True, cache=True, boundscheck=False, fastmath=True)
+@_kernel(boundscheck=False, fastmath=True)
 def rerank_int8(vecs, rows, k, q, out):  # type: ignore[no-untyped-def]
     """out[m] = vecs[rows[m]] . q for m < k (vecs (n, d) int8, q (d,) float32), read in place: no gathered copy."""
     d = vecs.shape[1]
@@ -188,7 +202,7 @@ def rerank_int8(vecs, rows, k, q, out):  # type: ignore[no-untyped-def]
         out[m] = s
 
 
-@njit(nogil=True, cache=True)
+@_kernel()
 def threshold_for(hist, scale, want):  # type: ignore[no-untyped-def]
     """The smallest distance t whose sampled count at or under it, times `scale`, reaches `want` (else the largest)."""
     total = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import codes, hamming, integrity, projection, scan
+from engine import codes, hamming, integrity, projection
 from engine.hamming import MAGIC, HammingIndex, saved_keys
 from engine.index import UsearchIndex, read_sidecar
 
@@ -263,3 +263,25 @@ async def test_engine_rebuilds_on_an_index_format_change_and_says_so(gallery_cop
     engine = await Engine.open(make_config(gallery_copy))  # and the next start just loads it
     await engine.close()
     assert "consistent with the database" in caplog.text and "rebuil" not in caplog.text
+
+
+def test_scan_kernels_work_where_numba_cannot_cache() -> None:
+    """A read-only install with no writable home: numba refuses cache=True there, so the kernels compile in-process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba.core.caching as c\n"
+        "c.CacheImpl._locator_classes = []  # as when neither the package nor a user cache folder is writable\n"
+        "import numpy as np\n"
+        "from engine import scan\n"
+        "scan.warm()\n"
+        "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
+        "rows, dist = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int32)\n"
+        "k = scan.scan_under(codes, codes[1], codes[:, :0], codes[1, :0], 0, 0, 2, rows, dist)\n"
+        "print(type(scan.scan_under._cache).__name__, k, rows[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["NullCache", "1", "1"]  # not cached, and row 1 is the only code at distance 0
