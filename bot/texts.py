@@ -17,6 +17,7 @@ from engine import (
     FaceIndexError,
     Hit,
     ImageRejected,
+    IndexUnavailable,
     InvalidArgument,
     ModelError,
     NoFaceFound,
@@ -193,6 +194,8 @@ ERRORS: dict[type[EngineError], str] = {
     CaseRequired: NEED_CASE,
     ModelError: "The search service is not working (face models). An administrator has to check the server.",
     StorageError: "The search service is not working (storage). An administrator has to check the server.",
+    IndexUnavailable: "The search service cannot reach its index server right now, so nothing was done. "
+    "Try again in a minute; if it keeps failing, an administrator has to check the server (sightline doctor).",
     EngineError: "That failed: {detail}.",
 }
 

@@ -9,6 +9,7 @@ from .errors import (
     EngineError,
     FaceIndexError,
     ImageRejected,
+    IndexUnavailable,
     InvalidArgument,
     ModelError,
     NoFaceFound,
@@ -32,5 +33,5 @@ from .types import (
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
     "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
-    "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
+    "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "IndexUnavailable", "User",
 ]

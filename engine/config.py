@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
@@ -59,6 +59,11 @@ class EngineConfig:
     index_connectivity: int = 32
     index_expansion_add: int = 128
     index_expansion_search: int | None = None  # None: grows with the gallery (engine.index.auto_expansion)
+    index_backend: str = "usearch"  # usearch (a file in data_dir) | milvus (a collection on a Milvus server)
+    milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_token: str = field(default="", repr=False)  # "user:password" or an API key; a secret
+    milvus_collection: str = "sightline_faces"
+    milvus_timeout: float = 5.0  # seconds for each call to the server (flush/compaction: 120 s)
     thumbnail_size: int = 112
     require_case: bool = True
     default_retention_days: int | None = None  # gallery images expire after this many days if set

@@ -17,10 +17,10 @@ import numpy as np
 from . import calibration as calib
 from . import projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
+from .errors import CaseRequired, FaceIndexError, IndexUnavailable, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
 from .faces import FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
-from .index import UsearchIndex
+from .index import VectorIndex, open_index
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
@@ -81,7 +81,7 @@ class Engine:
     def __init__(
         self,
         faces: FaceModel,
-        index: UsearchIndex,
+        index: VectorIndex,
         store: MetadataStore,
         config: EngineConfig,
         calibration: calib.Calibration | None,
@@ -94,6 +94,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
+        self._unremoved: set[int] = set()  # erased face ids the index server could not delete yet (retried)
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -119,23 +120,25 @@ class Engine:
         """Load the models, open the database, restore (or repair) the index."""
         faces = await asyncio.to_thread(FaceModel, config)
         store = await MetadataStore.open(config.db_path)
-        index = UsearchIndex(
-            config.index_path,
-            dtype=config.index_dtype,
-            connectivity=config.index_connectivity,
-            expansion_add=config.index_expansion_add,
-            expansion_search=config.index_expansion_search,
-            projection=projection.for_model(faces.recognizer_sha256, config.index_dims),
-        )
+        index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))
         engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
-        await engine.reconcile_index()
+        try:
+            await engine.reconcile_index()
+        except BaseException:
+            index.close()
+            await store.close()
+            engine._executor.shutdown(wait=False)
+            raise
         return engine
 
     async def close(self) -> None:
         """Save the index if it changed and close the database."""
-        await self.save_index()
-        await self.store.close()
-        self._executor.shutdown(wait=True)
+        try:
+            await self.save_index()
+        finally:
+            self.index.close()
+            await self.store.close()
+            self._executor.shutdown(wait=True)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -157,12 +160,15 @@ class Engine:
             db_ids = await self.store.face_ids()
             extra = np.setdiff1d(keys, db_ids, assume_unique=True)
             missing = np.setdiff1d(db_ids, keys, assume_unique=True)
-            if len(extra) == 0:
+            if len(extra) == 0 or self.index.backend == "milvus":  # Milvus deletes without leaving slots behind
+                if len(extra):
+                    logger.warning("index holds %d faces the database does not: removing them", len(extra))
+                    await self._cpu(self.index.remove, extra)
                 logger.warning("index is missing %d faces the database has: adding them", len(missing))
                 async for ids, vecs in self.store.iter_embeddings(only=missing):
                     await self._cpu(self.index.add, ids, vecs)
                 await asyncio.to_thread(self.index.save)
-                return f"repaired: added {len(missing)}"
+                return f"repaired: added {len(missing)}, removed {len(extra)}"
             logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
         else:
             if count:
@@ -172,14 +178,7 @@ class Engine:
 
     async def rebuild_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Build a fresh index from the database's embeddings and save it over the old one."""
-        fresh = UsearchIndex(
-            self.index.path,
-            dtype=self.index.dtype,
-            connectivity=self.index.connectivity,
-            expansion_add=self.index.expansion_add,
-            expansion_search=self.index.expansion_search,
-            projection=self.index.projection,
-        )
+        fresh = await asyncio.to_thread(self.index.fresh)  # Milvus: the collection is dropped and created empty
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -191,14 +190,28 @@ class Engine:
             now = time.monotonic()
             if now - last_log >= 30 and n < total:  # a 1 M-face rebuild takes many minutes: say how far it is
                 rate = n / (now - started)
-                logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f min left",
-                            n, total, 100 * n / total, (total - n) / rate / 60)
+                logger.info("rebuilding the %s index: %d of %d faces (%.0f%%), about %.0f min left",
+                            fresh.backend, n, total, 100 * n / total, (total - n) / rate / 60)
                 last_log = now
         await asyncio.to_thread(fresh.save)
-        logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
+        logger.info("%s index rebuilt: %d faces in %.0f s", fresh.backend, n, time.monotonic() - started)
         self.index = fresh
         self._dirty = 0
         return n
+
+    async def _remove_unremoved(self) -> None:
+        """Delete from the index the erased faces it still holds (called under the write lock)."""
+        if not self._unremoved:
+            return
+        ids = np.asarray(sorted(self._unremoved), dtype=np.int64)
+        try:
+            await self._cpu(self.index.remove, ids)
+            await asyncio.to_thread(self.index.save)
+        except IndexUnavailable as exc:
+            logger.error("%d erased faces are gone from the database but not yet from the index (retried on the "
+                         "next change and at start-up): %s", len(ids), exc)
+            return
+        self._unremoved.difference_update(ids.tolist())
 
     async def save_index(self) -> None:
         """Save the index if it has unsaved changes."""
@@ -291,6 +304,7 @@ class Engine:
             return Enrollment(existing, sha, 0, subject, duplicate=True)
         decoded, rows = await self._cpu(self._prepare_enrollment, image, subject)
         async with self._write:
+            await self._remove_unremoved()
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
                 return Enrollment(existing, sha, 0, subject, duplicate=True)
@@ -299,7 +313,11 @@ class Engine:
                 notes=notes, size=decoded.original_size, faces=rows,
             )
             vecs = np.stack([r.embedding for r in rows])
-            await self._cpu(self.index.add, np.asarray(face_ids, dtype=np.int64), vecs)
+            try:
+                await self._cpu(self.index.add, np.asarray(face_ids, dtype=np.int64), vecs)
+            except IndexUnavailable:
+                await self.store.delete_images([image_id])  # nothing half-done: the image is not in the gallery
+                raise
             self._dirty += len(rows)
             if save:
                 await asyncio.to_thread(self.index.save)
@@ -346,8 +364,8 @@ class Engine:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
             raise
         cut = self.threshold_possible if threshold is None else threshold
-        hits = await self._hits(vec, top, cut)
-        gallery = len(self.index)
+        gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
+        hits = await self._hits(vec, top, cut, gallery)
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
@@ -391,9 +409,10 @@ class Engine:
         _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec
 
-    async def _hits(self, vec: np.ndarray, top: int, cut: float) -> list[Hit]:
+    async def _hits(self, vec: np.ndarray, top: int, cut: float, gallery: int) -> list[Hit]:
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
-        want = min(max(top * 4, 40), max(len(self.index), 1))
+        # Ids the database no longer has (erased meanwhile, or unknown to it) are dropped here.
+        want = min(max(top * 4, 40), max(gallery, 1))
         keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
         scored = sorted(
@@ -401,7 +420,6 @@ class Engine:
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
-        gallery = len(self.index)
         for sim, r in scored:
             if sim < cut or len(hits) >= top:
                 break
@@ -450,9 +468,11 @@ class Engine:
     async def _erase(self, image_ids: list[int]) -> Erasure:
         async with self._write:
             face_ids = await self.store.delete_images(image_ids)
-            # remove() also overwrites the freed slots, so the saved file keeps nothing of these faces.
-            await self._cpu(self.index.remove, np.asarray(face_ids, dtype=np.int64))
-            await asyncio.to_thread(self.index.save)
+            # remove() also overwrites the freed slots (usearch) or compacts them away (Milvus), so nothing of
+            # these faces stays in the index's storage. The database no longer has them either way, so no search
+            # can return them; an index server that cannot be reached gets the deletion on a later call.
+            self._unremoved.update(int(f) for f in face_ids)
+            await self._remove_unremoved()
             self._dirty = 0
         return Erasure(images=len(image_ids), faces=len(face_ids), image_ids=tuple(image_ids))
 
@@ -527,11 +547,15 @@ class Engine:
         c = await self.store.counts()
         db = self.config.db_path
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+        index = self.index
+        ef, memory = await asyncio.to_thread(lambda: (index.ef, index.memory_bytes()))
         return Stats(
             images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
             db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
-            index_dims=self.index.ndim, index_ef=self.index.ef, index_memory_bytes=self.index.memory_bytes(),
+            index_dims=self.index.ndim, index_ef=ef, index_memory_bytes=memory,
+            index_backend=self.index.backend, index_where=getattr(self.index, "where", str(self.config.index_path)),
+            index_latency_ms=self.index.last_latency_ms,
         )
 
 

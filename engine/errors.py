@@ -51,3 +51,8 @@ class CaseRequired(EngineError):
 
 class StorageError(EngineError):
     """The data directory cannot be used (permissions, corrupt database)."""
+
+
+class IndexUnavailable(EngineError):
+    """The vector index server (Milvus) is unreachable, too slow or refused the request; nothing was changed
+    in the gallery by the failed call. The message says what failed, for the log and `sightline doctor`."""

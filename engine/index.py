@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from .config import EngineConfig
     from .projection import Projection
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ def auto_expansion(faces: int) -> int:
         return AUTO_EF_MIN
     ef = AUTO_EF_MIN * (faces / 100_000) ** _AUTO_EF_EXPONENT
     return int(min(AUTO_EF_MAX, math.ceil(ef / 16 - 1e-9) * 16))
+
+
+def prepare(vectors: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """What every index backend stores and searches for full embeddings (rows or one vector): their projection
+    (L2-normalised float32) when there is one, else the embeddings as float32. The one place that decides it."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return projection.apply(v) if projection is not None else v
 
 
 class SharedLock:
@@ -87,15 +96,25 @@ class SharedLock:
 
 
 class VectorIndex(Protocol):
-    """What the engine needs from a nearest-neighbour index (a scale-out backend implements the same)."""
+    """What the engine needs from a nearest-neighbour index: UsearchIndex here, MilvusIndex (engine/milvus_index.py)."""
 
+    backend: str
+    ndim: int
+    scrubbed: int
+
+    @property
+    def ef(self) -> int: ...
     def __len__(self) -> int: ...
+    def load(self) -> bool: ...
+    def fresh(self) -> VectorIndex: ...
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, keys: np.ndarray) -> None: ...
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]: ...
     def keys(self) -> np.ndarray: ...
     def save(self) -> None: ...
     def memory_bytes(self) -> int: ...
+    def file_bytes(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class UsearchIndex:
@@ -105,6 +124,9 @@ class UsearchIndex:
     `projection.dims` dimensions) on the way in, for both `add` and `search`. A sidecar file
     (`<path>.json`) records which projection built the saved index, so a different one is never mixed in.
     """
+
+    backend = "usearch"
+    last_latency_ms: float | None = None
 
     def __init__(
         self,
@@ -196,6 +218,15 @@ class UsearchIndex:
             side_tmp.write_text(json.dumps(meta) + "\n")
             os.replace(side_tmp, self.sidecar_path)
 
+    def fresh(self) -> UsearchIndex:
+        """An empty index with the same settings and path (saving it replaces the old file)."""
+        return UsearchIndex(self.path, dtype=self.dtype, connectivity=self.connectivity, expansion_add=self.expansion_add,
+                            expansion_search=self.expansion_search, projection=self.projection,
+                            ndim=self.ndim)
+
+    def close(self) -> None:
+        """Nothing to release (the engine saves before closing)."""
+
     def reset(self) -> None:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
         with self._lock.exclusive():
@@ -212,8 +243,7 @@ class UsearchIndex:
         return self._scrubs
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        v = np.asarray(vectors, dtype=np.float32)
-        return self.projection.apply(v) if self.projection is not None else v
+        return prepare(vectors, self.projection)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add full embeddings under their face ids."""
@@ -259,10 +289,12 @@ class UsearchIndex:
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
         v = self._prepare(vector)
+        started = time.perf_counter()
         with self._lock.shared():
             if len(self._index) == 0:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             m = self._index.search(v, count)
+        self.last_latency_ms = (time.perf_counter() - started) * 1000
         return np.asarray(m.keys, dtype=np.int64), 1.0 - np.asarray(m.distances, dtype=np.float32)
 
     def memory_bytes(self) -> int:
@@ -272,6 +304,22 @@ class UsearchIndex:
     def file_bytes(self) -> int:
         """Bytes of the saved file (0 if not saved)."""
         return self.path.stat().st_size if self.path.exists() else 0
+
+
+def open_index(config: EngineConfig, projection: Projection | None) -> VectorIndex:
+    """The index backend the configuration names (`index_backend`: usearch | milvus), not yet loaded."""
+    if config.index_backend == "milvus":
+        from .milvus_index import MilvusIndex
+
+        return MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token,
+                           connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
+                           expansion_search=config.index_expansion_search, projection=projection,
+                           timeout=config.milvus_timeout)
+    if config.index_backend != "usearch":
+        raise ValueError(f"index_backend must be usearch or milvus, not {config.index_backend!r}")
+    return UsearchIndex(config.index_path, dtype=config.index_dtype, connectivity=config.index_connectivity,
+                        expansion_add=config.index_expansion_add, expansion_search=config.index_expansion_search,
+                        projection=projection)
 
 
 def sidecar_path(index_path: Path) -> Path:

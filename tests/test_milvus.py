@@ -1,0 +1,258 @@
+"""The Milvus index backend against a real Milvus server (tests/conftest.py `milvus_server`): the same guarantees
+as the embedded usearch index — consistency with SQLite at start-up, physical erasure, no erased or unknown face
+in any answer, several engines on one collection, and a clear error within seconds when the server is away."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import dev_identities, milvus_config, milvus_collection_for
+from engine import Engine, IndexUnavailable
+from engine.index import prepare
+from engine.milvus_index import MilvusIndex
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def raw_client(server: Any) -> Any:
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri=server.uri, timeout=10)
+
+
+def files_holding(root: Path, needles: list[bytes]) -> list[str]:
+    """Every file under `root` that contains any of the byte strings."""
+    found = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            try:
+                data = path.read_bytes()
+            except OSError:  # a file removed while we walk
+                continue
+            if any(n in data for n in needles):
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def mirrored(path: Path) -> bytes:
+    """The photo mirrored: a face embedding no other test puts into the server."""
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(path).convert("RGB")).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP port on 127.0.0.1 that accepts connections and never answers: a hung server."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    sock.close()
+
+
+# -- the index on its own ------------------------------------------------------------------------------------
+def test_add_search_keys_remove_and_reload(milvus_server: Any) -> None:
+    idx = MilvusIndex(milvus_server.uri, "t_unit_basic", ndim=16)
+    idx.reset()
+    vecs = unit(np.random.default_rng(1).standard_normal((20_000, 16)))  # more than one page of ids (16,384)
+    keys = np.arange(5, 20_005, dtype=np.int64)
+    idx.add(keys, vecs)
+    idx.add(keys[:10], vecs[:10])  # adding again replaces: ids stay unique
+    assert len(idx) == 20_000
+    assert np.array_equal(idx.keys(), keys)
+    found, sims = idx.search(vecs[123], 5)
+    assert found[0] == keys[123] and sims[0] == pytest.approx(1.0, abs=1e-4)
+    idx.remove(np.array([keys[123], 999_999_999]))  # absent ids are ignored
+    found, _ = idx.search(vecs[123], 5)
+    assert keys[123] not in found.tolist() and len(idx) == 19_999
+    again = MilvusIndex(milvus_server.uri, "t_unit_basic", ndim=16)
+    assert again.load() and len(again) == 19_999
+    other = MilvusIndex(milvus_server.uri, "t_unit_basic", ndim=8)  # another shape: refused, rebuilt by the engine
+    assert not other.load()
+    assert not MilvusIndex(milvus_server.uri, "t_unit_missing", ndim=16).load()
+    idx.close()
+
+
+# -- start-up consistency ------------------------------------------------------------------------------------
+async def test_startup_builds_repairs_and_rebuilds_the_collection(
+    gallery_copy: Path, milvus_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = milvus_config(gallery_copy, milvus_server)
+    caplog.set_level(logging.INFO)
+    engine = await Engine.open(config)  # no collection yet: built from the database
+    try:
+        db_ids = await engine.store.face_ids()
+        assert np.array_equal(engine.index.keys(), np.sort(db_ids))
+        assert "does not exist: it will be built from the database" in caplog.text
+        assert f"milvus index rebuilt: {len(db_ids)} faces" in caplog.text
+    finally:
+        await engine.close()
+
+    # Behind the engine's back: two faces lost, one face the database never had.
+    c = raw_client(milvus_server)
+    lost = [int(db_ids[0]), int(db_ids[5])]
+    c.delete(config.milvus_collection, ids=lost)
+    c.insert(config.milvus_collection, [{"id": 10_000_000, "vector": unit(np.ones((1, 192)))[0].tolist()}])
+    caplog.clear()
+    engine = await Engine.open(config)
+    try:
+        assert np.array_equal(engine.index.keys(), np.sort(db_ids))
+        assert "index holds 1 faces the database does not: removing them" in caplog.text
+        assert "index is missing 2 faces the database has: adding them" in caplog.text
+    finally:
+        await engine.close()
+
+    # The collection lost altogether (a wiped server): rebuilt, with the progress in the log.
+    c.drop_collection(config.milvus_collection)
+    c.close()
+    caplog.clear()
+    engine = await Engine.open(config)
+    try:
+        assert np.array_equal(engine.index.keys(), np.sort(db_ids))
+        assert f"milvus index rebuilt: {len(db_ids)} faces" in caplog.text
+        hit = (await engine.search(dev_identities()["Ariel_Sharon"][1].read_bytes(), actor="t")).hits[0]
+        assert hit.subject == "Ariel_Sharon"
+    finally:
+        await engine.close()
+
+
+# -- erasure -------------------------------------------------------------------------------------------------
+async def test_forget_removes_the_vectors_from_the_servers_storage(gallery_copy: Path, milvus_server: Any) -> None:
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server))
+    try:
+        photo = dev_identities()["Colin_Powell"][2]
+        await engine.enroll(mirrored(photo), source_url="https://gallery.example/erase-me.jpg", subject="Erase Me")
+        rows = await engine.store.faces_by_ids((await engine.store.face_ids()).tolist())
+        mine = [r for r in rows.values() if r.source_url == "https://gallery.example/erase-me.jpg"]
+        assert mine
+        stored = [prepare(r.embedding, engine.index.projection).tobytes() for r in mine]  # what Milvus holds
+        needles = [s[:64] for s in stored]  # 16 float32s of each vector: never found by chance
+        assert files_holding(milvus_server.storage_dir, needles), "the enrolled vectors should be in the server's files"
+
+        await engine.forget(subject="Erase Me", actor="t")
+        erased = {r.face_id for r in mine}
+        keys, _ = await asyncio.to_thread(engine.index.search, mine[0].embedding, 50)
+        assert not erased & set(keys.tolist())
+        result = await engine.search(mirrored(photo), actor="t", threshold=-1.0, top=50)
+        assert not erased & {h.face_id for h in result.hits}
+
+        # Compacted segments' files are collected after gc.dropTolerance, the message log's pages after
+        # rocksmq.retentionTimeInMinutes (engine/milvus_server.py: seconds); wait for both, bounded.
+        deadline = time.monotonic() + 120
+        while (left := files_holding(milvus_server.storage_dir, needles)) and time.monotonic() < deadline:
+            await asyncio.sleep(2)
+        assert not left, f"erased vectors still in the server's storage: {left}"
+    finally:
+        await engine.close()
+
+
+async def test_no_answer_holds_an_unknown_face_id(gallery_copy: Path, milvus_server: Any) -> None:
+    config = milvus_config(gallery_copy, milvus_server)
+    engine = await Engine.open(config)
+    try:
+        probe = dev_identities()["Elon_Musk"][1].read_bytes()
+        vec = await engine.query_embedding(probe)
+        # A vector the database does not know, written straight into the collection: the best candidate there is.
+        c = raw_client(milvus_server)
+        c.insert(config.milvus_collection, [{"id": 77_777_777, "vector": prepare(vec, engine.index.projection).tolist()}])
+        c.flush(config.milvus_collection)
+        c.close()
+        keys, _ = await asyncio.to_thread(engine.index.search, vec, 5)
+        assert keys[0] == 77_777_777
+        result = await engine.search(probe, actor="t", threshold=-1.0, top=20)
+        assert 77_777_777 not in {h.face_id for h in result.hits}
+        assert result.hits[0].subject == "Elon_Musk"
+    finally:
+        await engine.close()
+
+
+async def test_two_engines_share_one_collection(gallery_copy: Path, milvus_server: Any) -> None:
+    config = milvus_config(gallery_copy, milvus_server)
+    first = await Engine.open(config)
+    second = await Engine.open(config)
+    try:
+        photo = dev_identities()["George_W_Bush"][3]
+        probe = dev_identities()["George_W_Bush"][4].read_bytes()
+        await first.enroll(mirrored(photo), source_url="https://gallery.example/shared.jpg", subject="Shared One")
+        assert any(h.subject == "Shared One" for h in (await second.search(probe, actor="t", top=10)).hits)
+        await second.forget(subject="Shared One", actor="t")
+        assert all(h.subject != "Shared One" for h in (await first.search(probe, actor="t", top=10, threshold=-1)).hits)
+        db_ids = np.sort(await first.store.face_ids())
+        assert np.array_equal(first.index.keys(), db_ids) and np.array_equal(second.index.keys(), db_ids)
+    finally:
+        await first.close()
+        await second.close()
+
+
+# -- the server away -----------------------------------------------------------------------------------------
+async def test_unreachable_or_hung_server_is_a_clear_error_within_seconds(
+    gallery_copy: Path, milvus_server: Any, black_hole: str
+) -> None:
+    for uri in (black_hole, "http://127.0.0.1:9"):  # hung, then refused (nothing listens on port 9)
+        started = time.monotonic()
+        with pytest.raises(IndexUnavailable, match="did not answer"):
+            await Engine.open(milvus_config(gallery_copy, milvus_server, milvus_uri=uri, milvus_timeout=2.0))
+        assert time.monotonic() - started < 15
+
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server, milvus_timeout=2.0))
+    try:
+        before = (await engine.store.counts())["images"]
+        engine.index.uri = black_hole  # the server hangs from now on
+        engine.index.close()
+        probe = dev_identities()["Ariel_Sharon"][1].read_bytes()
+        started = time.monotonic()
+        with pytest.raises(IndexUnavailable):
+            await engine.search(probe, actor="t")
+        with pytest.raises(IndexUnavailable):
+            await engine.enroll(mirrored(dev_identities()["Ariel_Sharon"][2]), source_url="https://gallery.example/x.jpg")
+        assert time.monotonic() - started < 30
+        assert (await engine.store.counts())["images"] == before  # the failed enrolment left nothing behind
+        # An erasure still happens in the database (no search can return the faces) and reaches the index later.
+        await engine.forget(subject="Ariel_Sharon", actor="t")
+        assert engine._unremoved
+        engine.index.uri = milvus_server.uri
+        engine.index.close()
+        await engine.enroll(mirrored(dev_identities()["Ariel_Sharon"][2]), source_url="https://gallery.example/x.jpg")
+        assert not engine._unremoved
+        assert np.array_equal(engine.index.keys(), np.sort(await engine.store.face_ids()))
+    finally:
+        engine.index.uri = milvus_server.uri
+        await engine.close()
+
+
+def test_collection_names_are_per_data_dir(tmp_path: Path) -> None:
+    assert milvus_collection_for(tmp_path / "a") != milvus_collection_for(tmp_path / "b")
