@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import dev_identities, milvus_config, milvus_collection_for
+from conftest import dev_identities, milvus_collection_for, milvus_config
 from engine import Engine, IndexUnavailable
 from engine.index import prepare
 from engine.milvus_index import MilvusIndex
