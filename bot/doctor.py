@@ -128,6 +128,8 @@ async def check_database_and_index(config: EngineConfig) -> list[Check]:
         f"{counts['images']} images, {counts['faces']} faces, {counts['users']} users, "
         f"{counts['audit_entries']} audit entries; quick_check ok",
     )
+    if config.index_backend == "milvus":
+        return [database, await asyncio.to_thread(check_milvus, config, count, key_sum)]
     fp = await asyncio.to_thread(index_fingerprint, config.index_path)
     if fp is None:
         if count == 0:
@@ -144,6 +146,37 @@ async def check_database_and_index(config: EngineConfig) -> list[Check]:
         "index", "warn",
         f"the index holds {fp.faces} faces, the database {count}: the engine repairs the index at start",
     )]
+
+
+def check_milvus(config: EngineConfig, count: int, key_sum: int) -> Check:
+    """Reach the Milvus server within its timeout and compare the collection's faces with the database's."""
+    from engine.errors import IndexUnavailable
+    from engine.milvus_index import MilvusIndex
+
+    index = MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token, timeout=config.milvus_timeout)
+    where = index.where
+    try:
+        version = index.ping()
+        meta = index.stored_meta()
+        if meta is None:
+            if count == 0:
+                return Check("index", "ok", f"{where} (Milvus {version}): no collection yet (the gallery is empty)")
+            return Check("index", "warn", f"{where} (Milvus {version}): the collection is missing; the engine "
+                         f"builds it from the {count} faces at start")
+        index.ndim = int(meta.get("ndim", 0) or 0)
+        index._call("collection load", lambda c: c.load_collection(index.collection, timeout=index.slow_timeout))
+        keys = index.keys()
+    except IndexUnavailable as exc:
+        return Check("index", "fail", f"{exc}. Is the server running and SIGHTLINE_MILVUS_URI right? (the timeout is "
+                     f"SIGHTLINE_MILVUS_TIMEOUT={config.milvus_timeout:g} s)")
+    finally:
+        index.close()
+    projected = meta.get("projection")
+    shape = f"projected to {str(projected).split(':')[0]} dims" if projected else "full vectors"
+    if (len(keys), int(keys.sum())) == (count, key_sum):
+        return Check("index", "ok", f"{where} (Milvus {version}): {count} faces ({shape}), consistent with the database")
+    return Check("index", "warn", f"{where} holds {len(keys)} faces, the database {count}: the engine repairs the "
+                 "collection at start")
 
 
 def _quick_check(db: Path) -> str | None:

@@ -18,7 +18,7 @@ from . import calibration as calib
 from . import projection
 from .config import EngineConfig
 from .errors import CaseRequired, FaceIndexError, IndexUnavailable, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
-from .faces import FaceModel, RawFace, primary_face, to_original_box
+from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import VectorIndex, open_index
 from .store import FaceRow, MetadataStore, now_iso
@@ -549,6 +549,10 @@ class Engine:
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         index = self.index
         ef, memory = await asyncio.to_thread(lambda: (index.ef, index.memory_bytes()))
+        if index.last_latency_ms is None and c["faces"]:  # one lookup, so that the latency is known
+            probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+            probe[0] = 1.0
+            await self._cpu(index.search, probe, 10)
         return Stats(
             images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],

@@ -126,7 +126,6 @@ class UsearchIndex:
     """
 
     backend = "usearch"
-    last_latency_ms: float | None = None
 
     def __init__(
         self,
@@ -148,6 +147,9 @@ class UsearchIndex:
         self._lock = SharedLock()  # searches share it; add, remove and swaps take it alone
         self._index = self._new()
         self._scrubs = 0
+        self.last_latency_ms: float | None = None  # of the last search (stats, /metrics)
+        self.lookups = 0  # searches so far, and their total seconds (/metrics)
+        self.lookup_seconds = 0.0
 
     def _new(self):  # type: ignore[no-untyped-def]
         from usearch.index import Index
@@ -271,6 +273,15 @@ class UsearchIndex:
             self._scrubs += len(present)
             self._set_ef()
 
+    def _timed(self, seconds: float) -> None:
+        self.last_latency_ms = seconds * 1000
+        self.lookups += 1
+        self.lookup_seconds += seconds
+
+    def cached_len(self) -> int:
+        """The number of faces, without waiting for anything (for /metrics)."""
+        return len(self)
+
     def _set_ef(self) -> None:
         """Keep usearch's search breadth at `ef` (called under the exclusive lock, after the size changed)."""
         ef = self.ef
@@ -294,7 +305,7 @@ class UsearchIndex:
             if len(self._index) == 0:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             m = self._index.search(v, count)
-        self.last_latency_ms = (time.perf_counter() - started) * 1000
+        self._timed(time.perf_counter() - started)
         return np.asarray(m.keys, dtype=np.int64), 1.0 - np.asarray(m.distances, dtype=np.float32)
 
     def memory_bytes(self) -> int:

@@ -64,6 +64,9 @@ class MilvusIndex:
         projection: Projection | None = None,
         timeout: float = 5.0,
         slow_timeout: float = 120.0,
+        index_type: str = "HNSW",
+        nlist: int = 1024,
+        nprobe: int = 64,
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -76,12 +79,19 @@ class MilvusIndex:
         self.expansion_search = expansion_search  # None: auto_expansion(len(self)), as usearch
         self.timeout = timeout
         self.slow_timeout = slow_timeout
+        if index_type not in ("HNSW", "IVF_FLAT", "IVF_SQ8"):
+            raise ValueError(f"index_type must be HNSW, IVF_FLAT or IVF_SQ8, not {index_type!r}")
+        self.index_type = index_type  # HNSW: measured best for faces (bench/RESULTS.md); IVF_*: for the bench
+        self.nlist = nlist
+        self.nprobe = nprobe
         self.scrubbed = 0  # Milvus compacts deletions away: no scrub slots (the engine reads this)
         self.path = None  # no local file
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._count: tuple[float, int] | None = None  # (monotonic time, count) cached for COUNT_TTL
         self.last_latency_ms: float | None = None  # of the last search, for stats and /metrics
+        self.lookups = 0  # searches so far, and their total seconds (/metrics)
+        self.lookup_seconds = 0.0
 
     COUNT_TTL = 1.0
 
@@ -147,8 +157,9 @@ class MilvusIndex:
         schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.ndim)
         params = c.prepare_index_params()
-        params.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="IP",
-                         params={"M": self.connectivity, "efConstruction": self.expansion_add})
+        build = ({"M": self.connectivity, "efConstruction": self.expansion_add} if self.index_type == "HNSW"
+                 else {"nlist": self.nlist})
+        params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type="IP", params=build)
         c.create_collection(self.collection, schema=schema, index_params=params, timeout=self.slow_timeout,
                             consistency_level="Session")
         c.load_collection(self.collection, timeout=self.slow_timeout)
@@ -192,7 +203,8 @@ class MilvusIndex:
     def fresh(self) -> MilvusIndex:
         """An empty collection of the same name and settings (the old contents are dropped)."""
         new = MilvusIndex(self.uri, self.collection, self._token, self.ndim, self.connectivity, self.expansion_add,
-                          self.expansion_search, self.projection, self.timeout, self.slow_timeout)
+                          self.expansion_search, self.projection, self.timeout, self.slow_timeout, self.index_type,
+                          self.nlist, self.nprobe)
         new.reset()
         return new
 
@@ -210,6 +222,10 @@ class MilvusIndex:
         n = int(rows[0]["count(*)"]) if rows else 0
         self._count = (time.monotonic(), n)
         return n
+
+    def cached_len(self) -> int:
+        """The last count read from the server (-1: none yet), without a call (for /metrics)."""
+        return self._count[1] if self._count is not None else -1
 
     @property
     def ef(self) -> int:
@@ -287,16 +303,26 @@ class MilvusIndex:
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
         v = prepare(vector, self.projection).reshape(-1).tolist()
-        ef = max(self.ef, count, AUTO_EF_MIN)
+        params = {"ef": max(self.ef, count, AUTO_EF_MIN)} if self.index_type == "HNSW" else {"nprobe": self.nprobe}
         started = time.perf_counter()
         res = self._call("search", lambda c: c.search(
             self.collection, [v], limit=count, output_fields=[], timeout=self.timeout,
-            search_params={"metric_type": "IP", "params": {"ef": ef}}, consistency_level="Session"))
-        self.last_latency_ms = (time.perf_counter() - started) * 1000
+            search_params={"metric_type": "IP", "params": params}, consistency_level="Session"))
+        seconds = time.perf_counter() - started
+        self.last_latency_ms = seconds * 1000
+        self.lookups += 1
+        self.lookup_seconds += seconds
         hits = res[0] if res else []
         keys = np.asarray([int(h["id"]) for h in hits], dtype=np.int64)
         sims = np.asarray([float(h["distance"]) for h in hits], dtype=np.float32)
         return keys, sims
+
+    def index_progress(self) -> tuple[int, int]:
+        """(rows indexed, rows in sealed segments) of the vector index: the server builds it after a flush."""
+        def fn(c: Any) -> tuple[int, int]:
+            info = c.describe_index(self.collection, VECTOR_FIELD, timeout=self.timeout) or {}
+            return int(info.get("indexed_rows", 0)), int(info.get("total_rows", 0))
+        return self._call("index check", fn)
 
     def ping(self) -> str:
         """The server's version (raises IndexUnavailable when it does not answer within the timeout)."""

@@ -182,3 +182,41 @@ class LocalMilvus:
         if self._proc is not None:
             raise RuntimeError("stop the server first")
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.milvus_server --base-dir DIR [--port P]`: run a server in the foreground until SIGTERM/SIGINT
+    (scripts/milvus starts it so, inside its network namespace)."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description="Run a local Milvus standalone server in the foreground.")
+    ap.add_argument("--base-dir", type=Path, required=True, help="the server's state (data, logs, configuration)")
+    ap.add_argument("--port", type=int, default=19530)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not in_private_netns():
+        logger.error("refusing to start: this process sees network interfaces other than loopback, and Milvus would "
+                     "listen on all of them; start it with scripts/milvus (its own network namespace)")
+        return 2
+    server = LocalMilvus(args.base_dir, port=args.port)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    print(f"ready {server.uri}", flush=True)  # noqa: T201 (scripts/milvus waits for this line)
+    while not stopping and server._proc is not None and server._proc.poll() is None:
+        time.sleep(0.5)
+    code = server._proc.returncode if server._proc is not None and server._proc.poll() is not None else 0
+    server.stop()
+    logger.info("milvus stopped")
+    return 0 if stopping else (code or 1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import socket
@@ -256,3 +257,104 @@ async def test_unreachable_or_hung_server_is_a_clear_error_within_seconds(
 
 def test_collection_names_are_per_data_dir(tmp_path: Path) -> None:
     assert milvus_collection_for(tmp_path / "a") != milvus_collection_for(tmp_path / "b")
+
+
+# -- operations: migration, doctor, stats, metrics, backup and restore ----------------------------------------
+def milvus_env(monkeypatch: pytest.MonkeyPatch, server: Any, data: Path, uri: str | None = None) -> str:
+    collection = milvus_collection_for(data)
+    monkeypatch.setenv("SIGHTLINE_MILVUS_URI", uri or server.uri)
+    monkeypatch.setenv("SIGHTLINE_MILVUS_COLLECTION", collection)
+    monkeypatch.setenv("SIGHTLINE_MILVUS_TIMEOUT", "3")
+    return collection
+
+
+def test_index_migrate_there_and_back_erases_the_old_copy(
+    tmp_path: Path, milvus_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_ops_support import QUERY, cli, gallery_copy
+
+    data = gallery_copy(tmp_path / "data")
+    collection = milvus_env(monkeypatch, milvus_server, data)
+    env = tmp_path / ".env"
+    env.write_text("SIGHTLINE_DATA_DIR=x\n# SIGHTLINE_INDEX_BACKEND=usearch\n")
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "usearch")
+    code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "milvus", "--env-file", str(env))
+    assert code == 0, err
+    assert "the gallery's 3 faces are in Milvus at" in out and "the usearch copy was erased" in out
+    assert not (data / "gallery.usearch").exists() and not (data / "gallery.usearch.json").exists()
+    assert env.read_text() == "SIGHTLINE_DATA_DIR=x\nSIGHTLINE_INDEX_BACKEND=milvus\n"
+
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "milvus")
+    code, out, err = cli("--data-dir", str(data), "search", "--case", "T-1", "--json", str(QUERY))
+    assert code == 0, err and json.loads(out)["hits"][0]["subject"] == "Colin_Powell"
+    code, out, err = cli("--data-dir", str(data), "stats")
+    assert code == 0, err
+    assert f"index           milvus: Milvus at {milvus_server.uri}, collection {collection}" in out
+    assert "ms per lookup" in out
+
+    code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "usearch")
+    assert code == 0, err
+    assert "the milvus copy was erased" in out and "set SIGHTLINE_INDEX_BACKEND=usearch" in out
+    assert (data / "gallery.usearch").exists()
+    assert not MilvusIndex(milvus_server.uri, collection).stored_meta()  # the collection is gone
+
+
+def test_doctor_reports_the_milvus_index(tmp_path: Path, milvus_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                         black_hole: str) -> None:
+    from test_ops_support import cli, gallery_copy
+
+    data = gallery_copy(tmp_path / "data")
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "milvus")
+    collection = milvus_env(monkeypatch, milvus_server, data)
+    code, out, _ = cli("--data-dir", str(data), "doctor", "--skip-telegram")
+    assert code == 0 and "the collection is missing; the engine builds it from the 3 faces at start" in out, out
+    code, _, err = cli("--data-dir", str(data), "stats")  # opening the engine builds the collection
+    assert code == 0, err
+    code, out, _ = cli("--data-dir", str(data), "doctor", "--skip-telegram")
+    assert code == 0 and f"collection {collection} (Milvus v2.3" in out and "3 faces (projected to 192 dims), consistent" in out, out
+
+    milvus_env(monkeypatch, milvus_server, data, uri=black_hole)
+    started = time.monotonic()
+    code, out, _ = cli("--data-dir", str(data), "doctor", "--skip-telegram")
+    assert code == 1 and time.monotonic() - started < 30, out
+    assert f"the vector index server (Milvus at {black_hole}" in out and "Is the server running and SIGHTLINE_MILVUS_URI right?" in out
+    code, out, err = cli("--data-dir", str(data), "stats")
+    assert code != 0 and "did not answer" in err and "Traceback" not in err, err
+
+
+def test_backup_and_restore_rebuild_the_collection(tmp_path: Path, milvus_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_ops_support import QUERY, cli, gallery_copy
+
+    data = gallery_copy(tmp_path / "data")
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "milvus")
+    collection = milvus_env(monkeypatch, milvus_server, data)
+    code, out, err = cli("--data-dir", str(data), "backup", str(tmp_path / "bk"))
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    assert "sightline.sqlite3" in manifest["files"]
+    MilvusIndex(milvus_server.uri, collection).reset()  # the server lost the gallery meanwhile
+    code, out, err = cli("--data-dir", str(tmp_path / "restored"), "restore", str(tmp_path / "bk"))
+    assert code == 0, err
+    assert "3 images, 3 faces (index consistent)" in out
+    code, out, err = cli("--data-dir", str(tmp_path / "restored"), "search", "--case", "T-1", "--json", str(QUERY))
+    assert code == 0 and json.loads(out)["hits"][0]["subject"] == "Colin_Powell", err
+
+
+async def test_metrics_show_the_backend_and_its_latency(gallery_copy: Path, milvus_server: Any) -> None:
+    from bot.metrics import Metrics
+
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server))
+    try:
+        metrics = Metrics()
+        metrics.bind_engine(engine)
+        await engine.search(dev_identities()["Ariel_Sharon"][1].read_bytes(), actor="t")
+        text = metrics.exposition().decode()
+        assert 'sightline_index_backend{backend="milvus"} 1.0' in text
+        assert 'sightline_index_lookups_total{backend="milvus"} 1.0' in text
+        seconds = float(next(line for line in text.splitlines()
+                             if line.startswith('sightline_index_lookup_seconds_total{backend="milvus"}')).split()[-1])
+        assert 0 < seconds < 5
+        faces = (await engine.stats()).faces
+        assert f"sightline_faces_indexed {float(faces)}" in text
+    finally:
+        await engine.close()

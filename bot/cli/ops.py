@@ -1,4 +1,4 @@
-"""Operations commands: run, doctor, backup, restore, config-docs."""
+"""Operations commands: run, doctor, backup, restore, index-migrate, config-docs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("src", type=Path, help="a folder written by `sightline backup`")
     p.add_argument("--force", action="store_true", help="replace the database and index already in the data directory")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "index-migrate",
+        help="copy the gallery's vectors into the other index backend (usearch or Milvus) and remove the old copy",
+        description="Build the index of backend TO (a usearch file in the data folder, or the Milvus collection "
+        "SIGHTLINE_MILVUS_COLLECTION at SIGHTLINE_MILVUS_URI) from the database's embeddings, check it holds exactly "
+        "the database's faces, then erase the copy in the backend now configured (SIGHTLINE_INDEX_BACKEND), so no "
+        "erased face can linger there. The switch itself is a setting: set SIGHTLINE_INDEX_BACKEND=TO for the bot "
+        "and the CLI (with --env-file, this command writes it into that file). Stop the bot first; start it again "
+        "with the new setting.",
+    )
+    p.add_argument("--to", required=True, choices=["usearch", "milvus"], help="the backend to move to")
+    p.add_argument("--env-file", type=Path, help="also set SIGHTLINE_INDEX_BACKEND=TO in this dotenv file (e.g. .env)")
+    p.add_argument("--keep-old", action="store_true", help="leave the old backend's copy in place (not recommended: "
+                   "faces erased later stay in it)")
+    p.set_defaults(func=cmd_index_migrate)
 
     p = sub.add_parser(
         "config-docs",
@@ -159,6 +176,88 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         f"audit chain {'verified' if chain.ok else 'BROKEN: ' + str(chain.problem)}"
     )
     return 0 if chain.ok else 1
+
+
+# -- index-migrate ---------------------------------------------------------------------------------
+def set_env_line(path: Path, key: str, value: str) -> None:
+    """Set KEY=value in a dotenv file: replace its line (commented-out or not) or append one; atomic."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    out, done = [], False
+    for line in lines:
+        bare = line.strip().lstrip("#").strip().removeprefix("export ").strip()
+        if bare.split("=", 1)[0].strip() == key and "=" in bare:
+            if not done:
+                out.append(f"{key}={value}")
+                done = True
+            continue
+        out.append(line)
+    if not done:
+        out.append(f"{key}={value}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+async def cmd_index_migrate(args: argparse.Namespace) -> int:
+    """Build the other backend's index from the database, check it, drop the old copy, and say how to switch."""
+    from dataclasses import replace
+
+    from engine.errors import EngineError
+
+    config = args.settings.engine_config()
+    source = config.index_backend
+    target = replace(config, index_backend=args.to)
+    if source == args.to:
+        print(f"sightline: the index backend is already {source}; nothing to migrate (SIGHTLINE_INDEX_BACKEND)")
+        return 0
+    engine = await Engine.open(target)  # builds (or repairs) the target index from the database, logging progress
+    try:
+        db_ids = await engine.store.face_ids()
+        keys = await asyncio.to_thread(engine.index.keys)
+        where = getattr(engine.index, "where", str(target.index_path))
+        if len(keys) != len(db_ids) or set(keys.tolist()) != set(db_ids.tolist()):
+            print(f"sightline: error: {where} holds {len(keys)} faces, the database {len(db_ids)}; nothing was switched",
+                  file=sys.stderr)
+            return 1
+    finally:
+        await engine.close()
+    note = ""
+    if not args.keep_old:
+        from engine.index import open_index
+
+        old = open_index(config, None)
+        try:
+            await asyncio.to_thread(_drop_copy, old, config)
+            note = f"; the {source} copy was erased"
+        except EngineError as exc:
+            note = f"; the {source} copy could NOT be erased ({exc}): erase it by hand"
+    if args.env_file:
+        set_env_line(args.env_file, "SIGHTLINE_INDEX_BACKEND", args.to)
+    print(f"the gallery's {len(db_ids)} faces are in {where}{note}.")
+    if args.env_file:
+        print(f"{args.env_file}: SIGHTLINE_INDEX_BACKEND={args.to} written; restart the bot to switch over.")
+    else:
+        print(f"Switch over: set SIGHTLINE_INDEX_BACKEND={args.to} wherever the bot and the CLI get their settings "
+              "(.env, compose.yaml, the service unit), then restart the bot.")
+    return 0
+
+
+def _drop_copy(index: Any, config: Any) -> None:
+    """Erase an index backend's copy: the usearch file (overwritten first) and its sidecar, or the Milvus collection."""
+    if index.backend == "milvus":
+        index._call("collection drop", lambda c: c.drop_collection(index.collection, timeout=index.slow_timeout))
+        index.close()
+        return
+    from engine.index import sidecar_path
+
+    for path in (Path(config.index_path), sidecar_path(config.index_path)):
+        if path.exists():
+            size = path.stat().st_size
+            with open(path, "r+b") as fh:  # a plain unlink leaves the blocks readable on disk until reused
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
 
 
 # -- config-docs -----------------------------------------------------------------------------------
