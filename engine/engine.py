@@ -121,6 +121,10 @@ class Engine:
         faces = await asyncio.to_thread(FaceModel, config)
         store = await MetadataStore.open(config.db_path)
         index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))
+        if config.index_backend != "usearch" and config.index_path.exists():
+            logger.warning("%s is a usearch index from before the switch to %s: it still holds faces, including any "
+                           "erased since; `sightline index-migrate --to %s` erases it", config.index_path,
+                           config.index_backend, config.index_backend)
         engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
         try:
             await engine.reconcile_index()
