@@ -358,3 +358,28 @@ async def test_metrics_show_the_backend_and_its_latency(gallery_copy: Path, milv
         assert f"sightline_faces_indexed {float(faces)}" in text
     finally:
         await engine.close()
+
+
+async def test_the_officer_is_told_when_the_index_server_hangs(
+    gallery_copy: Path, milvus_server: Any, black_hole: str, start_bot: Any
+) -> None:
+    from bot import texts
+    from conftest import new_user_id
+    from engine.errors import IndexUnavailable as Unavailable
+
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server, require_case=True, milvus_timeout=2.0))
+    try:
+        bot = await start_bot(engine=engine)
+        officer = new_user_id()
+        await bot.allow(officer, case="HANG-1")
+        engine.index.uri = black_hole  # the index server stops answering
+        engine.index.close()
+        started = time.monotonic()
+        bot.fake.send_photo(officer, dev_identities()["Ariel_Sharon"][1].read_bytes())
+        reply = await bot.fake.wait_for("sendMessage", chat_id=officer, timeout=30)
+        assert reply.text == texts.ERRORS[Unavailable]
+        assert time.monotonic() - started < 20
+    finally:
+        engine.index.uri = milvus_server.uri
+        engine.index.close()
+        await engine.close()
