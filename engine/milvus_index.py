@@ -250,11 +250,25 @@ class MilvusIndex:
         if len(keys) == 0:
             return
         ids = [int(k) for k in np.asarray(keys, dtype=np.int64)]
+        ids = self._present(ids)  # another engine on the collection may have deleted them already
+        if not ids:
+            return
         for s in range(0, len(ids), QUERY_LIMIT):
             chunk = ids[s:s + QUERY_LIMIT]
             self._call("delete", lambda c, chunk=chunk: c.delete(self.collection, ids=chunk, timeout=self.slow_timeout))
         self._count = None
         self.purge()
+
+    def _present(self, ids: list[int]) -> list[int]:
+        """Those of `ids` the collection holds (strong consistency)."""
+        found: list[int] = []
+        for s in range(0, len(ids), QUERY_LIMIT):
+            chunk = ids[s:s + QUERY_LIMIT]
+            rows = self._call("lookup", lambda c, chunk=chunk: c.query(
+                self.collection, filter=f"{ID_FIELD} in {chunk}", output_fields=[ID_FIELD], limit=len(chunk),
+                timeout=self.slow_timeout, consistency_level="Strong"))
+            found.extend(int(r[ID_FIELD]) for r in rows)
+        return sorted(set(found))
 
     def purge(self) -> None:
         """Flush and compact the collection, and wait until the compaction completed (physical deletion)."""
