@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -208,9 +208,17 @@ class MilvusIndex:
         new.reset()
         return new
 
-    def save(self) -> None:
-        """Make the server persist what it buffers (flush: seals the growing segments into its storage)."""
+    def save(self, state: Mapping[str, object] | None = None) -> None:
+        """Make the server persist what it buffers (flush: seals the growing segments into its storage).
+
+        `state` (what the engine's change log had reached) is not kept: the collection is shared by every
+        engine and changed by each directly, so there is no single file state; engines compare ids at start-up."""
         self._call("flush", lambda c: c.flush(self.collection, timeout=self.slow_timeout))
+
+    def stored_state(self) -> dict[str, object]:
+        """What built the collection (projection, dims) as the usearch sidecar says it; {} when there is none."""
+        meta = self.stored_meta()
+        return dict(meta) if meta else {}
 
     # -- data --------------------------------------------------------------------------------
     def __len__(self) -> int:
