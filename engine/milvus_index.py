@@ -44,6 +44,16 @@ QUERY_LIMIT = 16_384  # Milvus' largest offset + limit of one query
 _FORMAT = "sightline-faces/1"
 
 
+def _pymilvus() -> Any:
+    """The pymilvus module, imported without its warning about pkg_resources (it is not ours to fix)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import pymilvus
+    return pymilvus
+
+
 class MilvusIndex:
     """Face id -> vector in one Milvus collection; the same methods as `UsearchIndex`.
 
@@ -111,8 +121,7 @@ class MilvusIndex:
     def _connect(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                from pymilvus import MilvusClient
-
+                MilvusClient = _pymilvus().MilvusClient  # noqa: N806
                 self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout)
             return self._client
 
@@ -150,8 +159,8 @@ class MilvusIndex:
         return {"format": _FORMAT, "projection": self.projection_key, "ndim": self.ndim}
 
     def _create(self, c: Any) -> None:
-        from pymilvus import DataType, MilvusClient
-
+        pm = _pymilvus()
+        DataType, MilvusClient = pm.DataType, pm.MilvusClient  # noqa: N806
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description=json.dumps(self._meta()))
         schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)

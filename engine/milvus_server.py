@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run a local Milvus standalone server in the foreground.")
     ap.add_argument("--base-dir", type=Path, required=True, help="the server's state (data, logs, configuration)")
     ap.add_argument("--port", type=int, default=19530)
+    ap.add_argument("--pid-file", type=Path, help="write this process's id here (removed when it stops)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not in_private_netns():
@@ -208,12 +209,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.pid_file:
+        args.pid_file.write_text(f"{os.getpid()}\n")
     server.start()
     print(f"ready {server.uri}", flush=True)  # noqa: T201 (scripts/milvus waits for this line)
     while not stopping and server._proc is not None and server._proc.poll() is None:
         time.sleep(0.5)
     code = server._proc.returncode if server._proc is not None and server._proc.poll() is not None else 0
     server.stop()
+    if args.pid_file:
+        args.pid_file.unlink(missing_ok=True)
     logger.info("milvus stopped")
     return 0 if stopping else (code or 1)
 

@@ -205,11 +205,8 @@ async def cmd_index_migrate(args: argparse.Namespace) -> int:
     from engine.errors import EngineError
 
     config = args.settings.engine_config()
-    source = config.index_backend
+    source = "usearch" if args.to == "milvus" else "milvus"
     target = replace(config, index_backend=args.to)
-    if source == args.to:
-        print(f"sightline: the index backend is already {source}; nothing to migrate (SIGHTLINE_INDEX_BACKEND)")
-        return 0
     engine = await Engine.open(target)  # builds (or repairs) the target index from the database, logging progress
     try:
         db_ids = await engine.store.face_ids()
@@ -225,7 +222,7 @@ async def cmd_index_migrate(args: argparse.Namespace) -> int:
     if not args.keep_old:
         from engine.index import open_index
 
-        old = open_index(config, None)
+        old = open_index(replace(config, index_backend=source), None)
         try:
             await asyncio.to_thread(_drop_copy, old, config)
             note = f"; the {source} copy was erased"
@@ -236,6 +233,8 @@ async def cmd_index_migrate(args: argparse.Namespace) -> int:
     print(f"the gallery's {len(db_ids)} faces are in {where}{note}.")
     if args.env_file:
         print(f"{args.env_file}: SIGHTLINE_INDEX_BACKEND={args.to} written; restart the bot to switch over.")
+    elif config.index_backend == args.to:
+        print(f"SIGHTLINE_INDEX_BACKEND is already {args.to} here: make sure the bot and every CLI use it too.")
     else:
         print(f"Switch over: set SIGHTLINE_INDEX_BACKEND={args.to} wherever the bot and the CLI get their settings "
               "(.env, compose.yaml, the service unit), then restart the bot.")
