@@ -15,17 +15,19 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
+    Defaults,
     MessageHandler,
     TypeHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from bot import jobs, menus, texts, web
 from bot.context import ENGINE_KEY, SERVICES_KEY, BotContext, Services
-from bot.handlers import access, audit, case, enroll, errors, forget, search, users
+from bot.handlers import access, audit, case, confirm, enroll, errors, forget, search, users
 from bot.handlers import help as guide
 from bot.settings import Settings
-from bot.telegram_io import RetryingRateLimiter
+from bot.telegram_io import FittingBot, RetryingRateLimiter
 from engine import Engine, EngineError
 
 logger = logging.getLogger(__name__)
@@ -44,13 +46,20 @@ def build_application(settings: Settings, engine: Engine | None = None) -> BotAp
     if not token:
         raise MissingToken(texts.MISSING_TOKEN)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines contain the token
+    bot = FittingBot(
+        token,
+        base_url=settings.telegram_api_url,
+        base_file_url=settings.telegram_file_url,
+        request=HTTPXRequest(connection_pool_size=256),  # what ApplicationBuilder would build
+        get_updates_request=HTTPXRequest(connection_pool_size=1),
+        rate_limiter=RetryingRateLimiter(),
+        # Every reply quotes the message it answers (albums: which answer is whose), even if that was deleted.
+        defaults=Defaults(do_quote=True, allow_sending_without_reply=True),
+    )
     application: BotApplication = (
         Application.builder()
-        .token(token)
-        .base_url(settings.telegram_api_url)
-        .base_file_url(settings.telegram_file_url)
+        .bot(bot)
         .context_types(ContextTypes(context=BotContext))
-        .rate_limiter(RetryingRateLimiter())
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -87,6 +96,7 @@ def add_handlers(application: BotApplication) -> None:
     application.add_handler(MessageHandler(new & images, search.on_image, block=False))
     application.add_handler(CallbackQueryHandler(search.on_face_choice, pattern=search.FACE_PATTERN, block=False))
     application.add_handler(CallbackQueryHandler(search.on_more, pattern=search.MORE_PATTERN, block=False))
+    application.add_handler(CallbackQueryHandler(confirm.on_confirm, pattern=confirm.PATTERN, block=False))
     application.add_handler(CallbackQueryHandler(search.on_stale_button))
     application.add_handler(MessageHandler(new & filters.COMMAND, guide.on_unknown_command))
     application.add_handler(MessageHandler(new, guide.on_other))
@@ -109,6 +119,7 @@ async def _post_init(application: BotApplication) -> None:
     await menus.publish(application.bot, admins)
     services.tasks.append(asyncio.create_task(jobs.purge_daily(engine, settings.purge_hour_utc), name="daily-purge"))
     services.tasks.append(asyncio.create_task(jobs.save_index_periodically(engine), name="index-saver"))
+    services.tasks.append(asyncio.create_task(jobs.audit_strangers_periodically(services, engine), name="strangers"))
     if settings.mode == "polling":  # in webhook mode bot/web.py runs the server itself
         services.http = await web.start_http(settings, engine, application)
     logger.info("bot @%s ready: %d gallery faces, %d admin(s)", application.bot.username, len(engine.index), len(admins))
@@ -121,8 +132,12 @@ async def _post_shutdown(application: BotApplication) -> None:
         task.cancel()
     await asyncio.gather(*services.tasks, return_exceptions=True)
     services.tasks.clear()
+    engine_open: Engine | None = application.bot_data.get(ENGINE_KEY)
+    if engine_open is not None:  # refusals counted in memory go to the audit log before it closes
+        await access.flush_strangers(services, engine_open, everything=True)
     services.photos.clear()
     services.results.clear()
+    services.confirmations.clear()
     await web.stop_http(services.http)
     services.http = None
     if services.owns_engine:

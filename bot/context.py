@@ -10,15 +10,16 @@ from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.metrics import Metrics
-from bot.sessions import ExpiringStore, PendingPhoto, RateLimiter, ResultSet
+from bot.sessions import Confirmation, ExpiringStore, PendingPhoto, RateLimiter, ResultSet, StrangerThrottle
 from bot.settings import Settings
 from engine import Engine
 
 ENGINE_KEY = "engine"  # bot_data key of the open Engine (bot/web.py reads it for /healthz)
 SERVICES_KEY = "services"
 RESULTS_TTL_SECONDS = 3600  # the More button works for an hour after a search
-MAX_RESULT_SETS = 2000
-MAX_PENDING_PHOTOS = 32  # photos waiting for a face choice, across all users (each up to max_image_mb)
+MAX_RESULT_SETS = 50  # per user: result lists kept for their More buttons
+MAX_PENDING_PHOTOS = 8  # per user: photos waiting for a face choice (each up to 20 MB); never another user's
+CONFIRM_TTL_SECONDS = 300  # a Confirm button of /forget or a self-revoke works for 5 minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ class Services:
     limiter: RateLimiter
     results: ExpiringStore[ResultSet]
     photos: ExpiringStore[PendingPhoto]
+    confirmations: ExpiringStore[Confirmation]
+    strangers: StrangerThrottle
     owns_engine: bool = False
     http: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -61,6 +64,8 @@ class Services:
             limiter=RateLimiter(settings.rate_limit_per_hour),
             results=ExpiringStore(RESULTS_TTL_SECONDS, MAX_RESULT_SETS),
             photos=ExpiringStore(settings.photo_ttl_seconds, MAX_PENDING_PHOTOS),
+            confirmations=ExpiringStore(CONFIRM_TTL_SECONDS, 4),
+            strangers=StrangerThrottle(settings.stranger_quiet_seconds),
         )
 
 

@@ -16,10 +16,13 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+import numpy as np
 
 from bot.settings import Settings
 from bot.web import webhook_problems
-from engine import EngineConfig, EngineError
+from engine import EngineConfig, EngineError, integrity
+from engine.audit import HeadLog
+from engine.store import DamagedFace
 
 Status = Literal["ok", "warn", "fail", "skip"]
 MARKS: dict[Status, str] = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "-"}
@@ -95,10 +98,10 @@ def check_data_dir(config: EngineConfig) -> Check:
     return Check("data dir", "ok", f"{data_dir.resolve()} is writable{as_root}")
 
 
-async def check_database_and_index(config: EngineConfig) -> list[Check]:
-    """Run quick_check, open the database, and compare the saved index with it (nothing is rebuilt)."""
-    from engine.backup import index_fingerprint
-    from engine.index import read_sidecar
+async def check_database_and_index(config: EngineConfig, deep: bool = False) -> list[Check]:
+    """Run quick_check, open the database, verify the audit chain against its head file, and compare the
+    saved index with the database: its gallery id and checksum, its faces, and with `deep` every stored
+    embedding and every index vector (nothing is rebuilt)."""
     from engine.store import MetadataStore
 
     if not config.db_path.is_file():
@@ -121,6 +124,9 @@ async def check_database_and_index(config: EngineConfig) -> list[Check]:
     try:
         counts = await store.counts()
         count, key_sum = await store.face_fingerprint()
+        gallery_id = store.gallery_id
+        chain = await store.verify_audit(HeadLog(config.audit_head_path))
+        damaged = [d async for _, d in store.damaged_faces() if d is not None] if deep else []
     finally:
         await store.close()
     database = Check(
@@ -128,27 +134,103 @@ async def check_database_and_index(config: EngineConfig) -> list[Check]:
         f"{counts['images']} images, {counts['faces']} faces, {counts['users']} users, "
         f"{counts['audit_entries']} audit entries; quick_check ok",
     )
+    checks = [database]
+    if deep:
+        checks.append(_rows_check(damaged, count))
+    checks.append(
+        Check("audit", "ok", f"chain of {chain.entries} entries verified, agrees with {config.audit_head_path}")
+        if chain.ok else
+        Check("audit", "fail", f"AUDIT CHAIN BROKEN at entry {chain.first_bad_seq}: {chain.problem}")
+    )
     if config.index_backend == "milvus":
-        return [database, await asyncio.to_thread(check_milvus, config, count, key_sum)]
+        return [*checks, await asyncio.to_thread(check_milvus, config, count, key_sum, gallery_id)]
+    return checks + await _index_checks(config, count, key_sum, gallery_id, deep, {d.face_id for d in damaged})
+
+
+def _rows_check(damaged: list[DamagedFace], count: int) -> Check:
+    if not damaged:
+        return Check("rows", "ok", f"all {count} stored embeddings match their checksums and are unit vectors")
+    shown = "; ".join(f"face {d.face_id} (image {d.image_id}): {d.problem}" for d in damaged[:5])
+    more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+    return Check("rows", "fail", f"{len(damaged)} damaged stored embedding(s), never ranked in searches: {shown}"
+                 f"{more}. {RESTORE_HINT[0].upper()}{RESTORE_HINT[1:]}, or erase and re-enrol those images")
+
+
+async def _index_checks(
+    config: EngineConfig, count: int, key_sum: int, gallery_id: str | None, deep: bool, damaged: set[int]
+) -> list[Check]:
+    """The saved index against the database: sidecar (gallery, checksum), fingerprint, and with `deep` every vector."""
+    from engine.backup import index_fingerprint
+    from engine.index import read_sidecar
     fp = await asyncio.to_thread(index_fingerprint, config.index_path)
     if fp is None:
         if count == 0:
-            return [database, Check("index", "ok", "no index file yet (the gallery is empty)")]
-        return [database, Check(
+            return [Check("index", "ok", "no index file yet (the gallery is empty)")]
+        return [Check(
             "index", "warn",
             f"{config.index_path} is missing or unreadable: the engine rebuilds it from the {count} faces at start",
         )]
-    projected = read_sidecar(config.index_path).get("projection")
+    sidecar = read_sidecar(config.index_path)
+    problem = await asyncio.to_thread(integrity.sidecar_problem, config.index_path, sidecar, gallery_id)
+    if problem:
+        return [Check("index", "warn", f"{config.index_path} is not used: {problem}; the engine rebuilds it "
+                                       f"from the {count} faces at start")]
+    projected = sidecar.get("projection")
     shape = f"projected to {str(projected).split(':')[0]} dims" if projected else "full vectors"
-    if (fp.faces, fp.key_sum) == (count, key_sum):
-        return [database, Check("index", "ok", f"{count} faces ({shape}), consistent with the database")]
-    return [database, Check(
-        "index", "warn",
-        f"the index holds {fp.faces} faces, the database {count}: the engine repairs the index at start",
-    )]
+    if (fp.faces, fp.key_sum) != (count, key_sum):
+        return [Check(
+            "index", "warn",
+            f"the index holds {fp.faces} faces, the database {count}: the engine repairs the index at start",
+        )]
+    checks = [Check("index", "ok", f"{count} faces ({shape}), checksum ok, consistent with the database")]
+    if deep:
+        checks.append(await _vectors_check(config, sidecar, damaged))
+    return checks
 
 
-def check_milvus(config: EngineConfig, count: int, key_sum: int) -> Check:
+async def _vectors_check(config: EngineConfig, sidecar: dict[str, object], damaged: set[int]) -> Check:
+    """Every index vector against its stored embedding, projected as the engine projects it (int8 tolerance)."""
+    from usearch.index import Index
+
+    from engine import projection
+    from engine.faces import FaceModel
+    from engine.store import MetadataStore
+
+    try:
+        model = await asyncio.to_thread(FaceModel, config)
+    except EngineError as exc:
+        return Check("vectors", "skip", f"face models unavailable ({exc})")
+    proj = projection.for_model(model.recognizer_sha256, config.index_dims)
+    if (proj.key if proj else None) != sidecar.get("projection"):
+        return Check("vectors", "skip", "the index was built with another projection: the engine rebuilds it at start")
+    index = await asyncio.to_thread(Index.restore, str(config.index_path), True)
+    store = await MetadataStore.open(config.db_path, create=False)
+    bad: list[int] = []
+    checked = 0
+    try:
+        async for ids, vecs in store.iter_embeddings():
+            keep = np.array([i not in damaged for i in ids.tolist()], dtype=bool)
+            ids, vecs = ids[keep], vecs[keep]
+            if not len(ids):
+                continue
+            want = proj.apply(vecs) if proj else vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+            got = np.asarray(index.get(ids.astype(np.uint64), dtype=np.float32), dtype=np.float32)
+            got = got.reshape(len(ids), -1)
+            norms = np.linalg.norm(got, axis=1)
+            cos = np.einsum("ij,ij->i", got, want) / np.maximum(norms, 1e-12)
+            bad.extend(ids[~(cos >= integrity.INDEX_VECTOR_MIN_COSINE)].tolist())
+            checked += len(ids)
+    finally:
+        await store.close()
+    if not bad:
+        return Check("vectors", "ok", f"all {checked} index vectors match their stored embeddings "
+                                      f"(cosine >= {integrity.INDEX_VECTOR_MIN_COSINE} after int8 quantisation)")
+    shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return Check("vectors", "fail", f"{len(bad)} index vector(s) do not match their stored faces ({shown}): those "
+                                    f"faces are not found; delete {config.index_path} and the engine rebuilds it at start")
+
+
+def check_milvus(config: EngineConfig, count: int, key_sum: int, gallery_id: str | None = None) -> Check:
     """Reach the Milvus server within its timeout and compare the collection's faces with the database's."""
     from engine.errors import IndexUnavailable
     from engine.milvus_index import MilvusIndex
@@ -163,6 +245,9 @@ def check_milvus(config: EngineConfig, count: int, key_sum: int) -> Check:
                 return Check("index", "ok", f"{where} (Milvus {version}): no collection yet (the gallery is empty)")
             return Check("index", "warn", f"{where} (Milvus {version}): the collection is missing; the engine "
                          f"builds it from the {count} faces at start")
+        if meta.get("gallery") and gallery_id and meta.get("gallery") != gallery_id:
+            return Check("index", "fail", f"{where} belongs to another gallery ({meta.get('gallery')}; this database is "
+                         f"{gallery_id}): set SIGHTLINE_MILVUS_COLLECTION to a collection of its own")
         index.ndim = int(meta.get("ndim", 0) or 0)
         index._call("collection load", lambda c: c.load_collection(index.collection, timeout=index.slow_timeout))
         keys = index.keys()
@@ -233,11 +318,11 @@ async def check_telegram(settings: Settings, timeout: float = TELEGRAM_TIMEOUT_S
     return Check("telegram", "ok", f"the Bot API at {host} knows this bot as {who}")
 
 
-async def run_checks(settings: Settings, *, telegram: bool = True) -> list[Check]:
+async def run_checks(settings: Settings, *, telegram: bool = True, deep: bool = False) -> list[Check]:
     """Every check, in the order they are printed."""
     config = settings.engine_config()
     checks = [check_settings(settings), await asyncio.to_thread(check_models, config), check_data_dir(config)]
-    checks += await check_database_and_index(config)
+    checks += await check_database_and_index(config, deep)
     checks.append(check_disk(config))
     if telegram:
         checks.append(await check_telegram(settings))

@@ -1,4 +1,5 @@
-"""Background work of the running bot: the daily purge of expired gallery images and old audit entries."""
+"""Background work of the running bot: the daily purge of expired gallery images and old audit entries, index
+saves, and the audit of strangers' counted refusals."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from bot.context import Services
+from bot.handlers.access import flush_strangers
 from engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -47,3 +50,14 @@ async def save_index_periodically(engine: Engine, every_seconds: float = 60.0) -
             await engine.save_index()
         except Exception:
             logger.exception("saving the index failed; retrying in %.0f s", every_seconds)
+
+
+async def audit_strangers_periodically(services: Services, engine: Engine) -> None:
+    """Audit strangers' silently counted refusals once their quiet time is over; runs until cancelled."""
+    every = max(1.0, min(60.0, services.strangers.quiet / 4))
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await flush_strangers(services, engine)
+        except Exception:
+            logger.exception("auditing strangers' refusals failed; retrying in %.0f s", every)

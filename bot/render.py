@@ -57,11 +57,24 @@ def _face(jpeg: bytes | None) -> Image.Image:
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, f: Font, width: int) -> str:
+    """The longest prefix of `text` (with "..." when cut) that fits in `width` px.
+
+    A binary search over the prefix length: O(log n) measurements, each of at most `width` px worth of text
+    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does.
+    """
+    text = text[: width + 1]  # nothing longer can fit
     if draw.textlength(text, font=f) <= width:
         return text
-    while text and draw.textlength(text + "...", font=f) > width:
-        text = text[:-1]
-    return text + "..."
+    lo, hi = 0, len(text)  # text[:lo] + "..." fits; text[:hi] + "..." does not (or hi is the whole text)
+    if draw.textlength("...", font=f) > width:
+        return ""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if draw.textlength(text[:mid] + "...", font=f) <= width:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo] + "..."
 
 
 def result_sheet(query: Tile | None, tiles: Sequence[Tile]) -> bytes:

@@ -10,12 +10,21 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from engine import DetectedFace, Hit, SearchResult
 
-T = TypeVar("T")
+
+class Owned(Protocol):
+    """Something kept for one Telegram user."""
+
+    @property
+    def owner(self) -> int:
+        """The user's id."""
+
+
+T = TypeVar("T", bound=Owned)
 
 
 class RateLimiter:
@@ -59,17 +68,22 @@ class RateLimiter:
 
 
 class ExpiringStore(Generic[T]):
-    """Values under short random tokens, each dropped after `ttl_seconds` (or earlier, oldest first, when full)."""
+    """Values under short random tokens, each dropped after `ttl_seconds`, or earlier when its owner keeps more
+    than `max_per_owner` (that owner's oldest goes first: one user's burst never evicts another user's values).
 
-    def __init__(self, ttl_seconds: float, max_items: int) -> None:
+    Memory is bounded by the whitelist: at most `max_per_owner` values per whitelisted account.
+    """
+
+    def __init__(self, ttl_seconds: float, max_per_owner: int) -> None:
         self.ttl = ttl_seconds
-        self.max_items = max_items
+        self.max_per_owner = max(1, max_per_owner)
         self._items: dict[str, tuple[T, asyncio.TimerHandle]] = {}
 
     def put(self, value: T) -> str:
         """Keep a value; returns its token (8 URL-safe characters, fit for callback data)."""
-        while len(self._items) >= self.max_items:
-            self._drop(next(iter(self._items)))
+        mine = [token for token, (v, _) in self._items.items() if v.owner == value.owner]
+        for token in mine[:max(0, len(mine) - self.max_per_owner + 1)]:  # oldest first (dicts keep order)
+            self._drop(token)
         token = secrets.token_urlsafe(6)
         while token in self._items:
             token = secrets.token_urlsafe(6)
@@ -81,6 +95,16 @@ class ExpiringStore(Generic[T]):
         """The value under `token`, or None when it expired or never existed."""
         item = self._items.get(token)
         return item[0] if item else None
+
+    def pop(self, token: str) -> T | None:
+        """Take the value under `token` out (None when expired or already taken)."""
+        item = self._items.get(token)
+        self._drop(token)
+        return item[0] if item else None
+
+    def owned_by(self, owner: int) -> int:
+        """How many values `owner` has here."""
+        return sum(1 for v, _ in self._items.values() if v.owner == owner)
 
     def _drop(self, token: str) -> None:
         item = self._items.pop(token, None)
@@ -98,11 +122,69 @@ class ExpiringStore(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class PendingPhoto:
-    """A photo with several faces, kept for its face buttons until it expires."""
+    """A photo with several faces, kept for its face buttons until it expires.
+
+    It remembers the case active when it arrived (its searches are logged under that case) and the message
+    it came in (answers quote it); `searched` holds the face numbers already searched (a second tap on a
+    face button does not search again).
+    """
 
     owner: int
     image: bytes
     faces: tuple[DetectedFace, ...]
+    case: str | None
+    chat_id: int
+    message_id: int
+    searched: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """An irreversible admin action waiting for its Confirm button: what to do, as (action, arguments)."""
+
+    owner: int
+    action: str  # "forget" | "revoke" | "demote"
+    args: tuple[str, ...]
+
+
+class StrangerThrottle:
+    """Who was refused recently: the first message of a stranger is answered and audited, the next ones within
+    `quiet_seconds` are only counted; the count becomes one audit entry when the quiet time ends.
+    """
+
+    def __init__(self, quiet_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet = quiet_seconds
+        self._clock = clock
+        self._since: dict[int, float] = {}  # user id -> when their quiet time began
+        self._counts: dict[int, dict[str, int]] = {}  # user id -> update kind -> refusals not yet audited
+
+    def first(self, user_id: int) -> bool:
+        """True when this stranger should get a reply (and an audit entry of its own) now."""
+        started = self._since.get(user_id)
+        if started is not None and self._clock() - started < self.quiet:
+            return False
+        self._since[user_id] = self._clock()
+        return True
+
+    def count(self, user_id: int, kind: str) -> None:
+        """Remember one more silent refusal of this kind."""
+        kinds = self._counts.setdefault(user_id, {})
+        kinds[kind] = kinds.get(kind, 0) + 1
+
+    def due(self, everything: bool = False) -> dict[int, dict[str, int]]:
+        """Take the counts whose quiet time is over (or all of them) for auditing; forget finished windows."""
+        now = self._clock()
+        out: dict[int, dict[str, int]] = {}
+        for user_id in list(self._since):
+            if everything or now - self._since[user_id] >= self.quiet:
+                del self._since[user_id]
+                counts = self._counts.pop(user_id, None)
+                if counts:
+                    out[user_id] = counts
+        return out
+
+    def __len__(self) -> int:
+        return len(self._since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +193,23 @@ class ResultSet:
 
     owner: int
     case: str | None
+    chat_id: int
+    message_id: int  # the photo the results answer (every page quotes it)
     hits: tuple[Hit, ...]
     face: int  # number of the searched face
     faces_in_photo: int
     warnings: tuple[str, ...]  # quality warnings of the searched face
     gallery_faces: int
     calibrated: bool
+    pages_sent: set[int] = field(default_factory=set)  # pages already sent (a second More tap sends nothing)
 
     @classmethod
-    def of(cls, result: SearchResult, owner: int, case: str | None) -> ResultSet:
+    def of(cls, result: SearchResult, owner: int, case: str | None, chat_id: int, message_id: int) -> ResultSet:
         """The parts of a SearchResult worth keeping (drops the query thumbnail)."""
         searched = next(f for f in result.faces if f.number == result.searched)
         return cls(
-            owner=owner, case=case, hits=result.hits, face=result.searched, faces_in_photo=len(result.faces),
+            owner=owner, case=case, chat_id=chat_id, message_id=message_id, hits=result.hits, face=result.searched,
+            faces_in_photo=len(result.faces),
             warnings=searched.quality.warnings, gallery_faces=result.gallery_faces, calibrated=result.calibrated,
         )
 

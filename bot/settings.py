@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     photo_ttl_seconds: int = Field(
         120, description="How long a multi-face photo stays in memory for the face buttons, then dropped."
     )
+    protect_content: bool = Field(
+        True, description="Results, face lists and thumbnails cannot be forwarded or saved in Telegram. Turning it "
+        "off lets anyone an officer forwards a result to see gallery faces, names and source links.",
+    )
+    stranger_quiet_seconds: int = Field(
+        600, ge=0, description="After refusing an account that is not whitelisted, stay silent to it this long "
+        "(its further messages are counted into one audit entry).",
+    )
     purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
 
     # -- Engine ----------------------------------------------------------------------------------
@@ -63,6 +71,13 @@ class Settings(BaseSettings):
         None, description="Gallery images without expires_at expire this many days after enrolment."
     )
     audit_retention_days: int | None = Field(None, description="Audit entries older than this are purged.")
+    audit_head_file: Path | None = Field(
+        None, description="Append-only file of audit heads (`seq hash` per entry) that `audit verify` checks the log "
+        "against; default DATA_DIR/audit-head.log. Put it on another disk so one failure cannot take both.",
+    )
+    audit_head_syslog: str | None = Field(
+        None, description="Also send each audit head to syslog: a socket path such as /dev/log, or host:port (UDP).",
+    )
     inference_threads: int = Field(
         1, description="onnxruntime intra-op threads per model (more threads spin-wait against the workers)."
     )
@@ -129,6 +144,8 @@ class Settings(BaseSettings):
             require_case=self.require_case,
             default_retention_days=self.default_retention_days,
             audit_retention_days=self.audit_retention_days,
+            audit_head_file=self.audit_head_file,
+            audit_head_syslog=self.audit_head_syslog,
             inference_threads=self.inference_threads,
             workers=self.workers,
             index_dims=self.index_dims,

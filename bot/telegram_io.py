@@ -1,4 +1,5 @@
-"""Talking to Telegram robustly: retries, chat actions, and getting an image's bytes (checked before download)."""
+"""Talking to Telegram robustly: retries, chat actions, Telegram's size limits, and getting an image's bytes
+(checked before download)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from telegram import Bot, Message
-from telegram.constants import ChatAction
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from telegram.constants import (
+    CallbackQueryLimit,
+    ChatAction,
+    FileSizeLimit,
+    InlineKeyboardButtonLimit,
+    InlineKeyboardMarkupLimit,
+    MessageLimit,
+)
 from telegram.error import BadRequest, NetworkError, TelegramError
-from telegram.ext import AIORateLimiter
+from telegram.ext import AIORateLimiter, ExtBot
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,6 +30,16 @@ NETWORK_RETRIES = 3  # after the first attempt
 BACKOFF_SECONDS = 0.5  # doubled after each failure: 0.5, 1, 2
 CHAT_ACTION_EVERY = 4.5  # Telegram shows an action for 5 s
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif"}
+# Telegram's limits (python-telegram-bot's constants mirror core.telegram.org/bots/api); lengths are UTF-16 code units.
+TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4,096
+CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH  # 1,024
+ANSWER_LIMIT = CallbackQueryLimit.ANSWER_CALLBACK_QUERY_TEXT_LENGTH  # 200, the toast or alert of a button
+CALLBACK_DATA_BYTES = InlineKeyboardButtonLimit.MAX_CALLBACK_DATA  # 64
+BUTTONS_PER_ROW = InlineKeyboardMarkupLimit.BUTTONS_PER_ROW  # 8
+MAX_BUTTONS = InlineKeyboardMarkupLimit.TOTAL_BUTTON_NUMBER  # 100
+BUTTON_TEXT_LIMIT = 64  # undocumented; longer labels are cut on phones anyway
+DOWNLOAD_LIMIT = FileSizeLimit.FILESIZE_DOWNLOAD  # 20 MB: the largest file getFile serves
+ELLIPSIS = "…"
 
 
 async def with_backoff(call: Callable[[], Awaitable[T]], what: str, retries: int = NETWORK_RETRIES) -> T:
@@ -121,8 +139,16 @@ class FileTooBig(Exception):
         self.size = size
 
 
+def download_limit(max_image_bytes: int) -> int:
+    """The largest attachment we can fetch: our own limit, or the Bot API's 20 MB when that is lower."""
+    return min(max_image_bytes, DOWNLOAD_LIMIT)
+
+
 async def download(bot: Bot, attachment: Attachment, max_bytes: int) -> bytes:
-    """The attachment's bytes, in memory only; raises FileTooBig before downloading anything too large."""
+    """The attachment's bytes, in memory only; raises FileTooBig before downloading anything too large.
+
+    `max_bytes` should come from `download_limit()`; a getFile refusal ("file is too big") is FileTooBig too.
+    """
     if attachment.file_size is not None and attachment.file_size > max_bytes:
         raise FileTooBig(attachment.file_size)
     try:
@@ -139,17 +165,120 @@ async def download(bot: Bot, attachment: Attachment, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-def split_message(text: str, limit: int = 4096) -> list[str]:
-    """Split a long reply at line breaks into chunks Telegram accepts."""
+def utf16_len(text: str) -> int:
+    """The length Telegram measures: UTF-16 code units (an emoji outside the BMP counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-16 code units, ending in "…" when cut (never splits a character)."""
+    if utf16_len(text) <= limit:
+        return text
+    room = limit - 1
+    out: list[str] = []
+    used = 0
+    for ch in text:
+        size = 2 if ord(ch) > 0xFFFF else 1
+        if used + size > room:
+            break
+        out.append(ch)
+        used += size
+    return "".join(out).rstrip() + ELLIPSIS
+
+
+def split_message(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Split a long reply at line breaks into chunks Telegram accepts (a line longer than `limit` is cut)."""
     chunks: list[str] = []
     current = ""
     for line in text.splitlines():
-        line = line[:limit]
-        if current and len(current) + 1 + len(line) > limit:
+        line = clip(line, limit)
+        if current and utf16_len(current) + 1 + utf16_len(line) > limit:
             chunks.append(current)
             current = line
         else:
             current = f"{current}\n{line}" if current else line
-    if current:
+    if current.strip():
         chunks.append(current)
-    return chunks
+    return chunks or [ELLIPSIS]
+
+
+def caption_and_rest(text: str, limit: int = CAPTION_LIMIT) -> tuple[str, str]:
+    """A caption that fits (whole lines) and the lines that did not fit ("" when all did)."""
+    if utf16_len(text) <= limit:
+        return text, ""
+    lines = text.splitlines()
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        candidate = "\n".join([*kept, line])
+        if utf16_len(candidate) > limit:
+            if not kept:  # one overlong first line: cut it, the rest follows
+                return clip(line, limit), "\n".join(lines[i + 1:])
+            return "\n".join(kept), "\n".join(lines[i:])
+        kept.append(line)
+    return "\n".join(kept), ""  # pragma: no cover - the text fit after all
+
+
+def button(text: str, *, callback_data: str | None = None, url: str | None = None) -> InlineKeyboardButton:
+    """An inline button within Telegram's limits: label cut to fit; callback data must be 1-64 bytes."""
+    if callback_data is not None and not 1 <= len(callback_data.encode()) <= CALLBACK_DATA_BYTES:
+        raise ValueError(f"callback data of {len(callback_data.encode())} bytes (Telegram takes 1-64)")
+    return InlineKeyboardButton(clip(text, BUTTON_TEXT_LIMIT) or "?", callback_data=callback_data, url=url)
+
+
+def keyboard(buttons: list[InlineKeyboardButton], per_row: int, extra_rows: int = 0) -> list[list[InlineKeyboardButton]]:
+    """Buttons in rows of at most `per_row` (and 8), keeping the total within 100 (room left for `extra_rows`)."""
+    per_row = max(1, min(per_row, BUTTONS_PER_ROW))
+    buttons = buttons[:MAX_BUTTONS - extra_rows]
+    return [buttons[i:i + per_row] for i in range(0, len(buttons), per_row)]
+
+
+def markup(rows: list[list[InlineKeyboardButton]]) -> InlineKeyboardMarkup | None:
+    """An inline keyboard, or None without buttons."""
+    rows = [row for row in rows if row]
+    return InlineKeyboardMarkup(rows) if rows else None
+
+
+class FittingBot(ExtBot[None]):
+    """The bot, with a last line of defence for Telegram's length limits.
+
+    Replies are built to fit; should one not (a translation, a field we forgot), a text over 4,096 is sent as
+    several messages (the keyboard on the last), a caption over 1,024 keeps the lines that fit and sends the
+    rest as a message, and a button answer is cut to 200. Each such event is logged as a warning.
+    """
+
+    async def send_message(self, chat_id: Any, text: str, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        """sendMessage, split into several messages when the text is too long."""
+        if args or utf16_len(text) <= TEXT_LIMIT or kwargs.get("parse_mode"):
+            return await super().send_message(chat_id, text, *args, **kwargs)
+        logger.warning("a reply of %d characters was split into several messages", utf16_len(text))
+        chunks = split_message(text)
+        reply_markup = kwargs.pop("reply_markup", None)
+        for chunk in chunks[:-1]:
+            await super().send_message(chat_id, chunk, **kwargs)
+        return await super().send_message(chat_id, chunks[-1], reply_markup=reply_markup, **kwargs)
+
+    async def send_photo(self, chat_id: Any, photo: Any, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        """sendPhoto; a caption that is too long is cut at a line and the rest follows as a message."""
+        caption = kwargs.get("caption")
+        if args or not caption or utf16_len(caption) <= CAPTION_LIMIT or kwargs.get("parse_mode"):
+            return await super().send_photo(chat_id, photo, *args, **kwargs)
+        logger.warning("a caption of %d characters was cut; the rest follows as a message", utf16_len(caption))
+        kwargs["caption"], rest = caption_and_rest(caption)
+        sent = await super().send_photo(chat_id, photo, **kwargs)
+        if rest.strip():
+            await self.send_message(chat_id, rest, protect_content=kwargs.get("protect_content"))
+        return sent
+
+    async def edit_message_text(self, text: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """editMessageText, cut to the limit."""
+        if utf16_len(text) > TEXT_LIMIT and not kwargs.get("parse_mode"):
+            logger.warning("an edited text of %d characters was cut", utf16_len(text))
+            text = clip(text, TEXT_LIMIT)
+        return await super().edit_message_text(text, *args, **kwargs)
+
+    async def answer_callback_query(self, callback_query_id: str, text: str | None = None, *args: Any,
+                                    **kwargs: Any) -> bool:  # type: ignore[override]
+        """answerCallbackQuery, its toast or alert cut to 200."""
+        if text is not None and utf16_len(text) > ANSWER_LIMIT:
+            text = clip(text, ANSWER_LIMIT)
+        return await super().answer_callback_query(callback_query_id, text, *args, **kwargs)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bot.telegram_io import clip
 from engine import (
     AuditEntry,
     CaseRequired,
@@ -19,6 +20,7 @@ from engine import (
     ImageRejected,
     IndexUnavailable,
     InvalidArgument,
+    LastAdmin,
     ModelError,
     NoFaceFound,
     NotFound,
@@ -29,6 +31,9 @@ from engine import (
 
 if TYPE_CHECKING:
     from bot.sessions import ResultSet
+
+SUBJECT_SHOWN = 100  # characters of a subject, note or case shown in a reply (the rest is cut with "…")
+URL_SHOWN = 300  # characters of a source link shown in a list (its button carries the whole link)
 
 # -- start-up (for the operator, in the log) -----------------------------------------------------
 MISSING_TOKEN = (
@@ -56,12 +61,15 @@ ADMIN_COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 # -- access ------------------------------------------------------------------------------------
-def not_authorised(user_id: int) -> str:
-    """The one reply an account that is not whitelisted gets."""
-    return (
+def not_authorised(user_id: int, quiet_seconds: int = 0) -> str:
+    """The one reply an account that is not whitelisted gets (then silence for `quiet_seconds`)."""
+    text = (
         "You are not authorised to use this bot.\n"
         f"Your Telegram id is {user_id}. Send it to an administrator if you should have access."
     )
+    if quiet_seconds > 0:
+        text += f"\nMessages in the next {duration(quiet_seconds)} will get no reply."
+    return text
 
 
 ADMIN_ONLY = "That command is for administrators. /help lists what you can do."
@@ -79,11 +87,23 @@ START = (
 
 
 def help_text(is_admin: bool, active_case: str | None, rate_limit_per_hour: int) -> str:
-    """The /help reply; admins also get their commands."""
+    """The /help reply: how to search, how to read an answer, the commands; admins also get theirs."""
     lines = [
-        "Send a photo (or an image file: JPEG, PNG, WebP or HEIC) to search the gallery.",
-        f"Your active case: {active_case}" if active_case else "You have no active case: set one with /case <ref>.",
-        f"You can run up to {rate_limit_per_hour} searches per hour.",
+        "Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to 20 MB) to search the gallery.",
+        f"Your active case: {clip(active_case, SUBJECT_SHOWN)}" if active_case
+        else "You have no active case: set one with /case <ref>.",
+        f"You can send up to {rate_limit_per_hour} photos per hour (each photo counts, and each extra face you "
+        "search in it).",
+        "",
+        "Reading an answer:",
+        "- Several faces in the photo: I box and number them. Tap a face's number to search that face.",
+        "- Each match shows a percentage: how similar the two faces are (100% would be the same picture). "
+        "It is not a probability that it is the same person.",
+        "- strong: similar enough that strangers rarely score this high. possible: worth a look, often a stranger.",
+        "- The odds line says how often a stranger scores this high in this gallery: 1 in 40,000 is strong "
+        "evidence, 1 in 20 is weak.",
+        "- More shows the next matches. Source opens where the gallery photo came from.",
+        "Matches are leads, not identifications: confirm them another way before acting.",
         "",
         "Commands:",
     ]
@@ -123,19 +143,19 @@ USAGE = {
 
 # -- case ---------------------------------------------------------------------------------------
 NEED_CASE = (
-    "Set a case reference before searching: /case <reference> (for example /case OP-2024-117). "
-    "Every search is logged against it."
+    "Set a case reference first: /case <reference> (for example /case OP-2024-117); every search is logged "
+    "against it. Then send the photo again: it was not kept."
 )
 
 
 def case_set(case: str) -> str:
     """After /case <ref>."""
-    return f"Active case: {case}. Your searches are now logged against it."
+    return f"Active case: {clip(case, SUBJECT_SHOWN)}. Your searches are now logged against it."
 
 
 def case_shown(case: str | None) -> str:
     """After /case alone."""
-    return f"Active case: {case}" if case else "You have no active case. Set one with /case <reference>."
+    return f"Active case: {clip(case, SUBJECT_SHOWN)}" if case else "You have no active case. Set one with /case <reference>."
 
 
 CASE_CLEARED = "Active case cleared."
@@ -157,7 +177,10 @@ NOT_AN_IMAGE = "That file is not an image. Send a photo, or a JPEG, PNG, WebP or
 def too_big(size_bytes: int | None, limit_bytes: int) -> str:
     """An attachment refused before downloading because of its size."""
     size = f" ({size_bytes / 1e6:.1f} MB)" if size_bytes else ""
-    return f"That file is too big{size}: the limit is {limit_bytes / 1e6:.0f} MB. Send a smaller photo."
+    return (
+        f"That file is too big{size}: the limit is {limit_bytes / 1e6:.0f} MB. "
+        "Send a smaller photo, or send it as a photo rather than a file (Telegram makes it smaller)."
+    )
 
 
 PHOTO_EXPIRED = "That photo is no longer in memory (photos are dropped after {ttl}). Send it again to search."
@@ -192,6 +215,10 @@ ERRORS: dict[type[EngineError], str] = {
     NotFound: "Not found: {detail}.",
     InvalidArgument: "That doesn't work: {detail}.",
     CaseRequired: NEED_CASE,
+    LastAdmin: (
+        "That would leave Sightline without an administrator. Make another account admin first: "
+        "/allow <user_id> admin."
+    ),
     ModelError: "The search service is not working (face models). An administrator has to check the server.",
     StorageError: "The search service is not working (storage). An administrator has to check the server.",
     IndexUnavailable: "The search service cannot reach its index server right now, so nothing was done. "
@@ -233,15 +260,15 @@ def strangers(expected: float, gallery_faces: int) -> str:
     """How often a stranger would score this high in a gallery this size, in plain words."""
     if expected >= 0.5:
         count = f"{expected:.0f}" if expected >= 10 else f"{expected:.1f}"
-        return f"expect ~{count} strangers this close in a gallery of {gallery_faces:,} faces"
+        return f"weak: ~{count} strangers in this gallery of {gallery_faces:,} faces may score this high"
     if expected <= 0:
-        return "no stranger in the calibration set scored this high"
-    return f"about 1 in {_nice(1 / expected)} galleries this size would have a stranger scoring this high"
+        return "no stranger in our test set scored this high"
+    return f"odds a stranger scores this high here: 1 in {_nice(1 / expected)}"
 
 
 def subject_of(hit: Hit) -> str:
-    """The subject of a hit, or "unlabelled"."""
-    return hit.subject or "unlabelled"
+    """The subject of a hit, or "unlabelled" (cut to fit a list)."""
+    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else "unlabelled"
 
 
 def quality_warning(warnings: Sequence[str]) -> str | None:
@@ -265,14 +292,15 @@ def hit_lines(hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
     lines = [f"{hit.rank}. {subject_of(hit)} - {percent(hit.similarity)} ({hit.band}{low})"]
     if hit.strangers_expected is not None:
         lines.append(f"   {strangers(hit.strangers_expected, gallery_faces)}")
-    lines.append(f"   {hit.source_url}" if linked else f"   source: {hit.source_url}")
+    url = clip(hit.source_url, URL_SHOWN)
+    lines.append(f"   {url}" if linked else f"   source: {url}")
     return lines
 
 
 def search_header(results: ResultSet) -> list[str]:
     """The lines above the matches: leads warning, case, which face, quality warning."""
     face = f"face {results.face} of {results.faces_in_photo}" if results.faces_in_photo > 1 else "1 face"
-    case = f"Case {results.case}" if results.case else "No case"
+    case = f"Case {clip(results.case, SUBJECT_SHOWN)}" if results.case else "No case"
     lines = [LEADS_NOT_IDS, f"{case} - {face} - gallery of {results.gallery_faces:,} faces"]
     warning = quality_warning(results.warnings)
     if warning:
@@ -306,7 +334,7 @@ def no_match(case: str | None, gallery_faces: int, threshold: float, warnings: S
     """A search that found nothing above the threshold."""
     lines = [
         f"No match: no gallery face scored above {percent(threshold)} among {gallery_faces:,} gallery faces.",
-        f"Case {case}." if case else "No case.",
+        f"Case {clip(case, SUBJECT_SHOWN)}." if case else "No case.",
     ]
     warning = quality_warning(warnings)
     if warning:
@@ -346,11 +374,57 @@ def searching_face(number: int) -> str:
     return f"Searching face {number}..."
 
 
+def already_searched(number: int) -> str:
+    """A face button pressed again: the answer is already in the chat."""
+    return f"Face {number} was already searched: its matches are above."
+
+
+def results_continued(start: int, stop: int, total: int) -> str:
+    """The header of the list of matches when it does not fit under the picture."""
+    return f"Matches {start + 1}-{stop} of {total} (continued):"
+
+
 # -- admin: users, stats ---------------------------------------------------------------------------
 def allowed(user: User) -> str:
     """After /allow."""
-    note = f" ({user.note})" if user.note else ""
+    note = f" ({clip(user.note, SUBJECT_SHOWN)})" if user.note else ""
     return f"User {user.user_id} may now use Sightline as {user.role}{note}."
+
+
+def cannot_demote_bootstrap(user_id: int) -> str:
+    """/allow <id> officer for an admin listed in SIGHTLINE_ADMINS: nothing changes."""
+    return (
+        f"User {user_id} is an admin from SIGHTLINE_ADMINS and stays admin: remove them from SIGHTLINE_ADMINS "
+        "and restart the bot to change that. Nothing was changed."
+    )
+
+
+# -- confirmations (inline buttons) before what cannot be undone ------------------------------------
+def confirm_forget(what: str, value: str) -> str:
+    """Asked before /forget erases anything."""
+    return (
+        f"Erase for good every gallery image of {what} {clip(value, SUBJECT_SHOWN)}, with all its faces? "
+        "This cannot be undone."
+    )
+
+
+def confirm_revoke_self(user_id: int) -> str:
+    """Asked before an admin removes their own access."""
+    return f"You are about to remove your own access ({user_id}). You will not be able to use the bot afterwards."
+
+
+def confirm_demote_self(user_id: int) -> str:
+    """Asked before an admin makes themself an officer."""
+    return f"You are about to make yourself ({user_id}) an officer: you will lose the admin commands."
+
+
+CONFIRM_FORGET = "Erase for good"
+CONFIRM_REVOKE = "Remove my access"
+CONFIRM_DEMOTE = "Make me an officer"
+CANCEL = "Cancel"
+CANCELLED = "Cancelled: nothing was changed."
+CONFIRM_EXPIRED = "This question has expired or was answered already. Send the command again."
+DONE_BELOW = "Done: see below."
 
 
 def revoked(user_id: int) -> str:
@@ -374,7 +448,7 @@ def users_list(users: Sequence[User], bootstrap: frozenset[int]) -> str:
             extra.append("bootstrap")
         if u.active_case:
             extra.append(f"case {u.active_case}")
-        note = f" - {u.note}" if u.note and u.note != BOOTSTRAP_NOTE else ""
+        note = f" - {clip(u.note, SUBJECT_SHOWN)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
         lines.append(f"{u.user_id} ({', '.join(extra)}){note}")
     return "\n".join(lines)
 
@@ -395,13 +469,13 @@ def enrolled(e: Enrollment) -> str:
     """After /enroll."""
     if e.duplicate:
         return f"That image is already in the gallery (image {e.image_id}); nothing was added."
-    subject = f", subject {e.subject} on its main face" if e.subject else ", unlabelled"
+    subject = f", subject {clip(e.subject, SUBJECT_SHOWN)} on its main face" if e.subject else ", unlabelled"
     return f"Added image {e.image_id}: {e.faces} face(s){subject}.\nSHA-256 {e.image_sha256}"
 
 
 def forgotten(e: Erasure, what: str, value: str) -> str:
     """After /forget."""
-    return f"Erased for good ({what} {value}): {e.images} image(s), {e.faces} face(s)."
+    return f"Erased for good ({what} {clip(value, SUBJECT_SHOWN)}): {e.images} image(s), {e.faces} face(s)."
 
 
 # -- admin: audit --------------------------------------------------------------------------------------

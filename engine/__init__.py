@@ -11,6 +11,7 @@ from .errors import (
     ImageRejected,
     IndexUnavailable,
     InvalidArgument,
+    LastAdmin,
     ModelError,
     NoFaceFound,
     NotFound,
@@ -32,6 +33,7 @@ from .types import (
 
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
-    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "ModelError",
-    "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "IndexUnavailable", "User",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "IndexUnavailable", "InvalidArgument",
+    "LastAdmin", "ModelError", "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats",
+    "StorageError", "User",
 ]

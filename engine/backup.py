@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import EngineConfig
-from .errors import StorageError
+from .errors import StorageError, disk_full, is_disk_full
 from .images import file_sha256
 from .index import SCRUB_BASE, sidecar_path
 
@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 FORMAT = "sightline-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
+HEAD_FILE = "audit-head.log"  # the audit head file's name inside a backup
 IGNORED_IN_EMPTY_DIR = {".gitkeep"}  # a data dir holding only these counts as empty
+PARTIAL_PREFIX = ".sightline-backup-"  # DEST's sibling ".sightline-backup-<name>.partial-<pid>" while it is written
 
 
 class BackupError(StorageError):
@@ -131,7 +133,8 @@ def create_backup(config: EngineConfig, dest: Path) -> dict[str, Any]:
     if dest.resolve().is_relative_to(Path(config.data_dir).resolve()):
         raise BackupError(f"{dest} is inside the data directory {config.data_dir}: put backups elsewhere")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    remove_stale_partials(dest.parent)
+    partial = dest.with_name(f"{PARTIAL_PREFIX}{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
     try:
@@ -139,14 +142,47 @@ def create_backup(config: EngineConfig, dest: Path) -> dict[str, Any]:
         if dest.exists():
             dest.rmdir()  # empty, checked above
         os.rename(partial, dest)
-    except BaseException:
+    except BaseException as exc:  # an error, Ctrl-C or SIGTERM (the CLI turns it into SystemExit)
         shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(exc):
+            raise BackupError(f"{disk_full(dest.parent)}: nothing was backed up") from exc
         raise
     return manifest
 
 
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete the partial folders of backups into `folder` whose process is gone (killed with SIGKILL or a
+    power cut: nothing can clean up then). They hold biometric data, so none is left behind. Returns them."""
+    removed = []
+    for path in folder.glob(f"{PARTIAL_PREFIX}*.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)) or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted backup (process %s is gone)", path, pid)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier attempt
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
     db_copy = out / config.db_path.name
+    # The audit head file first: the database snapshot taken next holds every head it records.
+    head_copy = None
+    if config.audit_head_path.is_file():
+        head_copy = out / HEAD_FILE
+        shutil.copyfile(config.audit_head_path, head_copy)
     try:
         src = sqlite3.connect(str(config.db_path), timeout=30)
         try:
@@ -165,6 +201,8 @@ def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
     if integrity != "ok":
         raise BackupError(f"the database fails its integrity check ({integrity}): not backed up")
     files = {db_copy.name: db_copy}
+    if head_copy is not None:
+        files[head_copy.name] = head_copy
     index_info: dict[str, Any] | None = None
     if config.index_path.is_file():
         index_copy = out / config.index_path.name
@@ -310,6 +348,11 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
         ):
             stale.unlink(missing_ok=True)
         os.replace(staged_db, config.db_path)
+        head = Path(src) / HEAD_FILE
+        if head.is_file() and not config.audit_head_path.exists():  # an existing head file is evidence: kept
+            config.audit_head_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(head, config.audit_head_path)
+            os.chmod(config.audit_head_path, 0o600)
         if staged_index is not None:
             os.replace(staged_index, config.index_path)
             if sidecar_path(staged_index).is_file():

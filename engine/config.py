@@ -68,6 +68,8 @@ class EngineConfig:
     require_case: bool = True
     default_retention_days: int | None = None  # gallery images expire after this many days if set
     audit_retention_days: int | None = None  # audit entries older than this may be purged
+    audit_head_file: Path | None = None  # None: data_dir/audit-head.log (engine.audit.HeadLog)
+    audit_head_syslog: str | None = None  # also send each head to syslog: "/dev/log" or "host:port" (UDP)
 
     def resolved_model_dir(self) -> Path:
         """The folder the ONNX files are read from."""
@@ -77,6 +79,11 @@ class EngineConfig:
     def db_path(self) -> Path:
         """The SQLite database: the source of truth."""
         return Path(self.data_dir) / "sightline.sqlite3"
+
+    @property
+    def audit_head_path(self) -> Path:
+        """The append-only file of audit heads kept outside the database."""
+        return Path(self.audit_head_file) if self.audit_head_file else Path(self.data_dir) / "audit-head.log"
 
     @property
     def index_path(self) -> Path:

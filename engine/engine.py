@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -14,13 +15,27 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import audit, projection
 from . import calibration as calib
-from . import projection
 from .config import EngineConfig
-from .errors import CaseRequired, FaceIndexError, IndexUnavailable, InvalidArgument, NoFaceFound, NotFound, SeveralFaces
+from .errors import (
+    CaseRequired,
+    FaceIndexError,
+    IndexUnavailable,
+    InvalidArgument,
+    LastAdmin,
+    NoFaceFound,
+    NotFound,
+    SeveralFaces,
+    StorageError,
+    disk_full,
+    is_damaged_database,
+    is_disk_full,
+)
 from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_box
 from .images import Decoded, decode, sha256_hex
 from .index import VectorIndex, open_index
+from .integrity import clamp_similarity
 from .store import FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
@@ -116,33 +131,58 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    async def open(cls, config: EngineConfig) -> Engine:
-        """Load the models, open the database, restore (or repair) the index."""
-        faces = await asyncio.to_thread(FaceModel, config)
-        store = await MetadataStore.open(config.db_path)
-        index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))
-        if config.index_backend != "usearch" and config.index_path.exists():
-            logger.warning("%s is a usearch index from before the switch to %s: it still holds faces, including any "
-                           "erased since; `sightline index-migrate --to %s` erases it", config.index_path,
-                           config.index_backend, config.index_backend)
-        engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
+    async def open(cls, config: EngineConfig, *, create: bool = True) -> Engine:
+        """Load the models, open the database, restore (or repair) the index.
+
+        Without `create`, a missing database raises StorageError instead of starting an empty gallery.
+        Whatever fails, everything opened so far is closed again (the database connection's thread would
+        otherwise keep the process alive at exit); a full disk raises DiskFull naming the data directory.
+        """
+        store: MetadataStore | None = None
+        engine: Engine | None = None
+        index: VectorIndex | None = None
         try:
+            faces = await asyncio.to_thread(FaceModel, config)
+            head_log = audit.HeadLog(config.audit_head_path, config.audit_head_syslog)
+            store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
+            index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))
+            index.gallery_id = store.gallery_id
+            if config.index_backend != "usearch" and config.index_path.exists():
+                logger.warning("%s is a usearch index from before the switch to %s: it still holds faces, including "
+                               "any erased since; `sightline index-migrate --to %s` erases it", config.index_path,
+                               config.index_backend, config.index_backend)
+            engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
             await engine.reconcile_index()
-        except BaseException:
-            index.close()
-            await store.close()
-            engine._executor.shutdown(wait=False)
+        except BaseException as exc:
+            if index is not None:
+                index.close()
+            if engine is not None:
+                engine._executor.shutdown(wait=True, cancel_futures=True)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await store.conn.close()
+            if is_disk_full(exc, config.data_dir):
+                raise disk_full(config.data_dir) from exc
+            if is_damaged_database(exc):
+                raise StorageError(f"the database {config.db_path} is damaged or unreadable ({exc}): restore a "
+                                   "backup (`sightline restore SRC --force`)") from exc
             raise
         return engine
 
     async def close(self) -> None:
-        """Save the index if it changed and close the database."""
+        """Save the index if it changed and close the database; both are closed even when saving fails."""
         try:
             await self.save_index()
+        except BaseException as exc:
+            if is_disk_full(exc, self.config.data_dir):
+                raise disk_full(self.config.data_dir) from exc
+            raise
         finally:
-            self.index.close()
-            await self.store.close()
-            self._executor.shutdown(wait=True)
+            try:
+                self.index.close()
+                await self.store.close()
+            finally:
+                self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -350,7 +390,7 @@ class Engine:
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched or audited then.
+        choose; nothing is searched then, and the analysis is audited (action "detect").
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -366,6 +406,9 @@ class Engine:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            raise
+        except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
             raise
         cut = self.threshold_possible if threshold is None else threshold
         gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
@@ -419,8 +462,10 @@ class Engine:
         want = min(max(top * 4, 40), max(gallery, 1))
         keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
+        # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
         scored = sorted(
-            ((float(np.dot(r.embedding, vec)), r) for r in rows.values()), key=lambda t: t[0], reverse=True
+            ((clamp_similarity(float(np.dot(r.embedding, vec))), r) for r in rows.values()),
+            key=lambda t: t[0], reverse=True,
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
@@ -511,6 +556,8 @@ class Engine:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
         if user_id <= 0:
             raise InvalidArgument("a Telegram user id is a positive number")
+        if role != "admin":
+            await self._keep_an_admin(user_id)
         await self.store.put_user(user_id, role, note, actor)
         await self.store.append_audit(actor, "allow", None, {"user_id": user_id, "role": role, "note": note})
         user = await self.store.get_user(user_id)
@@ -518,10 +565,18 @@ class Engine:
         return user
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
-        """Remove a user from the whitelist; raises NotFound if they were not on it."""
+        """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
+        only administrator."""
+        await self._keep_an_admin(user_id)
         if not await self.store.delete_user(user_id):
             raise NotFound(f"user {user_id} is not on the whitelist")
         await self.store.append_audit(actor, "revoke", None, {"user_id": user_id})
+
+    async def _keep_an_admin(self, user_id: int) -> None:
+        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
+        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
+        if admins == [user_id]:
+            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
@@ -542,8 +597,8 @@ class Engine:
         return await self.store.audit_entries(last=n)
 
     async def audit_verify(self) -> ChainCheck:
-        """Verify the whole hash chain."""
-        return await self.store.verify_audit()
+        """Verify the whole hash chain, and that it agrees with the head file kept outside the database."""
+        return await self.store.verify_audit(self.store.head_log)
 
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:

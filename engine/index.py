@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from . import integrity
+
 if TYPE_CHECKING:
     from .config import EngineConfig
     from .projection import Projection
@@ -122,7 +124,9 @@ class UsearchIndex:
 
     With a `projection`, callers still pass full embeddings: the index projects them (to
     `projection.dims` dimensions) on the way in, for both `add` and `search`. A sidecar file
-    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in.
+    (`<path>.json`) records which projection built the saved index, so a different one is never mixed in,
+    and which gallery it belongs to with a checksum of the file (engine.integrity): a foreign or damaged
+    file is never loaded.
     """
 
     backend = "usearch"
@@ -150,6 +154,7 @@ class UsearchIndex:
         self.last_latency_ms: float | None = None  # of the last search (stats, /metrics)
         self.lookups = 0  # searches so far, and their total seconds (/metrics)
         self.lookup_seconds = 0.0
+        self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
 
     def _new(self):  # type: ignore[no-untyped-def]
         from usearch.index import Index
@@ -184,7 +189,12 @@ class UsearchIndex:
 
         if not self.path.is_file():
             return False
-        built_with = read_sidecar(self.path).get("projection")
+        sidecar = read_sidecar(self.path)
+        problem = integrity.sidecar_problem(self.path, sidecar, self.gallery_id)
+        if problem:
+            logger.warning("index file %s is not used: %s; it will be rebuilt from the database", self.path, problem)
+            return False
+        built_with = sidecar.get("projection")
         if built_with != self.projection_key:
             logger.warning("index file %s was built with projection %s, not %s; it will be rebuilt",
                            self.path, built_with or "none", self.projection_key or "none")
@@ -207,24 +217,30 @@ class UsearchIndex:
         """Write the index atomically: a temporary file, fsync, then rename over the old one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
-        with self._lock.shared():
-            self._index.save(str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        # After the index: a crash in between leaves an old sidecar, which only costs a rebuild.
-        meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype}
-        if read_sidecar(self.path) != meta:
-            side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        try:
+            # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
+            with self._lock.shared():
+                self._index.save(str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
+                    **integrity.sidecar_fields(tmp, self.gallery_id)}
+            os.replace(tmp, self.path)
+            # After the index: a crash in between leaves an old sidecar, whose checksum fails: a rebuild.
             side_tmp.write_text(json.dumps(meta) + "\n")
             os.replace(side_tmp, self.sidecar_path)
+        except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
+            tmp.unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
+            raise
 
     def fresh(self) -> UsearchIndex:
         """An empty index with the same settings and path (saving it replaces the old file)."""
-        return UsearchIndex(self.path, dtype=self.dtype, connectivity=self.connectivity, expansion_add=self.expansion_add,
-                            expansion_search=self.expansion_search, projection=self.projection,
-                            ndim=self.ndim)
+        fresh = UsearchIndex(self.path, dtype=self.dtype, connectivity=self.connectivity, expansion_add=self.expansion_add,
+                             expansion_search=self.expansion_search, projection=self.projection, ndim=self.ndim)
+        fresh.gallery_id = self.gallery_id
+        return fresh
 
     def close(self) -> None:
         """Nothing to release (the engine saves before closing)."""

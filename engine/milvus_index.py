@@ -94,6 +94,7 @@ class MilvusIndex:
         self.index_type = index_type  # HNSW: measured best for faces (bench/RESULTS.md); IVF_*: for the bench
         self.nlist = nlist
         self.nprobe = nprobe
+        self.gallery_id: str | None = None  # the database's gallery id: recorded in the collection, checked on load
         self.scrubbed = 0  # Milvus compacts deletions away: no scrub slots (the engine reads this)
         self.path = None  # no local file
         self._client: Any = None
@@ -156,7 +157,7 @@ class MilvusIndex:
 
     # -- the collection ----------------------------------------------------------------------
     def _meta(self) -> dict[str, object]:
-        return {"format": _FORMAT, "projection": self.projection_key, "ndim": self.ndim}
+        return {"format": _FORMAT, "projection": self.projection_key, "ndim": self.ndim, "gallery": self.gallery_id}
 
     def _create(self, c: Any) -> None:
         pm = _pymilvus()
@@ -193,6 +194,10 @@ class MilvusIndex:
         if meta is None:
             logger.warning("%s does not exist: it will be built from the database", self.where)
             return False
+        if meta.get("gallery") and self.gallery_id and meta.get("gallery") != self.gallery_id:
+            # Never rebuilt over: it is another gallery's index (two databases configured with one collection).
+            raise IndexUnavailable(f"{self.where} belongs to another gallery ({meta.get('gallery')}, this database is "
+                                   f"{self.gallery_id}): set SIGHTLINE_MILVUS_COLLECTION to a collection of its own")
         if meta.get("format") != _FORMAT or meta.get("projection") != self.projection_key or meta.get("ndim") != self.ndim:
             logger.warning("%s was built for %s, not projection %s (%d-d): it will be rebuilt", self.where,
                            meta or "something else", self.projection_key or "none", self.ndim)
@@ -214,6 +219,7 @@ class MilvusIndex:
         new = MilvusIndex(self.uri, self.collection, self._token, self.ndim, self.connectivity, self.expansion_add,
                           self.expansion_search, self.projection, self.timeout, self.slow_timeout, self.index_type,
                           self.nlist, self.nprobe)
+        new.gallery_id = self.gallery_id
         new.reset()
         return new
 

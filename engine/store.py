@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,13 +16,13 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from . import audit
+from . import audit, integrity
 from .errors import StorageError
 from .types import AuditEntry, ChainCheck, User
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: faces.emb_crc and meta gallery_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS faces (
     is_primary  INTEGER NOT NULL,
     subject     TEXT,
     embedding   BLOB NOT NULL,
-    thumbnail   BLOB
+    thumbnail   BLOB,
+    emb_crc     INTEGER  -- CRC-32 of embedding (engine.integrity); NULL only for a row found damaged
 );
 CREATE INDEX IF NOT EXISTS faces_image ON faces(image_id);
 CREATE INDEX IF NOT EXISTS faces_subject ON faces(subject);
@@ -119,18 +122,37 @@ class StoredFace:
     embedding: np.ndarray
 
 
+@dataclass(frozen=True, slots=True)
+class DamagedFace:
+    """A stored face whose embedding fails its checks: never ranked, reported by doctor."""
+
+    face_id: int
+    image_id: int
+    problem: str
+
+
 class MetadataStore:
     """All SQL lives here. One connection; writes are serialised by a lock."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, head_log: audit.HeadLog | None = None) -> None:
         self.conn = conn
         self.path = path
+        self.head_log = head_log
+        self.gallery_id: str | None = None
         self._write = asyncio.Lock()
+        self._reported: set[int] = set()  # damaged faces already logged by this process
 
     @classmethod
-    async def open(cls, path: Path) -> MetadataStore:
-        """Open (creating if needed) the database with WAL, foreign keys and secure_delete on."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(cls, path: Path, *, create: bool = True, head_log: audit.HeadLog | None = None) -> MetadataStore:
+        """Open the database with WAL, foreign keys and secure_delete on; creates it only when `create`.
+
+        Raises StorageError when it cannot be opened (or, without `create`, does not exist). Adds what an
+        older schema lacks (the embedding checksums, the gallery id). `head_log` receives every new audit head.
+        """
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise StorageError(f"no database at {path}")
         conn = None
         try:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
@@ -140,14 +162,43 @@ class MetadataStore:
             await conn.execute("PRAGMA secure_delete=ON")  # erased rows are overwritten with zeros
             await conn.execute("PRAGMA busy_timeout=10000")
             await conn.executescript(SCHEMA)
+            await _migrate(conn)
             await conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
             )
-        except (aiosqlite.Error, OSError) as exc:
-            if conn is not None:  # its thread would otherwise keep the process alive
+            async with conn.execute("SELECT value FROM meta WHERE key = 'gallery_id'") as cur:
+                gallery_id = str((await cur.fetchone())[0])
+        except BaseException as exc:
+            if conn is not None:  # its (non-daemon) thread would otherwise keep the process alive at exit
                 await conn.close()
-            raise StorageError(f"cannot open the database {path}: {exc}") from None
-        return cls(conn, path)
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StorageError(f"cannot open the database {path}: {exc}") from exc
+            raise
+        store = cls(conn, path, head_log)
+        store.gallery_id = gallery_id
+        try:
+            await store._start_head_log()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _start_head_log(self) -> None:
+        """The first time a head file is in use, record the current head in it and remember from which entry."""
+        if self.head_log is None or await self.get_meta("audit_head_log_from") is not None:
+            return
+        seq = int(await self.get_meta("audit_head_seq") or await self.get_meta("audit_anchor_seq") or 0)
+        digest = await self.get_meta("audit_head") or await self.get_meta("audit_anchor") or audit.GENESIS
+        self.head_log.path.parent.mkdir(parents=True, exist_ok=True)
+        self.head_log.append(seq, digest)
+        await self.set_meta("audit_head_log_from", str(seq))
+        logger.info("audit heads are now also appended to %s (from entry %d)", self.head_log.path, seq)
+
+    def _published(self, entry: AuditEntry) -> AuditEntry:
+        """Call after an audit entry COMMITS (never inside the transaction): append it to the head file."""
+        if self.head_log is not None:
+            self.head_log.append(entry.seq, entry.hash)
+        return entry
 
     async def close(self) -> None:
         """Checkpoint the WAL and close."""
@@ -208,12 +259,12 @@ class MetadataStore:
                 for f in faces:
                     cur = await self.conn.execute(
                         "INSERT INTO faces(image_id, number, x1, y1, x2, y2, det_score, width_px, blur, yaw, pitch,"
-                        " quality_ok, is_primary, subject, embedding, thumbnail)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " quality_ok, is_primary, subject, embedding, thumbnail, emb_crc)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             image_id, f.number, *f.box, f.det_score, f.width_px, f.blur, f.yaw, f.pitch,
-                            int(f.quality_ok), int(f.is_primary), f.subject,
-                            np.asarray(f.embedding, dtype=np.float32).tobytes(), f.thumbnail,
+                            int(f.quality_ok), int(f.is_primary), f.subject, (blob := _embedding_blob(f.embedding)),
+                            f.thumbnail, integrity.embedding_crc(blob),
                         ),
                     )
                     face_ids.append(int(cur.lastrowid or 0))
@@ -224,23 +275,49 @@ class MetadataStore:
         return image_id, face_ids
 
     async def faces_by_ids(self, ids: Iterable[int]) -> dict[int, StoredFace]:
-        """Faces with their images' metadata and float32 embeddings."""
+        """Faces with their images' metadata and float32 embeddings; damaged rows are left out and logged."""
         ids = [int(i) for i in ids]
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
         rows = await self._all(
-            "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality_ok, f.subject, i.source_url, i.sha256, f.embedding"
-            f" FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
+            "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality_ok, f.subject, i.source_url, i.sha256,"
+            f" f.embedding, f.emb_crc FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
             ids,
         )
-        return {
-            r[0]: StoredFace(
+        out = {}
+        for r in rows:
+            problem = integrity.embedding_problem(r[10], r[11])
+            if problem:
+                self._report(DamagedFace(r[0], r[1], problem))
+                continue
+            out[r[0]] = StoredFace(
                 face_id=r[0], image_id=r[1], box=(r[2], r[3], r[4], r[5]), quality_ok=bool(r[6]), subject=r[7],
                 source_url=r[8], image_sha256=r[9], embedding=np.frombuffer(r[10], dtype=np.float32),
             )
-            for r in rows
-        }
+        return out
+
+    def _report(self, damaged: DamagedFace) -> None:
+        if damaged.face_id not in self._reported:
+            self._reported.add(damaged.face_id)
+            logger.error("face %d (image %d) is damaged in the database: %s; it is left out of every search "
+                         "(`sightline doctor --deep` lists all such faces; restore a backup or re-enrol the image)",
+                         damaged.face_id, damaged.image_id, damaged.problem)
+
+    async def damaged_faces(self, batch: int = 20000) -> AsyncIterator[tuple[int, DamagedFace | None]]:
+        """Walk every face: (rows read so far, the face when its embedding fails its checks, else None)."""
+        last, seen = 0, 0
+        while True:
+            rows = await self._all(
+                "SELECT id, image_id, embedding, emb_crc FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+            )
+            if not rows:
+                return
+            last = rows[-1][0]
+            for r in rows:
+                seen += 1
+                problem = integrity.embedding_problem(r[2], r[3])
+                yield seen, (DamagedFace(r[0], r[1], problem) if problem else None)
 
     async def thumbnail(self, face_id: int) -> bytes | None:
         """The stored JPEG thumbnail of a gallery face."""
@@ -266,17 +343,38 @@ class MetadataStore:
             for start in range(0, len(only), batch):
                 chunk = [int(i) for i in only[start : start + batch]]
                 marks = ",".join("?" * len(chunk))
-                rows = await self._all(f"SELECT id, embedding FROM faces WHERE id IN ({marks})", chunk)
+                rows = await self._all(
+                    f"SELECT id, embedding, emb_crc, image_id FROM faces WHERE id IN ({marks})", chunk
+                )
                 if rows:
-                    yield _ids_vectors(rows)
+                    yield self._ids_vectors(rows)
             return
         last = 0
         while True:
-            rows = await self._all("SELECT id, embedding FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            rows = await self._all(
+                "SELECT id, embedding, emb_crc, image_id FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+            )
             if not rows:
                 return
             last = rows[-1][0]
-            yield _ids_vectors(rows)
+            yield self._ids_vectors(rows)
+
+    def _ids_vectors(self, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and embeddings of (id, embedding, emb_crc, image_id) rows. A damaged row keeps its id with a
+        random unit vector: the index stays key-for-key with the database, and search never ranks the row."""
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.empty((len(rows), integrity.EMBEDDING_BYTES // 4), dtype=np.float32)
+        rng = None
+        for n, r in enumerate(rows):
+            problem = integrity.embedding_problem(r[1], r[2])
+            if problem is None:
+                vecs[n] = np.frombuffer(r[1], dtype=np.float32)
+                continue
+            self._report(DamagedFace(r[0], r[3], problem))
+            rng = rng or np.random.default_rng()
+            noise = rng.standard_normal(vecs.shape[1]).astype(np.float32)
+            vecs[n] = noise / np.linalg.norm(noise)
+        return ids, vecs
 
     async def find_images(
         self, *, subject: str | None = None, source_url: str | None = None, sha256: str | None = None
@@ -411,7 +509,7 @@ class MetadataStore:
             except BaseException:
                 await self.conn.execute("ROLLBACK")
                 raise
-        return AuditEntry(seq, ts, actor, action, case_ref, details, prev_hash, digest)
+        return self._published(AuditEntry(seq, ts, actor, action, case_ref, details, prev_hash, digest))
 
     async def audit_entries(
         self,
@@ -440,8 +538,9 @@ class MetadataStore:
             rows = await self._all(sql + " ORDER BY seq", args)
         return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
 
-    async def verify_audit(self) -> ChainCheck:
-        """Walk the whole chain from its anchor; also compare the end with the recorded head."""
+    async def verify_audit(self, head_log: audit.HeadLog | None = None) -> ChainCheck:
+        """Walk the whole chain from its anchor; compare its end with the recorded head, and with every
+        record of the head file kept outside the database (`head_log`, when given)."""
         anchor = await self.get_meta("audit_anchor") or audit.GENESIS
         anchor_seq = int(await self.get_meta("audit_anchor_seq") or 0)
         rows = await self._all(
@@ -458,6 +557,22 @@ class MetadataStore:
                 False, check.entries, check.head, first_bad_seq=last_seq + 1 if head_seq > last_seq else head_seq,
                 problem=f"the log ends at entry {last_seq} but entry {head_seq} was written: entries were removed",
             )
+        if head_log is None:
+            return check
+        since = await self.get_meta("audit_head_log_from")
+        read = head_log.read()
+        if read is None or not read[0]:
+            if since is None and read is None:
+                return check  # never used with this gallery
+            return ChainCheck(
+                False, check.entries, check.head, first_bad_seq=int(since or 0),
+                problem=f"the audit head file {head_log.path} is missing or empty, though heads were recorded "
+                f"there from entry {since}: restore it (or point SIGHTLINE_AUDIT_HEAD_FILE at where it was moved)",
+            )
+        found = audit.check_head_log(read[0], {int(r[0]): str(r[7]) for r in rows}, anchor_seq, last_seq)
+        if found:
+            return ChainCheck(False, check.entries, check.head, first_bad_seq=found[0],
+                              problem=f"{found[1]} ({head_log.path})")
         return check
 
     async def purge_audit_before(self, ts: str) -> int:
@@ -482,7 +597,47 @@ class MetadataStore:
         return int(cur.rowcount)
 
 
-def _ids_vectors(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-    return ids, vecs
+def _embedding_blob(embedding: np.ndarray) -> bytes:
+    return np.asarray(embedding, dtype=np.float32).tobytes()
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Bring an older database up to SCHEMA_VERSION (idempotent; each step commits on its own)."""
+    async with conn.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+        row = await cur.fetchone()
+    if row is not None and int(row[0]) >= SCHEMA_VERSION:
+        return
+    async with conn.execute("PRAGMA table_info(faces)") as cur:
+        columns = {str(r[1]) for r in await cur.fetchall()}
+    if "emb_crc" not in columns:
+        await conn.execute("ALTER TABLE faces ADD COLUMN emb_crc INTEGER")
+    # Rows without a checksum get one now, if they still pass the norm check: a row damaged before this
+    # migration keeps none and stays reported (engine.integrity.embedding_problem).
+    filled = damaged = 0
+    last = 0
+    while True:
+        async with conn.execute(
+            "SELECT id, embedding FROM faces WHERE emb_crc IS NULL AND id > ? ORDER BY id LIMIT 5000", (last,)
+        ) as cur:
+            rows = list(await cur.fetchall())
+        if not rows:
+            break
+        last = int(rows[-1][0])
+        good = [(integrity.embedding_crc(bytes(r[1])), r[0]) for r in rows
+                if integrity.embedding_problem(r[1], None) is None]
+        damaged += len(rows) - len(good)
+        if good:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.executemany("UPDATE faces SET emb_crc = ? WHERE id = ?", good)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            filled += len(good)
+    if filled:
+        logger.info("database migrated: checksums added to %d stored embeddings", filled)
+    if damaged:
+        logger.error("%d stored embeddings fail the norm check and got no checksum: `sightline doctor --deep` "
+                     "lists them", damaged)
+    await conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

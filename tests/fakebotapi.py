@@ -5,15 +5,25 @@ updates into), getFile plus the file download route (downloads are counted), sen
 sendChatAction, edit*, answerCallbackQuery, the command-menu methods and deleteWebhook. Unknown methods
 answer ok with `true`. Every call but getUpdates is recorded (method, decoded parameters, uploaded files)
 so tests can wait for it and assert on what a user would see.
+
+It refuses what Telegram refuses, with Telegram's 400 descriptions (core.telegram.org/bots/api; the texts
+are the ones the Bot API server answers): message text over 4,096 or caption over 1,024 UTF-16 code units
+after entity parsing, empty text, malformed HTML/MarkdownV2 ("can't parse entities"), callback_data outside
+1-64 bytes, URL buttons with a link Telegram does not accept, buttons without text or action, more than 100
+buttons or 8 per row, callback-query answers over 200 characters or a second answer to one query, an edit
+that changes nothing, a reply to a message that does not exist, and getFile of a file over 20 MB ("file is
+too big").
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import html.parser
 import io
 import itertools
 import json
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -21,6 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from telegram.constants import (
+    CallbackQueryLimit,
+    InlineKeyboardButtonLimit,
+    InlineKeyboardMarkupLimit,
+    MessageLimit,
+)
 
 BOT_USER = {
     "id": 4242, "is_bot": True, "first_name": "Sightline", "username": "sightline_test_bot",
@@ -28,6 +44,8 @@ BOT_USER = {
 }
 # Parameters that are free text and must not be JSON-decoded ("123" stays a string).
 TEXT_PARAMS = {"text", "caption", "callback_query_id", "file_id", "url", "photo", "document", "description"}
+DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile serves files up to 20 MB
+MARKDOWN_V2_RESERVED = set("_*[]()~`>#+-=|{}.!")
 MAX_POLL_WAIT = 0.25  # seconds a getUpdates call waits for an update (short, so the bot stops quickly)
 
 
@@ -74,6 +92,7 @@ class FakeBotAPI:
         self._update_ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self._answered: set[str] = set()  # callback queries answered (Telegram takes one answer each)
         self._last_push = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -164,6 +183,9 @@ class FakeBotAPI:
 
     # -- answers -----------------------------------------------------------------------------------
     def _answer(self, method: str, params: dict[str, Any], files: dict[str, bytes]) -> Any:
+        _check_limits(method, params)
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
+            self._check_reply(params)
         if method == "getMe":
             return BOT_USER
         if method in ("sendMessage", "sendPhoto", "sendDocument"):
@@ -175,12 +197,17 @@ class FakeBotAPI:
             if file_id not in self.files:
                 raise _ApiError(400, "Bad Request: invalid file_id")
             size = self.file_sizes.get(file_id, len(self.files[file_id]))
-            if size > 20 * 1024 * 1024:
+            if size > DOWNLOAD_LIMIT:
                 raise _ApiError(400, "Bad Request: file is too big")
             return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": size,
                     "file_path": f"files/{file_id}"}
         if method == "getMyCommands":
             return []
+        if method == "answerCallbackQuery":
+            query_id = str(params.get("callback_query_id"))
+            if query_id in self._answered:
+                raise _ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            self._answered.add(query_id)
         return True  # sendChatAction, answerCallbackQuery, setMyCommands, deleteMyCommands, deleteWebhook, ...
 
     def _new_message(self, params: dict[str, Any], files: dict[str, bytes], method: str) -> dict[str, Any]:
@@ -202,13 +229,28 @@ class FakeBotAPI:
             message["caption"] = params["caption"]
         if params.get("reply_markup"):
             message["reply_markup"] = params["reply_markup"]
+        replied = self.messages.get(int((params.get("reply_parameters") or {}).get("message_id") or 0))
+        if replied is not None:
+            message["reply_to_message"] = {k: v for k, v in replied.items() if k != "reply_to_message"}
+        if params.get("protect_content"):
+            message["has_protected_content"] = True
         self.messages[message["message_id"]] = message
         return message
+
+    def _check_reply(self, params: dict[str, Any]) -> None:
+        reply = params.get("reply_parameters") or {}
+        if reply and int(reply.get("message_id") or 0) not in self.messages and not reply.get("allow_sending_without_reply"):
+            raise _ApiError(400, "Bad Request: message to be replied not found")
 
     def _edit(self, method: str, params: dict[str, Any]) -> Any:
         message = self.messages.get(int(params.get("message_id") or 0))
         if message is None:
             raise _ApiError(400, "Bad Request: message to edit not found")
+        same_markup = params.get("reply_markup") == message.get("reply_markup")
+        same_text = method == "editMessageText" and params.get("text", "") == message.get("text")
+        if same_markup and (same_text or method == "editMessageReplyMarkup"):
+            raise _ApiError(400, "Bad Request: message is not modified: specified new message content and reply "
+                                 "markup are exactly the same as a current content and reply markup of the message")
         if method == "editMessageText":
             message["text"] = params.get("text", "")
         elif method == "editMessageCaption":
@@ -255,9 +297,11 @@ class FakeBotAPI:
     def user_message(self, user_id: int, **content: Any) -> dict[str, Any]:
         """A message from a user in their private chat (not queued; see the send_* helpers)."""
         person = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
-        return {"message_id": next(self._ids), "date": int(time.time()),
-                "chat": {"id": user_id, "type": "private", "first_name": person["first_name"]},
-                "from": person, **content}
+        message = {"message_id": next(self._ids), "date": int(time.time()),
+                   "chat": {"id": user_id, "type": "private", "first_name": person["first_name"]},
+                   "from": person, **content}
+        self.messages[message["message_id"]] = message  # the bot may reply to it
+        return message
 
     def send_text(self, user_id: int, text: str, *, reply_to: dict[str, Any] | None = None) -> dict[str, Any]:
         """A user sends text (a command when it starts with "/"); returns the message."""
@@ -290,11 +334,13 @@ class FakeBotAPI:
         return message
 
     def send_document(self, user_id: int, data: bytes, *, file_name: str, mime_type: str | None,
-                      reported_size: int | None = None) -> dict[str, Any]:
-        """A user sends a file; returns the message."""
+                      reported_size: int | None = None, size_in_message: bool = True) -> dict[str, Any]:
+        """A user sends a file; returns the message (without file_size when `size_in_message` is False: only
+        getFile then tells the size, as for some forwarded files)."""
         file_id = self.add_file(data, reported_size=reported_size)
-        document: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": file_name,
-                                    "file_size": reported_size if reported_size is not None else len(data)}
+        document: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": file_name}
+        if size_in_message:
+            document["file_size"] = reported_size if reported_size is not None else len(data)
         if mime_type:
             document["mime_type"] = mime_type
         message = self.user_message(user_id, document=document)
@@ -366,6 +412,120 @@ class _ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"ok": False, "error_code": self.status, "description": self.description}
+
+
+def utf16_len(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+class _HTMLText(html.parser.HTMLParser):
+    """The text of a parse_mode=HTML message, checking that tags are known and closed as Telegram does."""
+
+    TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code", "pre",
+            "blockquote", "tg-emoji"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.open: list[str] = []
+        self.error: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.TAGS:
+            self.error = self.error or f'Unsupported start tag "{tag}"'
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1] != tag:
+            self.error = self.error or f'Unmatched end tag "{tag}"'
+        else:
+            self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def _parsed_text(text: str, parse_mode: str | None) -> str:
+    """The text after entity parsing; raises the 400 Telegram answers for malformed markup."""
+    mode = (parse_mode or "").lower()
+    if mode == "html":
+        parser = _HTMLText()
+        parser.feed(text)
+        parser.close()
+        if parser.error is None and parser.open:
+            parser.error = f"Can't find end tag corresponding to start tag \"{parser.open[-1]}\""
+        if parser.error:
+            raise _ApiError(400, f"Bad Request: can't parse entities: {parser.error}")
+        return "".join(parser.parts)
+    if mode == "markdownv2":
+        out, i = [], 0
+        while i < len(text):
+            ch = text[i]
+            if ch == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if ch in MARKDOWN_V2_RESERVED and ch not in "*_~`|[]()":
+                raise _ApiError(400, f"Bad Request: can't parse entities: Character '{ch}' is reserved and must be "
+                                     f"escaped with the preceding '\\'")
+            if ch not in "*_~`|":
+                out.append(ch)
+            i += 1
+        return "".join(out)
+    return text
+
+
+def _check_limits(method: str, params: dict[str, Any]) -> None:
+    """Refuse, as Telegram does, text, captions, buttons and answers over its limits."""
+    mode = params.get("parse_mode")
+    if method in ("sendMessage", "editMessageText"):
+        text = _parsed_text(str(params.get("text") or ""), mode)
+        if not text.strip():
+            raise _ApiError(400, "Bad Request: message text is empty")
+        if utf16_len(text) > MessageLimit.MAX_TEXT_LENGTH:
+            raise _ApiError(400, "Bad Request: message is too long")
+    caption = str(params.get("caption") or "")
+    captioned = method in ("sendPhoto", "sendDocument", "editMessageCaption") and caption
+    if captioned and utf16_len(_parsed_text(caption, mode)) > MessageLimit.CAPTION_LENGTH:
+        raise _ApiError(400, "Bad Request: message caption is too long")
+    limit = CallbackQueryLimit.ANSWER_CALLBACK_QUERY_TEXT_LENGTH
+    if method == "answerCallbackQuery" and utf16_len(str(params.get("text") or "")) > limit:
+        raise _ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
+    markup = params.get("reply_markup")
+    if isinstance(markup, dict) and "inline_keyboard" in markup:
+        _check_keyboard(markup["inline_keyboard"])
+
+
+def _check_keyboard(rows: list[list[dict[str, Any]]]) -> None:
+    buttons = [b for row in rows for b in row]
+    if len(buttons) > InlineKeyboardMarkupLimit.TOTAL_BUTTON_NUMBER:
+        raise _ApiError(400, "Bad Request: reply markup is too long")
+    if any(len(row) > InlineKeyboardMarkupLimit.BUTTONS_PER_ROW for row in rows):
+        raise _ApiError(400, "Bad Request: too many buttons in a row")
+    for button in buttons:
+        if not str(button.get("text") or "").strip():
+            raise _ApiError(400, "Bad Request: BUTTON_TEXT_INVALID")
+        if "callback_data" in button:
+            size = len(str(button["callback_data"]).encode())
+            if not InlineKeyboardButtonLimit.MIN_CALLBACK_DATA <= size <= InlineKeyboardButtonLimit.MAX_CALLBACK_DATA:
+                raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+        elif "url" in button:
+            if not _acceptable_url(str(button["url"])):
+                raise _ApiError(400, "Bad Request: BUTTON_URL_INVALID")
+        else:
+            raise _ApiError(400, "Bad Request: text buttons are unallowed in the inline keyboard")
+
+
+URL = re.compile(r"^(https?|tg)://[^\s/?#]+([/?#]\S*)?$", re.IGNORECASE)
+
+
+def _acceptable_url(url: str) -> bool:
+    """A link Telegram takes on a URL button: http(s) to a host with a dot, or tg://; at most 2,048 characters."""
+    if len(url) > 2048 or not URL.match(url):
+        return False
+    host = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+    return url.lower().startswith("tg://") or ("." in host and not host.startswith(".") and not host.endswith("."))
 
 
 def _ok(result: Any) -> web.Response:

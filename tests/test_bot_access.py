@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -12,6 +13,7 @@ from bot.settings import Settings
 from conftest import BOT_ADMIN, DEV, BotHarness, new_user_id
 from engine import Engine
 
+StartBot = Callable[..., Awaitable[BotHarness]]
 PHOTO = DEV / "George_W_Bush" / "2.jpg"  # not in the gallery (photo 1 is)
 
 
@@ -20,7 +22,8 @@ async def audit_of(engine: Engine, user_id: int, n: int = 50) -> list[tuple[str,
     return [(e.action, e.details) for e in await engine.audit_tail(n) if e.actor == f"tg:{user_id}"]
 
 
-async def test_stranger_is_refused_with_their_id_nothing_downloaded_and_audited(bot: BotHarness, bot_engine: Engine) -> None:
+async def test_stranger_is_refused_with_their_id_nothing_downloaded_and_audited(start_bot: StartBot, bot_engine: Engine) -> None:
+    bot = await start_bot(stranger_quiet_seconds=0)  # answer every message (test_bot_field.py tests the quiet time)
     stranger = new_user_id()
     bot.fake.send_photo(stranger, PHOTO.read_bytes())
     reply = await bot.fake.wait_for("sendMessage", chat_id=stranger)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from fakebotapi import Call
 from telegram import Update
 from telegram.ext import CommandHandler
 
@@ -17,6 +18,14 @@ from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
 from engine import Engine
 
 StartBot = Callable[..., Awaitable[BotHarness]]
+
+
+async def confirmed(bot: BotHarness, command: str) -> Call:
+    """Send an admin command that asks for confirmation, press its confirm button, and return the answer."""
+    question = await bot.command(BOT_ADMIN, command)
+    assert [b["text"] for b in question.buttons] == [texts.CONFIRM_FORGET, texts.CANCEL], question.text
+    mark = bot.fake.press(BOT_ADMIN, question.message, question.buttons[0]["callback_data"])
+    return await bot.fake.wait_for("sendMessage", chat_id=BOT_ADMIN, since=mark)
 
 
 async def test_enroll_by_caption_and_by_reply_then_forget(bot: BotHarness, bot_engine: Engine) -> None:
@@ -50,11 +59,11 @@ async def test_enroll_by_caption_and_by_reply_then_forget(bot: BotHarness, bot_e
     assert "source: ftp://archive.example/rose" in result.text
     assert "ftp://archive.example/rose" not in [b.get("url") for b in result.buttons]
 
-    reply = await bot.command(BOT_ADMIN, "/forget subject Temp Person")
+    reply = await confirmed(bot, "/forget subject Temp Person")
     assert reply.text == "Erased for good (subject Temp Person): 2 image(s), 2 face(s)."
-    reply = await bot.command(BOT_ADMIN, f"/forget image {sha.upper()}")
+    reply = await confirmed(bot, f"/forget image {sha.upper()}")
     assert reply.text.endswith(": 1 image(s), 1 face(s).")
-    reply = await bot.command(BOT_ADMIN, "/forget source https://records.example/temp/1")
+    reply = await confirmed(bot, "/forget source https://records.example/temp/1")
     assert reply.text.startswith("Not found: no source link") and "records.example/temp/1" in reply.text
     assert (await bot_engine.stats()).images == before
     forgets = [e.details for e in await bot_engine.audit_tail(10) if e.action == "forget"]

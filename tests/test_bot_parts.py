@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from bot import render, texts
 from bot.handlers.search import is_web_link
 from bot.jobs import seconds_until
-from bot.sessions import ExpiringStore, RateLimiter
+from bot.sessions import ExpiringStore, RateLimiter, StrangerThrottle
 from bot.telegram_io import split_message
 from engine import CaseRequired, EngineError, Hit, ImageRejected, InvalidArgument, NoFaceFound, NotFound, StorageError
 
@@ -28,11 +29,12 @@ def hit(similarity: float = 0.62, strangers: float | None = 2.5e-5, subject: str
 @pytest.mark.parametrize(
     "expected,gallery,words",
     [
-        (2.5e-5, 1000, "about 1 in 40,000 galleries this size would have a stranger scoring this high"),
-        (0.0123, 1000, "about 1 in 81 galleries this size would have a stranger scoring this high"),
-        (0.002, 50_000, "about 1 in 500 galleries this size"),
-        (3.46, 80_000, "expect ~3.5 strangers this close in a gallery of 80,000 faces"),
-        (12.4, 1_000_000, "expect ~12 strangers this close in a gallery of 1,000,000 faces"),
+        (2.5e-5, 1000, "odds a stranger scores this high here: 1 in 40,000"),
+        (0.0123, 1000, "odds a stranger scores this high here: 1 in 81"),
+        (0.002, 50_000, "odds a stranger scores this high here: 1 in 500"),
+        (3.46, 80_000, "weak: ~3.5 strangers in this gallery of 80,000 faces may score this high"),
+        (12.4, 1_000_000, "weak: ~12 strangers in this gallery of 1,000,000 faces may score this high"),
+        (0.0, 1000, "no stranger in our test set scored this high"),
     ],
 )
 def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str) -> None:
@@ -43,7 +45,7 @@ def test_hit_lines_show_rank_subject_percentage_band_odds_and_source() -> None:
     lines = texts.hit_lines(hit(), 1000, linked=True)
     assert lines == [
         "1. alice - 62% (strong)",
-        "   about 1 in 40,000 galleries this size would have a stranger scoring this high",
+        "   odds a stranger scores this high here: 1 in 40,000",
         "   https://gallery.example/a.jpg",
     ]
     uncalibrated = texts.hit_lines(hit(strangers=None, subject=None), 1000, linked=False)
@@ -79,14 +81,37 @@ def test_rate_limit_is_a_sliding_hour_per_user() -> None:
     assert RateLimiter(0).wait(5) > 0  # a limit of 0 switches searching off
 
 
-async def test_expiring_store_drops_values_after_their_time() -> None:
-    store: ExpiringStore[bytes] = ExpiringStore(ttl_seconds=0.1, max_items=2)
-    a = store.put(b"a")
-    assert len(a) == 8 and store.get(a) == b"a"
-    b, c = store.put(b"b"), store.put(b"c")  # full: the oldest goes
-    assert store.get(a) is None and store.get(b) == b"b" and store.get(c) == b"c"
+@dataclass(frozen=True)
+class Kept:
+    """A value kept for a user."""
+
+    owner: int
+    data: bytes
+
+
+async def test_expiring_store_drops_values_after_their_time_and_never_another_users() -> None:
+    store: ExpiringStore[Kept] = ExpiringStore(ttl_seconds=0.1, max_per_owner=2)
+    a = store.put(Kept(1, b"a"))
+    other = store.put(Kept(2, b"z"))
+    assert len(a) == 8 and store.get(a) == Kept(1, b"a")
+    b, c = store.put(Kept(1, b"b")), store.put(Kept(1, b"c"))  # user 1 is full: their oldest goes
+    assert store.get(a) is None and store.get(b) and store.get(c) and store.get(other) == Kept(2, b"z")
+    assert store.owned_by(1) == 2 and store.pop(b) == Kept(1, b"b") and store.pop(b) is None
     await asyncio.sleep(0.2)
-    assert len(store) == 0 and store.get(b) is None
+    assert len(store) == 0 and store.get(c) is None
+
+
+def test_strangers_are_answered_once_per_quiet_time() -> None:
+    now = [0.0]
+    throttle = StrangerThrottle(600, clock=lambda: now[0])
+    assert throttle.first(9) and not throttle.first(9) and throttle.first(10)
+    throttle.count(9, "text")
+    throttle.count(9, "photo")
+    throttle.count(9, "text")
+    assert throttle.due() == {}  # still quiet
+    now[0] = 601
+    assert throttle.due() == {9: {"text": 2, "photo": 1}} and throttle.due() == {}
+    assert throttle.first(9)  # answered again after the quiet time
 
 
 def test_only_web_links_get_buttons() -> None:

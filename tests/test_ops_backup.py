@@ -22,7 +22,7 @@ def test_backup_then_restore_then_search_through_the_cli(tmp_path: Path) -> None
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     assert manifest["format"] == "sightline-backup" and manifest["counts"]["faces"] == 3
     # The index travels with its sidecar (which projection built it), so a restore needs no rebuild.
-    assert set(manifest["files"]) == {"sightline.sqlite3", "gallery.usearch", "gallery.usearch.json"}
+    assert set(manifest["files"]) == {"sightline.sqlite3", "gallery.usearch", "gallery.usearch.json", "audit-head.log"}
     assert manifest["index"]["consistent"] is True
     assert (tmp_path / "bk" / "sightline.sqlite3").stat().st_mode & 0o077 == 0  # biometric data: owner only
 
@@ -71,7 +71,7 @@ async def test_restore_without_index_rebuilds_it_from_the_database(tmp_path: Pat
     data = gallery_copy(tmp_path / "data")
     (data / "gallery.usearch").unlink()  # the index is derived: a backup without it is still whole
     manifest = create_backup(engine_config(data), tmp_path / "bk")
-    assert manifest["index"] is None and list(manifest["files"]) == ["sightline.sqlite3"]
+    assert manifest["index"] is None and list(manifest["files"]) == ["sightline.sqlite3", "audit-head.log"]
     config = engine_config(tmp_path / "restored")
     restore_backup(config, tmp_path / "bk")
     engine = await Engine.open(config)
@@ -162,7 +162,7 @@ def test_backup_refuses_bad_destinations_and_missing_database(tmp_path: Path) ->
         create_backup(config, data / "bk")
     with pytest.raises(BackupError, match="no database"):
         create_backup(engine_config(tmp_path / "nothing"), tmp_path / "bk")
-    assert not (tmp_path / "bk").exists() and not list(tmp_path.glob(".bk.partial-*"))
+    assert not (tmp_path / "bk").exists() and not list(tmp_path.glob(".*partial-*"))
     (tmp_path / "empty").mkdir()
     create_backup(config, tmp_path / "empty")  # an existing empty folder is a fine destination
     verify_backup(tmp_path / "empty")

@@ -34,7 +34,7 @@ def test_healthy_setup_passes_and_names_the_bot(tmp_path: Path, monkeypatch: pyt
     for name in ("settings", "models", "data", "database", "index", "disk", "telegram"):
         assert checks[name].startswith("✓"), out
     assert "3 images, 3 faces" in checks["database"]
-    assert "3 faces (projected to 192 dims), consistent with the database" in checks["index"]
+    assert "3 faces (projected to 192 dims), checksum ok, consistent with the database" in checks["index"]
     assert "@sightline_test_bot" in checks["telegram"]
     assert TOKEN not in out + err and TOKEN.split(":")[1] not in out + err
     assert out.rstrip().endswith("all checks passed")

@@ -6,7 +6,11 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine import EngineError
+from engine.errors import disk_full, is_damaged_database, is_disk_full
 
 # Each module adds its sub-commands; a handler is `func(args) -> int` or an async one.
 COMMAND_MODULES = ("bot.cli.gallery", "bot.cli.audit", "bot.cli.evaluate", "bot.cli.ops")
@@ -70,8 +75,41 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     setup_logging(level, fmt)
 
 
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: unwinds like Ctrl-C, so every `finally` cleans up."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def missing_gallery(args: argparse.Namespace) -> str | None:
+    """None when the data directory holds a gallery; else where we looked and how to point us elsewhere."""
+    settings = args.settings
+    db = settings.engine_config().db_path
+    if db.is_file():
+        return None
+    if getattr(args, "data_dir", None) is not None:
+        source = "given by --data-dir"
+    elif "data_dir" in settings.model_fields_set:
+        source = "from SIGHTLINE_DATA_DIR"
+    else:
+        source = f"the default index_data/ of the current folder {Path.cwd()}"
+    return (
+        f"no gallery at {db.parent.absolute()} ({source}; it holds no {db.name}). Nothing was created. "
+        "Point the command at your gallery with --data-dir DIR (before the command) or SIGHTLINE_DATA_DIR=DIR"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sightline` console script."""
+    """Entry point of the `sightline` console script: always ends, with one line on failure."""
+    code = _main(argv)
+    if argv is None:  # the console script (a test calling main(args) in-process keeps its own threads)
+        _no_stuck_threads(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -88,17 +126,66 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level, settings.log_format)
     args.settings = settings
     func: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
+    previous = {}
+    if args.command != "run" and threading.current_thread() is threading.main_thread():  # the bot has its own
+        previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(func, args, settings)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argparse.Namespace, settings: Any) -> int:
     try:
         result = func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)  # type: ignore[arg-type]
-    except EngineError as exc:
-        print(f"sightline: error: {exc}", file=sys.stderr)
+    except BaseException as raised:  # noqa: BLE001  (every failure ends in one line and an exit code)
+        exc = _first(raised)  # an ingest's TaskGroup wraps its workers' errors
+        if isinstance(exc, EngineError):  # says what and where (a backup's disk is not the data directory's)
+            print(f"sightline: error: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, KeyboardInterrupt):
+            print("sightline: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, Terminated):
+            print(f"sightline: stopped by {signal.Signals(exc.args[0]).name}", file=sys.stderr)
+            return 128 + int(exc.args[0])
+        if not isinstance(exc, Exception):
+            raise
+        if is_disk_full(raised, settings.data_dir):
+            print(f"sightline: error: {disk_full(settings.data_dir)}", file=sys.stderr)
+            return 1
+        if is_damaged_database(exc):
+            print(f"sightline: error: the database in {settings.data_dir} is damaged or unreadable ({exc}): "
+                  "restore a backup (`sightline restore SRC --force`)", file=sys.stderr)
+            return 1
+        logger.debug("unexpected error", exc_info=exc)
+        print(f"sightline: error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("sightline: interrupted", file=sys.stderr)
-        return 130
+
+
+def _first(group: BaseException) -> BaseException:
+    """The first leaf exception of a (possibly nested) exception group."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _no_stuck_threads(code: int, grace_s: float = 10.0) -> None:
+    """Interpreter exit waits for every non-daemon thread: one left running (a database connection that was
+    never closed) would hang the command forever. Wait a little, then say which and end the process."""
+    deadline = time.monotonic() + grace_s
+    while stuck := [t for t in threading.enumerate()
+                    if t is not threading.main_thread() and not t.daemon and t.is_alive()]:
+        if time.monotonic() >= deadline:
+            logger.error("threads still running at exit, not waited for: %s", ", ".join(t.name for t in stuck))
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(code or 1)
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine import AuditEntry, InvalidArgument
+from bot.cli import missing_gallery
+from engine import AuditEntry, InvalidArgument, StorageError
+from engine.audit import HeadLog
 from engine.config import EngineConfig
 from engine.store import MetadataStore
 
@@ -26,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="verify, export or show the tamper-evident audit log",
         description="The audit log records every search, refusal, enrolment, erasure, purge and admin action. "
         "Entries are hash-chained: each entry's SHA-256 covers its content and the previous entry's hash, so "
-        "editing, deleting or reordering an entry is detected by `audit verify`. Record `audit head` somewhere "
-        "else (a ticket, an email to the oversight body) to also detect truncation.",
+        "editing, deleting or reordering an entry is detected by `audit verify`. Each new head is also appended "
+        "to a file outside the database (SIGHTLINE_AUDIT_HEAD_FILE, default DATA_DIR/audit-head.log), which "
+        "`audit verify` checks too: a truncated log or a lost -wal file is detected. Recording `audit head` "
+        "elsewhere as well (a ticket, an email to the oversight body) guards against losing both.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
@@ -80,16 +84,22 @@ def parse_time(value: str | None) -> str | None:
 async def open_store(args: argparse.Namespace) -> MetadataStore:
     """Open the database only (no models, no index): an auditor needs nothing else."""
     cfg: EngineConfig = args.settings.engine_config()
-    if not cfg.db_path.is_file():
-        raise InvalidArgument(f"no database at {cfg.db_path} (set SIGHTLINE_DATA_DIR or --data-dir)")
-    return await MetadataStore.open(cfg.db_path)
+    if problem := missing_gallery(args):
+        raise StorageError(problem)
+    return await MetadataStore.open(cfg.db_path, create=False)
+
+
+def head_log(args: argparse.Namespace) -> HeadLog:
+    """The audit head file (and syslog target) of the settings."""
+    cfg: EngineConfig = args.settings.engine_config()
+    return HeadLog(cfg.audit_head_path)
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the chain."""
     store = await open_store(args)
     try:
-        check = await store.verify_audit()
+        check = await store.verify_audit(head_log(args))
         seq = await store.get_meta("audit_head_seq")
     finally:
         await store.close()
@@ -189,6 +199,8 @@ def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bo
             table[key]["with_hits"] += hit
             table[key]["no_face"] += e.details.get("faces") == 0
     actions = Counter(e.action for e in entries)
+    # the bot audits a stranger's repeated refusals as one entry with their count
+    refusals = sum(int(e.details.get("count", 1)) for e in entries if e.action == "refused")
     erasures = [e for e in entries if e.action in ("forget", "purge")]
     lines = [
         "# Sightline oversight report",
@@ -197,7 +209,8 @@ def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bo
         f"head entry {head_seq} `{head}`.",
         "",
         f"Searches: {len(searches)}; with at least one match: {sum(1 for e in searches if e.details.get('hits'))}; "
-        f"refusals: {actions.get('refused', 0)}; enrolments: {actions.get('enroll', 0)}; "
+        f"photos analysed awaiting a face choice: {actions.get('detect', 0)}; "
+        f"refusals: {refusals}; enrolments: {actions.get('enroll', 0)}; "
         f"erasures: {actions.get('forget', 0)}; purges: {actions.get('purge', 0)}.",
         "",
         "## Searches per user",
@@ -236,7 +249,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
     try:
         entries = await store.audit_entries(since=since, until=until)
         until = until or now.isoformat(timespec="seconds")
-        check = await store.verify_audit()
+        check = await store.verify_audit(head_log(args))
         head_seq = await store.get_meta("audit_head_seq") or "0"
     finally:
         await store.close()

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, EngineError, ImageRejected, NoFaceFound, SearchResult
+from bot.cli import missing_gallery
+from engine import Engine, EngineError, ImageRejected, NoFaceFound, SearchResult, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,23 @@ def cli_actor() -> str:
 
 
 @asynccontextmanager
-async def open_engine(args: argparse.Namespace) -> AsyncIterator[Engine]:
-    """Open the engine from the settings and always close it (saving the index)."""
-    engine = await Engine.open(args.settings.engine_config())
+async def open_engine(args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[Engine]:
+    """Open the engine from the settings and always close it (saving the index).
+
+    Only `create` (indexing) may start a new gallery; every other command refuses a data directory without
+    one, saying where it looked, rather than answering from a new, empty gallery."""
+    if not create and (problem := missing_gallery(args)):
+        raise StorageError(problem)
+    engine = await Engine.open(args.settings.engine_config(), create=create)
     try:
         yield engine
-    finally:
-        await engine.close()
+    except BaseException:
+        try:  # the first error is the one to report: a close that fails after it (the same full disk) is logged
+            await engine.close()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("closing the engine after an error also failed: %r", exc)
+        raise
+    await engine.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -186,14 +197,14 @@ async def cmd_index(args: argparse.Namespace) -> int:
         return 1
     summary = Summary()
     actor = cli_actor()
-    async with open_engine(args) as engine:
+    async with open_engine(args, create=True) as engine:
         bar = tqdm(total=len(items), unit="img", disable=args.no_progress, dynamic_ncols=True, desc="indexing")
-        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=args.concurrency * 2)
+        pending = iter(items)
         last_save = time.monotonic()
 
         async def worker() -> None:
             nonlocal last_save
-            while (item := await queue.get()) is not None:
+            for item in pending:  # shared: each item goes to one worker
                 await ingest_one(engine, item, actor, summary)
                 bar.update(1)
                 bar.set_postfix(faces=summary.faces, new=summary.indexed, failed=len(summary.failures), refresh=False)
@@ -201,14 +212,13 @@ async def cmd_index(args: argparse.Namespace) -> int:
                     last_save = time.monotonic()
                     await engine.save_index()
 
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, args.concurrency))]
+        # A worker that fails (a full disk, a damaged database) cancels the others and the run ends with
+        # its error; ingest_one already absorbs what one bad image can cause.
         try:
-            for item in items:
-                await queue.put(item)
+            async with asyncio.TaskGroup() as group:
+                for _ in range(max(1, args.concurrency)):
+                    group.create_task(worker())
         finally:
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
             bar.close()
     report = write_report(args, summary)
     print(
@@ -331,7 +341,11 @@ async def cmd_search(args: argparse.Namespace) -> int:
 async def cmd_forget(args: argparse.Namespace) -> int:
     """Erase images for good."""
     what = args.subject or args.source_url or args.image
-    if not args.yes and sys.stdin.isatty():
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("sightline: error: forget erases for good and asks first, but there is no terminal to ask on: "
+                  "pass --yes to confirm (nothing erased)", file=sys.stderr)
+            return 2
         answer = input(f"Erase every image of {what!r} with its faces, for good? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing erased")

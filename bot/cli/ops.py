@@ -29,11 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "doctor",
         help="check that this machine can run the bot",
-        description="Check the settings, the face models, the data directory, the database and index, free disk "
-        "space and (with a token) that the Bot API answers. Prints one line per check; exits 1 if any failed.",
+        description="Check the settings, the face models, the data directory, the database, the audit chain "
+        "(against its head file), the index (its gallery id and checksum), free disk space and (with a token) that "
+        "the Bot API answers. Prints one line per check; exits 1 if any failed.",
     )
     p.add_argument("--skip-telegram", action="store_true", help="don't contact the Bot API (offline machines)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--deep", action="store_true",
+                   help="also verify every stored embedding (checksum, unit length) and every index vector against "
+                   "it (reads the whole gallery: minutes at 1 M faces)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser(
@@ -111,7 +115,7 @@ async def cmd_doctor(args: argparse.Namespace) -> int:
     """Run every check and print the report."""
     from bot import doctor
 
-    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram)
+    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram, deep=args.deep)
     if args.json:
         report = {
             "ok": doctor.exit_code(checks) == 0,
@@ -128,11 +132,12 @@ def _mb(n: int | None) -> str:
     return f"{(n or 0) / 1e6:.1f} MB"
 
 
-async def cmd_backup(args: argparse.Namespace) -> int:
-    """Take a backup and print what it holds."""
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Take a backup and print what it holds (in the main thread: Ctrl-C or SIGTERM stops it and removes
+    the partial copy; a backup killed outright is removed by the next one into the same parent folder)."""
     from engine.backup import create_backup
 
-    manifest = await asyncio.to_thread(create_backup, args.settings.engine_config(), args.dest)
+    manifest = create_backup(args.settings.engine_config(), args.dest)
     c = manifest["counts"]
     files = manifest["files"]
     index = manifest["index"]

@@ -13,7 +13,8 @@ from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
 
 from bot import texts
-from bot.context import Account, BotContext
+from bot.context import Account, BotContext, Services
+from engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ async def refuse(update: Update, context: BotContext, actor: str, reason: str, r
 async def gate(update: Update, context: BotContext) -> None:
     """Let whitelisted accounts through; refuse everyone else, showing their id, and stop the update there.
 
-    Nothing of a refused update is downloaded or processed. Only private chats are served.
+    Nothing of a refused update is downloaded or processed. Only private chats are served. A stranger gets
+    one reply, then silence for `stranger_quiet_seconds`: those refusals are counted, not answered, and
+    audited as one entry with their count when the quiet time ends.
     """
     user = update.effective_user
     chat = update.effective_chat
@@ -75,10 +78,36 @@ async def gate(update: Update, context: BotContext) -> None:
         raise ApplicationHandlerStop
     account = await account_for(context, user.id)
     if account is None:
-        logger.info("refused %s from %s: not whitelisted", update_kind(update), user.id)
-        await refuse(update, context, f"tg:{user.id}", "not_whitelisted", texts.not_authorised(user.id))
+        await _refuse_stranger(update, context, user.id)
         raise ApplicationHandlerStop
     context.account = account
+
+
+async def _refuse_stranger(update: Update, context: BotContext, user_id: int) -> None:
+    """Answer a stranger's first message; only count the next ones for a while."""
+    services = context.services
+    await flush_strangers(services, context.engine)  # windows that ended become audit entries first
+    kind = update_kind(update)
+    if not services.strangers.first(user_id):
+        services.strangers.count(user_id, kind)
+        context.metrics.refused(METRIC_REASONS["not_whitelisted"])
+        logger.debug("refused %s from %s silently (quiet time)", kind, user_id)
+        if update.callback_query is not None:  # stop the button's spinner, say nothing
+            try:
+                await update.callback_query.answer()
+            except BadRequest:
+                pass
+        return
+    logger.info("refused %s from %s: not whitelisted", kind, user_id)
+    reply = texts.not_authorised(user_id, context.settings.stranger_quiet_seconds)
+    await refuse(update, context, f"tg:{user_id}", "not_whitelisted", reply)
+
+
+async def flush_strangers(services: Services, engine: Engine, everything: bool = False) -> None:
+    """Write one audit entry per stranger whose quiet time ended, with how many refusals it covered."""
+    for user_id, counts in services.strangers.due(everything).items():
+        await engine.record(f"tg:{user_id}", "refused", None, reason="not_whitelisted", update="repeated",
+                            count=sum(counts.values()), kinds=counts, quiet_seconds=services.strangers.quiet)
 
 
 def admin_only(handler: Handler) -> Handler:

@@ -27,4 +27,4 @@ async def on_audit(update: Update, context: BotContext) -> None:
         return
     n = int(args[0]) if args else DEFAULT_ENTRIES
     for chunk in split_message(texts.audit_entries(await context.engine.audit_tail(n))):
-        await message.reply_text(chunk)
+        await message.reply_text(chunk, protect_content=context.settings.protect_content)  # names gallery subjects

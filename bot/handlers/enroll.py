@@ -9,7 +9,7 @@ from telegram import Message, Update
 from bot import texts
 from bot.context import BotContext
 from bot.handlers.access import admin_only
-from bot.telegram_io import FileTooBig, chat_action, download, image_attachment
+from bot.telegram_io import FileTooBig, chat_action, download, download_limit, image_attachment
 from engine import EngineError
 
 logger = logging.getLogger(__name__)
@@ -41,13 +41,14 @@ async def _enroll(message: Message, photo: Message | None, args: list[str], cont
         return
     source_url, subject = args[0], " ".join(args[1:]) or None
     engine = context.engine
+    limit = download_limit(engine.config.max_image_bytes)
     async with chat_action(context.bot, message.chat_id, "typing"):
         try:
-            image = await download(context.bot, attachment, engine.config.max_image_bytes)
+            image = await download(context.bot, attachment, limit)
             enrollment = await engine.enroll(image, source_url=source_url, subject=subject,
                                              actor=context.account.actor, save=False)  # saved each minute
         except FileTooBig as exc:
-            await message.reply_text(texts.too_big(exc.size, engine.config.max_image_bytes))
+            await message.reply_text(texts.too_big(exc.size, limit))
             return
         except EngineError as exc:
             await message.reply_text(texts.for_error(exc))

@@ -1,14 +1,17 @@
-"""/forget: erase images (and all their faces) by subject, source link or content hash, for good."""
+"""/forget: erase images (and all their faces) by subject, source link or content hash, for good, after the
+admin confirms with a button."""
 
 from __future__ import annotations
 
 import re
 
-from telegram import Update
+from telegram import Message, Update
 
 from bot import texts
 from bot.context import BotContext
 from bot.handlers.access import admin_only
+from bot.handlers.confirm import ask_confirmation
+from bot.sessions import Confirmation
 from engine import EngineError
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -30,6 +33,12 @@ async def on_forget(update: Update, context: BotContext) -> None:
     if not valid:
         await message.reply_text(texts.USAGE["forget"])
         return
+    await ask_confirmation(message, context, Confirmation(context.account.user_id, "forget", (what, value)),
+                           texts.confirm_forget(what, value), texts.CONFIRM_FORGET)
+
+
+async def execute(message: Message, context: BotContext, what: str, value: str) -> None:
+    """Erase, after the admin confirmed, and say what went."""
     actor = context.account.actor
     try:
         if what == "subject":

@@ -1,4 +1,9 @@
-"""Search: a photo (or image file) in, the closest gallery faces out; the face-choice and More buttons."""
+"""Search: a photo (or image file) in, the closest gallery faces out; the face-choice and More buttons.
+
+Every analysed photo counts against the hourly limit (a photo with several faces too; each further face searched
+in it counts once more) and is audited by the engine. Every answer quotes the photo it answers, and every
+message showing gallery content is protected from forwarding and saving (SIGHTLINE_PROTECT_CONTENT).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message, Update
+from telegram import InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters, Update
 from telegram.error import BadRequest
 
 from bot import render, texts
@@ -16,17 +21,36 @@ from bot.context import BotContext
 from bot.handlers.access import refuse
 from bot.metrics import search_outcome
 from bot.sessions import PendingPhoto, ResultSet
-from bot.telegram_io import FileTooBig, chat_action, download, image_attachment
-from engine import DetectedFace, EngineError, SeveralFaces
+from bot.telegram_io import (
+    CAPTION_LIMIT,
+    FileTooBig,
+    button,
+    caption_and_rest,
+    chat_action,
+    clip,
+    download,
+    download_limit,
+    image_attachment,
+    keyboard,
+    markup,
+    split_message,
+    utf16_len,
+)
+from engine import DetectedFace, EngineError, ImageRejected, SeveralFaces
 
 logger = logging.getLogger(__name__)
 
 FACE_PATTERN = r"^face:([\w-]{8}):(\d{1,3})$"
 MORE_PATTERN = r"^more:([\w-]{8}):(\d{1,3})$"
-CAPTION_LIMIT = 1024  # Telegram's limit for photo captions
 MAX_FACE_BUTTONS = 40
-BUTTONS_PER_ROW = 5
+BUTTONS_PER_ROW = 5  # fits a phone; Telegram allows 8
 MAX_PER_PAGE = 10
+TILE_LABEL_CHARS = 60  # a tile is 160 px wide: more never shows
+
+
+def quoting(message_id: int) -> ReplyParameters:
+    """Reply parameters that quote the user's photo (and still send if they deleted it)."""
+    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -39,20 +63,23 @@ async def on_image(update: Update, context: BotContext) -> None:
     if attachment is None:
         await message.reply_text(texts.NOT_AN_IMAGE)
         return
-    if not await _may_search(update, context):
+    account = context.account
+    case = account.active_case
+    if not await _take_search(update, context):
         return
-    engine = context.engine
+    limit = download_limit(context.engine.config.max_image_bytes)
     async with chat_action(context.bot, message.chat_id):
         try:
-            image = await download(context.bot, attachment, engine.config.max_image_bytes)
+            image = await download(context.bot, attachment, limit)
         except FileTooBig as exc:
-            await message.reply_text(texts.too_big(exc.size, engine.config.max_image_bytes))
+            context.services.limiter.release(account.user_id)  # nothing was analysed
+            await message.reply_text(texts.too_big(exc.size, limit))
             return
-        await _search_and_reply(update, message, context, image, None, started)
+        await _search_and_reply(context, message.chat_id, message.message_id, image, None, case, started)
 
 
 async def on_face_choice(update: Update, context: BotContext) -> None:
-    """A face button under a multi-face photo: search that face, if the photo is still in memory."""
+    """A face button under a multi-face photo: search that face once, under the case the photo came with."""
     query = update.callback_query
     assert query is not None and context.matches
     token, number = context.matches[0].group(1), int(context.matches[0].group(2))
@@ -61,15 +88,30 @@ async def on_face_choice(update: Update, context: BotContext) -> None:
     if pending is None or message is None:
         await query.answer(texts.photo_expired(context.settings.photo_ttl_seconds), show_alert=True)
         return
-    if pending.owner != context.account.user_id:
+    account = context.account
+    if pending.owner != account.user_id:
         await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
         return
-    if not await _may_search(update, context):
+    if number in pending.searched:
+        await query.answer(texts.already_searched(number))
         return
+    # The photo's arrival paid for its first face; each further face is one more search. No await until the
+    # face is marked, so two quick taps cannot both search it.
+    if pending.searched:
+        wait = context.services.limiter.acquire(account.user_id)
+        if wait:
+            limit = context.settings.rate_limit_per_hour
+            await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(limit, wait))
+            return
+    pending.searched.add(number)
     await query.answer(texts.searching_face(number))
     started = time.perf_counter()
-    async with chat_action(context.bot, message.chat_id):
-        await _search_and_reply(update, message, context, pending.image, number, started)
+    async with chat_action(context.bot, pending.chat_id):
+        searched = await _search_and_reply(
+            context, pending.chat_id, pending.message_id, pending.image, number, pending.case, started
+        )
+    if not searched:
+        pending.searched.discard(number)  # it failed: the button may be tried again
 
 
 async def on_more(update: Update, context: BotContext) -> None:
@@ -85,14 +127,18 @@ async def on_more(update: Update, context: BotContext) -> None:
     if results.owner != context.account.user_id:
         await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
         return
+    if page in results.pages_sent:  # a second tap: the page is on its way or in the chat
+        await query.answer()
+        return
+    results.pages_sent.add(page)
     await query.answer()
     per_page = _per_page(context)
-    try:  # drop this page's More button first, so a second tap cannot send the next page twice
+    try:  # drop this page's More button, so the keyboard shows it was used
         await query.edit_message_reply_markup(page_markup(results, token, page - 1, per_page, more=False))
     except BadRequest as exc:
         logger.debug("could not remove the More button: %s", exc.message)
-    async with chat_action(context.bot, message.chat_id):
-        await _send_page(message, context, token, results, page, query_face=None)
+    async with chat_action(context.bot, results.chat_id):
+        await _send_page(context, token, results, page, query_face=None)
 
 
 async def on_stale_button(update: Update, context: BotContext) -> None:
@@ -102,13 +148,14 @@ async def on_stale_button(update: Update, context: BotContext) -> None:
 
 
 # -- steps ---------------------------------------------------------------------------------------
-async def _may_search(update: Update, context: BotContext) -> bool:
-    """Refuse (and record) a search without a case when one is required, or past the hourly limit."""
+async def _take_search(update: Update, context: BotContext) -> bool:
+    """Take one search from the hourly limit; refuse (and record) without a case when one is required, or past
+    the limit. Nothing is downloaded before this."""
     account = context.account
     if context.settings.require_case and not account.active_case:
         await refuse(update, context, account.actor, "no_case", texts.NEED_CASE)
         return False
-    wait = context.services.limiter.wait(account.user_id)
+    wait = context.services.limiter.acquire(account.user_id)
     if wait:
         limit = context.settings.rate_limit_per_hour
         await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(limit, wait))
@@ -116,79 +163,110 @@ async def _may_search(update: Update, context: BotContext) -> bool:
     return True
 
 
-async def _ask_which_face(message: Message, context: BotContext, image: bytes, faces: Sequence[DetectedFace]) -> None:
+async def _ask_which_face(
+    context: BotContext, chat_id: int, message_id: int, image: bytes, faces: Sequence[DetectedFace], case: str | None
+) -> None:
     """Reply with the photo, faces boxed and numbered, and a button per face; keep the photo for a while."""
-    token = context.services.photos.put(PendingPhoto(context.account.user_id, image, tuple(faces)))
+    pending = PendingPhoto(context.account.user_id, image, tuple(faces), case, chat_id, message_id)
+    token = context.services.photos.put(pending)
     boxed = await asyncio.to_thread(render.boxed_faces, image, faces)
     shown = min(len(faces), MAX_FACE_BUTTONS)
-    buttons = [
-        InlineKeyboardButton(texts.face_button(f.number), callback_data=f"face:{token}:{f.number}")
-        for f in faces[:shown]
-    ]
-    caption = texts.choose_face(faces, context.settings.photo_ttl_seconds, shown)[:CAPTION_LIMIT]
-    await message.reply_photo(boxed, caption=caption, reply_markup=InlineKeyboardMarkup(_rows(buttons)))
+    buttons = [button(texts.face_button(f.number), callback_data=f"face:{token}:{f.number}") for f in faces[:shown]]
+    caption, rest = caption_and_rest(texts.choose_face(faces, context.settings.photo_ttl_seconds, shown))
+    protect = context.settings.protect_content
+    await context.bot.send_photo(
+        chat_id, boxed, caption=caption, reply_markup=markup(keyboard(buttons, BUTTONS_PER_ROW)),
+        reply_parameters=quoting(message_id), protect_content=protect,
+    )
+    for chunk in split_message(rest) if rest.strip() else []:
+        await context.bot.send_message(chat_id, chunk, reply_parameters=quoting(message_id), protect_content=protect)
 
 
 async def _search_and_reply(
-    update: Update, reply_to: Message, context: BotContext, image: bytes, face: int | None, started: float
-) -> None:
-    """Run one search (counted against the rate limit, audited by the engine) and send the first page.
+    context: BotContext, chat_id: int, message_id: int, image: bytes, face: int | None, case: str | None,
+    started: float,
+) -> bool:
+    """Run one search (its limit already taken, audited by the engine) and send the first page, quoting the
+    photo; True when the gallery was searched.
 
     `face=None` is a new photo: one decode and detection serve it whole; with several faces the engine
-    answers SeveralFaces and we ask which one (that does not count as a search).
+    answers SeveralFaces (and audits the analysis) and we ask which one.
     """
     account = context.account
     settings = context.settings
-    wait = context.services.limiter.acquire(account.user_id)
-    if wait:
-        await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(settings.rate_limit_per_hour, wait))
-        return
     try:
         result = await context.engine.search(
-            image, actor=account.actor, case=account.active_case, top=min(max(settings.max_results, 1), 100), face=face,
+            image, actor=account.actor, case=case, top=min(max(settings.max_results, 1), 100), face=face,
             several="ask",
         )
     except SeveralFaces as exc:
-        context.services.limiter.release(account.user_id)
-        await _ask_which_face(reply_to, context, image, exc.faces)
-        return
+        await _ask_which_face(context, chat_id, message_id, image, exc.faces, case)
+        return False
     except EngineError as exc:
+        if isinstance(exc, ImageRejected):  # not analysed: it does not count
+            context.services.limiter.release(account.user_id)
         context.metrics.observe_search(search_outcome(exc), time.perf_counter() - started)
-        await reply_to.reply_text(texts.for_error(exc))
-        return
+        await context.bot.send_message(chat_id, texts.for_error(exc), reply_parameters=quoting(message_id))
+        return False
     context.metrics.observe_search(search_outcome(result), time.perf_counter() - started)
-    results = ResultSet.of(result, account.user_id, account.active_case)
+    results = ResultSet.of(result, account.user_id, case, chat_id, message_id)
     if not result.hits:
-        await reply_to.reply_text(
-            texts.no_match(results.case, result.gallery_faces, result.threshold, results.warnings)
+        await context.bot.send_message(
+            chat_id, texts.no_match(results.case, result.gallery_faces, result.threshold, results.warnings),
+            reply_parameters=quoting(message_id),
         )
-        return
+        return True
     token = context.services.results.put(results)
-    await _send_page(reply_to, context, token, results, 0, query_face=result.query_thumbnail)
+    results.pages_sent.add(0)
+    await _send_page(context, token, results, 0, query_face=result.query_thumbnail)
+    return True
 
 
-async def _send_page(
-    reply_to: Message, context: BotContext, token: str, results: ResultSet, page: int, query_face: bytes | None
-) -> None:
-    """One picture (query face, when given, beside the page's matches) with the list, source and More buttons."""
+async def _send_page(context: BotContext, token: str, results: ResultSet, page: int, query_face: bytes | None) -> None:
+    """One picture (query face, when given, beside the page's matches) with the list, source and More buttons.
+
+    The list goes in the caption when it fits in 1,024 characters; otherwise the picture gets the header and
+    the list follows as messages of at most 4,096 (the buttons under the last). All of it is protected.
+    """
     per_page = _per_page(context)
     start, stop = results.page_bounds(page, per_page)
     hits = results.hits[start:stop]
-    tiles = [render.Tile(await context.engine.thumbnail(h.face_id), texts.tile_label(h), texts.subject_of(h)) for h in hits]
+    tiles = [
+        render.Tile(await context.engine.thumbnail(h.face_id), texts.tile_label(h), clip(texts.subject_of(h), TILE_LABEL_CHARS))
+        for h in hits
+    ]
     query = render.Tile(query_face, texts.QUERY_TILE) if query_face is not None else None
     sheet = await asyncio.to_thread(render.result_sheet, query, tiles)
     text = texts.result_page(results, start, stop, [is_web_link(h.source_url) for h in hits])
-    markup = page_markup(results, token, page, per_page, more=True)
-    if len(text) <= CAPTION_LIMIT:
-        try:
-            await reply_to.reply_photo(sheet, caption=text, reply_markup=markup)
-        except BadRequest as exc:  # Telegram refuses a button URL we thought valid: send without source buttons
-            logger.warning("results not sent with source buttons (%s); retrying without them", exc.message)
-            await reply_to.reply_photo(sheet, caption=text, reply_markup=page_markup(results, token, page, per_page,
-                                                                                     more=True, sources=False))
-        return
-    await reply_to.reply_photo(sheet, caption=texts.result_caption_short(results, start, stop))
-    await reply_to.reply_text(text, reply_markup=markup, link_preview_options=LinkPreviewOptions(is_disabled=True))
+    bot, chat_id = context.bot, results.chat_id
+    protect = context.settings.protect_content
+    reply = quoting(results.message_id)
+
+    async def send(with_sources: bool, caption: str | None, body: list[str]) -> None:
+        keys = page_markup(results, token, page, per_page, more=True, sources=with_sources)
+        if not body:
+            await bot.send_photo(chat_id, sheet, caption=caption, reply_markup=keys, reply_parameters=reply,
+                                 protect_content=protect)
+            return
+        await bot.send_photo(chat_id, sheet, caption=caption, reply_parameters=reply, protect_content=protect)
+        for i, chunk in enumerate(body):
+            await bot.send_message(
+                chat_id, chunk, reply_markup=keys if i == len(body) - 1 else None, reply_parameters=reply,
+                protect_content=protect, link_preview_options=LinkPreviewOptions(is_disabled=True),
+            )
+
+    if utf16_len(text) <= CAPTION_LIMIT:
+        caption, body = text, []
+    else:
+        caption = caption_and_rest(texts.result_caption_short(results, start, stop))[0]
+        body = split_message(text)
+    try:
+        await send(True, caption, body)
+    except BadRequest as exc:  # Telegram refuses a button URL we thought valid: send without source buttons
+        if "button" not in exc.message.lower() and "url" not in exc.message.lower():
+            raise
+        logger.warning("results not sent with source buttons (%s); retrying without them", exc.message)
+        await send(False, caption, body)
 
 
 # -- small pure helpers ------------------------------------------------------------------------------
@@ -201,6 +279,7 @@ def is_web_link(url: str) -> bool:
     host = parts.hostname or ""
     return (
         parts.scheme in ("http", "https") and "." in host and len(url) <= 2048
+        and not host.startswith(".") and not host.endswith(".")
         and not any(ch.isspace() or ord(ch) < 32 for ch in url)
     )
 
@@ -210,21 +289,16 @@ def page_markup(
 ) -> InlineKeyboardMarkup | None:
     """Source buttons for a page's http(s) links, and a More button when more matches follow."""
     start, stop = results.page_bounds(page, per_page)
-    rows: list[list[InlineKeyboardButton]] = []
+    rows = []
     if sources:
-        rows += _rows([
-            InlineKeyboardButton(texts.source_button(h.rank), url=h.source_url)
-            for h in results.hits[start:stop] if is_web_link(h.source_url)
-        ])
+        links = [button(texts.source_button(h.rank), url=h.source_url)
+                 for h in results.hits[start:stop] if is_web_link(h.source_url)]
+        rows += keyboard(links, BUTTONS_PER_ROW, extra_rows=1)
     if more and stop < len(results.hits):
         next_start, next_stop = results.page_bounds(page + 1, per_page)
         label = texts.more_button(next_start, next_stop, len(results.hits))
-        rows.append([InlineKeyboardButton(label, callback_data=f"more:{token}:{page + 1}")])
-    return InlineKeyboardMarkup(rows) if rows else None
-
-
-def _rows(buttons: list[InlineKeyboardButton]) -> list[list[InlineKeyboardButton]]:
-    return [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
+        rows.append([button(label, callback_data=f"more:{token}:{page + 1}")])
+    return markup(rows)
 
 
 def _per_page(context: BotContext) -> int:

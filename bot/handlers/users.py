@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Update
+from telegram import Message, Update
 from telegram.error import TelegramError
 
 from bot import menus, texts
 from bot.context import BotContext
 from bot.handlers.access import admin_only
+from bot.handlers.confirm import ask_confirmation
+from bot.sessions import Confirmation
 from bot.telegram_io import split_message
 from engine import EngineError
 
@@ -25,7 +27,11 @@ def parse_user_id(text: str) -> int | None:
 
 @admin_only
 async def on_allow(update: Update, context: BotContext) -> None:
-    """/allow <user_id> [officer|admin] [note]: whitelist an account or change its role."""
+    """/allow <user_id> [officer|admin] [note]: whitelist an account or change its role.
+
+    A bootstrap admin (SIGHTLINE_ADMINS) cannot be made an officer here; an admin making themself an officer
+    is asked to confirm; the engine refuses to demote the last admin.
+    """
     message = update.effective_message
     assert message is not None
     args = context.args or []
@@ -35,6 +41,18 @@ async def on_allow(update: Update, context: BotContext) -> None:
         await message.reply_text(texts.USAGE["allow"])
         return
     note = " ".join(args[2:])
+    if role != "admin" and user_id in context.settings.admin_ids:
+        await message.reply_text(texts.cannot_demote_bootstrap(user_id))
+        return
+    if role != "admin" and user_id == context.account.user_id:
+        await ask_confirmation(message, context, Confirmation(user_id, "demote", (str(user_id), role, note)),
+                               texts.confirm_demote_self(user_id), texts.CONFIRM_DEMOTE)
+        return
+    await execute_allow(message, context, user_id, role, note)
+
+
+async def execute_allow(message: Message, context: BotContext, user_id: int, role: str, note: str) -> None:
+    """Whitelist the account (or change its role), fix its menu, confirm, and welcome them."""
     before = await context.engine.user(user_id)
     try:
         user = await context.engine.allow(user_id, role, note, actor=context.account.actor)
@@ -46,6 +64,8 @@ async def on_allow(update: Update, context: BotContext) -> None:
     elif before is not None and before.role == "admin" and user_id not in context.settings.admin_ids:
         await menus.hide_admin_menu(context.bot, user_id)  # demoted
     await message.reply_text(texts.allowed(user))
+    if user_id == context.account.user_id:
+        return
     try:  # only works once they have written to the bot; harmless if not
         await context.bot.send_message(user_id, texts.welcome(user.role))
     except TelegramError as exc:
@@ -54,7 +74,10 @@ async def on_allow(update: Update, context: BotContext) -> None:
 
 @admin_only
 async def on_revoke(update: Update, context: BotContext) -> None:
-    """/revoke <user_id>: remove an account from the whitelist, effective for its next update."""
+    """/revoke <user_id>: remove an account from the whitelist, effective for its next update.
+
+    Revoking oneself is asked to confirm; the engine refuses to remove the last admin.
+    """
     message = update.effective_message
     assert message is not None
     args = context.args or []
@@ -65,6 +88,15 @@ async def on_revoke(update: Update, context: BotContext) -> None:
     if user_id in context.settings.admin_ids:
         await message.reply_text(texts.cannot_revoke_bootstrap(user_id))
         return
+    if user_id == context.account.user_id:
+        await ask_confirmation(message, context, Confirmation(user_id, "revoke", (str(user_id),)),
+                               texts.confirm_revoke_self(user_id), texts.CONFIRM_REVOKE)
+        return
+    await execute_revoke(message, context, user_id)
+
+
+async def execute_revoke(message: Message, context: BotContext, user_id: int) -> None:
+    """Remove the account, hide its admin menu, and confirm."""
     try:
         await context.engine.revoke(user_id, actor=context.account.actor)
     except EngineError as exc:

@@ -1,0 +1,205 @@
+"""Failures end cleanly (issue 11, items 4 and 6): one line, a non-zero exit, never a hang, nothing half-done.
+
+These run the real `sightline` console script in a subprocess: a thread left running (the database
+connection's) would keep it from exiting, which an in-process call cannot show. The full-disk tests mount a
+real, small tmpfs and so need root (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_ops_support import FACES, QUERY, REPO, cli, gallery_copy
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+TIMEOUT_S = 240  # far beyond any of these commands; reaching it means a hang
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill the disk needs root")
+
+
+def run(*args: str, stdin: int | None = subprocess.DEVNULL, **env: str) -> subprocess.CompletedProcess[str]:
+    """`sightline ARGS` as a separate process; fails the test if it does not end in time."""
+    return subprocess.run(
+        [str(SIGHTLINE), *args], cwd=REPO, stdin=stdin, capture_output=True, text=True, timeout=TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1", **env},
+    )
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `where`."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill a disk up, leaving about `leave` bytes."""
+    free = shutil.disk_usage(disk).free - leave
+    with open(disk / "filler", "wb") as fh, contextlib.suppress(OSError):
+        while free > 0:
+            fh.write(b"\0" * min(free, 1 << 16))
+            free -= 1 << 16
+
+
+def test_damaged_database_page_ends_with_one_line(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    db = data / "sightline.sqlite3"
+    raw = bytearray(db.read_bytes())
+    raw[8192:40960] = b"\xff" * (40960 - 8192)  # pages 3-10: the faces' b-tree, past the schema page
+    db.write_bytes(bytes(raw))
+    proc = run("--data-dir", str(data), "stats")
+    assert proc.returncode == 1, proc.stderr
+    line = one_line(proc.stderr)
+    assert line.startswith("sightline: error:") and "damaged" in line and "restore a backup" in line, line
+
+
+@needs_root
+def test_full_disk_during_index_says_so_and_leaves_nothing_half_done(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "400k") as disk:
+        data = disk / "data"
+        proc = run("--data-dir", str(data), "index", str(FACES), "--subject-from-folder", "--no-progress",
+                   "--concurrency", "2")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = one_line(proc.stderr)
+        assert line.startswith(f"sightline: error: disk full at {data} (") and "MB free)" in line, line
+        assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]  # no partial index file
+        conn = sqlite3.connect(data / "sightline.sqlite3")
+        try:
+            assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+            images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        finally:
+            conn.close()
+        assert 0 < images < 174
+        # Given room again, the gallery opens, is consistent, and the run resumes.
+        (disk / "data" / "ingest-report.csv").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "disk", ignore_errors=True)
+
+
+@needs_root
+def test_full_disk_during_an_index_rebuild_at_start(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        data = disk / "data"
+        shutil.copytree(gallery_copy(tmp_path / "src"), data)
+        (data / "gallery.usearch").unlink()  # the engine rebuilds it at start, and must save it
+        fill(disk)
+        proc = run("--data-dir", str(data), "stats")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert one_line(proc.stderr).startswith(f"sightline: error: disk full at {data} (0 MB free)")
+        assert not (data / "gallery.usearch").exists() and not list(data.glob("*.tmp"))
+        (disk / "filler").unlink()
+        proc = run("--data-dir", str(data), "stats")
+        assert proc.returncode == 0 and "faces           3" in proc.stdout, proc.stderr
+
+
+@needs_root
+def test_full_disk_during_backup_leaves_no_partial_folder(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        proc = run("--data-dir", str(data), "backup", str(disk / "bk"))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = one_line(proc.stderr)
+        assert f"disk full at {disk}" in line and "nothing was backed up" in line, line
+        assert list(disk.iterdir()) == []
+
+
+def test_backup_killed_outright_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / "backups" / f".sightline-backup-monday.partial-{gone.pid}"  # what SIGKILL leaves behind
+    left.mkdir(parents=True)
+    (left / "sightline.sqlite3").write_bytes(b"biometric data")
+    proc = run("--data-dir", str(data), "backup", str(tmp_path / "backups" / "tuesday"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == ["tuesday"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["search", str(QUERY), "--case", "C-1"], ["forget", "--subject", "x", "--yes"], ["audit", "verify"],
+     ["audit", "tail"], ["report"], ["purge"]],
+)
+def test_read_only_commands_never_create_a_gallery(tmp_path: Path, command: list[str]) -> None:
+    nowhere = tmp_path / "nowhere"
+    code, out, err = cli("--data-dir", str(nowhere), *command)
+    assert code == 1, out + err
+    assert f"no gallery at {nowhere}" in err and "given by --data-dir" in err, err
+    assert "SIGHTLINE_DATA_DIR" in err and "Nothing was created" in err
+    assert not nowhere.exists()
+
+
+def test_no_gallery_message_names_the_environment_or_the_default(tmp_path: Path) -> None:
+    proc = run("stats", SIGHTLINE_DATA_DIR=str(tmp_path / "env-dir"))
+    assert proc.returncode == 1 and f"no gallery at {tmp_path / 'env-dir'} (from SIGHTLINE_DATA_DIR" in proc.stderr
+    env = {k: v for k, v in os.environ.items() if k != "SIGHTLINE_DATA_DIR"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([str(SIGHTLINE), "audit", "verify"], cwd=elsewhere, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1 and f"the default index_data/ of the current folder {elsewhere}" in proc.stderr
+    assert not (elsewhere / "index_data").exists()
+
+
+def test_forget_without_a_terminal_needs_yes(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    proc = run("--data-dir", str(data), "forget", "--subject", "Colin_Powell")
+    assert proc.returncode == 2 and "pass --yes" in one_line(proc.stderr)
+    conn = sqlite3.connect(data / "sightline.sqlite3")
+    assert conn.execute("SELECT count(*) FROM images WHERE subject = 'Colin_Powell'").fetchone() == (1,)
+    conn.close()
+    proc = run("--data-dir", str(data), "forget", "--subject", "Colin_Powell", "--yes")
+    assert proc.returncode == 0 and "erased 1 image(s)" in proc.stdout, proc.stderr
+
+
+def test_sigterm_during_index_ends_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [str(SIGHTLINE), "--data-dir", str(data), "index", str(FACES), "--no-progress", "--concurrency", "2"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1"},
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _enrolled(data) and time.monotonic() < deadline:  # wait until it is writing
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert one_line(err) == "sightline: stopped by SIGTERM"
+    assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]
+    proc2 = run("--data-dir", str(data), "stats")
+    assert proc2.returncode == 0, proc2.stderr
+    assert f"faces           {_enrolled(data)}" in proc2.stdout  # the saved index holds what was committed
+
+
+def _enrolled(data: Path) -> int:
+    """Faces committed so far (0 before the database exists)."""
+    db = data / "sightline.sqlite3"
+    if not db.is_file():
+        return 0
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM faces").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
