@@ -32,10 +32,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip install --no-deps --force-reinstall "opencv-python-headless==${headless}" \
  && rm -rf engine bot
 
-# The code itself (a small layer).
+# The code itself (a small layer). The translation catalogs are compiled here (.po -> .mo; the .mo files are
+# not in git), before the install copies them into the package: the bot then loads them without compiling.
 COPY engine ./engine
 COPY bot ./bot
-RUN pip install --no-cache-dir --no-deps .
+RUN pybabel compile --statistics -d bot/locales -D sightline \
+ && pip install --no-cache-dir --no-deps .
 
 # -- runtime: the slim image, the virtualenv, a non-root user -----------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime

@@ -24,8 +24,9 @@ from telegram.request import HTTPXRequest
 
 from bot import jobs, menus, texts, web
 from bot.context import ENGINE_KEY, SERVICES_KEY, BotContext, Services
-from bot.handlers import access, audit, case, confirm, enroll, errors, forget, search, users
+from bot.handlers import access, audit, case, confirm, enroll, errors, forget, language, search, users
 from bot.handlers import help as guide
+from bot.i18n import LanguageError, describe
 from bot.settings import Settings
 from bot.telegram_io import FittingBot, RetryingRateLimiter
 from engine import Engine, EngineError
@@ -38,6 +39,10 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 
 class MissingToken(RuntimeError):
     """No bot token is configured."""
+
+
+class BadLanguages(RuntimeError):
+    """A configured language cannot be used (no catalog, not a locale)."""
 
 
 def build_application(settings: Settings, engine: Engine | None = None) -> BotApplication:
@@ -64,7 +69,10 @@ def build_application(settings: Settings, engine: Engine | None = None) -> BotAp
         .post_shutdown(_post_shutdown)
         .build()
     )
-    application.bot_data[SERVICES_KEY] = Services.create(settings)
+    try:
+        application.bot_data[SERVICES_KEY] = Services.create(settings)
+    except LanguageError as exc:
+        raise BadLanguages(f"SIGHTLINE_LANGUAGES: {exc}") from None
     if engine is not None:
         application.bot_data[ENGINE_KEY] = engine
     add_handlers(application)
@@ -76,10 +84,13 @@ def add_handlers(application: BotApplication) -> None:
     new = filters.UpdateType.MESSAGE  # edits of old messages are ignored
     images = filters.PHOTO | filters.Document.ALL
     application.add_handler(TypeHandler(Update, access.gate), group=-1)
+    services: Services = application.bot_data[SERVICES_KEY]
+    aliases = command_aliases(services)
     commands = [
         ("start", guide.on_start, True),
         ("help", guide.on_help, True),
         ("case", case.on_case, True),
+        ("language", language.on_language, True),
         ("allow", users.on_allow, True),
         ("revoke", users.on_revoke, True),
         ("users", users.on_users, True),
@@ -89,18 +100,41 @@ def add_handlers(application: BotApplication) -> None:
         ("forget", forget.on_forget, False),  # index rewrite
     ]
     for name, callback, block in commands:
-        application.add_handler(CommandHandler(name, callback, filters=new, block=block))
+        names = [name, *aliases.get(name, [])]
+        application.add_handler(CommandHandler(names, callback, filters=new, block=block))
     application.add_handler(
         MessageHandler(new & images & filters.CaptionRegex(enroll.CAPTION_PATTERN), enroll.on_enroll_caption, block=False)
     )
     application.add_handler(MessageHandler(new & images, search.on_image, block=False))
     application.add_handler(CallbackQueryHandler(search.on_face_choice, pattern=search.FACE_PATTERN, block=False))
     application.add_handler(CallbackQueryHandler(search.on_more, pattern=search.MORE_PATTERN, block=False))
+    application.add_handler(CallbackQueryHandler(language.on_language_choice, pattern=language.LANGUAGE_PATTERN))
     application.add_handler(CallbackQueryHandler(confirm.on_confirm, pattern=confirm.PATTERN, block=False))
     application.add_handler(CallbackQueryHandler(search.on_stale_button))
     application.add_handler(MessageHandler(new & filters.COMMAND, guide.on_unknown_command))
     application.add_handler(MessageHandler(new, guide.on_other))
     application.add_error_handler(errors.on_error)
+
+
+ADMIN_COMMAND_NAMES = frozenset(name for name, _ in texts.ADMIN_COMMANDS)
+
+
+def command_aliases(services: Services) -> dict[str, list[str]]:
+    """Officer command -> its names in the configured languages (/aide, /hulp, /hilfe for /help).
+
+    A name that is already another command's (in any language) is left out, with a warning: the first
+    command to claim a name keeps it.
+    """
+    taken = {name for name, _ in texts.OFFICER_COMMANDS} | ADMIN_COMMAND_NAMES
+    out: dict[str, list[str]] = {}
+    for name, names in services.languages.aliases().items():
+        for alias in names:
+            if alias in taken:
+                logger.warning("command name /%s (for /%s) is already taken; not registered", alias, name)
+                continue
+            taken.add(alias)
+            out.setdefault(name, []).append(alias)
+    return out
 
 
 async def _post_init(application: BotApplication) -> None:
@@ -115,14 +149,16 @@ async def _post_init(application: BotApplication) -> None:
     for user_id in sorted(settings.admin_ids):
         if await engine.user(user_id) is None:
             await engine.allow(user_id, "admin", texts.BOOTSTRAP_NOTE, actor="system")
-    admins = {u.user_id for u in await engine.users() if u.role == "admin"} | settings.admin_ids
-    await menus.publish(application.bot, admins)
+    admin_ids = {u.user_id for u in await engine.users() if u.role == "admin"} | settings.admin_ids
+    admins = {i: services.languages.choose(await engine.language(i), None) for i in admin_ids}
+    await menus.publish(application.bot, services.languages, admins)
     services.tasks.append(asyncio.create_task(jobs.purge_daily(engine, settings.purge_hour_utc), name="daily-purge"))
     services.tasks.append(asyncio.create_task(jobs.save_index_periodically(engine), name="index-saver"))
     services.tasks.append(asyncio.create_task(jobs.audit_strangers_periodically(services, engine), name="strangers"))
     if settings.mode == "polling":  # in webhook mode bot/web.py runs the server itself
         services.http = await web.start_http(settings, engine, application)
-    logger.info("bot @%s ready: %d gallery faces, %d admin(s)", application.bot.username, len(engine.index), len(admins))
+    logger.info("bot @%s ready: %d gallery faces, %d admin(s); languages %s", application.bot.username, len(engine.index),
+                len(admins), describe(services.languages))
 
 
 async def _post_shutdown(application: BotApplication) -> None:
@@ -186,7 +222,7 @@ def run(settings: Settings) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         application = build_application(settings)
-    except MissingToken as exc:
+    except (MissingToken, BadLanguages) as exc:
         logger.error("%s", exc)
         return 2
     try:

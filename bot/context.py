@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from bot.i18n import Language, Languages
 from bot.metrics import Metrics
 from bot.sessions import Confirmation, ExpiringStore, PendingPhoto, RateLimiter, ResultSet, StrangerThrottle
 from bot.settings import Settings
@@ -20,6 +21,7 @@ RESULTS_TTL_SECONDS = 3600  # the More button works for an hour after a search
 MAX_RESULT_SETS = 50  # per user: result lists kept for their More buttons
 MAX_PENDING_PHOTOS = 8  # per user: photos waiting for a face choice (each up to 20 MB); never another user's
 CONFIRM_TTL_SECONDS = 300  # a Confirm button of /forget or a self-revoke works for 5 minutes
+MAX_SEEN_LANGUAGES = 10_000  # Telegram language codes of recent senders, kept in memory for the welcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class Account:
     role: str
     active_case: str | None
     bootstrap: bool  # listed in SIGHTLINE_ADMINS
+    language: Language  # the one it chose with /language, else its Telegram app's, else the default
 
     @property
     def is_admin(self) -> bool:
@@ -47,20 +50,35 @@ class Services:
     """Settings and the short-lived, in-memory state the handlers share (one per Application)."""
 
     settings: Settings
+    languages: Languages
     limiter: RateLimiter
     results: ExpiringStore[ResultSet]
     photos: ExpiringStore[PendingPhoto]
     confirmations: ExpiringStore[Confirmation]
     strangers: StrangerThrottle
+    seen_languages: dict[int, str] = field(default_factory=dict)  # user id -> last Telegram language_code
     owns_engine: bool = False
     http: web.AppRunner | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def saw_language(self, user_id: int, code: str | None) -> None:
+        """Remember the language of a sender's Telegram app (in memory, newest last, bounded).
+
+        So the welcome an admin's /allow sends someone who was refused a minute ago is in their language.
+        """
+        if not code:
+            return
+        self.seen_languages.pop(user_id, None)
+        self.seen_languages[user_id] = code
+        while len(self.seen_languages) > MAX_SEEN_LANGUAGES:
+            del self.seen_languages[next(iter(self.seen_languages))]
+
     @classmethod
     def create(cls, settings: Settings) -> Services:
-        """Fresh state for these settings."""
+        """Fresh state for these settings; raises LanguageError when a configured language has no catalog."""
         return cls(
             settings=settings,
+            languages=Languages.load(settings.language_tags),
             limiter=RateLimiter(settings.rate_limit_per_hour),
             results=ExpiringStore(RESULTS_TTL_SECONDS, MAX_RESULT_SETS),
             photos=ExpiringStore(settings.photo_ttl_seconds, MAX_PENDING_PHOTOS),
@@ -110,3 +128,8 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
     @account.setter
     def account(self, value: Account) -> None:
         self._account = value
+
+    @property
+    def t(self) -> Language:
+        """The language to answer this update in: the account's, or (before the gate ran) the default."""
+        return self._account.language if self._account is not None else self.services.languages.default

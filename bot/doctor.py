@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from bot.i18n import LOCALES_DIR, SOURCE_LANGUAGE, LanguageError, Languages, catalog_files, describe, is_stale
 from bot.settings import Settings
 from bot.web import webhook_problems
 from engine import EngineConfig, EngineError, integrity
@@ -67,6 +68,28 @@ def check_settings(settings: Settings) -> Check:
         return Check("settings", "ok", f"webhook mode: {settings.webhook_url} -> {address}")
     http = "HTTP server off" if settings.http_port == 0 else f"/healthz and /metrics on {address}"
     return Check("settings", "ok", f"polling mode, {http}")
+
+
+def check_languages(settings: Settings, locales_dir: Path = LOCALES_DIR) -> Check:
+    """Every configured language has a catalog, compiled and current (else the bot compiles it at each start)."""
+    try:
+        languages = Languages.load(settings.language_tags, locales_dir)
+    except LanguageError as exc:
+        return Check("languages", "fail", f"SIGHTLINE_LANGUAGES: {exc}")
+    stale = []
+    for language in languages:
+        if language.code == SOURCE_LANGUAGE:
+            continue
+        for name in dict.fromkeys((language.tag, language.code)):
+            po, mo = catalog_files(name, locales_dir)
+            if po.is_file() or mo.is_file():
+                if is_stale(po, mo):
+                    stale.append(name)
+                break
+    if stale:  # not a problem: the bot compiles those .po files in memory (a few ms each) and says so in its log
+        return Check("languages", "ok", f"{describe(languages)}; {', '.join(stale)} not compiled or older than the .po: "
+                     "compiled at each start (scripts/catalogs compile)")
+    return Check("languages", "ok", describe(languages))
 
 
 def check_models(config: EngineConfig) -> Check:
@@ -321,7 +344,8 @@ async def check_telegram(settings: Settings, timeout: float = TELEGRAM_TIMEOUT_S
 async def run_checks(settings: Settings, *, telegram: bool = True, deep: bool = False) -> list[Check]:
     """Every check, in the order they are printed."""
     config = settings.engine_config()
-    checks = [check_settings(settings), await asyncio.to_thread(check_models, config), check_data_dir(config)]
+    checks = [check_settings(settings), check_languages(settings), await asyncio.to_thread(check_models, config),
+              check_data_dir(config)]
     checks += await check_database_and_index(config, deep)
     checks.append(check_disk(config))
     if telegram:

@@ -5,11 +5,13 @@ Synchronous and CPU-bound: call through `asyncio.to_thread`. Nothing is written 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -37,10 +39,25 @@ class Tile:
     caption: str = ""
 
 
+def font_file() -> Path | None:
+    """DejaVu Sans as matplotlib (a dependency) ships it, or None: found without importing matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return path
+    return None
+
+
 @lru_cache(maxsize=8)
 def font(size: int) -> Font:
-    """Pillow's bundled scalable font at `size` px (the bitmap one if FreeType is missing)."""
+    """DejaVu Sans at `size` px: it has the accented letters of French, Dutch and German labels and names
+    ("visage recherché", "Müller"), which Pillow's bundled font draws as boxes; that one is the fallback."""
+    path = font_file()
     try:
+        if path is not None:
+            return ImageFont.truetype(str(path), size)
+        logger.warning("DejaVu Sans not found: labels with accented letters will show boxes")
         return ImageFont.load_default(size=size)
     except (OSError, ImportError):  # pragma: no cover - Pillow without FreeType
         return ImageFont.load_default()

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         "(its further messages are counted into one audit entry).",
     )
     purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
+    languages: str = Field(
+        "en,fr_BE,nl_BE,de_BE", description="Languages of the bot, as comma-separated locales (language_REGION: the "
+        "language picks the catalog in bot/locales/, the region the number formats); the first is the default.",
+    )
 
     # -- Engine ----------------------------------------------------------------------------------
     data_dir: Path = Field(Path("index_data"), description="Folder of the database and the index.")
@@ -121,6 +125,25 @@ class Settings(BaseSettings):
             if part and not part.lstrip("-").isdigit():
                 raise ValueError(f"SIGHTLINE_ADMINS must be comma-separated numeric ids, got {part!r}")
         return v
+
+    @field_validator("languages")
+    @classmethod
+    def _languages_are_locales(cls, v: str) -> str:
+        from bot.i18n import parse_locale, parse_tags
+
+        tags = parse_tags(v)
+        if not tags:
+            raise ValueError("SIGHTLINE_LANGUAGES needs at least one locale, e.g. en or fr_BE")
+        for tag in tags:
+            parse_locale(tag)  # LanguageError is a ValueError: pydantic reports it as a bad setting
+        return v
+
+    @property
+    def language_tags(self) -> list[str]:
+        """The configured locales, in order (the first is the default)."""
+        from bot.i18n import parse_tags
+
+        return parse_tags(self.languages)
 
     @property
     def admin_ids(self) -> frozenset[int]:

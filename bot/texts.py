@@ -1,12 +1,20 @@
-"""Every user-facing string of the bot, including the error -> reply table. Plain text (no parse mode)."""
+"""Every user-facing string of the bot, including the error -> reply table. Plain text (no parse mode).
+
+Officer-facing texts take the reader's `Language` (bot/i18n.py) first and go through its gettext catalog;
+numbers, percentages and durations are formatted for its locale. Admin replies, the start-up messages for
+the operator and the audit stay English (language-neutral), like the CLI.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bot.telegram_io import clip
+from bot.i18n import ENGLISH, N_, Language
+from bot.telegram_io import DOWNLOAD_LIMIT, clip
 from engine import (
     AuditEntry,
     CaseRequired,
@@ -32,6 +40,8 @@ from engine import (
 if TYPE_CHECKING:
     from bot.sessions import ResultSet
 
+logger = logging.getLogger(__name__)
+
 SUBJECT_SHOWN = 100  # characters of a subject, note or case shown in a reply (the rest is cut with "…")
 URL_SHOWN = 300  # characters of a source link shown in a list (its button carries the whole link)
 
@@ -44,11 +54,32 @@ MISSING_TOKEN = (
 TOKEN_REJECTED = "Telegram rejected the bot token: check SIGHTLINE_TELEGRAM_TOKEN (ask @BotFather for it again)."
 BOOTSTRAP_NOTE = "bootstrap admin (SIGHTLINE_ADMINS)"
 
-# -- menus: (command, description); officers see the first list, admins both --------------------
+def NC_(context: str, message: str) -> str:
+    """Mark a string with a context for extraction (Babel keyword NC_:1c,2); translated where it is used."""
+    return message
+
+
+# -- command names ----------------------------------------------------------------------------------
+# The officer commands, each with its name in every language (msgctxt "command" in the catalogs): the bot
+# answers to all of them, and each language's menu lists its own. Admin commands keep their English names.
+LOCALISED_COMMANDS: tuple[str, ...] = (
+    # Translators: the name of a Telegram command: lowercase letters a-z, digits and _ only (no accents or
+    # spaces), at most 32 characters. Keep it short; officers type it. Leave "start" as it is: Telegram sends it.
+    NC_("command", "start"),
+    # Translators: command name (a-z, 0-9, _ only): shows the help.
+    NC_("command", "help"),
+    # Translators: command name (a-z, 0-9, _ only): sets the active case (the investigation's file reference).
+    NC_("command", "case"),
+    # Translators: command name (a-z, 0-9, _ only): changes the bot's language.
+    NC_("command", "language"),
+)
+
+# -- menus: (command, description); officers see the first list (in their language), admins both -----
 OFFICER_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("start", "How Sightline works"),
-    ("help", "How to search, and the commands"),
-    ("case", "Set, show or clear your active case: /case <ref> | /case clear"),
+    ("start", N_("How Sightline works")),
+    ("help", N_("How to search, and the commands")),
+    ("case", N_("Set, show or clear your active case: /case <reference> | /case clear")),
+    ("language", N_("Choose your language")),
 )
 ADMIN_COMMANDS: tuple[tuple[str, str], ...] = (
     ("allow", "Whitelist an account: /allow <user_id> [officer|admin] [note]"),
@@ -60,71 +91,135 @@ ADMIN_COMMANDS: tuple[tuple[str, str], ...] = (
     ("audit", "Last audit entries: /audit [n] | /audit verify"),
 )
 
+
+def officer_menu(t: Language) -> list[tuple[str, str]]:
+    """The officer commands as `t` names and describes them."""
+    return [(t.command(name), t._(text)) for name, text in OFFICER_COMMANDS]
+
+
+def clear_words(languages: Sequence[Language]) -> set[str]:
+    """The words that clear the active case (/case clear, /dossier effacer...), in every language."""
+    # Translators: the argument of the case command that clears the active case ("/case clear"); one word.
+    return {"clear"} | {t.pgettext("argument", "clear").lower() for t in languages}
+
+
 # -- access ------------------------------------------------------------------------------------
-def not_authorised(user_id: int, quiet_seconds: int = 0) -> str:
+def not_authorised(t: Language, user_id: int, quiet_seconds: int = 0) -> str:
     """The one reply an account that is not whitelisted gets (then silence for `quiet_seconds`)."""
-    text = (
+    text = t._(
         "You are not authorised to use this bot.\n"
-        f"Your Telegram id is {user_id}. Send it to an administrator if you should have access."
-    )
+        "Your Telegram id is {user_id}. Send it to an administrator if you should have access."
+    ).format(user_id=user_id)  # the raw digits: an admin types them into /allow
     if quiet_seconds > 0:
-        text += f"\nMessages in the next {duration(quiet_seconds)} will get no reply."
+        text += "\n" + t._("Messages in the next {duration} will get no reply.").format(duration=t.duration(quiet_seconds))
     return text
 
 
-ADMIN_ONLY = "That command is for administrators. /help lists what you can do."
-NOT_YOUR_BUTTON = "This button belongs to someone else's search."
-
-START = (
-    "Sightline searches your organisation's own photo gallery for a face.\n\n"
-    "1. Set your case: /case <reference> (every search is logged against it).\n"
-    "2. Send a photo, or an image as a file for full quality.\n"
-    "3. You get the closest gallery faces with their similarity and source links. With several faces "
-    "in the photo, you choose which one to search.\n\n"
-    "Matches are leads, not identifications: confirm them another way before acting.\n"
-    "/help lists the commands."
-)
+def admin_only(t: Language) -> str:
+    """An officer tried an admin command."""
+    return t._("That command is for administrators. /help lists what you can do.")
 
 
-def help_text(is_admin: bool, active_case: str | None, rate_limit_per_hour: int) -> str:
-    """The /help reply: how to search, how to read an answer, the commands; admins also get theirs."""
+def not_your_button(t: Language) -> str:
+    """A button of someone else's search."""
+    return t._("This button belongs to someone else's search.")
+
+
+def start(t: Language) -> str:
+    """The /start reply."""
+    return t._(
+        "Sightline searches your organisation's own photo gallery for a face.\n\n"
+        "1. Set your case: /case <reference> (every search is logged against it).\n"
+        "2. Send a photo, or an image as a file for full quality.\n"
+        "3. You get the closest gallery faces with their similarity and source links. With several faces "
+        "in the photo, you choose which one to search.\n\n"
+        "Matches are leads, not identifications: confirm them another way before acting.\n"
+        "/help lists the commands; /language changes the language."
+    )
+
+
+def help_text(t: Language, is_admin: bool, active_case: str | None, rate_limit_per_hour: int) -> str:
+    """The /help reply: how to search, how to read an answer, the commands; admins also get theirs (in English,
+    like every admin reply)."""
+    strong, possible = t.pgettext("band", "strong"), t.pgettext("band", "possible")
     lines = [
-        "Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to 20 MB) to search the gallery.",
-        f"Your active case: {clip(active_case, SUBJECT_SHOWN)}" if active_case
-        else "You have no active case: set one with /case <ref>.",
-        f"You can send up to {rate_limit_per_hour} photos per hour (each photo counts, and each extra face you "
-        "search in it).",
+        t._("Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to {size}) to search the gallery.").format(
+            size=megabytes(t, DOWNLOAD_LIMIT)
+        ),
+        t._("Your active case: {case}").format(case=clip(active_case, SUBJECT_SHOWN)) if active_case
+        else t._("You have no active case: set one with /case <reference>."),
+        t.ngettext(
+            "You can send up to {n} photo per hour (each photo counts, and each extra face you search in it).",
+            "You can send up to {n} photos per hour (each photo counts, and each extra face you search in it).",
+            rate_limit_per_hour,
+        ).format(n=t.number(rate_limit_per_hour)),
         "",
-        "Reading an answer:",
-        "- Several faces in the photo: I box and number them. Tap a face's number to search that face.",
-        "- Each match shows a percentage: how similar the two faces are (100% would be the same picture). "
-        "It is not a probability that it is the same person.",
-        "- strong: similar enough that strangers rarely score this high. possible: worth a look, often a stranger.",
-        "- The odds line says how often a stranger scores this high in this gallery: 1 in 40,000 is strong "
-        "evidence, 1 in 20 is weak.",
-        "- More shows the next matches. Source opens where the gallery photo came from.",
-        "Matches are leads, not identifications: confirm them another way before acting.",
+        t._("Reading an answer:"),
+        t._("- Several faces in the photo: I box and number them. Tap a face's number to search that face."),
+        t._("- Each match shows a percentage: how similar the two faces are ({full} would be the same picture). "
+            "It is not a probability that it is the same person.").format(full=t.percent(1)),
+        t._("- {strong}: similar enough that strangers rarely score this high. {possible}: worth a look, often a "
+            "stranger.").format(strong=strong, possible=possible),
+        t._("- The odds line says how often a stranger scores this high in this gallery: 1 in {strong_odds} is "
+            "strong evidence, 1 in {weak_odds} is weak.").format(strong_odds=t.number(40_000), weak_odds=t.number(20)),
+        t._("- More shows the next matches. Source opens where the gallery photo came from."),
+        t._("Matches are leads, not identifications: confirm them another way before acting."),
         "",
-        "Commands:",
+        t._("Commands:"),
     ]
-    lines += [f"/{name} - {text}" for name, text in OFFICER_COMMANDS]
+    lines += [f"/{name} - {text}" for name, text in officer_menu(t)]
     if is_admin:
         lines += ["", "Admin commands:"]
         lines += [f"/{name} - {text}" for name, text in ADMIN_COMMANDS]
     return "\n".join(lines)
 
 
-def welcome(role: str) -> str:
+def role_name(t: Language, role: str) -> str:
+    """"officer" / "admin" in words of `t`."""
+    if role == "admin":
+        return t.pgettext("role", "administrator")
+    return t.pgettext("role", "officer")
+
+
+def welcome(t: Language, role: str) -> str:
     """Sent to an account when an admin whitelists it."""
-    return f"You now have access to Sightline as {role}. Send /help to start."
+    return t._("You now have access to Sightline as {role}. Send /help to start.").format(role=role_name(t, role))
 
 
-UNKNOWN_COMMAND = "Unknown command. /help lists what you can do."
-SEND_A_PHOTO = "Send a photo to search the gallery. /help explains how."
-SORRY = "Sorry, something went wrong on our side while handling that. It has been logged; please try again."
+def unknown_command(t: Language) -> str:
+    """A command the bot does not have."""
+    return t._("Unknown command. /help lists what you can do.")
+
+
+def send_a_photo(t: Language) -> str:
+    """Text, stickers and the like."""
+    return t._("Send a photo to search the gallery. /help explains how.")
+
+
+def sorry(t: Language) -> str:
+    """After an unexpected error (logged with its traceback)."""
+    return t._("Sorry, something went wrong on our side while handling that. It has been logged; please try again.")
+
+
+# -- language ------------------------------------------------------------------------------------
+def choose_language(t: Language) -> str:
+    """The /language reply, above one button per language."""
+    return t._("Choose your language:")
+
+
+def language_set(t: Language) -> str:
+    """After a language button: said in the new language."""
+    # Translators: name your own language here, as in "From now on I answer in French."
+    return t._("From now on I answer in English.")
+
 
 # -- usage of every command ----------------------------------------------------------------------
-USAGE = {
+def usage_case(t: Language) -> str:
+    """How /case is used."""
+    return t._("Usage: /case <reference> to set it, /case to show it, /case clear to clear it")
+
+
+USAGE = {  # admin commands: English
     "allow": "Usage: /allow <user_id> [officer|admin] [note]\nExample: /allow 123456789 officer Unit 5",
     "revoke": "Usage: /revoke <user_id>",
     "users": "Usage: /users",
@@ -138,100 +233,163 @@ USAGE = {
         "Erases the images and all their faces for good."
     ),
     "audit": "Usage: /audit [n] (the last n entries, 1-100, default 10) or /audit verify",
-    "case": "Usage: /case <reference> to set it, /case to show it, /case clear to clear it",
 }
 
 # -- case ---------------------------------------------------------------------------------------
-NEED_CASE = (
-    "Set a case reference first: /case <reference> (for example /case OP-2024-117); every search is logged "
-    "against it. Then send the photo again: it was not kept."
-)
+def need_case(t: Language) -> str:
+    """A search refused because the account has no active case."""
+    return t._(
+        "Set a case reference first: /case <reference> (for example /case OP-2024-117); every search is logged "
+        "against it. Then send the photo again: it was not kept."
+    )
 
 
-def case_set(case: str) -> str:
+def case_set(t: Language, case: str) -> str:
     """After /case <ref>."""
-    return f"Active case: {clip(case, SUBJECT_SHOWN)}. Your searches are now logged against it."
+    return t._("Active case: {case}. Your searches are now logged against it.").format(case=clip(case, SUBJECT_SHOWN))
 
 
-def case_shown(case: str | None) -> str:
+def case_shown(t: Language, case: str | None) -> str:
     """After /case alone."""
-    return f"Active case: {clip(case, SUBJECT_SHOWN)}" if case else "You have no active case. Set one with /case <reference>."
+    if case:
+        return t._("Active case: {case}").format(case=clip(case, SUBJECT_SHOWN))
+    return t._("You have no active case. Set one with /case <reference>.")
 
 
-CASE_CLEARED = "Active case cleared."
+def case_cleared(t: Language) -> str:
+    """After /case clear."""
+    return t._("Active case cleared.")
+
+
+def case_invalid(t: Language, max_length: int) -> str:
+    """A case reference the engine refused (too long, control characters)."""
+    return t.ngettext(
+        "A case reference is at most {n} printable character.", "A case reference is at most {n} printable characters.",
+        max_length,
+    ).format(n=t.number(max_length))
+
 
 # -- rate limit -----------------------------------------------------------------------------------
-def rate_limited(per_hour: int, wait_seconds: float) -> str:
+def rate_limited(t: Language, per_hour: int, wait_seconds: float) -> str:
     """A search refused because the user reached the hourly limit."""
     minutes = max(1, math.ceil(wait_seconds / 60))
-    return (
-        f"You have reached the limit of {per_hour} searches per hour. "
-        f"Try again in {minutes} minute{'s' if minutes != 1 else ''}."
-    )
+    limit = t.ngettext(
+        "You have reached the limit of {n} search per hour.", "You have reached the limit of {n} searches per hour.",
+        per_hour,
+    ).format(n=t.number(per_hour))
+    return f"{limit} " + t._("Try again in {duration}.").format(duration=t.minutes(minutes))
 
 
 # -- files -----------------------------------------------------------------------------------------
-NOT_AN_IMAGE = "That file is not an image. Send a photo, or a JPEG, PNG, WebP or HEIC file."
+def not_an_image(t: Language) -> str:
+    """A file that is not an image by its type or name."""
+    return t._("That file is not an image. Send a photo, or a JPEG, PNG, WebP or HEIC file.")
 
 
-def too_big(size_bytes: int | None, limit_bytes: int) -> str:
+def megabytes(t: Language, size_bytes: float, digits: int = 0) -> str:
+    """A size in MB (10^6 bytes), this locale's way."""
+    return t._("{size} MB").format(size=t.number(size_bytes / 1e6, digits))
+
+
+def too_big(t: Language, size_bytes: int | None, limit_bytes: int) -> str:
     """An attachment refused before downloading because of its size."""
-    size = f" ({size_bytes / 1e6:.1f} MB)" if size_bytes else ""
-    return (
-        f"That file is too big{size}: the limit is {limit_bytes / 1e6:.0f} MB. "
-        "Send a smaller photo, or send it as a photo rather than a file (Telegram makes it smaller)."
+    limit = megabytes(t, limit_bytes)
+    if size_bytes:
+        return t._(
+            "That file is too big ({size}): the limit is {limit}. Send a smaller photo, or send it as a photo rather "
+            "than a file (Telegram makes it smaller)."
+        ).format(size=megabytes(t, size_bytes, 1), limit=limit)
+    return t._(
+        "That file is too big: the limit is {limit}. Send a smaller photo, or send it as a photo rather than a file "
+        "(Telegram makes it smaller)."
+    ).format(limit=limit)
+
+
+def results_expired(t: Language) -> str:
+    """A More button (or an old button) whose results were dropped."""
+    return t._("These results are no longer in memory. Send the photo again to search.")
+
+
+def photo_expired(t: Language, ttl_seconds: int) -> str:
+    """A face button pressed after the photo was dropped."""
+    return t._("That photo is no longer in memory (photos are dropped after {duration}). Send it again to search.").format(
+        duration=t.duration(ttl_seconds)
     )
 
 
-PHOTO_EXPIRED = "That photo is no longer in memory (photos are dropped after {ttl}). Send it again to search."
-RESULTS_EXPIRED = "These results are no longer in memory. Send the photo again to search."
-
-
 def duration(seconds: int) -> str:
-    """"1 second", "90 seconds", "2 minutes"."""
-    if seconds >= 120:
-        return f"{seconds // 60} minutes"
-    return "1 second" if seconds == 1 else f"{seconds} seconds"
-
-
-def photo_expired(ttl_seconds: int) -> str:
-    """A face button pressed after the photo was dropped."""
-    return PHOTO_EXPIRED.format(ttl=duration(ttl_seconds))
+    """"1 second", "90 seconds", "2 minutes" (English)."""
+    return ENGLISH.duration(seconds)
 
 
 # -- engine errors -> replies -----------------------------------------------------------------------
 IMAGE_REJECTED = {
-    "not_image": "That file is not an image I can read. Send a JPEG, PNG, WebP or HEIC photo.",
-    "corrupt": "That image is damaged or cut off and cannot be read. Send it again.",
-    "too_large": "That file is too big: {detail}.",
-    "too_many_pixels": "That image has too many pixels to open safely: {detail}.",
-    "empty": "That file is empty.",
+    "not_image": N_("That file is not an image I can read. Send a JPEG, PNG, WebP or HEIC photo."),
+    "corrupt": N_("That image is damaged or cut off and cannot be read. Send it again."),
+    "empty": N_("That file is empty."),
 }
-ERRORS: dict[type[EngineError], str] = {
-    NoFaceFound: (
+OFFICER_ERRORS: dict[type[EngineError], str] = {
+    NoFaceFound: N_(
         "No face found in the photo. Use a photo where the face is visible, roughly frontal and not too small."
     ),
-    FaceIndexError: "That face number is not in the photo.",
+    FaceIndexError: N_("That face number is not in the photo."),
+    ModelError: N_("The search service is not working (face models). An administrator has to check the server."),
+    StorageError: N_("The search service is not working (storage). An administrator has to check the server."),
+    IndexUnavailable: N_(
+        "The search service cannot reach its index server right now. Try again in a minute; if it keeps failing, "
+        "an administrator has to check the server."
+    ),
+    EngineError: N_("That did not work. It has been logged; please try again."),
+}
+
+
+def officer_error(t: Language, exc: EngineError, max_image_bytes: int, max_image_pixels: int) -> str:
+    """The reply to an officer for an engine error, in their language (the English detail goes to the log)."""
+    if isinstance(exc, CaseRequired):
+        return need_case(t)
+    if isinstance(exc, ImageRejected):
+        if exc.reason == "too_large":
+            return too_big(t, None, max_image_bytes)
+        if exc.reason == "too_many_pixels":
+            return t._("That image has too many pixels to open safely: the limit is {limit} megapixels.").format(
+                limit=t.number(max_image_pixels / 1e6)
+            )
+        if exc.reason in IMAGE_REJECTED:
+            return t._(IMAGE_REJECTED[exc.reason])
+        return t._("That image cannot be used. Send another photo.")
+    for cls in type(exc).__mro__:
+        if cls in OFFICER_ERRORS:
+            return t._(OFFICER_ERRORS[cls])  # type: ignore[index]
+    return t._(OFFICER_ERRORS[EngineError])
+
+
+ERRORS: dict[type[EngineError], str] = {  # admin replies: English, with the engine's detail
+    NoFaceFound: OFFICER_ERRORS[NoFaceFound],
+    FaceIndexError: OFFICER_ERRORS[FaceIndexError],
     NotFound: "Not found: {detail}.",
     InvalidArgument: "That doesn't work: {detail}.",
-    CaseRequired: NEED_CASE,
+    CaseRequired: "A case reference is required for every search.",
     LastAdmin: (
         "That would leave Sightline without an administrator. Make another account admin first: "
         "/allow <user_id> admin."
     ),
-    ModelError: "The search service is not working (face models). An administrator has to check the server.",
-    StorageError: "The search service is not working (storage). An administrator has to check the server.",
-    IndexUnavailable: "The search service cannot reach its index server right now, so nothing was done. "
-    "Try again in a minute; if it keeps failing, an administrator has to check the server (sightline doctor).",
+    ModelError: OFFICER_ERRORS[ModelError],
+    StorageError: OFFICER_ERRORS[StorageError],
+    IndexUnavailable: OFFICER_ERRORS[IndexUnavailable],
     EngineError: "That failed: {detail}.",
+}
+ADMIN_IMAGE_REJECTED = {
+    **IMAGE_REJECTED,
+    "too_large": "That file is too big: {detail}.",
+    "too_many_pixels": "That image has too many pixels to open safely: {detail}.",
 }
 
 
 def for_error(exc: EngineError) -> str:
-    """The reply for an engine error: the most specific entry of the table for its class."""
+    """The (English) reply to an admin for an engine error: the most specific entry of the table for its class."""
     detail = str(exc).rstrip(".") or type(exc).__name__
     if isinstance(exc, ImageRejected):
-        return IMAGE_REJECTED.get(exc.reason, ERRORS[EngineError]).format(detail=detail)
+        return ADMIN_IMAGE_REJECTED.get(exc.reason, ERRORS[EngineError]).format(detail=detail)
     for cls in type(exc).__mro__:
         if cls in ERRORS:
             return ERRORS[cls].format(detail=detail)  # type: ignore[index]
@@ -239,149 +397,213 @@ def for_error(exc: EngineError) -> str:
 
 
 # -- search results ------------------------------------------------------------------------------
-LEADS_NOT_IDS = "Matches are leads, not identifications: confirm them independently before acting."
-UNRELIABLE = "results unreliable"
+def leads_not_ids(t: Language) -> str:
+    """The legal caution above every list of matches."""
+    return t._("Matches are leads, not identifications: confirm them independently before acting.")
 
 
-def percent(similarity: float) -> str:
+def percent(t: Language, similarity: float) -> str:
     """A similarity as a whole percentage."""
-    return f"{similarity * 100:.0f}%"
+    return t.percent(similarity)
 
 
-def _nice(n: float) -> str:
-    """A count rounded to two significant figures, with thousands separators."""
+def _nice(n: float) -> float:
+    """A count rounded to two significant figures."""
     if n < 10:
-        return f"{n:.0f}"
+        return float(round(n))
     digits = int(math.floor(math.log10(n))) - 1
-    return f"{round(n, -digits):,.0f}"
+    return float(round(n, -digits))
 
 
-def strangers(expected: float, gallery_faces: int) -> str:
+def strangers(t: Language, expected: float, gallery_faces: int) -> str:
     """How often a stranger would score this high in a gallery this size, in plain words."""
     if expected >= 0.5:
-        count = f"{expected:.0f}" if expected >= 10 else f"{expected:.1f}"
-        return f"weak: ~{count} strangers in this gallery of {gallery_faces:,} faces may score this high"
+        count = t.number(expected, 0 if expected >= 10 else 1)
+        return t.ngettext(
+            "weak: ~{count} strangers in this gallery of {faces} face may score this high",
+            "weak: ~{count} strangers in this gallery of {faces} faces may score this high",
+            gallery_faces,
+        ).format(faces=t.number(gallery_faces), count=count)
     if expected <= 0:
-        return "no stranger in our test set scored this high"
-    return f"odds a stranger scores this high here: 1 in {_nice(1 / expected)}"
+        return t._("no stranger in our test set scored this high")
+    return t._("odds a stranger scores this high here: 1 in {n}").format(n=t.number(_nice(1 / expected)))
 
 
-def subject_of(hit: Hit) -> str:
+def subject_of(t: Language, hit: Hit) -> str:
     """The subject of a hit, or "unlabelled" (cut to fit a list)."""
-    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else "unlabelled"
+    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else t._("unlabelled")
 
 
-def quality_warning(warnings: Sequence[str]) -> str | None:
+# The engine's quality warnings (engine/faces.py, FaceModel.quality) are English phrases: each known one is
+# recognised here and said again in the reader's language; an unknown one is shown as it is (and logged).
+_WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"face is (?P<width>\d+) px wide, (?P<analysed>\d+) px once the photo is scaled down \(crop around it\)"),
+     N_("face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")),
+    (re.compile(r"face is (?P<width>\d+) px wide"), N_("face is {width} px wide")),
+    (re.compile(r"detector is unsure it is a face \((?P<score>\d+)%\)"), N_("detector is unsure it is a face ({score})")),
+    (re.compile(r"face is blurred"), N_("face is blurred")),
+    (re.compile(r"head is turned \(~(?P<degrees>\d+)°\)"), N_("head is turned (~{degrees}°)")),
+)
+
+
+def warning_text(t: Language, warning: str) -> str:
+    """One of the engine's quality warnings in `t`'s words (numbers formatted for its locale)."""
+    for pattern, message in _WARNINGS:
+        match = pattern.fullmatch(warning)
+        if match:
+            values = {k: t.number(int(v)) for k, v in match.groupdict().items()}
+            if "score" in values:
+                values["score"] = t.percent(int(match["score"]) / 100)
+            return t._(message).format(**values)
+    logger.warning("quality warning without a translation: %r", warning)
+    return warning
+
+
+def quality_warning(t: Language, warnings: Sequence[str]) -> str | None:
     """The warning line for a searched face, or None when it looks fine."""
     if not warnings:
         return None
-    return f"Warning: {'; '.join(warnings)} - {UNRELIABLE}."
+    return t._("Warning: {warnings} - results unreliable.").format(
+        warnings="; ".join(warning_text(t, w) for w in warnings)
+    )
 
 
-def tile_label(hit: Hit) -> str:
+def tile_label(t: Language, hit: Hit) -> str:
     """The label under a match's thumbnail in the picture."""
-    return f"#{hit.rank}  {percent(hit.similarity)}"
+    return f"#{hit.rank}  {percent(t, hit.similarity)}"
 
 
-QUERY_TILE = "searched face"
+def query_tile(t: Language) -> str:
+    """The label under the query face in the picture."""
+    return t._("searched face")
 
 
-def hit_lines(hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
+def band(t: Language, hit: Hit) -> str:
+    """The band of a hit in words, with the gallery face's quality."""
+    word = t.pgettext("band", "strong") if hit.band == "strong" else t.pgettext("band", "possible")
+    if hit.low_quality:
+        return t._("{band}, poor-quality gallery face").format(band=word)
+    return word
+
+
+def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[str]:
     """The lines describing one match."""
-    low = ", poor-quality gallery face" if hit.low_quality else ""
-    lines = [f"{hit.rank}. {subject_of(hit)} - {percent(hit.similarity)} ({hit.band}{low})"]
+    lines = [f"{hit.rank}. {subject_of(t, hit)} - {percent(t, hit.similarity)} ({band(t, hit)})"]
     if hit.strangers_expected is not None:
-        lines.append(f"   {strangers(hit.strangers_expected, gallery_faces)}")
+        lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
     url = clip(hit.source_url, URL_SHOWN)
-    lines.append(f"   {url}" if linked else f"   source: {url}")
+    lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
     return lines
 
 
-def search_header(results: ResultSet) -> list[str]:
+def search_header(t: Language, results: ResultSet) -> list[str]:
     """The lines above the matches: leads warning, case, which face, quality warning."""
-    face = f"face {results.face} of {results.faces_in_photo}" if results.faces_in_photo > 1 else "1 face"
-    case = f"Case {clip(results.case, SUBJECT_SHOWN)}" if results.case else "No case"
-    lines = [LEADS_NOT_IDS, f"{case} - {face} - gallery of {results.gallery_faces:,} faces"]
-    warning = quality_warning(results.warnings)
+    if results.faces_in_photo > 1:
+        face = t._("face {number} of {total}").format(number=results.face, total=results.faces_in_photo)
+    else:
+        face = t._("1 face")
+    case = t._("Case {case}").format(case=clip(results.case, SUBJECT_SHOWN)) if results.case else t._("No case")
+    gallery = t.ngettext("gallery of {n} face", "gallery of {n} faces", results.gallery_faces).format(
+        n=t.number(results.gallery_faces)
+    )
+    lines = [leads_not_ids(t), f"{case} - {face} - {gallery}"]
+    warning = quality_warning(t, results.warnings)
     if warning:
         lines.append(warning)
     return lines
 
 
-def result_page(results: ResultSet, start: int, stop: int, linked: Sequence[bool]) -> str:
+def matches_range(t: Language, start: int, stop: int, total: int) -> str:
+    """"Matches 6-10 of 12."."""
+    return t._("Matches {first}-{last} of {total}.").format(first=start + 1, last=stop, total=total)
+
+
+def result_page(t: Language, results: ResultSet, start: int, stop: int, linked: Sequence[bool]) -> str:
     """The text of one page of matches (hits[start:stop]); `linked` says which sources have a button."""
-    lines = search_header(results) + [""]
+    lines = search_header(t, results) + [""]
     for hit, has_button in zip(results.hits[start:stop], linked, strict=True):
-        lines += hit_lines(hit, results.gallery_faces, has_button)
+        lines += hit_lines(t, hit, results.gallery_faces, has_button)
     total = len(results.hits)
-    lines += ["", f"Matches {start + 1}-{stop} of {total}." if total > stop or start else matches_count(total)]
+    lines += ["", matches_range(t, start, stop, total) if total > stop or start else matches_count(t, total)]
     if not results.calibrated:
-        lines.append("No calibration for this model: percentages are similarity scores, not odds.")
+        lines.append(t._("No calibration for this model: percentages are similarity scores, not odds."))
     return "\n".join(lines)
 
 
-def matches_count(n: int) -> str:
+def matches_count(t: Language, n: int) -> str:
     """"1 match." / "3 matches."."""
-    return f"{n} match." if n == 1 else f"{n} matches."
+    return t.ngettext("{n} match.", "{n} matches.", n).format(n=t.number(n))
 
 
-def result_caption_short(results: ResultSet, start: int, stop: int) -> str:
+def result_caption_short(t: Language, results: ResultSet, start: int, stop: int) -> str:
     """A photo caption when the full list does not fit (it follows as a message)."""
-    return "\n".join([*search_header(results), f"Matches {start + 1}-{stop} of {len(results.hits)}: see below."])
+    more = t._("Matches {first}-{last} of {total}: see below.").format(first=start + 1, last=stop, total=len(results.hits))
+    return "\n".join([*search_header(t, results), more])
 
 
-def no_match(case: str | None, gallery_faces: int, threshold: float, warnings: Sequence[str]) -> str:
+def no_match(t: Language, case: str | None, gallery_faces: int, threshold: float, warnings: Sequence[str]) -> str:
     """A search that found nothing above the threshold."""
     lines = [
-        f"No match: no gallery face scored above {percent(threshold)} among {gallery_faces:,} gallery faces.",
-        f"Case {clip(case, SUBJECT_SHOWN)}." if case else "No case.",
+        t.ngettext(
+            "No match: no gallery face scored above {percent} among {n} gallery face.",
+            "No match: no gallery face scored above {percent} among {n} gallery faces.",
+            gallery_faces,
+        ).format(percent=percent(t, threshold), n=t.number(gallery_faces)),
+        t._("Case {case}.").format(case=clip(case, SUBJECT_SHOWN)) if case else t._("No case."),
     ]
-    warning = quality_warning(warnings)
+    warning = quality_warning(t, warnings)
     if warning:
         lines.append(warning)
     return "\n".join(lines)
 
 
-def source_button(rank: int) -> str:
+def source_button(t: Language, rank: int) -> str:
     """The label of a match's source button."""
-    return f"{rank}. source"
+    return t._("{rank}. source").format(rank=rank)
 
 
-def more_button(start: int, stop: int, total: int) -> str:
+def more_button(t: Language, start: int, stop: int, total: int) -> str:
     """The label of the button that shows the next page."""
-    return f"More ({start + 1}-{stop} of {total})"
+    return t._("More ({first}-{last} of {total})").format(first=start + 1, last=stop, total=total)
 
 
-def choose_face(faces: Sequence[DetectedFace], ttl_seconds: int, shown: int) -> str:
+def choose_face(t: Language, faces: Sequence[DetectedFace], ttl_seconds: int, shown: int) -> str:
     """The caption of a photo with several faces boxed and numbered."""
-    lines = [f"{len(faces)} faces found. Which one should I search? Tap its number."]
+    lines = [t.ngettext(
+        "{n} face found. Which one should I search? Tap its number.",
+        "{n} faces found. Which one should I search? Tap its number.",
+        len(faces),
+    ).format(n=len(faces))]
     for face in faces[:shown]:
         if face.quality.warnings:
-            lines.append(f"Face {face.number}: {'; '.join(face.quality.warnings)}")
+            warnings = "; ".join(warning_text(t, w) for w in face.quality.warnings)
+            lines.append(t._("Face {number}: {warnings}").format(number=face.number, warnings=warnings))
     if len(faces) > shown:
-        lines.append(f"Only faces 1-{shown} have buttons: crop the photo to search the others.")
-    lines.append(f"The photo stays in memory for {duration(ttl_seconds)}, then it is dropped.")
+        lines.append(t._("Only faces 1-{last} have buttons: crop the photo to search the others.").format(last=shown))
+    lines.append(t._("The photo stays in memory for {duration}, then it is dropped.").format(
+        duration=t.duration(ttl_seconds)
+    ))
     return "\n".join(lines)
 
 
-def face_button(number: int) -> str:
+def face_button(t: Language, number: int) -> str:
     """The label of a face choice button."""
-    return f"Face {number}"
+    return t._("Face {number}").format(number=number)
 
 
-def searching_face(number: int) -> str:
+def searching_face(t: Language, number: int) -> str:
     """The toast shown when a face button is pressed."""
-    return f"Searching face {number}..."
+    return t._("Searching face {number}...").format(number=number)
 
 
-def already_searched(number: int) -> str:
+def already_searched(t: Language, number: int) -> str:
     """A face button pressed again: the answer is already in the chat."""
-    return f"Face {number} was already searched: its matches are above."
+    return t._("Face {number} was already searched: its matches are above.").format(number=number)
 
 
-def results_continued(start: int, stop: int, total: int) -> str:
+def results_continued(t: Language, start: int, stop: int, total: int) -> str:
     """The header of the list of matches when it does not fit under the picture."""
-    return f"Matches {start + 1}-{stop} of {total} (continued):"
+    return t._("Matches {first}-{last} of {total} (continued):").format(first=start + 1, last=stop, total=total)
 
 
 # -- admin: users, stats ---------------------------------------------------------------------------
@@ -399,7 +621,7 @@ def cannot_demote_bootstrap(user_id: int) -> str:
     )
 
 
-# -- confirmations (inline buttons) before what cannot be undone ------------------------------------
+# -- confirmations (inline buttons) before what cannot be undone: admin commands, English ---------------
 def confirm_forget(what: str, value: str) -> str:
     """Asked before /forget erases anything."""
     return (

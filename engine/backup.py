@@ -24,7 +24,7 @@ import numpy as np
 from .config import EngineConfig
 from .errors import StorageError, disk_full, is_disk_full
 from .images import file_sha256
-from .index import SCRUB_BASE, sidecar_path
+from .index import SCRUB_BASE, save_lock, sidecar_path, stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -206,12 +206,14 @@ def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
     index_info: dict[str, Any] | None = None
     if config.index_path.is_file():
         index_copy = out / config.index_path.name
-        shutil.copyfile(config.index_path, index_copy)  # saves are os.replace: we read one whole version
-        files[index_copy.name] = index_copy
-        if sidecar_path(config.index_path).is_file():
-            side_copy = sidecar_path(index_copy)
-            shutil.copyfile(sidecar_path(config.index_path), side_copy)
-            files[side_copy.name] = side_copy
+        # Under the save lock, so the index and its sidecar (with the change seq it reflects) are one pair.
+        with save_lock(config.index_path):
+            shutil.copyfile(config.index_path, index_copy)
+            files[index_copy.name] = index_copy
+            if sidecar_path(config.index_path).is_file():
+                side_copy = sidecar_path(index_copy)
+                shutil.copyfile(sidecar_path(config.index_path), side_copy)
+                files[side_copy.name] = side_copy
         fp = index_fingerprint(index_copy)
         index_info = {
             "file": index_copy.name,
@@ -343,7 +345,7 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
             config.db_path.with_name(config.db_path.name + "-wal"),
             config.db_path.with_name(config.db_path.name + "-shm"),
             config.index_path,
-            config.index_path.with_name(config.index_path.name + ".tmp"),
+            *stale_temporaries(config.index_path),
             sidecar_path(config.index_path),
         ):
             stale.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import audit, projection
 from . import calibration as calib
+from . import index as index_files
 from .config import EngineConfig
 from .errors import (
     CaseRequired,
@@ -36,7 +37,7 @@ from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_
 from .images import Decoded, decode, sha256_hex
 from .index import VectorIndex, open_index
 from .integrity import clamp_similarity
-from .store import FaceRow, MetadataStore, now_iso
+from .store import CHANGES_KEPT, FaceRow, MetadataStore, now_iso
 from .types import (
     AuditEntry,
     ChainCheck,
@@ -109,7 +110,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
-        self._unremoved: set[int] = set()  # erased face ids the index server could not delete yet (retried)
+        self._seq = 0  # the database change-log seq the in-memory index reflects (see catch_up)
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -190,39 +191,154 @@ class Engine:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     # -- index consistency -------------------------------------------------------------------
+    # Several processes may change one gallery (the bot, `sightline index`, `sightline forget`). The database
+    # is the truth and logs every face added or removed (store.changes) in the change's own transaction. Each
+    # engine remembers the log seq its in-memory index reflects and replays what came after it: before every
+    # search, before every save, after its own changes. Saves happen under one file lock, after catching up,
+    # and record the seq, so a saved file is never older than the database was when it was written. The
+    # index's add and remove are idempotent, so replaying a change the index already reflects is harmless.
+    # Only add/remove/keys/load/save/stored_state are used: any VectorIndex backend gets the same behaviour.
+
     async def reconcile_index(self) -> str:
-        """Make the index hold exactly the database's faces: load, compare, then repair or rebuild."""
+        """Make the index hold exactly the database's faces: load, catch up from the saved seq, else compare
+        with the database and repair or rebuild."""
+        async with self._write:
+            return await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> str:
         loaded = await asyncio.to_thread(self.index.load)
+        saved = self.index.stored_state().get("change_seq") if loaded else None
+        if isinstance(saved, int) and saved >= 0:
+            self._seq = saved
+            if await self._catch_up_locked() and await self._agrees_with_database():
+                if self.index.scrubbed <= max(10_000, len(self.index) // 5):
+                    logger.info("index loaded at change %d: %d faces, consistent with the database",
+                                self._seq, len(self.index))
+                    return "ok"
+                logger.info("index holds %d scrubbed slots of erased faces: compacting", self.index.scrubbed)
+                await self._rebuild_locked()
+                return "rebuilt"
+            logger.warning("index saved at change %d does not follow the database: comparing keys", saved)
+        head = await self.store.change_head()  # whatever is built below reflects at least this change
         count, total = await self.store.face_fingerprint()
         if loaded:
             keys = await asyncio.to_thread(self.index.keys)
             if len(keys) == count and int(keys.sum()) == total:
+                self._seq = head
+                await self._follow_locked()
                 if self.index.scrubbed <= max(10_000, count // 5):
                     logger.info("index loaded: %d faces, consistent with the database", count)
+                    await self._save_locked(force=True)  # records the change seq it reflects
                     return "ok"
                 logger.info("index holds %d scrubbed slots of erased faces: compacting", self.index.scrubbed)
-            db_ids = await self.store.face_ids()
-            extra = np.setdiff1d(keys, db_ids, assume_unique=True)
-            missing = np.setdiff1d(db_ids, keys, assume_unique=True)
-            if len(extra) == 0 or self.index.backend == "milvus":  # Milvus deletes without leaving slots behind
-                if len(extra):
-                    logger.warning("index holds %d faces the database does not: removing them", len(extra))
-                    await self._cpu(self.index.remove, extra)
-                logger.warning("index is missing %d faces the database has: adding them", len(missing))
-                async for ids, vecs in self.store.iter_embeddings(only=missing):
-                    await self._cpu(self.index.add, ids, vecs)
-                await asyncio.to_thread(self.index.save)
-                return f"repaired: added {len(missing)}, removed {len(extra)}"
-            logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
+            else:
+                db_ids = await self.store.face_ids()
+                extra = np.setdiff1d(keys, db_ids, assume_unique=True)
+                missing = np.setdiff1d(db_ids, keys, assume_unique=True)
+                if len(extra) == 0 or self.index.backend == "milvus":  # Milvus deletes leave no slots behind
+                    if len(extra):
+                        logger.warning("index holds %d faces the database does not: removing them", len(extra))
+                        await self._cpu(self.index.remove, extra)
+                    logger.warning("index is missing %d faces the database has: adding them", len(missing))
+                    async for ids, vecs in self.store.iter_embeddings(only=missing):
+                        await self._cpu(self.index.add, ids, vecs)
+                    self._seq = head
+                    await self._follow_locked()
+                    await self._save_locked(force=True)
+                    return f"repaired: added {len(missing)}, removed {len(extra)}"
+                logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
         else:
             if count:
                 logger.warning("index missing or unreadable: rebuilding %d faces from the database", count)
-        await self.rebuild_index()
+        await self._rebuild_locked()
         return "rebuilt"
+
+    async def _agrees_with_database(self) -> bool:
+        """Whether the index's keys have the database's face count and id sum (compared at one change seq)."""
+        for _ in range(5):
+            head = await self.store.change_head()
+            if head < self._seq:  # saved from a later state of the database than this one (a restore?)
+                return False
+            if head != self._seq:
+                await self._follow_locked()
+                continue
+            count, total = await self.store.face_fingerprint()
+            if await self.store.change_head() != head:  # another process changed the gallery meanwhile
+                continue
+            keys = await asyncio.to_thread(self.index.keys)
+            return len(keys) == count and int(keys.sum()) == total
+        return True  # a busy gallery: the log was followed change by change
+
+    async def catch_up(self) -> int:
+        """Apply the gallery changes other processes committed since this index was current; returns how many
+        log entries were applied. When there are none this is one indexed SQLite query (bench/catchup.py)."""
+        if not await self.store.changes_since(self._seq):
+            return 0
+        async with self._write:
+            before = self._seq
+            await self._follow_locked()
+            return self._seq - before
+
+    async def _follow_locked(self, known: dict[int, np.ndarray] | None = None) -> None:
+        """Catch up from the change log, or re-synchronise by keys when the log no longer reaches back."""
+        if not await self._catch_up_locked(known):
+            await self._resync_locked()
+
+    async def _catch_up_locked(self, known: dict[int, np.ndarray] | None = None) -> bool:
+        """Replay the change log after `_seq` onto the index (embeddings from `known` or the database).
+        False, with nothing applied, when the entries right after `_seq` were pruned."""
+        changes = await self.store.changes_since(self._seq)
+        if not changes:
+            return True
+        if changes[0].seq != self._seq + 1:
+            logger.warning("the change log no longer reaches back to change %d", self._seq)
+            return False
+        last: dict[int, str] = {}
+        for c in changes:  # face ids are never reused: the last entry of an id says where it stands
+            last[c.face_id] = c.op
+        removed = np.asarray(sorted(f for f, op in last.items() if op == "remove"), dtype=np.int64)
+        added = sorted(f for f, op in last.items() if op == "add")
+        if len(removed):
+            await self._cpu(self.index.remove, removed)
+        mine = [f for f in added if known is not None and f in known]
+        if mine:
+            await self._cpu(self.index.add, np.asarray(mine, dtype=np.int64), np.stack([known[f] for f in mine]))  # type: ignore[index]
+        theirs = np.asarray([f for f in added if known is None or f not in known], dtype=np.int64)
+        # A face erased after this log was read has no embedding any more: its removal comes next time.
+        async for ids, vecs in self.store.iter_embeddings(only=theirs):
+            await self._cpu(self.index.add, ids, vecs)
+        if len(theirs) or len(removed):
+            logger.debug("caught up to change %d: %d face(s) added, %d removed by other processes",
+                         changes[-1].seq, len(theirs), len(removed))
+        self._seq = changes[-1].seq
+        self._dirty += len(added) + len(removed)
+        return True
+
+    async def _resync_locked(self) -> None:
+        """Make the index's keys equal the database's face ids by comparing them (when the log was pruned)."""
+        head = await self.store.change_head()
+        keys = await asyncio.to_thread(self.index.keys)
+        db_ids = await self.store.face_ids()
+        extra = np.setdiff1d(keys, db_ids, assume_unique=True)
+        missing = np.setdiff1d(db_ids, keys, assume_unique=True)
+        logger.warning("re-synchronising the index with the database: %d face(s) to add, %d to remove",
+                       len(missing), len(extra))
+        if len(extra):
+            await self._cpu(self.index.remove, extra)
+        async for ids, vecs in self.store.iter_embeddings(only=missing):
+            await self._cpu(self.index.add, ids, vecs)
+        self._seq = head  # changes after `head` are replayed next time; add/remove are idempotent
+        self._dirty += len(extra) + len(missing)
 
     async def rebuild_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Build a fresh index from the database's embeddings and save it over the old one."""
+        async with self._write:
+            return await self._rebuild_locked(progress)
+
+    async def _rebuild_locked(self, progress: Callable[[int], None] | None = None) -> int:
+        self.index.gallery_id = self.store.gallery_id
         fresh = await asyncio.to_thread(self.index.fresh)  # Milvus: the collection is dropped and created empty
+        head = await self.store.change_head()  # the rebuild reflects at least every change up to here
         total, _ = await self.store.face_fingerprint()
         n = 0
         started = last_log = time.monotonic()
@@ -237,32 +353,38 @@ class Engine:
                 logger.info("rebuilding the %s index: %d of %d faces (%.0f%%), about %.0f min left",
                             fresh.backend, n, total, 100 * n / total, (total - n) / rate / 60)
                 last_log = now
-        await asyncio.to_thread(fresh.save)
-        logger.info("%s index rebuilt: %d faces in %.0f s", fresh.backend, n, time.monotonic() - started)
         self.index = fresh
-        self._dirty = 0
+        self._seq = head
+        await self._save_locked(force=True)
+        logger.info("%s index rebuilt: %d faces in %.0f s", fresh.backend, n, time.monotonic() - started)
         return n
 
-    async def _remove_unremoved(self) -> None:
-        """Delete from the index the erased faces it still holds (called under the write lock)."""
-        if not self._unremoved:
-            return
-        ids = np.asarray(sorted(self._unremoved), dtype=np.int64)
-        try:
-            await self._cpu(self.index.remove, ids)
-            await asyncio.to_thread(self.index.save)
-        except IndexUnavailable as exc:
-            logger.error("%d erased faces are gone from the database but not yet from the index (retried on the "
-                         "next change and at start-up): %s", len(ids), exc)
-            return
-        self._unremoved.difference_update(ids.tolist())
+    async def save_index(self) -> bool:
+        """Catch up with the database and save the index, unless the saved file already reflects as much;
+        returns whether it wrote the file."""
+        async with self._write:
+            return await self._save_locked()
 
-    async def save_index(self) -> None:
-        """Save the index if it has unsaved changes."""
-        if self._dirty:
-            async with self._write:
-                await asyncio.to_thread(self.index.save)
+    async def _save_locked(self, force: bool = False) -> bool:
+        """Save under the cross-process save lock, after catching up: the file on disk then never goes back
+        to an older state of the gallery (and never regains an erased face's vector)."""
+        fd = await asyncio.to_thread(index_files.acquire_save_lock, self.config.index_path)
+        try:
+            await self._follow_locked()
+            stored = self.index.stored_state()
+            same_shape = stored.get("projection") == self.index.projection_key and stored.get("ndim") == self.index.ndim
+            if not force and same_shape and stored.get("change_seq") == self._seq:
+                # Another process saved this very state (or nothing changed): leave the file alone.
+                await asyncio.to_thread(index_files.remove_stale_temporaries, self.config.index_path)
                 self._dirty = 0
+                return False
+            await asyncio.to_thread(self.index.save, {"change_seq": self._seq})
+            self._dirty = 0
+        finally:
+            index_files.release_save_lock(fd)
+        if self._seq > CHANGES_KEPT:
+            await self.store.prune_changes(self._seq)
+        return True
 
     # -- images ------------------------------------------------------------------------------
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
@@ -334,9 +456,12 @@ class Engine:
         notes: str | None = None,
         actor: str = "cli",
         save: bool = True,
-        audit: bool = True,
     ) -> Enrollment:
-        """Add an image to the gallery: every face is indexed, the subject goes to its primary face."""
+        """Add an image to the gallery: every face is indexed, the subject goes to its primary face.
+
+        The image, its faces and its "enroll" audit entry commit in one transaction. With save=False the
+        index file is written later (save_index; the database keeps every committed face meanwhile).
+        """
         source_url = (source_url or "").strip()
         if not source_url:
             raise InvalidArgument("every gallery image needs a source link")
@@ -348,7 +473,6 @@ class Engine:
             return Enrollment(existing, sha, 0, subject, duplicate=True)
         decoded, rows = await self._cpu(self._prepare_enrollment, image, subject)
         async with self._write:
-            await self._remove_unremoved()
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
                 return Enrollment(existing, sha, 0, subject, duplicate=True)
@@ -356,22 +480,14 @@ class Engine:
                 sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
                 notes=notes, size=decoded.original_size, faces=rows,
             )
-            vecs = np.stack([r.embedding for r in rows])
+            # The log has our faces (and whatever other processes committed before): replay it.
             try:
-                await self._cpu(self.index.add, np.asarray(face_ids, dtype=np.int64), vecs)
-            except IndexUnavailable:
-                await self.store.delete_images([image_id])  # nothing half-done: the image is not in the gallery
-                raise
-            self._dirty += len(rows)
-            if save:
-                await asyncio.to_thread(self.index.save)
-                self._dirty = 0
-        if audit:
-            await self.store.append_audit(
-                actor, "enroll", None,
-                {"image_id": image_id, "image_sha256": sha, "faces": len(rows), "face_ids": face_ids,
-                 "subject": subject, "source_url": source_url, "expires_at": expiry},
-            )
+                await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})
+                if save:
+                    await self._save_locked()
+            except IndexUnavailable as exc:  # the image is in the gallery; the log hands it to the index later
+                logger.error("image %d is in the gallery but not yet in the index (added on the next catch-up): %s",
+                             image_id, exc)
         return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
 
     # -- search ------------------------------------------------------------------------------
@@ -385,12 +501,15 @@ class Engine:
         face: int | None = None,
         threshold: float | None = None,
         several: str = "primary",
+        language: str | None = None,
     ) -> SearchResult:
         """Search the gallery for one face of a photo; "no match" is an ordinary, empty result.
 
         With several faces and no `face` given, `several="primary"` searches the primary face and
         `several="ask"` raises SeveralFaces (carrying the detected faces) so the caller can let a person
-        choose; nothing is searched then, and the analysis is audited (action "detect").
+        choose; nothing is searched then, and the analysis is audited (action "detect"). `language` (the
+        front-end's, e.g. "fr") is recorded in those entries as "lang", so an auditor knows in which
+        language the answer was given.
 
         The photo is processed in memory only: it is never written to disk, the log or the audit
         (which records its SHA-256).
@@ -402,15 +521,17 @@ class Engine:
             raise InvalidArgument("top must be between 1 and 100")
         t0 = time.perf_counter()
         sha = sha256_hex(image)
+        lang = {"lang": language} if language else {}
         try:
             detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
-            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": []})
+            await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": [], **lang})
             raise
         except SeveralFaces as exc:  # the photo was analysed: on record, though no face was searched yet
-            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces)})
+            await self.store.append_audit(actor, "detect", case, {"query_sha256": sha, "faces": len(exc.faces), **lang})
             raise
         cut = self.threshold_possible if threshold is None else threshold
+        await self.catch_up()  # faces other processes added or erased since the last search
         gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
         hits = await self._hits(vec, top, cut, gallery)
         result = SearchResult(
@@ -423,6 +544,7 @@ class Engine:
                 "query_sha256": sha, "faces": len(detected), "face": chosen,
                 "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
+                **lang,
             },
         )
         logger.info("search by %s case=%s: %d face(s), %d hit(s)", actor, case, len(detected), len(hits))
@@ -505,41 +627,39 @@ class Engine:
         if not image_ids:
             what = "subject" if subject else "source link" if source_url else "image"
             raise NotFound(f"no {what} {given[0]!r} in the gallery")
-        erasure = await self._erase(image_ids)
-        await self.store.append_audit(
-            actor, "forget", None,
-            {"by": "subject" if subject else "source_url" if source_url else "sha256",
-             "value": given[0], "images": erasure.images, "faces": erasure.faces,
-             "image_ids": list(erasure.image_ids)},
-        )
-        return erasure
-
-    async def _erase(self, image_ids: list[int]) -> Erasure:
+        by = "subject" if subject else "source_url" if source_url else "sha256"
         async with self._write:
-            face_ids = await self.store.delete_images(image_ids)
-            # remove() also overwrites the freed slots (usearch) or compacts them away (Milvus), so nothing of
-            # these faces stays in the index's storage. The database no longer has them either way, so no search
-            # can return them; an index server that cannot be reached gets the deletion on a later call.
-            self._unremoved.update(int(f) for f in face_ids)
-            await self._remove_unremoved()
-            self._dirty = 0
-        return Erasure(images=len(image_ids), faces=len(face_ids), image_ids=tuple(image_ids))
+            removal = await self.store.delete_images(
+                image_ids, actor=actor, action="forget", details={"by": by, "value": given[0]}
+            )
+            await self._after_erasure_locked()
+        return Erasure(images=len(removal.image_ids), faces=len(removal.face_ids), image_ids=tuple(removal.image_ids))
+
+    async def _after_erasure_locked(self) -> None:
+        """Remove the erased faces from the index (overwriting their slots) and save it under the lock: when
+        this returns, the index file holds none of their vectors, whatever other processes do next."""
+        try:
+            await self._follow_locked()
+            await self._save_locked()
+        except IndexUnavailable as exc:
+            # Gone from the database (so from every answer); the change log keeps the removal for the next
+            # catch-up of this or any other process, and start-up reconciliation removes what is left.
+            logger.error("erased faces are gone from the database but not yet from the index: %s", exc)
 
     async def purge_expired(self, actor: str = "system") -> Erasure:
-        """Erase every image whose expiry has passed, and audit entries past their retention."""
+        """Erase every image whose expiry has passed, and audit entries past their retention (one transaction,
+        with its "purge" audit entry)."""
         image_ids = await self.store.expired_images(now_iso())
-        erasure = await self._erase(image_ids) if image_ids else Erasure(0, 0, ())
-        purged_audit = 0
+        cutoff = None
         if self.config.audit_retention_days:
             cutoff = (datetime.now(UTC) - timedelta(days=self.config.audit_retention_days)).isoformat(timespec="seconds")
-            purged_audit = await self.store.purge_audit_before(cutoff)
-        if erasure.images or purged_audit:
-            await self.store.append_audit(
-                actor, "purge", None,
-                {"images": erasure.images, "faces": erasure.faces, "image_ids": list(erasure.image_ids),
-                 "audit_entries": purged_audit},
-            )
-        return erasure
+        if not image_ids and cutoff is None:
+            return Erasure(0, 0, ())
+        async with self._write:
+            removal = await self.store.purge(image_ids, cutoff, actor=actor)
+            if removal.face_ids:
+                await self._after_erasure_locked()
+        return Erasure(images=len(removal.image_ids), faces=len(removal.face_ids), image_ids=tuple(removal.image_ids))
 
     # -- users -------------------------------------------------------------------------------
     async def user(self, user_id: int) -> User | None:
@@ -558,19 +678,13 @@ class Engine:
             raise InvalidArgument("a Telegram user id is a positive number")
         if role != "admin":
             await self._keep_an_admin(user_id)
-        await self.store.put_user(user_id, role, note, actor)
-        await self.store.append_audit(actor, "allow", None, {"user_id": user_id, "role": role, "note": note})
-        user = await self.store.get_user(user_id)
-        assert user is not None
-        return user
+        return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
         """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
         only administrator."""
         await self._keep_an_admin(user_id)
-        if not await self.store.delete_user(user_id):
-            raise NotFound(f"user {user_id} is not on the whitelist")
-        await self.store.append_audit(actor, "revoke", None, {"user_id": user_id})
+        await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
 
     async def _keep_an_admin(self, user_id: int) -> None:
         """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
@@ -581,11 +695,18 @@ class Engine:
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""
         case = check_case(case)
-        if await self.store.get_user(user_id) is None:
-            raise NotFound(f"user {user_id} is not on the whitelist")
-        await self.store.set_active_case(user_id, case)
-        await self.store.append_audit(actor, "case", case, {"user_id": user_id})
+        await self.store.set_active_case(user_id, case, actor=actor)  # audited in the same transaction
         return case
+
+    async def language(self, user_id: int) -> str | None:
+        """The language a user chose for the front-end ("fr"), or None."""
+        return await self.store.get_language(user_id)
+
+    async def set_language(self, user_id: int, language: str | None, *, actor: str) -> None:
+        """Remember a user's language (None forgets it); audited. Raises NotFound for a user not whitelisted."""
+        if language is not None and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 8):
+            raise InvalidArgument("a language is a code such as fr, nl or de")
+        await self.store.set_language(user_id, language, actor=actor)  # audited in the same transaction
 
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
@@ -603,6 +724,7 @@ class Engine:
     # -- stats -------------------------------------------------------------------------------
     async def stats(self) -> Stats:
         """Counts and sizes."""
+        await self.catch_up()  # the index's size as of the database's latest change
         c = await self.store.counts()
         db = self.config.db_path
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())

@@ -6,20 +6,22 @@ keyed by face row id, and can always be rebuilt from the database.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from . import integrity
+from . import faults, integrity
 
 if TYPE_CHECKING:
     from .config import EngineConfig
@@ -98,7 +100,13 @@ class SharedLock:
 
 
 class VectorIndex(Protocol):
-    """What the engine needs from a nearest-neighbour index: UsearchIndex here, MilvusIndex (engine/milvus_index.py)."""
+    """What the engine needs from a nearest-neighbour index: UsearchIndex here, MilvusIndex (engine/milvus_index.py).
+
+    `add` ignores keys already present and `remove` ignores absent ones (a face's embedding never changes),
+    so the engine may replay the database's change log over an index that already reflects part of it.
+    `save(state)` persists the index with `state` (the engine records the change-log seq it reflects) and
+    `stored_state()` reads back what the last save recorded; the engine calls `save` under its save lock.
+    """
 
     backend: str
     ndim: int
@@ -113,7 +121,8 @@ class VectorIndex(Protocol):
     def remove(self, keys: np.ndarray) -> None: ...
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]: ...
     def keys(self) -> np.ndarray: ...
-    def save(self) -> None: ...
+    def save(self, state: Mapping[str, object] | None = None) -> None: ...
+    def stored_state(self) -> dict[str, object]: ...
     def memory_bytes(self) -> int: ...
     def file_bytes(self) -> int: ...
     def close(self) -> None: ...
@@ -213,11 +222,18 @@ class UsearchIndex:
             self._set_ef()
         return True
 
-    def save(self) -> None:
-        """Write the index atomically: a temporary file, fsync, then rename over the old one."""
+    def save(self, state: Mapping[str, object] | None = None) -> None:
+        """Write the index atomically and record `state` in the sidecar; call it under the save lock.
+
+        The file is written to a fresh temporary file in the same folder (never a fixed name, so two writers
+        cannot trip over each other's file), fsynced, then renamed over the old one. Temporary files left by
+        a save that was killed are deleted first: they may hold vectors of faces erased since.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        side_tmp = self.sidecar_path.with_name(self.sidecar_path.name + ".tmp")
+        remove_stale_temporaries(self.path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         try:
             # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
             with self._lock.shared():
@@ -225,15 +241,19 @@ class UsearchIndex:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
-                    **integrity.sidecar_fields(tmp, self.gallery_id)}
+                    **integrity.sidecar_fields(tmp, self.gallery_id), **(state or {})}
+            faults.reached("index-save:before-replace")
             os.replace(tmp, self.path)
-            # After the index: a crash in between leaves an old sidecar, whose checksum fails: a rebuild.
-            side_tmp.write_text(json.dumps(meta) + "\n")
-            os.replace(side_tmp, self.sidecar_path)
         except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
             tmp.unlink(missing_ok=True)
-            side_tmp.unlink(missing_ok=True)
             raise
+        faults.reached("index-save:after-replace")
+        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
+        write_sidecar(self.path, meta)
+
+    def stored_state(self) -> dict[str, object]:
+        """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
+        return read_sidecar(self.path) if self.path.is_file() else {}
 
     def fresh(self) -> UsearchIndex:
         """An empty index with the same settings and path (saving it replaces the old file)."""
@@ -264,13 +284,18 @@ class UsearchIndex:
         return prepare(vectors, self.projection)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add full embeddings under their face ids."""
+        """Add full embeddings under their face ids; ids already in the index are left as they are."""
         if len(keys) == 0:
             return
+        keys = np.asarray(keys, dtype=np.uint64)
         v = self._prepare(vectors)
         with self._lock.exclusive():
-            self._index.add(np.asarray(keys, dtype=np.uint64), v)
-            self._set_ef()
+            new = ~np.asarray(self._index.contains(keys), dtype=bool).reshape(-1)
+            if not new.all():  # already present: a replayed change (a face's embedding never changes)
+                keys, v = keys[new], v[new]
+            if len(keys):
+                self._index.add(keys, v)
+                self._set_ef()
 
     def remove(self, keys: np.ndarray) -> None:
         """Remove face ids (absent ones are ignored) and overwrite their vectors' slots with noise."""
@@ -349,8 +374,82 @@ def open_index(config: EngineConfig, projection: Projection | None) -> VectorInd
                         projection=projection)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def sidecar_path(index_path: Path) -> Path:
     return Path(index_path).with_name(Path(index_path).name + ".json")
+
+
+def lock_path(index_path: Path) -> Path:
+    """The lock file beside the index that every process saving it holds (see `save_lock`)."""
+    return Path(index_path).with_name(Path(index_path).name + ".lock")
+
+
+def acquire_save_lock(index_path: Path) -> int:
+    """Take the exclusive lock (fcntl.flock on `lock_path`) that serialises index saves across processes,
+    blocking until it is free; returns the descriptor to pass to `release_save_lock`.
+
+    The kernel releases it when its holder dies, so a killed process never leaves it held.
+    """
+    path = lock_path(index_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_save_lock(fd: int) -> None:
+    """Release a lock taken by `acquire_save_lock` (closing the descriptor releases it)."""
+    os.close(fd)
+
+
+@contextmanager
+def save_lock(index_path: Path) -> Iterator[None]:
+    """`acquire_save_lock` ... `release_save_lock` as a context manager (for synchronous callers)."""
+    fd = acquire_save_lock(index_path)
+    try:
+        yield
+    finally:
+        release_save_lock(fd)
+
+
+def stale_temporaries(index_path: Path) -> list[Path]:
+    """Temporary files of index or sidecar saves in the index's folder (a killed save leaves one behind)."""
+    index_path = Path(index_path)
+    folder = index_path.parent
+    if not folder.is_dir():
+        return []
+    names = (index_path.name, sidecar_path(index_path).name)
+    found = [p for n in names for p in folder.glob(f".{n}.*{TEMP_SUFFIX}")]
+    found += [folder / f"{n}{TEMP_SUFFIX}" for n in names if (folder / f"{n}{TEMP_SUFFIX}").exists()]  # older versions
+    return found
+
+
+def remove_stale_temporaries(index_path: Path) -> None:
+    """Delete what `stale_temporaries` finds; call it under the save lock (no other save is then running)."""
+    for p in stale_temporaries(index_path):
+        p.unlink(missing_ok=True)
+        logger.info("removed %s, left by an interrupted index save", p.name)
+
+
+def write_sidecar(index_path: Path, fields: Mapping[str, object]) -> None:
+    """Write the sidecar atomically (a unique temporary file, fsync, rename); the one place it is written."""
+    target = sidecar_path(index_path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(dict(fields), sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def read_sidecar(index_path: Path) -> dict[str, object]:

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from . import audit, integrity
-from .errors import StorageError
+from . import audit, faults, integrity
+from .errors import NotFound, StorageError
 from .types import AuditEntry, ChainCheck, User
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS users (
     note        TEXT NOT NULL DEFAULT '',
     added_by    TEXT NOT NULL,
     added_at    TEXT NOT NULL,
-    active_case TEXT
+    active_case TEXT,
+    language    TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq         INTEGER PRIMARY KEY,
@@ -82,7 +84,33 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Every face added to or removed from the gallery, in commit order, written in the same transaction as the
+-- change: long-running engines follow it to keep their in-memory index current. Ids only, never vectors.
+CREATE TABLE IF NOT EXISTS changes (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    op      TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    face_id INTEGER NOT NULL
+);
 """
+
+# The change log keeps at least this many newest entries; older ones are pruned once a saved index reflects
+# them. An engine that falls further behind re-synchronises by comparing keys (Engine.resync_index).
+CHANGES_KEPT = 100_000
+
+
+# Columns added after a table was first created: (table, column, declaration). CREATE TABLE IF NOT EXISTS leaves an
+# older table as it is, so these are added to it at open (SQLite's ADD COLUMN is instant: no table rewrite).
+ADDED_COLUMNS = (("users", "language", "TEXT"),)
+
+
+async def _add_missing_columns(conn: aiosqlite.Connection) -> None:
+    """Bring a database made by an earlier version up to SCHEMA (idempotent)."""
+    for table, column, declaration in ADDED_COLUMNS:
+        async with conn.execute(f"PRAGMA table_info({table})") as cur:
+            have = {row[1] for row in await cur.fetchall()}
+        if column not in have:
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            logger.info("database migrated: added %s.%s", table, column)
 
 
 def now_iso() -> str:
@@ -106,6 +134,24 @@ class FaceRow:
     subject: str | None
     embedding: np.ndarray
     thumbnail: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: a face id added to or removed from the gallery."""
+
+    seq: int
+    op: str  # "add" | "remove"
+    face_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What a deletion removed (committed together with its audit entry)."""
+
+    image_ids: list[int]
+    face_ids: list[int]
+    audit_entries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +186,8 @@ class MetadataStore:
         self.head_log = head_log
         self.gallery_id: str | None = None
         self._write = asyncio.Lock()
+        self._txn: str | None = None  # the operation of the open write transaction (fault points are named by it)
+        self._txn_entries: list[AuditEntry] = []  # audit entries written in it, published after COMMIT
         self._reported: set[int] = set()  # damaged faces already logged by this process
 
     @classmethod
@@ -163,6 +211,7 @@ class MetadataStore:
             await conn.execute("PRAGMA busy_timeout=10000")
             await conn.executescript(SCHEMA)
             await _migrate(conn)
+            await _add_missing_columns(conn)
             await conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
             )
@@ -216,6 +265,63 @@ class MetadataStore:
         async with self.conn.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
+    @asynccontextmanager
+    async def _transaction(self, operation: str) -> AsyncIterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error.
+
+        Every gallery change writes its audit entry (`_audit_in_transaction`) and its change-log rows inside
+        one of these, so a crash, a kill or a full disk leaves both or neither. `operation` names the fault
+        points (engine/faults.py): `<operation>:before-audit`, `:before-commit`, `:after-commit`.
+        """
+        async with self._write:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            self._txn, self._txn_entries = operation, []
+            try:
+                yield
+                faults.reached(f"{operation}:before-commit")
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    await self.conn.execute("ROLLBACK")
+                except aiosqlite.Error:  # a failed COMMIT may already have ended the transaction
+                    pass
+                raise
+            finally:
+                self._txn = None
+            for entry in self._txn_entries:  # committed: now (never before) onto the external head file
+                self._published(entry)
+        faults.reached(f"{operation}:after-commit")
+
+    async def _audit_in_transaction(
+        self, actor: str, action: str, case_ref: str | None, details: dict[str, Any]
+    ) -> AuditEntry:
+        """Append one hash-chained entry inside the open write transaction (the only place entries are written)."""
+        assert self._txn is not None, "an audit entry is written only inside a transaction"
+        faults.reached(f"{self._txn}:before-audit")
+        row = await self._one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        if row:
+            prev_seq, prev_hash = int(row[0]), str(row[1])
+        else:
+            prev_seq = int(await self.get_meta("audit_anchor_seq") or 0)
+            prev_hash = await self.get_meta("audit_anchor") or audit.GENESIS
+        seq, ts = prev_seq + 1, now_iso()
+        details = json.loads(json.dumps(details, default=str))  # plain JSON types only
+        text = audit.canonical(seq, ts, actor, action, case_ref, details)
+        digest = audit.entry_hash(prev_hash, text)
+        await self.conn.execute(
+            "INSERT INTO audit(seq, ts, actor, action, case_ref, details, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, ts, actor, action, case_ref, json.dumps(details, sort_keys=True, ensure_ascii=False),
+             prev_hash, digest),
+        )
+        await self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('audit_head', ?), ('audit_head_seq', ?)",
+            (digest, str(seq)),
+        )
+        entry = AuditEntry(seq, ts, actor, action, case_ref, details, prev_hash, digest)
+        self._txn_entries.append(entry)
+        return entry
+
     # -- meta --------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         """A value from the meta table."""
@@ -245,33 +351,36 @@ class MetadataStore:
         size: tuple[int, int],
         faces: Sequence[FaceRow],
     ) -> tuple[int, list[int]]:
-        """Insert an image and its faces in one transaction; returns the image id and the face ids."""
-        async with self._write:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
+        """Insert an image, its faces, their change-log rows and the "enroll" audit entry (actor `added_by`)
+        in one transaction; returns the image id and the face ids."""
+        async with self._transaction("enroll"):
+            cur = await self.conn.execute(
+                "INSERT INTO images(sha256, source_url, subject, added_at, added_by, expires_at, notes, width, height)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sha256, source_url, subject, now_iso(), added_by, expires_at, notes, size[0], size[1]),
+            )
+            image_id = int(cur.lastrowid or 0)
+            face_ids = []
+            for f in faces:
                 cur = await self.conn.execute(
-                    "INSERT INTO images(sha256, source_url, subject, added_at, added_by, expires_at, notes, width, height)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sha256, source_url, subject, now_iso(), added_by, expires_at, notes, size[0], size[1]),
+                    "INSERT INTO faces(image_id, number, x1, y1, x2, y2, det_score, width_px, blur, yaw, pitch,"
+                    " quality_ok, is_primary, subject, embedding, thumbnail, emb_crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        image_id, f.number, *f.box, f.det_score, f.width_px, f.blur, f.yaw, f.pitch,
+                        int(f.quality_ok), int(f.is_primary), f.subject, (blob := _embedding_blob(f.embedding)),
+                        f.thumbnail, integrity.embedding_crc(blob),
+                    ),
                 )
-                image_id = int(cur.lastrowid or 0)
-                face_ids = []
-                for f in faces:
-                    cur = await self.conn.execute(
-                        "INSERT INTO faces(image_id, number, x1, y1, x2, y2, det_score, width_px, blur, yaw, pitch,"
-                        " quality_ok, is_primary, subject, embedding, thumbnail, emb_crc)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            image_id, f.number, *f.box, f.det_score, f.width_px, f.blur, f.yaw, f.pitch,
-                            int(f.quality_ok), int(f.is_primary), f.subject, (blob := _embedding_blob(f.embedding)),
-                            f.thumbnail, integrity.embedding_crc(blob),
-                        ),
-                    )
-                    face_ids.append(int(cur.lastrowid or 0))
-                await self.conn.execute("COMMIT")
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
+                face_ids.append(int(cur.lastrowid or 0))
+            await self.conn.executemany(
+                "INSERT INTO changes(op, face_id) VALUES ('add', ?)", [(i,) for i in face_ids]
+            )
+            await self._audit_in_transaction(
+                added_by, "enroll", None,
+                {"image_id": image_id, "image_sha256": sha256, "faces": len(face_ids), "face_ids": face_ids,
+                 "subject": subject, "source_url": source_url, "expires_at": expires_at},
+            )
         return image_id, face_ids
 
     async def faces_by_ids(self, ids: Iterable[int]) -> dict[int, StoredFace]:
@@ -398,28 +507,80 @@ class MetadataStore:
         rows = await self._all("SELECT id FROM images WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
         return [int(r[0]) for r in rows]
 
-    async def delete_images(self, image_ids: Sequence[int]) -> list[int]:
-        """Delete images and their faces (secure_delete zeroes the pages); returns the removed face ids."""
-        if not image_ids:
-            return []
-        async with self._write:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                face_ids: list[int] = []
-                for start in range(0, len(image_ids), 500):
-                    chunk = list(image_ids[start : start + 500])
-                    marks = ",".join("?" * len(chunk))
-                    rows = await self._all(f"SELECT id FROM faces WHERE image_id IN ({marks})", chunk)
-                    face_ids.extend(int(r[0]) for r in rows)
-                    await self.conn.execute(f"DELETE FROM faces WHERE image_id IN ({marks})", chunk)
-                    await self.conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
-                await self.conn.execute("COMMIT")
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
+    async def _delete_in_transaction(self, image_ids: Sequence[int]) -> Removal:
+        """Delete images and their faces and log the removed face ids (inside the open transaction)."""
+        removed_images: list[int] = []
+        face_ids: list[int] = []
+        for start in range(0, len(image_ids), 500):
+            chunk = [int(i) for i in image_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            # Only what is still there: another process may have erased some of them meanwhile.
+            removed_images.extend(int(r[0]) for r in await self._all(f"SELECT id FROM images WHERE id IN ({marks})", chunk))
+            rows = await self._all(f"SELECT id FROM faces WHERE image_id IN ({marks})", chunk)
+            face_ids.extend(int(r[0]) for r in rows)
+            await self.conn.execute(f"DELETE FROM faces WHERE image_id IN ({marks})", chunk)
+            await self.conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+        face_ids.sort()
+        await self.conn.executemany("INSERT INTO changes(op, face_id) VALUES ('remove', ?)", [(i,) for i in face_ids])
+        return Removal(sorted(removed_images), face_ids)
+
+    async def delete_images(
+        self, image_ids: Sequence[int], *, actor: str, action: str = "forget", details: dict[str, Any] | None = None
+    ) -> Removal:
+        """Delete images and their faces (secure_delete zeroes the pages) and append the `action` audit entry,
+        in one transaction; the entry's details get "images", "faces" and "image_ids" of what was removed."""
+        async with self._transaction(action):
+            removal = await self._delete_in_transaction(image_ids)
+            await self._audit_in_transaction(
+                actor, action, None,
+                {**(details or {}), "images": len(removal.image_ids), "faces": len(removal.face_ids),
+                 "image_ids": removal.image_ids},
+            )
+        await self._checkpoint()
+        return removal
+
+    async def purge(self, image_ids: Sequence[int], audit_before: str | None, *, actor: str) -> Removal:
+        """Erase expired images and the audit entries older than `audit_before` (None: keep them), and append
+        the "purge" entry, in one transaction; nothing is written when there was nothing to purge."""
+        async with self._transaction("purge"):
+            removal = await self._delete_in_transaction(image_ids)
+            purged = await self._purge_audit_in_transaction(audit_before) if audit_before else 0
+            if removal.image_ids or purged:
+                await self._audit_in_transaction(
+                    actor, "purge", None,
+                    {"images": len(removal.image_ids), "faces": len(removal.face_ids),
+                     "image_ids": removal.image_ids, "audit_entries": purged},
+                )
+        if removal.image_ids:
+            await self._checkpoint()
+        return Removal(removal.image_ids, removal.face_ids, purged)
+
+    async def _checkpoint(self) -> None:
         # Deleted pages may linger in the WAL file: checkpoint so they are overwritten in place.
         await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return sorted(face_ids)
+
+    # -- change log --------------------------------------------------------------------------
+    async def changes_since(self, seq: int) -> list[Change]:
+        """Change-log entries after `seq`, oldest first (one indexed query: the per-search catch-up check).
+
+        If the first entry returned is not `seq + 1`, the entries in between were pruned.
+        """
+        rows = await self._all("SELECT seq, op, face_id FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+        return [Change(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def change_head(self) -> int:
+        """The seq of the newest change ever committed (0 for none)."""
+        row = await self._one("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
+        return int(row[0]) if row else 0
+
+    async def prune_changes(self, upto: int) -> int:
+        """Drop change-log entries up to `upto` (a saved index reflects them), keeping the newest CHANGES_KEPT."""
+        async with self._write:
+            cur = await self.conn.execute(
+                "DELETE FROM changes WHERE seq <= ? AND seq <= (SELECT max(seq) FROM changes) - ?",
+                (upto, CHANGES_KEPT),
+            )
+        return int(cur.rowcount)
 
     async def vacuum(self) -> None:
         """Rewrite the database file so no free page keeps old data."""
@@ -458,58 +619,57 @@ class MetadataStore:
         )
         return [User(*r) for r in rows]
 
-    async def put_user(self, user_id: int, role: str, note: str, added_by: str) -> None:
-        """Add or update a whitelisted user (keeps the active case)."""
-        async with self._write:
+    async def put_user(self, user_id: int, role: str, note: str, added_by: str) -> User:
+        """Add or update a whitelisted user (keeps the active case), audited as "allow" in the same transaction."""
+        async with self._transaction("allow"):
             await self.conn.execute(
                 "INSERT INTO users(user_id, role, note, added_by, added_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(user_id) DO UPDATE SET role = excluded.role, note = excluded.note,"
                 " added_by = excluded.added_by",
                 (user_id, role, note, added_by, now_iso()),
             )
+            await self._audit_in_transaction(added_by, "allow", None, {"user_id": user_id, "role": role, "note": note})
+            row = await self._one(
+                "SELECT user_id, role, note, added_by, added_at, active_case FROM users WHERE user_id = ?", (user_id,)
+            )
+        return User(*row)
 
-    async def delete_user(self, user_id: int) -> bool:
-        """Remove a user; False if they were not there."""
-        async with self._write:
+    async def delete_user(self, user_id: int, *, actor: str) -> None:
+        """Remove a user, audited as "revoke" in the same transaction; raises NotFound if they were not there."""
+        async with self._transaction("revoke"):
             cur = await self.conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-        return cur.rowcount > 0
+            if cur.rowcount == 0:
+                raise NotFound(f"user {user_id} is not on the whitelist")
+            await self._audit_in_transaction(actor, "revoke", None, {"user_id": user_id})
 
-    async def set_active_case(self, user_id: int, case_ref: str | None) -> None:
-        """Remember a user's active case reference."""
-        async with self._write:
-            await self.conn.execute("UPDATE users SET active_case = ? WHERE user_id = ?", (case_ref, user_id))
+    async def get_language(self, user_id: int) -> str | None:
+        """The language a user chose for the bot ("fr"), or None when they never chose one."""
+        row = await self._one("SELECT language FROM users WHERE user_id = ?", (user_id,))
+        return row[0] if row else None
+
+    async def set_language(self, user_id: int, language: str | None, *, actor: str) -> None:
+        """Remember (or forget, with None) a user's language, audited as "language" in the same transaction;
+        raises NotFound if they are not whitelisted."""
+        async with self._transaction("language"):
+            cur = await self.conn.execute("UPDATE users SET language = ? WHERE user_id = ?", (language, user_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"user {user_id} is not on the whitelist")
+            await self._audit_in_transaction(actor, "language", None, {"user_id": user_id, "language": language})
+
+    async def set_active_case(self, user_id: int, case_ref: str | None, *, actor: str) -> None:
+        """Set a user's active case reference, audited as "case" in the same transaction; raises NotFound."""
+        async with self._transaction("case"):
+            cur = await self.conn.execute("UPDATE users SET active_case = ? WHERE user_id = ?", (case_ref, user_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"user {user_id} is not on the whitelist")
+            await self._audit_in_transaction(actor, "case", case_ref, {"user_id": user_id})
 
     # -- audit -------------------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, case_ref: str | None, details: dict[str, Any]) -> AuditEntry:
-        """Append one hash-chained entry (atomically with reading the previous hash)."""
-        async with self._write:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = await self._one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                if row:
-                    prev_seq, prev_hash = int(row[0]), str(row[1])
-                else:
-                    prev_seq = int(await self.get_meta("audit_anchor_seq") or 0)
-                    prev_hash = await self.get_meta("audit_anchor") or audit.GENESIS
-                seq, ts = prev_seq + 1, now_iso()
-                details = json.loads(json.dumps(details, default=str))  # plain JSON types only
-                text = audit.canonical(seq, ts, actor, action, case_ref, details)
-                digest = audit.entry_hash(prev_hash, text)
-                await self.conn.execute(
-                    "INSERT INTO audit(seq, ts, actor, action, case_ref, details, prev_hash, hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, ts, actor, action, case_ref, json.dumps(details, sort_keys=True, ensure_ascii=False),
-                     prev_hash, digest),
-                )
-                await self.conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('audit_head', ?), ('audit_head_seq', ?)",
-                    (digest, str(seq)),
-                )
-                await self.conn.execute("COMMIT")
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-        return self._published(AuditEntry(seq, ts, actor, action, case_ref, details, prev_hash, digest))
+        """Append one hash-chained entry for an event that changes nothing else (a search, a refusal)."""
+        async with self._transaction(action):
+            entry = await self._audit_in_transaction(actor, action, case_ref, details)
+        return entry
 
     async def audit_entries(
         self,
@@ -575,26 +735,22 @@ class MetadataStore:
                               problem=f"{found[1]} ({head_log.path})")
         return check
 
-    async def purge_audit_before(self, ts: str) -> int:
-        """Delete entries older than `ts`, keeping the chain verifiable through the anchor."""
-        async with self._write:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = await self._one("SELECT seq, hash FROM audit WHERE ts < ? ORDER BY seq DESC LIMIT 1", (ts,))
-                if not row:
-                    await self.conn.execute("COMMIT")
-                    return 0
-                last_seq, last_hash = int(row[0]), str(row[1])
-                cur = await self.conn.execute("DELETE FROM audit WHERE seq <= ?", (last_seq,))
-                await self.conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('audit_anchor', ?), ('audit_anchor_seq', ?)",
-                    (last_hash, str(last_seq)),
-                )
-                await self.conn.execute("COMMIT")
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
+    async def _purge_audit_in_transaction(self, ts: str) -> int:
+        """Delete entries older than `ts` (inside the open transaction), moving the anchor so the chain verifies."""
+        row = await self._one("SELECT seq, hash FROM audit WHERE ts < ? ORDER BY seq DESC LIMIT 1", (ts,))
+        if not row:
+            return 0
+        last_seq, last_hash = int(row[0]), str(row[1])
+        cur = await self.conn.execute("DELETE FROM audit WHERE seq <= ?", (last_seq,))
+        await self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('audit_anchor', ?), ('audit_anchor_seq', ?)",
+            (last_hash, str(last_seq)),
+        )
         return int(cur.rowcount)
+
+    async def purge_audit_before(self, ts: str, *, actor: str = "system") -> int:
+        """Delete entries older than `ts`, keeping the chain verifiable, with a "purge" entry in the same transaction."""
+        return (await self.purge([], ts, actor=actor)).audit_entries
 
 
 def _embedding_blob(embedding: np.ndarray) -> bytes:

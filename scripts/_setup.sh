@@ -22,8 +22,14 @@ find_python() {
     return 1
 }
 
-# Install (or update) .venv; the stamp records which pyproject.toml it was installed from.
+# Install (or update) .venv, then compile the translation catalogs if needed.
 ensure_venv() {
+    install_venv
+    compile_catalogs
+}
+
+# Install (or update) .venv; the stamp records which pyproject.toml it was installed from.
+install_venv() {
     local py stamp want
     if [ ! -x "$VENV/bin/python" ]; then
         if ! py="$(find_python)"; then
@@ -56,6 +62,21 @@ ensure_venv() {
             "opencv-python-headless==$headless"
     fi
     printf '%s\n' "$want" >"$stamp"
+}
+
+# Compile the bot's translation catalogs (bot/locales/*/LC_MESSAGES/sightline.po -> .mo; the .mo files are not
+# in git). Only a catalog whose .po is newer than its .mo is compiled, so a re-run costs a few stat calls. The
+# bot would compile a missing or stale catalog in memory anyway (and warn); this keeps its start-up quiet.
+compile_catalogs() {
+    local po mo
+    for po in "$ROOT"/bot/locales/*/LC_MESSAGES/sightline.po; do
+        [ -f "$po" ] || continue
+        mo="${po%.po}.mo"
+        if [ ! -f "$mo" ] || [ "$po" -nt "$mo" ]; then
+            "$VENV/bin/pybabel" -q compile -d "$ROOT/bot/locales" -D sightline
+            return 0
+        fi
+    done
 }
 
 # Export KEY=VALUE lines of a dotenv file, without overriding what the environment already sets (an

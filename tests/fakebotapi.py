@@ -2,9 +2,11 @@
 
 It implements what python-telegram-bot calls: getMe, getUpdates (long polling from a queue that tests push
 updates into), getFile plus the file download route (downloads are counted), sendMessage, sendPhoto,
-sendChatAction, edit*, answerCallbackQuery, the command-menu methods and deleteWebhook. Unknown methods
-answer ok with `true`. Every call but getUpdates is recorded (method, decoded parameters, uploaded files)
-so tests can wait for it and assert on what a user would see.
+sendChatAction, edit*, answerCallbackQuery, the command-menu methods (kept per scope and language_code, as
+Telegram keeps them) and deleteWebhook. Unknown methods answer ok with `true`. Users may have a Telegram app
+language (`set_user_language`), sent as `from.language_code` as Telegram does. Every call but getUpdates is
+recorded (method, decoded parameters, uploaded files) so tests can wait for it and assert on what a user
+would see.
 
 It refuses what Telegram refuses, with Telegram's 400 descriptions (core.telegram.org/bots/api; the texts
 are the ones the Bot API server answers): message text over 4,096 or caption over 1,024 UTF-16 code units
@@ -87,6 +89,8 @@ class FakeBotAPI:
         self.file_sizes: dict[str, int] = {}  # what getFile reports (may differ from the real bytes, to test limits)
         self.downloads: list[str] = []  # file ids, in download order
         self.messages: dict[int, dict[str, Any]] = {}  # every message the bot sent, by id
+        self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (scope JSON, language_code) -> menu
+        self.user_languages: dict[int, str] = {}  # user id -> language_code of their Telegram app
         self._updates: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
@@ -201,8 +205,15 @@ class FakeBotAPI:
                 raise _ApiError(400, "Bad Request: file is too big")
             return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": size,
                     "file_path": f"files/{file_id}"}
-        if method == "getMyCommands":
-            return []
+        if method in ("setMyCommands", "deleteMyCommands", "getMyCommands"):
+            key = (json.dumps(params.get("scope") or {"type": "default"}, sort_keys=True), params.get("language_code") or "")
+            if method == "setMyCommands":
+                self.commands[key] = list(params.get("commands") or [])
+                return True
+            if method == "deleteMyCommands":
+                self.commands.pop(key, None)
+                return True
+            return self.commands.get(key, [])
         if method == "answerCallbackQuery":
             query_id = str(params.get("callback_query_id"))
             if query_id in self._answered:
@@ -294,9 +305,27 @@ class FakeBotAPI:
         async with self._changed:
             self._changed.notify_all()
 
+    def set_user_language(self, user_id: int, language_code: str | None) -> None:
+        """Set (or, with None, remove) the language of a user's Telegram app, sent with their next updates."""
+        if language_code:
+            self.user_languages[user_id] = language_code
+        else:
+            self.user_languages.pop(user_id, None)
+
+    def menu(self, *, chat_id: int | None = None, language_code: str = "") -> list[dict[str, Any]] | None:
+        """The command menu last set for a chat (or the default scope) and language, or None when none is set."""
+        scope = {"type": "chat", "chat_id": chat_id} if chat_id is not None else {"type": "default"}
+        return self.commands.get((json.dumps(scope, sort_keys=True), language_code))
+
+    def _person(self, user_id: int) -> dict[str, Any]:
+        person: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        if user_id in self.user_languages:
+            person["language_code"] = self.user_languages[user_id]
+        return person
+
     def user_message(self, user_id: int, **content: Any) -> dict[str, Any]:
         """A message from a user in their private chat (not queued; see the send_* helpers)."""
-        person = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        person = self._person(user_id)
         message = {"message_id": next(self._ids), "date": int(time.time()),
                    "chat": {"id": user_id, "type": "private", "first_name": person["first_name"]},
                    "from": person, **content}
@@ -349,7 +378,7 @@ class FakeBotAPI:
 
     def press(self, user_id: int, message: dict[str, Any], callback_data: str) -> int:
         """A user taps an inline button of a message the bot sent; returns the call index mark."""
-        person = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        person = self._person(user_id)
         query = {"id": str(next(self._ids)), "from": person, "chat_instance": f"ci{user_id}",
                  "message": message, "data": callback_data}
         return self.push({"callback_query": query})

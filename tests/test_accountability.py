@@ -190,7 +190,7 @@ async def test_report_summarises_searches_per_user_and_case(gallery_copy: Path, 
     out = capsys.readouterr().out
     assert "| tg:1 | 2 | 2 | 100% | 0 |" in out
     assert "| CASE-B | 1 | 0 | 0% |" in out
-    assert "forget: 1 image(s)" in out and "verified" in out
+    assert "forget: 1 image, 1 face" in out and "verified" in out
     assert await cli(["--data-dir", str(gallery_copy), "audit", "export", "--case", "CASE-A", "--format", "jsonl"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all('"case": "CASE-A"' in line for line in lines)

@@ -9,6 +9,7 @@ import pytest
 
 from bot import texts
 from bot.app import MissingToken, build_application, run
+from bot.i18n import ENGLISH as EN
 from bot.settings import Settings
 from conftest import BOT_ADMIN, DEV, BotHarness, new_user_id
 from engine import Engine
@@ -53,7 +54,7 @@ async def test_allowed_officer_searches_and_the_right_identity_comes_first(bot: 
     assert bot.fake.calls_of("sendChatAction", chat_id=officer)  # "sending photo..." while it worked
     assert bot.fake.downloads == [sent["photo"][-1]["file_id"]]  # the largest size only, once
     lines = result.text.splitlines()
-    assert texts.LEADS_NOT_IDS in lines
+    assert texts.leads_not_ids(EN) in lines
     assert any(line.startswith("Case OP-17") for line in lines)
     first = next(line for line in lines if line.startswith("1. "))
     assert first.startswith("1. George_W_Bush - ") and "(strong" in first
@@ -89,7 +90,7 @@ async def test_officer_cannot_use_admin_commands(bot: BotHarness, bot_engine: En
     for command in (f"/allow {victim} admin", f"/revoke {BOT_ADMIN}", "/users", "/stats", "/audit verify",
                     "/forget subject George_W_Bush", "/enroll https://x.example/1"):
         reply = await bot.command(officer, command)
-        assert reply.text == texts.ADMIN_ONLY, command
+        assert reply.text == texts.admin_only(EN), command
     assert await bot_engine.user(victim) is None
     assert (await bot_engine.stats()).subjects >= 28  # nothing was forgotten
     refused = [d["command"] for a, d in await audit_of(bot_engine, officer) if a == "refused"]
@@ -111,9 +112,9 @@ async def test_admin_commands_validate_their_arguments(bot: BotHarness) -> None:
 async def test_allow_admin_and_users_list_and_scoped_menus(bot: BotHarness) -> None:
     # At start-up: officer commands for everyone, admin commands only in the bootstrap admin's chat.
     menus = bot.fake.calls_of("setMyCommands")
-    default = next(c for c in menus if c.params["scope"]["type"] == "default")
+    default = next(c for c in menus if c.params["scope"]["type"] == "default" and "language_code" not in c.params)
     admin = next(c for c in menus if c.params["scope"] == {"type": "chat", "chat_id": BOT_ADMIN})
-    assert [c["command"] for c in default.params["commands"]] == ["start", "help", "case"]
+    assert [c["command"] for c in default.params["commands"]] == ["start", "help", "case", "language"]
     assert {"allow", "revoke", "users", "stats", "enroll", "forget", "audit"} <= {
         c["command"] for c in admin.params["commands"]
     }
@@ -132,8 +133,8 @@ async def test_allow_admin_and_users_list_and_scoped_menus(bot: BotHarness) -> N
 
 
 async def test_unknown_command_and_plain_text(bot: BotHarness) -> None:
-    assert (await bot.command(BOT_ADMIN, "/frobnicate")).text == texts.UNKNOWN_COMMAND
-    assert (await bot.command(BOT_ADMIN, "who is this?")).text == texts.SEND_A_PHOTO
+    assert (await bot.command(BOT_ADMIN, "/frobnicate")).text == texts.unknown_command(EN)
+    assert (await bot.command(BOT_ADMIN, "who is this?")).text == texts.send_a_photo(EN)
     assert "Set your case" in (await bot.command(BOT_ADMIN, "/start")).text
 
 

@@ -14,6 +14,7 @@ from telegram import Update
 from telegram.ext import CommandHandler
 
 from bot import texts
+from bot.i18n import ENGLISH as EN
 from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
 from engine import Engine
 
@@ -142,6 +143,6 @@ async def test_unexpected_error_is_logged_and_the_user_gets_an_apology(
     await bot.allow(officer)
     with caplog.at_level(logging.ERROR, logger="bot.handlers.errors"):
         bot.fake.send_text(officer, "/boom")
-        await bot.fake.wait_for("sendMessage", chat_id=officer, where=lambda c: c.text == texts.SORRY)
+        await bot.fake.wait_for("sendMessage", chat_id=officer, where=lambda c: c.text == texts.sorry(EN))
     record = next(r for r in caplog.records if r.name == "bot.handlers.errors")
     assert record.exc_info and isinstance(record.exc_info[1], RuntimeError)

@@ -19,6 +19,7 @@ from telegram.ext import CommandHandler
 from test_bot_search import side_by_side
 
 from bot import render, texts
+from bot.i18n import ENGLISH as EN
 from bot.telegram_io import button, caption_and_rest, clip, keyboard, split_message, utf16_len
 from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
 from engine import Engine, LastAdmin
@@ -169,7 +170,7 @@ async def test_replies_that_would_be_too_long_are_split_or_cut(bot: BotHarness) 
     bot.fake.send_text(BOT_ADMIN, "/long")
     await bot.fake.wait_for("sendPhoto", chat_id=BOT_ADMIN)
     await bot.fake.quiet()
-    texts_sent = [c.text for c in bot.fake.calls_of("sendMessage", since=mark) if c.text != texts.UNKNOWN_COMMAND]
+    texts_sent = [c.text for c in bot.fake.calls_of("sendMessage", since=mark) if c.text != texts.unknown_command(EN)]
     assert delivered(bot.fake, mark) == []
     assert len(texts_sent) == 4 and all(utf16_len(t) <= 4096 for t in texts_sent)  # 3 parts + the caption's rest
     assert "\n".join(texts_sent[:3]).count("z" * 98) == 100
@@ -193,7 +194,7 @@ async def test_a_file_over_the_bot_api_download_limit(bot: BotHarness) -> None:
     reply = await bot.fake.wait_for("sendMessage", chat_id=officer)
     assert reply.text.startswith("That file is too big: the limit is 20 MB.")
     assert reply.params["reply_parameters"]["message_id"] == sent["message_id"]  # it quotes the file
-    assert bot.fake.downloads == [] and texts.SORRY not in [c.text for c in bot.fake.calls]
+    assert bot.fake.downloads == [] and texts.sorry(EN) not in [c.text for c in bot.fake.calls]
     bot.fake.send_photo(officer, BLAIR.read_bytes())  # the refused file did not count, the next photo searches
     assert (await bot.fake.wait_for("sendPhoto", chat_id=officer)).text
 
@@ -233,7 +234,7 @@ async def test_several_face_photos_count_once_per_search_and_are_audited(start_b
     assert result.params.get("protect_content") is True
     await bot.fake.quiet()
     toasts = [c.params.get("text") for c in bot.fake.calls_of("answerCallbackQuery", since=mark)]
-    assert texts.already_searched(1) in toasts
+    assert texts.already_searched(EN, 1) in toasts
     assert len(bot.fake.calls_of("sendPhoto", since=mark)) == 1
 
     mark = bot.fake.press(officer, chooser.message, second)  # the second face is the second search
@@ -336,7 +337,7 @@ async def test_an_admin_revoking_or_demoting_themself_confirms_and_is_never_the_
     reply = await bot.fake.wait_for("sendMessage", chat_id=only, since=mark)
     assert reply.text == f"User {only} may now use Sightline as officer."
     assert (await own_engine.user(only)).role == "officer"
-    assert texts.SORRY not in [c.text for c in bot.fake.calls]
+    assert texts.sorry(EN) not in [c.text for c in bot.fake.calls]
 
 
 async def test_a_bootstrap_admin_stays_admin(bot: BotHarness, bot_engine: Engine) -> None:
@@ -365,4 +366,4 @@ async def test_help_explains_buttons_percentages_and_bands(bot: BotHarness) -> N
     for words in ("Tap a face's number", "More shows the next matches", "percentage", "strong:", "possible:",
                   "1 in 40,000"):
         assert words in reply.text, words
-    assert "send the photo again" in texts.NEED_CASE.lower()
+    assert "send the photo again" in texts.need_case(EN).lower()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from bot import render, texts
 from bot.handlers.search import is_web_link
+from bot.i18n import ENGLISH as EN
 from bot.jobs import seconds_until
 from bot.sessions import ExpiringStore, RateLimiter, StrangerThrottle
 from bot.telegram_io import split_message
@@ -38,23 +39,24 @@ def hit(similarity: float = 0.62, strangers: float | None = 2.5e-5, subject: str
     ],
 )
 def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str) -> None:
-    assert texts.strangers(expected, gallery).startswith(words)
+    assert texts.strangers(EN, expected, gallery).startswith(words)
 
 
 def test_hit_lines_show_rank_subject_percentage_band_odds_and_source() -> None:
-    lines = texts.hit_lines(hit(), 1000, linked=True)
+    lines = texts.hit_lines(EN, hit(), 1000, linked=True)
     assert lines == [
         "1. alice - 62% (strong)",
         "   odds a stranger scores this high here: 1 in 40,000",
         "   https://gallery.example/a.jpg",
     ]
-    uncalibrated = texts.hit_lines(hit(strangers=None, subject=None), 1000, linked=False)
+    uncalibrated = texts.hit_lines(EN, hit(strangers=None, subject=None), 1000, linked=False)
     assert uncalibrated == ["1. unlabelled - 62% (strong)", "   source: https://gallery.example/a.jpg"]
 
 
 def test_error_table_picks_the_most_specific_reply() -> None:
     assert texts.for_error(NoFaceFound("x")).startswith("No face found")
-    assert texts.for_error(CaseRequired("x")) == texts.NEED_CASE
+    assert texts.for_error(CaseRequired("x")) == "A case reference is required for every search."
+    assert texts.officer_error(EN, CaseRequired("x"), 1, 1) == texts.need_case(EN)
     assert texts.for_error(NotFound("no subject 'bob' in the gallery")) == "Not found: no subject 'bob' in the gallery."
     assert texts.for_error(InvalidArgument("bad date.")) == "That doesn't work: bad date."
     assert texts.for_error(ImageRejected("too_large", "the file is 30.0 MB; the limit is 25 MB")) == (

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from PIL import Image
 
 from bot import texts
+from bot.i18n import ENGLISH as EN
 from bot.metrics import Metrics
 from conftest import CALIB, DEV, BotHarness, new_user_id
 from engine import Engine
@@ -106,7 +107,7 @@ async def test_files_that_are_not_images_too_big_or_damaged(bot: BotHarness) -> 
     officer = new_user_id()
     await bot.allow(officer)
     bot.fake.send_document(officer, b"meeting notes\n", file_name="notes.txt", mime_type="text/plain")
-    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.NOT_AN_IMAGE
+    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.not_an_image(EN)
 
     # Our own limit is 25 MB, but the Bot API serves at most 20 MB: a 22 MB document hears about 20.
     bot.fake.send_document(officer, b"\xff\xd8 tiny", file_name="huge.jpg", mime_type="image/jpeg",
@@ -184,7 +185,7 @@ async def test_rate_limit_refuses_before_downloading(start_bot: StartBot, bot_en
     await bot.fake.wait_for("sendPhoto", chat_id=officer)
     bot.fake.send_photo(officer, (DEV / "Jack_Dorsey" / "2.jpg").read_bytes())
     reply = await bot.fake.wait_for("sendMessage", chat_id=officer)
-    assert reply.text.startswith("You have reached the limit of 1 searches per hour. Try again in 60 minutes")
+    assert reply.text.startswith("You have reached the limit of 1 search per hour. Try again in 60 minutes")
     assert len(bot.fake.downloads) == 1
     refused = [e.details for e in await bot_engine.audit_tail(5) if e.actor == f"tg:{officer}" and e.action == "refused"]
     assert refused and refused[-1]["reason"] == "rate_limited"
@@ -193,10 +194,10 @@ async def test_rate_limit_refuses_before_downloading(start_bot: StartBot, bot_en
 async def test_search_without_a_case_is_refused_until_one_is_set(bot: BotHarness, bot_engine: Engine) -> None:
     officer = new_user_id()
     await bot.allow(officer, case=None)
-    assert (await bot.command(officer, "/case")).text == texts.case_shown(None)
+    assert (await bot.command(officer, "/case")).text == texts.case_shown(EN, None)
     photo = (DEV / "Joe_Biden" / "2.jpg").read_bytes()
     bot.fake.send_photo(officer, photo)
-    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.NEED_CASE
+    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.need_case(EN)
     assert bot.fake.downloads == []
 
     assert (await bot.command(officer, "/case OP 2024/117")).text.startswith("Active case: OP 2024/117")
@@ -205,9 +206,9 @@ async def test_search_without_a_case_is_refused_until_one_is_set(bot: BotHarness
     result = await bot.fake.wait_for("sendPhoto", chat_id=officer)
     assert "Case OP 2024/117" in result.text and first_match(result.text).startswith("1. Joe_Biden")
 
-    assert (await bot.command(officer, "/case clear")).text == texts.CASE_CLEARED
+    assert (await bot.command(officer, "/case clear")).text == texts.case_cleared(EN)
     bot.fake.send_photo(officer, photo)
-    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.NEED_CASE
+    assert (await bot.fake.wait_for("sendMessage", chat_id=officer)).text == texts.need_case(EN)
     assert "printable characters" in (await bot.command(officer, "/case " + "x" * 80)).text
     entries = [(e.action, e.case_ref, e.details.get("reason")) for e in await bot_engine.audit_tail(20)
                if e.actor == f"tg:{officer}"]

@@ -238,17 +238,16 @@ async def test_unreachable_or_hung_server_is_a_clear_error_within_seconds(
         started = time.monotonic()
         with pytest.raises(IndexUnavailable):
             await engine.search(probe, actor="t")
-        with pytest.raises(IndexUnavailable):
-            await engine.enroll(mirrored(dev_identities()["Ariel_Sharon"][2]), source_url="https://gallery.example/x.jpg")
-        assert time.monotonic() - started < 30
-        assert (await engine.store.counts())["images"] == before  # the failed enrolment left nothing behind
-        # An erasure still happens in the database (no search can return the faces) and reaches the index later.
+        # The database is the truth: an enrolment and an erasure still happen there, with their audit entries,
+        # and reach the index through the change log once the server answers again.
+        await engine.enroll(mirrored(dev_identities()["Ariel_Sharon"][2]), source_url="https://gallery.example/x.jpg")
         await engine.forget(subject="Ariel_Sharon", actor="t")
-        assert engine._unremoved
+        assert time.monotonic() - started < 45
+        assert (await engine.store.counts())["images"] == before  # one added, one erased
         engine.index.uri = milvus_server.uri
         engine.index.close()
-        await engine.enroll(mirrored(dev_identities()["Ariel_Sharon"][2]), source_url="https://gallery.example/x.jpg")
-        assert not engine._unremoved
+        result = await engine.search(probe, actor="t", threshold=-1.0, top=50)  # catches up first
+        assert all(h.subject != "Ariel_Sharon" for h in result.hits)
         assert np.array_equal(engine.index.keys(), np.sort(await engine.store.face_ids()))
     finally:
         engine.index.uri = milvus_server.uri
@@ -377,7 +376,7 @@ async def test_the_officer_is_told_when_the_index_server_hangs(
         started = time.monotonic()
         bot.fake.send_photo(officer, dev_identities()["Ariel_Sharon"][1].read_bytes())
         reply = await bot.fake.wait_for("sendMessage", chat_id=officer, timeout=30)
-        assert reply.text == texts.ERRORS[Unavailable]
+        assert reply.text == texts.OFFICER_ERRORS[Unavailable]
         assert time.monotonic() - started < 20
     finally:
         engine.index.uri = milvus_server.uri

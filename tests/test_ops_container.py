@@ -55,6 +55,6 @@ def test_image_and_compose_agree_on_data_dir_port_and_user() -> None:
 
 
 def test_scripts_parse() -> None:
-    for name in ("start", "test", "_setup.sh"):
+    for name in ("start", "test", "_setup.sh", "catalogs"):
         result = subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

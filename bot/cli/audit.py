@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli import missing_gallery
+from bot.i18n import ENGLISH, Language, LanguageError, Languages
 from engine import AuditEntry, InvalidArgument, StorageError
 from engine.audit import HeadLog
 from engine.config import EngineConfig
@@ -57,7 +58,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--since", help="start (ISO date or datetime, UTC); default 30 days ago")
     r.add_argument("--until", help="end (exclusive; ISO date or datetime, UTC); default now")
     r.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    r.add_argument("--lang", default="en", help="language of the report: en (default) or one of SIGHTLINE_LANGUAGES, "
+                   "e.g. fr, nl, de; numbers and dates follow its locale")
     r.set_defaults(func=cmd_report)
+
+
+def report_language(args: argparse.Namespace) -> Language | None:
+    """The language `--lang` asks for, among the configured ones (English always); None after saying why."""
+    if args.lang.lower() in ("en", "english"):
+        return ENGLISH
+    try:
+        languages = Languages.load(args.settings.language_tags)
+    except LanguageError as exc:
+        print(f"sightline: SIGHTLINE_LANGUAGES: {exc}", file=sys.stderr)
+        return None
+    language = languages.get(args.lang)
+    if language is None:
+        available = ", ".join(dict.fromkeys(["en", *(lang.code for lang in languages)]))
+        print(f"sightline: no report language {args.lang!r}; available: {available}", file=sys.stderr)
+    return language
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -187,14 +206,24 @@ def format_entry(e: AuditEntry) -> str:
     return f"#{e.seq} {e.ts} {e.actor} {e.action}" + (f" case={e.case_ref}" if e.case_ref else "") + f" {details}"
 
 
-def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bool, head: str, head_seq: str) -> str:
-    """The Markdown oversight summary."""
+def _when(t: Language, iso: str) -> str:
+    """An ISO time of the audit log, written the reader's way (UTC)."""
+    try:
+        return t.date_time(datetime.fromisoformat(iso).astimezone(UTC).replace(tzinfo=None))
+    except ValueError:
+        return iso
+
+
+def build_report(
+    entries: list[AuditEntry], since: str, until: str, chain_ok: bool, head: str, head_seq: str, t: Language = ENGLISH
+) -> str:
+    """The Markdown oversight summary, in the language of `t` (audit values - actors, actions, cases - as recorded)."""
     searches = [e for e in entries if e.action == "search"]
     per_user: dict[str, Counter[str]] = defaultdict(Counter)
     per_case: dict[str, Counter[str]] = defaultdict(Counter)
     for e in searches:
         hit = bool(e.details.get("hits"))
-        for table, key in ((per_user, e.actor), (per_case, e.case_ref or "(none)")):
+        for table, key in ((per_user, e.actor), (per_case, e.case_ref or t._("(none)"))):
             table[key]["searches"] += 1
             table[key]["with_hits"] += hit
             table[key]["no_face"] += e.details.get("faces") == 0
@@ -202,46 +231,66 @@ def build_report(entries: list[AuditEntry], since: str, until: str, chain_ok: bo
     # the bot audits a stranger's repeated refusals as one entry with their count
     refusals = sum(int(e.details.get("count", 1)) for e in entries if e.action == "refused")
     erasures = [e for e in entries if e.action in ("forget", "purge")]
+    languages = Counter(str(e.details["lang"]) for e in entries if e.details.get("lang"))
+    n = t.number
     lines = [
-        "# Sightline oversight report",
+        "# " + t._("Sightline oversight report"),
         "",
-        f"Period: {since} to {until} (UTC). Audit chain: **{'verified' if chain_ok else 'BROKEN'}**, "
-        f"head entry {head_seq} `{head}`.",
+        t._("Period: {since} to {until} (UTC). Audit chain: **{state}**, head entry {seq} `{head}`.").format(
+            since=_when(t, since), until=_when(t, until), state=t._("verified") if chain_ok else t._("BROKEN"),
+            seq=head_seq, head=head,
+        ),
         "",
-        f"Searches: {len(searches)}; with at least one match: {sum(1 for e in searches if e.details.get('hits'))}; "
-        f"photos analysed awaiting a face choice: {actions.get('detect', 0)}; "
-        f"refusals: {refusals}; enrolments: {actions.get('enroll', 0)}; "
-        f"erasures: {actions.get('forget', 0)}; purges: {actions.get('purge', 0)}.",
+        t._("Searches: {searches}; with at least one match: {hits}; photos analysed awaiting a face choice: "
+            "{detected}; refusals: {refusals}; enrolments: {enrolments}; erasures: {erasures}; purges: {purges}.").format(
+            searches=n(len(searches)), hits=n(sum(1 for e in searches if e.details.get("hits"))),
+            detected=n(actions.get("detect", 0)), refusals=n(refusals), enrolments=n(actions.get("enroll", 0)),
+            erasures=n(actions.get("forget", 0)), purges=n(actions.get("purge", 0)),
+        ),
+    ]
+    if languages:
+        counts = ", ".join(f"{code} {n(count)}" for code, count in languages.most_common())
+        lines += ["", t._("Answers per language: {counts}.").format(counts=counts)]
+    columns = [t._("user"), t._("searches"), t._("with matches"), t._("hit rate"), t._("no face")]
+    lines += [
         "",
-        "## Searches per user",
+        "## " + t._("Searches per user"),
         "",
-        "| user | searches | with matches | hit rate | no face |",
+        "| " + " | ".join(columns) + " |",
         "|---|---:|---:|---:|---:|",
     ]
     for key, c in sorted(per_user.items(), key=lambda kv: -kv[1]["searches"]):
-        lines.append(f"| {key} | {c['searches']} | {c['with_hits']} | {c['with_hits'] / c['searches']:.0%} | {c['no_face']} |")
-    lines += ["", "## Searches per case", "", "| case | searches | with matches | hit rate |", "|---|---:|---:|---:|"]
+        rate = t.percent(c["with_hits"] / c["searches"])
+        lines.append(f"| {key} | {n(c['searches'])} | {n(c['with_hits'])} | {rate} | {n(c['no_face'])} |")
+    columns = [t._("case"), *columns[1:4]]
+    lines += ["", "## " + t._("Searches per case"), "", "| " + " | ".join(columns) + " |", "|---|---:|---:|---:|"]
     for key, c in sorted(per_case.items(), key=lambda kv: -kv[1]["searches"]):
-        lines.append(f"| {key} | {c['searches']} | {c['with_hits']} | {c['with_hits'] / c['searches']:.0%} |")
-    lines += ["", "## Erasures and purges", ""]
+        lines.append(f"| {key} | {n(c['searches'])} | {n(c['with_hits'])} | {t.percent(c['with_hits'] / c['searches'])} |")
+    lines += ["", "## " + t._("Erasures and purges"), ""]
     if not erasures:
-        lines.append("None in this period.")
+        lines.append(t._("None in this period."))
     for e in erasures:
         d = e.details
-        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action}: {d.get('images', 0)} image(s), {d.get('faces', 0)} face(s)"
+        images = t.ngettext("{n} image", "{n} images", int(d.get("images", 0))).format(n=n(int(d.get("images", 0))))
+        faces = t.ngettext("{n} face", "{n} faces", int(d.get("faces", 0))).format(n=n(int(d.get("faces", 0))))
+        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action}: {images}, {faces}"
                      + (f" ({d.get('by')} {d.get('value')!r})" if d.get("by") else ""))
     admin = [e for e in entries if e.action in ("allow", "revoke")]
-    lines += ["", "## Access changes", ""]
+    lines += ["", "## " + t._("Access changes"), ""]
     if not admin:
-        lines.append("None in this period.")
+        lines.append(t._("None in this period."))
     for e in admin:
-        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action} user {e.details.get('user_id')}"
-                     + (f" as {e.details.get('role')}" if e.action == "allow" else ""))
+        user = t._("user {user_id}").format(user_id=e.details.get("user_id"))
+        role = " " + t._("as {role}").format(role=e.details.get("role")) if e.action == "allow" else ""
+        lines.append(f"- #{e.seq} {e.ts} {e.actor} {e.action} {user}{role}")
     return "\n".join(lines) + "\n"
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
     """Write the oversight report."""
+    language = report_language(args)
+    if language is None:
+        return 2
     now = datetime.now(UTC)
     since = parse_time(args.since) or (now - timedelta(days=30)).isoformat(timespec="seconds")
     until = parse_time(args.until)
@@ -253,7 +302,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
         head_seq = await store.get_meta("audit_head_seq") or "0"
     finally:
         await store.close()
-    text = build_report(entries, since, until, check.ok, check.head, head_seq)
+    text = build_report(entries, since, until, check.ok, check.head, head_seq, language)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
         print(f"report written to {args.out}", file=sys.stderr)

@@ -14,6 +14,7 @@ from telegram.ext import ApplicationHandlerStop
 
 from bot import texts
 from bot.context import Account, BotContext, Services
+from bot.i18n import Language
 from engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def update_kind(update: Update) -> str:
     return "text" if message.text else "other"
 
 
-async def account_for(context: BotContext, user_id: int) -> Account | None:
+async def account_for(context: BotContext, user_id: int, telegram_language: str | None = None) -> Account | None:
     """The whitelisted account of a Telegram user, or None; bootstrap admins get a row on first contact."""
     bootstrap = user_id in context.settings.admin_ids
     user = await context.engine.user(user_id)
@@ -47,13 +48,21 @@ async def account_for(context: BotContext, user_id: int) -> Account | None:
         user = await context.engine.allow(user_id, "admin", texts.BOOTSTRAP_NOTE, actor="system")
     if user is None:
         return None
-    return Account(user.user_id, user.role, user.active_case, bootstrap)
+    language = context.services.languages.choose(await context.engine.language(user_id), telegram_language)
+    return Account(user.user_id, user.role, user.active_case, bootstrap, language)
 
 
-async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str, **details: Any) -> None:
-    """Record a refusal in the audit log, count it, and tell the user why."""
-    await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update), **details)
+async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str,
+                 language: Language | None = None, **details: Any) -> None:
+    """Record a refusal in the audit log (with the language of the reply), count it, and tell the user why."""
+    await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update),
+                                lang=(language or context.t).code, **details)
     context.metrics.refused(METRIC_REASONS.get(reason, reason))
+    await _tell(update, context, reply)
+
+
+async def _tell(update: Update, context: BotContext, reply: str) -> None:
+    """A refusal's reply: an alert on a button, else a message in the chat."""
     if update.callback_query is not None:
         try:
             await update.callback_query.answer(reply[:200], show_alert=True)
@@ -76,15 +85,16 @@ async def gate(update: Update, context: BotContext) -> None:
     if user is None or user.is_bot or (chat is not None and chat.type != ChatType.PRIVATE):
         logger.debug("ignoring update %s: not from a person in a private chat", update.update_id)
         raise ApplicationHandlerStop
-    account = await account_for(context, user.id)
+    context.services.saw_language(user.id, user.language_code)
+    account = await account_for(context, user.id, user.language_code)
     if account is None:
-        await _refuse_stranger(update, context, user.id)
+        await _refuse_stranger(update, context, user.id, context.services.languages.choose(None, user.language_code))
         raise ApplicationHandlerStop
     context.account = account
 
 
-async def _refuse_stranger(update: Update, context: BotContext, user_id: int) -> None:
-    """Answer a stranger's first message; only count the next ones for a while."""
+async def _refuse_stranger(update: Update, context: BotContext, user_id: int, language: Language) -> None:
+    """Answer a stranger's first message, in the language of their Telegram app; only count the next ones for a while."""
     services = context.services
     await flush_strangers(services, context.engine)  # windows that ended become audit entries first
     kind = update_kind(update)
@@ -99,8 +109,8 @@ async def _refuse_stranger(update: Update, context: BotContext, user_id: int) ->
                 pass
         return
     logger.info("refused %s from %s: not whitelisted", kind, user_id)
-    reply = texts.not_authorised(user_id, context.settings.stranger_quiet_seconds)
-    await refuse(update, context, f"tg:{user_id}", "not_whitelisted", reply)
+    reply = texts.not_authorised(language, user_id, context.settings.stranger_quiet_seconds)
+    await refuse(update, context, f"tg:{user_id}", "not_whitelisted", reply, language)
 
 
 async def flush_strangers(services: Services, engine: Engine, everything: bool = False) -> None:
@@ -118,7 +128,7 @@ def admin_only(handler: Handler) -> Handler:
         account = context.account
         if not account.is_admin:
             command = handler.__name__.removeprefix("on_")
-            await refuse(update, context, account.actor, "not_admin", texts.ADMIN_ONLY, command=command)
+            await refuse(update, context, account.actor, "not_admin", texts.admin_only(context.t), command=command)
             return
         await handler(update, context)
 

@@ -6,22 +6,29 @@ from telegram import Update
 
 from bot import texts
 from bot.context import BotContext
-from engine import EngineError
+from engine import EngineError, InvalidArgument
+from engine.engine import MAX_CASE_LEN
 
 
 async def on_case(update: Update, context: BotContext) -> None:
-    """/case <ref> sets the active case, /case shows it, /case clear clears it."""
+    """/case <ref> sets the active case, /case shows it, /case clear (or the word in any language) clears it."""
     message = update.effective_message
     assert message is not None
     account = context.account
+    t = context.t
     args = context.args or []
     if not args:
-        await message.reply_text(texts.case_shown(account.active_case))
+        await message.reply_text(texts.case_shown(t, account.active_case))
         return
-    clear = len(args) == 1 and args[0].lower() == "clear"
+    clear = len(args) == 1 and args[0].lower() in texts.clear_words(list(context.services.languages))
     try:
         case = await context.engine.set_case(account.user_id, None if clear else " ".join(args), actor=account.actor)
-    except EngineError as exc:
-        await message.reply_text(f"{texts.for_error(exc)}\n{texts.USAGE['case']}")
+    except InvalidArgument:
+        await message.reply_text(f"{texts.case_invalid(t, MAX_CASE_LEN)}\n{texts.usage_case(t)}")
         return
-    await message.reply_text(texts.case_set(case) if case else texts.CASE_CLEARED)
+    except EngineError as exc:
+        cfg = context.engine.config
+        reply = texts.officer_error(t, exc, cfg.max_image_bytes, cfg.max_image_pixels)
+        await message.reply_text(f"{reply}\n{texts.usage_case(t)}")
+        return
+    await message.reply_text(texts.case_set(t, case) if case else texts.case_cleared(t))

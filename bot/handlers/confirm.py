@@ -41,7 +41,7 @@ async def on_confirm(update: Update, context: BotContext) -> None:
         return
     account = context.account
     if pending.owner != account.user_id:
-        await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
+        await query.answer(texts.not_your_button(context.t), show_alert=True)
         return
     store.pop(token)  # before any await: a second tap finds nothing
     if answer == "no":
@@ -49,7 +49,7 @@ async def on_confirm(update: Update, context: BotContext) -> None:
         await _close(query.edit_message_text, f"{message.text or ''}\n\n{texts.CANCELLED}")
         return
     if not account.is_admin:  # demoted since the question was asked
-        await refuse(update, context, account.actor, "not_admin", texts.ADMIN_ONLY, command=pending.action)
+        await refuse(update, context, account.actor, "not_admin", texts.admin_only(context.t), command=pending.action)
         return
     await query.answer()
     await _close(query.edit_message_reply_markup, None)

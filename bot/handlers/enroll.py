@@ -9,6 +9,7 @@ from telegram import Message, Update
 from bot import texts
 from bot.context import BotContext
 from bot.handlers.access import admin_only
+from bot.i18n import ENGLISH
 from bot.telegram_io import FileTooBig, chat_action, download, download_limit, image_attachment
 from engine import EngineError
 
@@ -48,7 +49,7 @@ async def _enroll(message: Message, photo: Message | None, args: list[str], cont
             enrollment = await engine.enroll(image, source_url=source_url, subject=subject,
                                              actor=context.account.actor, save=False)  # saved each minute
         except FileTooBig as exc:
-            await message.reply_text(texts.too_big(exc.size, limit))
+            await message.reply_text(texts.too_big(ENGLISH, exc.size, limit))
             return
         except EngineError as exc:
             await message.reply_text(texts.for_error(exc))

@@ -9,9 +9,19 @@ from telegram.error import Forbidden, TelegramError
 
 from bot import texts
 from bot.context import BotContext
+from bot.i18n import Language
 from engine import EngineError
 
 logger = logging.getLogger(__name__)
+
+
+def _language(update: Update, context: BotContext) -> Language:
+    """The account's language when the gate ran, else the one of the user's Telegram app."""
+    try:
+        return context.account.language
+    except RuntimeError:
+        user = update.effective_user
+        return context.services.languages.choose(None, user.language_code if user else None)
 
 
 async def on_error(update: object, context: BotContext) -> None:
@@ -32,6 +42,6 @@ async def on_error(update: object, context: BotContext) -> None:
         except TelegramError:
             pass
     try:
-        await context.bot.send_message(update.effective_chat.id, texts.SORRY)
+        await context.bot.send_message(update.effective_chat.id, texts.sorry(_language(update, context)))
     except TelegramError as exc:
         logger.warning("could not apologise in chat %s: %s", update.effective_chat.id, exc)

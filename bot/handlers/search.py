@@ -61,7 +61,7 @@ async def on_image(update: Update, context: BotContext) -> None:
     started = time.perf_counter()
     attachment = image_attachment(message)
     if attachment is None:
-        await message.reply_text(texts.NOT_AN_IMAGE)
+        await message.reply_text(texts.not_an_image(context.t))
         return
     account = context.account
     case = account.active_case
@@ -73,7 +73,7 @@ async def on_image(update: Update, context: BotContext) -> None:
             image = await download(context.bot, attachment, limit)
         except FileTooBig as exc:
             context.services.limiter.release(account.user_id)  # nothing was analysed
-            await message.reply_text(texts.too_big(exc.size, limit))
+            await message.reply_text(texts.too_big(context.t, exc.size, limit))
             return
         await _search_and_reply(context, message.chat_id, message.message_id, image, None, case, started)
 
@@ -86,14 +86,14 @@ async def on_face_choice(update: Update, context: BotContext) -> None:
     pending = context.services.photos.get(token)
     message = query.message if isinstance(query.message, Message) else None
     if pending is None or message is None:
-        await query.answer(texts.photo_expired(context.settings.photo_ttl_seconds), show_alert=True)
+        await query.answer(texts.photo_expired(context.t, context.settings.photo_ttl_seconds), show_alert=True)
         return
     account = context.account
     if pending.owner != account.user_id:
-        await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
+        await query.answer(texts.not_your_button(context.t), show_alert=True)
         return
     if number in pending.searched:
-        await query.answer(texts.already_searched(number))
+        await query.answer(texts.already_searched(context.t, number))
         return
     # The photo's arrival paid for its first face; each further face is one more search. No await until the
     # face is marked, so two quick taps cannot both search it.
@@ -101,10 +101,10 @@ async def on_face_choice(update: Update, context: BotContext) -> None:
         wait = context.services.limiter.acquire(account.user_id)
         if wait:
             limit = context.settings.rate_limit_per_hour
-            await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(limit, wait))
+            await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(context.t, limit, wait))
             return
     pending.searched.add(number)
-    await query.answer(texts.searching_face(number))
+    await query.answer(texts.searching_face(context.t, number))
     started = time.perf_counter()
     async with chat_action(context.bot, pending.chat_id):
         searched = await _search_and_reply(
@@ -122,10 +122,10 @@ async def on_more(update: Update, context: BotContext) -> None:
     results = context.services.results.get(token)
     message = query.message if isinstance(query.message, Message) else None
     if results is None or message is None or page * _per_page(context) >= len(results.hits):
-        await query.answer(texts.RESULTS_EXPIRED, show_alert=True)
+        await query.answer(texts.results_expired(context.t), show_alert=True)
         return
     if results.owner != context.account.user_id:
-        await query.answer(texts.NOT_YOUR_BUTTON, show_alert=True)
+        await query.answer(texts.not_your_button(context.t), show_alert=True)
         return
     if page in results.pages_sent:  # a second tap: the page is on its way or in the chat
         await query.answer()
@@ -134,7 +134,7 @@ async def on_more(update: Update, context: BotContext) -> None:
     await query.answer()
     per_page = _per_page(context)
     try:  # drop this page's More button, so the keyboard shows it was used
-        await query.edit_message_reply_markup(page_markup(results, token, page - 1, per_page, more=False))
+        await query.edit_message_reply_markup(page_markup(context, results, token, page - 1, per_page, more=False))
     except BadRequest as exc:
         logger.debug("could not remove the More button: %s", exc.message)
     async with chat_action(context.bot, results.chat_id):
@@ -144,7 +144,7 @@ async def on_more(update: Update, context: BotContext) -> None:
 async def on_stale_button(update: Update, context: BotContext) -> None:
     """A button whose data we no longer understand (an old message, a previous version)."""
     assert update.callback_query is not None
-    await update.callback_query.answer(texts.RESULTS_EXPIRED, show_alert=True)
+    await update.callback_query.answer(texts.results_expired(context.t), show_alert=True)
 
 
 # -- steps ---------------------------------------------------------------------------------------
@@ -153,12 +153,12 @@ async def _take_search(update: Update, context: BotContext) -> bool:
     the limit. Nothing is downloaded before this."""
     account = context.account
     if context.settings.require_case and not account.active_case:
-        await refuse(update, context, account.actor, "no_case", texts.NEED_CASE)
+        await refuse(update, context, account.actor, "no_case", texts.need_case(context.t))
         return False
     wait = context.services.limiter.acquire(account.user_id)
     if wait:
         limit = context.settings.rate_limit_per_hour
-        await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(limit, wait))
+        await refuse(update, context, account.actor, "rate_limited", texts.rate_limited(context.t, limit, wait))
         return False
     return True
 
@@ -171,8 +171,8 @@ async def _ask_which_face(
     token = context.services.photos.put(pending)
     boxed = await asyncio.to_thread(render.boxed_faces, image, faces)
     shown = min(len(faces), MAX_FACE_BUTTONS)
-    buttons = [button(texts.face_button(f.number), callback_data=f"face:{token}:{f.number}") for f in faces[:shown]]
-    caption, rest = caption_and_rest(texts.choose_face(faces, context.settings.photo_ttl_seconds, shown))
+    buttons = [button(texts.face_button(context.t, f.number), callback_data=f"face:{token}:{f.number}") for f in faces[:shown]]
+    caption, rest = caption_and_rest(texts.choose_face(context.t, faces, context.settings.photo_ttl_seconds, shown))
     protect = context.settings.protect_content
     await context.bot.send_photo(
         chat_id, boxed, caption=caption, reply_markup=markup(keyboard(buttons, BUTTONS_PER_ROW)),
@@ -197,7 +197,7 @@ async def _search_and_reply(
     try:
         result = await context.engine.search(
             image, actor=account.actor, case=case, top=min(max(settings.max_results, 1), 100), face=face,
-            several="ask",
+            several="ask", language=context.t.code,
         )
     except SeveralFaces as exc:
         await _ask_which_face(context, chat_id, message_id, image, exc.faces, case)
@@ -206,13 +206,16 @@ async def _search_and_reply(
         if isinstance(exc, ImageRejected):  # not analysed: it does not count
             context.services.limiter.release(account.user_id)
         context.metrics.observe_search(search_outcome(exc), time.perf_counter() - started)
-        await context.bot.send_message(chat_id, texts.for_error(exc), reply_parameters=quoting(message_id))
+        logger.info("search by %s failed: %s: %s", account.actor, type(exc).__name__, exc)
+        config = context.engine.config
+        reply = texts.officer_error(context.t, exc, download_limit(config.max_image_bytes), config.max_image_pixels)
+        await context.bot.send_message(chat_id, reply, reply_parameters=quoting(message_id))
         return False
     context.metrics.observe_search(search_outcome(result), time.perf_counter() - started)
     results = ResultSet.of(result, account.user_id, case, chat_id, message_id)
     if not result.hits:
         await context.bot.send_message(
-            chat_id, texts.no_match(results.case, result.gallery_faces, result.threshold, results.warnings),
+            chat_id, texts.no_match(context.t, results.case, result.gallery_faces, result.threshold, results.warnings),
             reply_parameters=quoting(message_id),
         )
         return True
@@ -231,19 +234,20 @@ async def _send_page(context: BotContext, token: str, results: ResultSet, page: 
     per_page = _per_page(context)
     start, stop = results.page_bounds(page, per_page)
     hits = results.hits[start:stop]
+    t = context.t
     tiles = [
-        render.Tile(await context.engine.thumbnail(h.face_id), texts.tile_label(h), clip(texts.subject_of(h), TILE_LABEL_CHARS))
+        render.Tile(await context.engine.thumbnail(h.face_id), texts.tile_label(t, h), clip(texts.subject_of(t, h), TILE_LABEL_CHARS))
         for h in hits
     ]
-    query = render.Tile(query_face, texts.QUERY_TILE) if query_face is not None else None
+    query = render.Tile(query_face, texts.query_tile(context.t)) if query_face is not None else None
     sheet = await asyncio.to_thread(render.result_sheet, query, tiles)
-    text = texts.result_page(results, start, stop, [is_web_link(h.source_url) for h in hits])
+    text = texts.result_page(context.t, results, start, stop, [is_web_link(h.source_url) for h in hits])
     bot, chat_id = context.bot, results.chat_id
     protect = context.settings.protect_content
     reply = quoting(results.message_id)
 
     async def send(with_sources: bool, caption: str | None, body: list[str]) -> None:
-        keys = page_markup(results, token, page, per_page, more=True, sources=with_sources)
+        keys = page_markup(context, results, token, page, per_page, more=True, sources=with_sources)
         if not body:
             await bot.send_photo(chat_id, sheet, caption=caption, reply_markup=keys, reply_parameters=reply,
                                  protect_content=protect)
@@ -258,7 +262,7 @@ async def _send_page(context: BotContext, token: str, results: ResultSet, page: 
     if utf16_len(text) <= CAPTION_LIMIT:
         caption, body = text, []
     else:
-        caption = caption_and_rest(texts.result_caption_short(results, start, stop))[0]
+        caption = caption_and_rest(texts.result_caption_short(context.t, results, start, stop))[0]
         body = split_message(text)
     try:
         await send(True, caption, body)
@@ -285,18 +289,19 @@ def is_web_link(url: str) -> bool:
 
 
 def page_markup(
+    context: BotContext,
     results: ResultSet, token: str, page: int, per_page: int, *, more: bool, sources: bool = True
 ) -> InlineKeyboardMarkup | None:
     """Source buttons for a page's http(s) links, and a More button when more matches follow."""
     start, stop = results.page_bounds(page, per_page)
     rows = []
     if sources:
-        links = [button(texts.source_button(h.rank), url=h.source_url)
+        links = [button(texts.source_button(context.t, h.rank), url=h.source_url)
                  for h in results.hits[start:stop] if is_web_link(h.source_url)]
         rows += keyboard(links, BUTTONS_PER_ROW, extra_rows=1)
     if more and stop < len(results.hits):
         next_start, next_stop = results.page_bounds(page + 1, per_page)
-        label = texts.more_button(next_start, next_stop, len(results.hits))
+        label = texts.more_button(context.t, next_start, next_stop, len(results.hits))
         rows.append([button(label, callback_data=f"more:{token}:{page + 1}")])
     return markup(rows)
 

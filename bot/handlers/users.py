@@ -59,15 +59,18 @@ async def execute_allow(message: Message, context: BotContext, user_id: int, rol
     except EngineError as exc:
         await message.reply_text(texts.for_error(exc))
         return
+    chosen = await context.engine.language(user_id)
+    language = context.services.languages.choose(chosen, context.services.seen_languages.get(user_id))
     if user.role == "admin":
-        await menus.show_admin_menu(context.bot, user_id)
+        await menus.show_admin_menu(context.bot, user_id, language)
     elif before is not None and before.role == "admin" and user_id not in context.settings.admin_ids:
-        await menus.hide_admin_menu(context.bot, user_id)  # demoted
+        await menus.show_officer_menu(  # demoted: the officer menu (their chosen language's, or the default)
+            context.bot, user_id, language, chosen)
     await message.reply_text(texts.allowed(user))
     if user_id == context.account.user_id:
         return
     try:  # only works once they have written to the bot; harmless if not
-        await context.bot.send_message(user_id, texts.welcome(user.role))
+        await context.bot.send_message(user_id, texts.welcome(language, user.role))
     except TelegramError as exc:
         logger.info("could not tell %s they were allowed: %s", user_id, exc)
 
