@@ -1,14 +1,19 @@
-# syntax=docker/dockerfile:1
 # Sightline: the Telegram bot and the `sightline` CLI in one image.
-#   docker build -t sightline .          (BuildKit, the default since Docker 23)
+#   docker build -t sightline .          (BuildKit, the default since Docker 23; DOCKER_BUILDKIT=1 before that)
 #   docker compose up -d                 (see compose.yaml and .env.example)
-# Data (SQLite database + usearch index) lives in the volume /app/index_data; the face models are baked in.
+# Without Docker Hub (air-gapped or mirrored hosts): scripts/docker-base builds a Debian base image from Debian's
+# own packages (debootstrap + python3.11) and passes it here as --build-arg BASE_IMAGE=sightline-base:bookworm.
+# Data (SQLite database + usearch index) lives in the volume /app/index_data, owner-only (0700, user sightline);
+# the face models are baked in. No `# syntax=` line: the built-in Dockerfile frontend is enough, and fetching
+# one would need Docker Hub.
 
 ARG PYTHON_VERSION=3.11
 ARG DEBIAN_RELEASE=bookworm
+# Any image with Python 3.11, venv and ensurepip at the same path in both stages, `python` on PATH, and useradd.
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}
 
 # -- builder: a virtualenv with Sightline and its dependencies (all binary wheels: no compiler needed) ------------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -23,24 +28,37 @@ COPY pyproject.toml README.md ./
 # libX11, libSM... absent from slim images. We use no GUI function, and pyproject.toml already asks for
 # opencv-python-headless (needs only libz/libstdc++, present in slim). Both wheels write the same cv2/ folder,
 # so after removing opencv-python we reinstall the headless build, at the version pip resolved, to restore it.
+# The stand-ins go, and so does setuptools' build/ folder: left behind, its copy of the empty engine/__init__.py
+# looks newer than the real one COPY brings (COPY keeps the context's older mtimes), so the next build kept it and
+# the image shipped an empty `engine` package.
+# Behind a TLS-inspecting proxy, pass its CA bundle as a build secret (never stored in a layer):
+#   docker build --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt ...   (scripts/docker-base does this)
 RUN --mount=type=cache,target=/root/.cache/pip \
-    mkdir -p engine bot \
+    --mount=type=secret,id=pip_ca \
+    { [ ! -s /run/secrets/pip_ca ] || export PIP_CERT=/run/secrets/pip_ca; } \
+ && mkdir -p engine bot \
  && touch engine/__init__.py bot/__init__.py \
  && pip install . \
  && headless="$(python -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')" \
  && pip uninstall --yes opencv-python \
  && pip install --no-deps --force-reinstall "opencv-python-headless==${headless}" \
- && rm -rf engine bot
+ && rm -rf engine bot build ./*.egg-info \
+ && pip uninstall --yes sightline
 
 # The code itself (a small layer). The translation catalogs are compiled here (.po -> .mo; the .mo files are
 # not in git), before the install copies them into the package: the bot then loads them without compiling.
+# Then a check that the installed packages are the real ones, not the stand-ins.
 COPY engine ./engine
 COPY bot ./bot
-RUN pybabel compile --statistics -d bot/locales -D sightline \
- && pip install --no-cache-dir --no-deps .
+RUN --mount=type=secret,id=pip_ca \
+    { [ ! -s /run/secrets/pip_ca ] || export PIP_CERT=/run/secrets/pip_ca; } \
+ && pybabel compile --statistics -d bot/locales -D sightline \
+ && pip install --no-cache-dir --no-deps . \
+ && rm -rf build ./*.egg-info \
+ && cd / && python -c "import engine, bot.cli; engine.Engine; print('sightline installed from', engine.__file__)"
 
 # -- runtime: the slim image, the virtualenv, a non-root user -----------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -66,8 +84,10 @@ missing = [n for n in ('scrfd_500m_bnkps.onnx', 'w600k_mbf.onnx') if folder is N
 sys.exit(f'face models missing from {folder}: {missing}') if missing else print('models:', folder)"
 
 WORKDIR /app
+# Biometric data: the volumes are the runtime user's alone (a new named volume takes these modes and owner).
 RUN mkdir -p /app/index_data /app/backups \
- && chown sightline:sightline /app/index_data /app/backups
+ && chown sightline:sightline /app/index_data /app/backups \
+ && chmod 0700 /app/index_data /app/backups
 USER 10001:10001
 
 # Smoke test as the runtime user: every import (cv2 without libGL, onnxruntime, usearch), the model sessions,

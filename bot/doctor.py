@@ -1,6 +1,7 @@
 """`sightline doctor`: can this machine run the bot? Models, data directory, database and index, disk, Telegram.
 
-Every check reads; none repairs or creates anything (the engine repairs the index itself when it opens).
+Every check reads; none repairs or creates anything (the engine repairs the index itself when it opens), except
+`--fix`, which only removes group/other permission bits (`fix_file_modes`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +23,7 @@ import numpy as np
 from bot.i18n import LOCALES_DIR, SOURCE_LANGUAGE, LanguageError, Languages, catalog_files, describe, is_stale
 from bot.settings import Settings
 from bot.web import webhook_problems
-from engine import EngineConfig, EngineError, integrity
+from engine import EngineConfig, EngineError, fsmodes, integrity
 from engine.audit import HeadLog
 from engine.store import DamagedFace
 
@@ -300,6 +302,39 @@ def _quick_check(db: Path) -> str | None:
     return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
 
 
+def private_roots(config: EngineConfig, also: Sequence[Path] = ()) -> list[Path]:
+    """Where biometric and case data live: the data directory (database, index, reports), the audit head file
+    (which may be elsewhere) and any `also` paths."""
+    roots = list(dict.fromkeys(p.absolute() for p in (Path(config.data_dir), config.audit_head_path, *map(Path, also))))
+    return [r for r in roots if not any(r != other and r.is_relative_to(other) for other in roots)]
+
+
+def check_file_modes(config: EngineConfig, also: Sequence[Path] = ()) -> Check:
+    """No file or folder holding biometric or case data may be open to group or other accounts."""
+    roots = private_roots(config, also)
+    found = fsmodes.exposed(roots)
+    where = ", ".join(str(r) for r in roots if r.exists())
+    if not where:
+        return Check("file modes", "ok", "nothing written yet")
+    if not found:
+        return Check("file modes", "ok", f"everything under {where} is owner-only")
+    shown = "; ".join(str(e) for e in found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+    return Check(
+        "file modes", "fail",
+        f"{len(found)} file(s)/folder(s) readable by other accounts: {shown}. Run `sightline doctor --fix` "
+        "to make them owner-only (files 0600, folders 0700)",
+    )
+
+
+def fix_file_modes(config: EngineConfig, also: Sequence[Path] = ()) -> list[str]:
+    """Remove group/other bits under the data directory and `also`; one line per change (or failure)."""
+    return [
+        f"made owner-only: {item.path} ({item.mode:04o} -> {item.mode & ~fsmodes.OTHERS:04o})" if why is None
+        else f"could not make owner-only: {item.path} ({why})"
+        for item, why in fsmodes.fix(fsmodes.exposed(private_roots(config, also)))
+    ]
+
+
 def check_disk(config: EngineConfig) -> Check:
     """Free space where the data lives."""
     where = _nearest_existing(Path(config.data_dir))
@@ -341,11 +376,14 @@ async def check_telegram(settings: Settings, timeout: float = TELEGRAM_TIMEOUT_S
     return Check("telegram", "ok", f"the Bot API at {host} knows this bot as {who}")
 
 
-async def run_checks(settings: Settings, *, telegram: bool = True, deep: bool = False) -> list[Check]:
-    """Every check, in the order they are printed."""
+async def run_checks(
+    settings: Settings, *, telegram: bool = True, deep: bool = False, also: Sequence[Path] = ()
+) -> list[Check]:
+    """Every check, in the order they are printed; `also`: more files or folders that must be owner-only."""
     config = settings.engine_config()
     checks = [check_settings(settings), check_languages(settings), await asyncio.to_thread(check_models, config),
               check_data_dir(config)]
+    checks.append(await asyncio.to_thread(check_file_modes, config, also))
     checks += await check_database_and_index(config, deep)
     checks.append(check_disk(config))
     if telegram:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fsmodes
 from .config import EngineConfig
 from .errors import StorageError, disk_full, is_disk_full
 from .images import file_sha256
@@ -322,7 +323,7 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
         )
     if database_in_use(config.db_path):
         raise BackupError(f"{config.db_path} is open in another process: stop the bot before restoring")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    fsmodes.private_dir(data_dir)
     staging = data_dir / f".restore-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
@@ -340,6 +341,7 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
             side = sidecar_path(Path(src) / manifest["index"]["file"])
             if side.is_file():  # which projection built the index (older backups have none: a rebuild)
                 shutil.copyfile(side, sidecar_path(staged_index))
+                fsmodes.make_private(sidecar_path(staged_index))
         # An old -wal next to the new file would be replayed into it: remove the old set first.
         for stale in (
             config.db_path.with_name(config.db_path.name + "-wal"),

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import audit, projection
+from . import audit, fsmodes, projection
 from . import calibration as calib
 from . import index as index_files
 from .config import EngineConfig
@@ -144,6 +144,8 @@ class Engine:
         index: VectorIndex | None = None
         try:
             faces = await asyncio.to_thread(FaceModel, config)
+            if create or config.db_path.parent.is_dir():  # biometric data: owner-only, even if made 0755 by hand
+                fsmodes.private_data_dir(config.data_dir)
             head_log = audit.HeadLog(config.audit_head_path, config.audit_head_syslog)
             store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
             index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import fsmodes, metrics
 from .calibration import Calibration
 from .config import EngineConfig
 from .engine import Engine
@@ -537,8 +537,8 @@ def _quality_split(probes: list[SearchSeen]) -> dict[str, Any]:
 
 # -- the report ------------------------------------------------------------------------------------
 def write_report(obs: Observations, summary: dict[str, Any], out: Path, worst: int = 24) -> list[Path]:
-    """report.md, metrics.json, det.png, scores.png and worst_misses.png in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
+    """report.md, metrics.json, det.png, scores.png and worst_misses.png in `out` (owner-only: face crops, scores)."""
+    out.mkdir(mode=fsmodes.DIR_MODE, parents=True, exist_ok=True)
     genuine, impostor = metrics.pair_scores(obs.embeddings, obs.labels)
     files = [out / "metrics.json", out / "det.png", out / "scores.png", out / "worst_misses.png", out / "report.md"]
     (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -546,6 +546,7 @@ def write_report(obs: Observations, summary: dict[str, Any], out: Path, worst: i
     plot_scores(obs, genuine, impostor, out / "scores.png")
     contact_sheet(obs, worst_misses(obs, worst), out / "worst_misses.png")
     (out / "report.md").write_text(report_markdown(obs, summary, worst))
+    fsmodes.make_private(*files)  # matplotlib and PIL create files with the umask's mode
     return files
 
 

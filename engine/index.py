@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from . import faults, integrity
+from . import faults, fsmodes, integrity
 
 if TYPE_CHECKING:
     from .config import EngineConfig
@@ -229,7 +229,7 @@ class UsearchIndex:
         cannot trip over each other's file), fsynced, then renamed over the old one. Temporary files left by
         a save that was killed are deleted first: they may hold vectors of faces erased since.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fsmodes.private_dir(self.path.parent)
         remove_stale_temporaries(self.path)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
         os.close(fd)
@@ -238,6 +238,7 @@ class UsearchIndex:
             # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
             with self._lock.shared():
                 self._index.save(str(tmp))
+            fsmodes.make_private(tmp)  # usearch creates it with the umask's mode
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,

@@ -17,7 +17,7 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from . import audit, faults, integrity
+from . import audit, faults, fsmodes, integrity
 from .errors import NotFound, StorageError
 from .types import AuditEntry, ChainCheck, User
 
@@ -197,12 +197,11 @@ class MetadataStore:
         Raises StorageError when it cannot be opened (or, without `create`, does not exist). Adds what an
         older schema lacks (the embedding checksums, the gallery id). `head_log` receives every new audit head.
         """
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        elif not path.is_file():
+        if not create and not path.is_file():
             raise StorageError(f"no database at {path}")
         conn = None
         try:
+            fsmodes.private_file(fsmodes.private_dir(path.parent) / path.name)  # 0600: -wal/-shm follow its mode
             conn = await aiosqlite.connect(str(path), isolation_level=None)
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill

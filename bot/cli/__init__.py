@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine import EngineError
+from engine import EngineError, fsmodes
 from engine.errors import disk_full, is_damaged_database, is_disk_full
 
 # Each module adds its sub-commands; a handler is `func(args) -> int` or an async one.
@@ -102,14 +102,20 @@ def missing_gallery(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sightline` console script: always ends, with one line on failure."""
-    code = _main(argv)
-    if argv is None:  # the console script (a test calling main(args) in-process keeps its own threads)
-        _no_stuck_threads(code)
-    return code
+    """Entry point of the `sightline` console script (and of `python -m bot`): always ends, with one line on failure."""
+    # Everything this process writes holds biometric or case data: owner-only whatever the caller's umask.
+    previous_umask = fsmodes.restrict_umask()
+    try:
+        code = _main(argv)
+        if argv is None:  # the console script (a test calling main(args) in-process keeps its own threads)
+            _no_stuck_threads(code)
+        return code
+    finally:
+        os.umask(previous_umask)  # for callers that run main() in-process (tests)
 
 
 def _main(argv: list[str] | None) -> int:
+    """Parse, configure logging, run the command; errors a user can cause become one line and exit 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.cli import missing_gallery
 from bot.i18n import ENGLISH, Language, LanguageError, Languages
-from engine import AuditEntry, InvalidArgument, StorageError
+from engine import AuditEntry, InvalidArgument, StorageError, fsmodes
 from engine.audit import HeadLog
 from engine.config import EngineConfig
 from engine.store import MetadataStore
@@ -178,7 +178,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
             d["details"] = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
             w.writerow([d[k] for k in EXPORT_FIELDS])
     if args.out:
-        args.out.write_text(buf.getvalue(), encoding="utf-8")
+        fsmodes.write_private_text(args.out, buf.getvalue())  # who searched what, for which case: owner only
         print(f"exported {len(entries)} entries to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
@@ -304,7 +304,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
         await store.close()
     text = build_report(entries, since, until, check.ok, check.head, head_seq, language)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        fsmodes.write_private_text(args.out, text)
         print(f"report written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli import missing_gallery
-from engine import Engine, EngineError, ImageRejected, NoFaceFound, SearchResult, StorageError
+from engine import Engine, EngineError, ImageRejected, NoFaceFound, SearchResult, StorageError, fsmodes
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +261,8 @@ def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
     if not summary.failures:
         return None
     path = args.report or Path(args.settings.data_dir) / f"ingest-report-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    path.parent.mkdir(mode=fsmodes.DIR_MODE, parents=True, exist_ok=True)
+    with fsmodes.open_private(path, "w", newline="", encoding="utf-8") as fh:  # names and paths of case photos
         w = csv.writer(fh)
         w.writerow(["path", "reason", "message"])
         w.writerows(summary.failures)

@@ -29,15 +29,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "doctor",
         help="check that this machine can run the bot",
-        description="Check the settings, the face models, the data directory, the database, the audit chain "
-        "(against its head file), the index (its gallery id and checksum), free disk space and (with a token) that "
-        "the Bot API answers. Prints one line per check; exits 1 if any failed.",
+        description="Check the settings, the face models, the data directory (writable, and owner-only: no file "
+        "readable by other accounts), the database, the audit chain (against its head file), the index (its gallery id "
+        "and checksum), free disk space and (with a token) that the Bot API answers. Prints one line per check; exits 1 "
+        "if any failed.",
     )
     p.add_argument("--skip-telegram", action="store_true", help="don't contact the Bot API (offline machines)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--deep", action="store_true",
                    help="also verify every stored embedding (checksum, unit length) and every index vector against "
                    "it (reads the whole gallery: minutes at 1 M faces)")
+    p.add_argument(
+        "--fix", action="store_true",
+        help="first make every file and folder of the data directory (and --also paths) owner-only: files 0600, folders 0700",
+    )
+    p.add_argument(
+        "--also", type=Path, action="append", default=[], metavar="PATH",
+        help="another file or folder holding Sightline data (backups, eval reports, audit exports) whose modes to check; "
+        "repeatable",
+    )
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser(
@@ -115,7 +125,11 @@ async def cmd_doctor(args: argparse.Namespace) -> int:
     """Run every check and print the report."""
     from bot import doctor
 
-    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram, deep=args.deep)
+    if args.fix:
+        changed = await asyncio.to_thread(doctor.fix_file_modes, args.settings.engine_config(), args.also)
+        for line in changed:
+            print(line, file=sys.stderr if args.json else sys.stdout)
+    checks = await doctor.run_checks(args.settings, telegram=not args.skip_telegram, deep=args.deep, also=args.also)
     if args.json:
         report = {
             "ok": doctor.exit_code(checks) == 0,
