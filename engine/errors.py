@@ -76,7 +76,9 @@ def is_disk_full(exc: BaseException, where: Any = None) -> bool:
     import sqlite3
     from pathlib import Path
 
-    while exc is not None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # a cause chain may loop (pymilvus raises `ex from ex`)
+        seen.add(id(exc))
         if isinstance(exc, BaseExceptionGroup) and any(is_disk_full(e, where) for e in exc.exceptions):
             return True
         if where is not None and isinstance(exc, sqlite3.Error) and "disk I/O error" in str(exc):

@@ -135,15 +135,17 @@ class MilvusIndex:
         except Exception as exc:  # pymilvus raises MilvusException, grpc errors, and plain exceptions on connect
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             reason = " ".join(str(reason).split())[:300]
-            logger.error("vector index: %s failed on %s: %s", what, self.where, reason)
-            with self._client_lock:  # reconnect next time: the channel may be broken
-                client, self._client = self._client, None
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:
-                    pass
-            raise IndexUnavailable(f"the vector index server ({self.where}) did not answer the {what}: {reason}") from None
+        # Raised outside the handler, so it carries no context: pymilvus' own exceptions can be their own
+        # cause (`raise ex from ex`), a loop for anything that walks the chain.
+        logger.error("vector index: %s failed on %s: %s", what, self.where, reason)
+        with self._client_lock:  # reconnect next time: the channel may be broken
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        raise IndexUnavailable(f"the vector index server ({self.where}) did not answer the {what}: {reason}")
 
     def close(self) -> None:
         """Close the connection."""
