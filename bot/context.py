@@ -83,7 +83,7 @@ class Services:
             results=ExpiringStore(RESULTS_TTL_SECONDS, MAX_RESULT_SETS),
             photos=ExpiringStore(settings.photo_ttl_seconds, MAX_PENDING_PHOTOS),
             confirmations=ExpiringStore(CONFIRM_TTL_SECONDS, 4),
-            strangers=StrangerThrottle(settings.stranger_quiet_seconds),
+            strangers=StrangerThrottle(settings.stranger_quiet_seconds, settings.stranger_replies_per_minute),
         )
 
 

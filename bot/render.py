@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from bot.telegram_io import single_line
 from engine import DetectedFace
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, f: Font, width: int) -> str:
     """The longest prefix of `text` (with "..." when cut) that fits in `width` px.
 
     A binary search over the prefix length: O(log n) measurements, each of at most `width` px worth of text
-    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does.
+    (a glyph is at least 1 px wide), so a 5,000-character label costs what a 40-character one does. Any label
+    is drawn as one line (Pillow cannot measure a line break; a control character would draw as a box).
     """
-    text = text[: width + 1]  # nothing longer can fit
+    text = single_line(text[: width + 1])  # nothing longer can fit
     if draw.textlength(text, font=f) <= width:
         return text
     lo, hi = 0, len(text)  # text[:lo] + "..." fits; text[:hi] + "..." does not (or hi is the whole text)

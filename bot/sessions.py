@@ -147,28 +147,62 @@ class Confirmation:
     args: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Crowd:
+    """Strangers' refusals beyond the per-minute cap: how many, of which kinds, from how many accounts."""
+
+    count: int
+    kinds: dict[str, int]
+    accounts: int
+
+
 class StrangerThrottle:
     """Who was refused recently: the first message of a stranger is answered and audited, the next ones within
     `quiet_seconds` are only counted; the count becomes one audit entry when the quiet time ends.
+
+    The per-account quiet time does not stop many accounts at once (300 throwaway accounts would get 300 replies
+    and 300 audit entries), so at most `per_minute` strangers are answered in any minute, all accounts together
+    (0: no cap). Beyond it refusals are only counted, and become one audit entry a minute after the first.
     """
 
-    def __init__(self, quiet_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    CROWD_WINDOW = 60.0  # seconds
+    MAX_CROWD_ACCOUNTS = 100_000  # distinct accounts remembered per window (memory bound; the count goes on)
+
+    def __init__(self, quiet_seconds: float, per_minute: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.quiet = quiet_seconds
+        self.per_minute = per_minute
         self._clock = clock
         self._since: dict[int, float] = {}  # user id -> when their quiet time began
         self._counts: dict[int, dict[str, int]] = {}  # user id -> update kind -> refusals not yet audited
+        self._answered: deque[float] = deque()  # when strangers were answered, within the last minute
+        self._crowd_since: float | None = None  # first refusal counted beyond the cap, not yet audited
+        self._crowd: dict[str, int] = {}
+        self._crowd_accounts: set[int] = set()
 
     def first(self, user_id: int) -> bool:
         """True when this stranger should get a reply (and an audit entry of its own) now."""
+        now = self._clock()
         started = self._since.get(user_id)
-        if started is not None and self._clock() - started < self.quiet:
+        if started is not None and now - started < self.quiet:
             return False
-        self._since[user_id] = self._clock()
+        while self._answered and now - self._answered[0] >= self.CROWD_WINDOW:
+            self._answered.popleft()
+        if self.per_minute > 0 and len(self._answered) >= self.per_minute:
+            return False  # too many strangers this minute: counted in the crowd (see count)
+        self._answered.append(now)
+        self._since[user_id] = now
         return True
 
     def count(self, user_id: int, kind: str) -> None:
-        """Remember one more silent refusal of this kind."""
-        kinds = self._counts.setdefault(user_id, {})
+        """Remember one more silent refusal of this kind: the account's own, in its quiet time, or the crowd's."""
+        if user_id in self._since:
+            kinds = self._counts.setdefault(user_id, {})
+        else:
+            kinds = self._crowd
+            if self._crowd_since is None:
+                self._crowd_since = self._clock()
+            if len(self._crowd_accounts) < self.MAX_CROWD_ACCOUNTS:
+                self._crowd_accounts.add(user_id)
         kinds[kind] = kinds.get(kind, 0) + 1
 
     def due(self, everything: bool = False) -> dict[int, dict[str, int]]:
@@ -182,6 +216,14 @@ class StrangerThrottle:
                 if counts:
                     out[user_id] = counts
         return out
+
+    def crowd_due(self, everything: bool = False) -> Crowd | None:
+        """Take the crowd's counts once their minute is over (or now, with `everything`), or None."""
+        if self._crowd_since is None or not (everything or self._clock() - self._crowd_since >= self.CROWD_WINDOW):
+            return None
+        crowd = Crowd(sum(self._crowd.values()), self._crowd, len(self._crowd_accounts))
+        self._crowd_since, self._crowd, self._crowd_accounts = None, {}, set()
+        return crowd
 
     def __len__(self) -> int:
         return len(self._since)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     stranger_quiet_seconds: int = Field(
         600, ge=0, description="After refusing an account that is not whitelisted, stay silent to it this long "
         "(its further messages are counted into one audit entry).",
+    )
+    stranger_replies_per_minute: int = Field(
+        30, ge=0, description="At most this many replies (and audit entries) per minute to accounts that are not "
+        "whitelisted, all accounts together; beyond it their messages are counted into one audit entry per minute. "
+        "0: no cap.",
     )
     purge_hour_utc: int = Field(3, description="Hour (UTC) of the daily purge of expired images in the running bot.")
     languages: str = Field(
@@ -122,7 +128,7 @@ class Settings(BaseSettings):
     @classmethod
     def _admins_are_ids(cls, v: str) -> str:
         for part in v.replace(" ", "").split(","):
-            if part and not part.lstrip("-").isdigit():
+            if part and not re.fullmatch(r"-?[0-9]{1,19}", part):  # ASCII digits: isdigit() accepts "²"
                 raise ValueError(f"SIGHTLINE_ADMINS must be comma-separated numeric ids, got {part!r}")
         return v
 

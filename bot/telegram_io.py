@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -139,6 +141,10 @@ class FileTooBig(Exception):
         self.size = size
 
 
+class FileUnavailable(Exception):
+    """The Bot API cannot serve the attachment (getFile refused it: expired, deleted, an invalid file id)."""
+
+
 def download_limit(max_image_bytes: int) -> int:
     """The largest attachment we can fetch: our own limit, or the Bot API's 20 MB when that is lower."""
     return min(max_image_bytes, DOWNLOAD_LIMIT)
@@ -147,7 +153,8 @@ def download_limit(max_image_bytes: int) -> int:
 async def download(bot: Bot, attachment: Attachment, max_bytes: int) -> bytes:
     """The attachment's bytes, in memory only; raises FileTooBig before downloading anything too large.
 
-    `max_bytes` should come from `download_limit()`; a getFile refusal ("file is too big") is FileTooBig too.
+    `max_bytes` should come from `download_limit()`; a getFile refusal ("file is too big") is FileTooBig too,
+    any other refusal of the file (getFile or the download answering 400/404) is FileUnavailable.
     """
     if attachment.file_size is not None and attachment.file_size > max_bytes:
         raise FileTooBig(attachment.file_size)
@@ -156,10 +163,13 @@ async def download(bot: Bot, attachment: Attachment, max_bytes: int) -> bytes:
     except BadRequest as exc:
         if "too big" in exc.message.lower():  # the Bot API serves files up to 20 MB
             raise FileTooBig(attachment.file_size) from None
-        raise
+        raise FileUnavailable(exc.message) from None
     if file.file_size is not None and file.file_size > max_bytes:
         raise FileTooBig(file.file_size)
-    data = await with_backoff(file.download_as_bytearray, "file download")
+    try:
+        data = await with_backoff(file.download_as_bytearray, "file download")
+    except BadRequest as exc:
+        raise FileUnavailable(exc.message) from None
     if len(data) > max_bytes:
         raise FileTooBig(len(data))
     return bytes(data)
@@ -168,6 +178,44 @@ async def download(bot: Bot, attachment: Attachment, max_bytes: int) -> bytes:
 def utf16_len(text: str) -> int:
     """The length Telegram measures: UTF-16 code units (an emoji outside the BMP counts 2)."""
     return len(text.encode("utf-16-le")) // 2
+
+
+# Explicit bidi embeddings, overrides and isolates (LRE RLE PDF LRO RLO, LRI RLI FSI PDI): inside one line they
+# reorder the text that follows them (a case "OP-1<RLO>71-PO" reads as another), so a label never carries them.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def single_line(text: str) -> str:
+    """`text` safe to show as one line: line breaks, tabs and other control characters (Unicode Cc, Zl, Zp)
+    become spaces, bidi embeddings/overrides/isolates are dropped and lone surrogates become U+FFFD.
+
+    Zero-width joiners and direction marks stay (emoji sequences and right-to-left names need them).
+    """
+    if text.isprintable() and not any(ch in BIDI_CONTROLS for ch in text):
+        return text  # the common case, without a loop in Python
+    out = []
+    for ch in text:
+        if ch in BIDI_CONTROLS:
+            continue
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp"):
+            out.append(" ")
+        elif category == "Cs":
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def command_argument(text: str, skip: int = 1) -> str:
+    """What follows the command (and `skip - 1` keywords after it) exactly as typed: inner spaces, tabs and
+    other characters kept, only the ends stripped ("" when nothing follows).
+
+    PTB's context.args splits on any whitespace (NEL and others too), and joining the words again turns
+    "Jane  Doe" into "Jane Doe" and "A<NEL>B" into "A B".
+    """
+    head = re.match(rf"(?:\S+\s+){{{skip}}}", text)
+    return text[head.end():].strip() if head else ""
 
 
 def clip(text: str, limit: int) -> str:

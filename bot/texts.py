@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.i18n import ENGLISH, N_, Language
-from bot.telegram_io import DOWNLOAD_LIMIT, clip
+from bot.telegram_io import DOWNLOAD_LIMIT, clip, single_line
 from engine import (
     AuditEntry,
     CaseRequired,
@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 
 SUBJECT_SHOWN = 100  # characters of a subject, note or case shown in a reply (the rest is cut with "…")
 URL_SHOWN = 300  # characters of a source link shown in a list (its button carries the whole link)
+
+
+def shown(label: str, limit: int = SUBJECT_SHOWN) -> str:
+    """A stored label (subject, note, case, link) as a reply shows it: one safe line, cut to `limit` characters."""
+    return clip(single_line(label), limit)
 
 # -- start-up (for the operator, in the log) -----------------------------------------------------
 MISSING_TOKEN = (
@@ -146,7 +151,7 @@ def help_text(t: Language, is_admin: bool, active_case: str | None, rate_limit_p
         t._("Send a photo (or an image file: JPEG, PNG, WebP or HEIC, up to {size}) to search the gallery.").format(
             size=megabytes(t, DOWNLOAD_LIMIT)
         ),
-        t._("Your active case: {case}").format(case=clip(active_case, SUBJECT_SHOWN)) if active_case
+        t._("Your active case: {case}").format(case=shown(active_case)) if active_case
         else t._("You have no active case: set one with /case <reference>."),
         t.ngettext(
             "You can send up to {n} photo per hour (each photo counts, and each extra face you search in it).",
@@ -246,13 +251,13 @@ def need_case(t: Language) -> str:
 
 def case_set(t: Language, case: str) -> str:
     """After /case <ref>."""
-    return t._("Active case: {case}. Your searches are now logged against it.").format(case=clip(case, SUBJECT_SHOWN))
+    return t._("Active case: {case}. Your searches are now logged against it.").format(case=shown(case))
 
 
 def case_shown(t: Language, case: str | None) -> str:
     """After /case alone."""
     if case:
-        return t._("Active case: {case}").format(case=clip(case, SUBJECT_SHOWN))
+        return t._("Active case: {case}").format(case=shown(case))
     return t._("You have no active case. Set one with /case <reference>.")
 
 
@@ -308,6 +313,14 @@ def too_big(t: Language, size_bytes: int | None, limit_bytes: int) -> str:
 def results_expired(t: Language) -> str:
     """A More button (or an old button) whose results were dropped."""
     return t._("These results are no longer in memory. Send the photo again to search.")
+
+
+def photo_unavailable(t: Language) -> str:
+    """A photo the Bot API would not serve (getFile refused it): nothing was analysed or counted."""
+    return t._(
+        "Telegram could not give me that photo (it may have expired or been deleted). Send it again; "
+        "it did not count against your searches."
+    )
 
 
 def photo_expired(t: Language, ttl_seconds: int) -> str:
@@ -431,7 +444,7 @@ def strangers(t: Language, expected: float, gallery_faces: int) -> str:
 
 def subject_of(t: Language, hit: Hit) -> str:
     """The subject of a hit, or "unlabelled" (cut to fit a list)."""
-    return clip(hit.subject, SUBJECT_SHOWN) if hit.subject else t._("unlabelled")
+    return shown(hit.subject) if hit.subject else t._("unlabelled")
 
 
 # The engine's quality warnings (engine/faces.py, FaceModel.quality) are English phrases: each known one is
@@ -463,7 +476,7 @@ def quality_warning(t: Language, warnings: Sequence[str]) -> str | None:
     """The warning line for a searched face, or None when it looks fine."""
     if not warnings:
         return None
-    return t._("Warning: {warnings} - results unreliable.").format(
+    return t._("This photo is poor ({warnings}): treat any match as a weak lead.").format(
         warnings="; ".join(warning_text(t, w) for w in warnings)
     )
 
@@ -491,7 +504,7 @@ def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[s
     lines = [f"{hit.rank}. {subject_of(t, hit)} - {percent(t, hit.similarity)} ({band(t, hit)})"]
     if hit.strangers_expected is not None:
         lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
-    url = clip(hit.source_url, URL_SHOWN)
+    url = shown(hit.source_url, URL_SHOWN)
     lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
     return lines
 
@@ -502,7 +515,7 @@ def search_header(t: Language, results: ResultSet) -> list[str]:
         face = t._("face {number} of {total}").format(number=results.face, total=results.faces_in_photo)
     else:
         face = t._("1 face")
-    case = t._("Case {case}").format(case=clip(results.case, SUBJECT_SHOWN)) if results.case else t._("No case")
+    case = t._("Case {case}").format(case=shown(results.case)) if results.case else t._("No case")
     gallery = t.ngettext("gallery of {n} face", "gallery of {n} faces", results.gallery_faces).format(
         n=t.number(results.gallery_faces)
     )
@@ -549,7 +562,7 @@ def no_match(t: Language, case: str | None, gallery_faces: int, threshold: float
             "No match: no gallery face scored above {percent} among {n} gallery faces.",
             gallery_faces,
         ).format(percent=percent(t, threshold), n=t.number(gallery_faces)),
-        t._("Case {case}.").format(case=clip(case, SUBJECT_SHOWN)) if case else t._("No case."),
+        t._("Case {case}.").format(case=shown(case)) if case else t._("No case."),
     ]
     warning = quality_warning(t, warnings)
     if warning:
@@ -609,7 +622,7 @@ def results_continued(t: Language, start: int, stop: int, total: int) -> str:
 # -- admin: users, stats ---------------------------------------------------------------------------
 def allowed(user: User) -> str:
     """After /allow."""
-    note = f" ({clip(user.note, SUBJECT_SHOWN)})" if user.note else ""
+    note = f" ({shown(user.note)})" if user.note else ""
     return f"User {user.user_id} may now use Sightline as {user.role}{note}."
 
 
@@ -625,7 +638,7 @@ def cannot_demote_bootstrap(user_id: int) -> str:
 def confirm_forget(what: str, value: str) -> str:
     """Asked before /forget erases anything."""
     return (
-        f"Erase for good every gallery image of {what} {clip(value, SUBJECT_SHOWN)}, with all its faces? "
+        f"Erase for good every gallery image of {what} {shown(value)}, with all its faces? "
         "This cannot be undone."
     )
 
@@ -669,8 +682,8 @@ def users_list(users: Sequence[User], bootstrap: frozenset[int]) -> str:
         if u.user_id in bootstrap:
             extra.append("bootstrap")
         if u.active_case:
-            extra.append(f"case {u.active_case}")
-        note = f" - {clip(u.note, SUBJECT_SHOWN)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
+            extra.append(f"case {shown(u.active_case)}")
+        note = f" - {shown(u.note)}" if u.note and u.note != BOOTSTRAP_NOTE else ""
         lines.append(f"{u.user_id} ({', '.join(extra)}){note}")
     return "\n".join(lines)
 
@@ -691,13 +704,13 @@ def enrolled(e: Enrollment) -> str:
     """After /enroll."""
     if e.duplicate:
         return f"That image is already in the gallery (image {e.image_id}); nothing was added."
-    subject = f", subject {clip(e.subject, SUBJECT_SHOWN)} on its main face" if e.subject else ", unlabelled"
+    subject = f", subject {shown(e.subject)} on its main face" if e.subject else ", unlabelled"
     return f"Added image {e.image_id}: {e.faces} face(s){subject}.\nSHA-256 {e.image_sha256}"
 
 
 def forgotten(e: Erasure, what: str, value: str) -> str:
     """After /forget."""
-    return f"Erased for good ({what} {clip(value, SUBJECT_SHOWN)}): {e.images} image(s), {e.faces} face(s)."
+    return f"Erased for good ({what} {shown(value)}): {e.images} image(s), {e.faces} face(s)."
 
 
 # -- admin: audit --------------------------------------------------------------------------------------
@@ -707,9 +720,9 @@ def _details(details: dict[str, object]) -> str:
         if isinstance(value, list | dict):
             parts.append(f"{key}={len(value)}")
         elif isinstance(value, str) and len(value) > 24:
-            parts.append(f"{key}={value[:20]}...")
+            parts.append(f"{key}={single_line(value[:20])}...")
         else:
-            parts.append(f"{key}={value}")
+            parts.append(f"{key}={single_line(value) if isinstance(value, str) else value}")
     return " ".join(parts)
 
 
@@ -719,8 +732,8 @@ def audit_entries(entries: Sequence[AuditEntry]) -> str:
         return "The audit log is empty."
     lines = [f"Last {len(entries)} audit entries:"]
     for e in entries:
-        case = f" case={e.case_ref}" if e.case_ref else ""
-        lines.append(f"#{e.seq} {e.ts} {e.actor} {e.action}{case} {_details(e.details)}".rstrip())
+        case = f" case={shown(e.case_ref)}" if e.case_ref else ""
+        lines.append(f"#{e.seq} {e.ts} {shown(e.actor)} {e.action}{case} {_details(e.details)}".rstrip())
     return "\n".join(lines)
 
 

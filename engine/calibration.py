@@ -28,6 +28,56 @@ FALLBACK_POSSIBLE = 0.30
 FALLBACK_STRONG = 0.40
 
 
+# Quality classes of a comparison: each face is "good" (it passed the engine's quality checks: size, detector
+# confidence, sharpness, pose — FaceModel.quality) or "poor". Poor faces look like other poor faces, so
+# strangers reach a given false-match rate at a higher score when both faces are poor (issue 17 measured
+# 0.284 -> 0.425 at FMR 1e-4 on severely degraded LFW probes).
+QUALITY_PAIRS = ("good-good", "good-poor", "poor-poor")
+
+
+def pair_key(a_ok: bool, b_ok: bool) -> str:
+    """The quality class of a comparison of two faces (order does not matter)."""
+    return QUALITY_PAIRS[(not a_ok) + (not b_ok)]
+
+
+def interpolate_fmr(scores: tuple[float, ...], fmr: tuple[float, ...], impostor_pairs: int, similarity: float) -> float:
+    """Share of impostor comparisons scoring at least `similarity`, interpolated in log space on a
+    monotone (score, rate) table; above the highest impostor score seen, half of 1/impostor_pairs."""
+    s = np.asarray(scores)
+    logf = np.log10(np.maximum(np.asarray(fmr), 1e-12))
+    floor = 0.5 / max(impostor_pairs, 1)
+    if len(s) and similarity > s[-1]:
+        return floor
+    value = float(10 ** np.interp(similarity, s, logf, left=0.0, right=np.log10(floor)))
+    return max(min(value, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class PairTable:
+    """The score -> false-match-rate table of one quality class of comparisons (see QUALITY_PAIRS)."""
+
+    impostor_pairs: int
+    scores: tuple[float, ...]
+    fmr: tuple[float, ...]
+    threshold_possible: float
+    threshold_strong: float
+
+    def false_match_rate(self, similarity: float) -> float:
+        """Share of this class's impostor comparisons scoring at least `similarity`."""
+        return interpolate_fmr(self.scores, self.fmr, self.impostor_pairs, similarity)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values."""
+        return {"impostor_pairs": self.impostor_pairs, "scores": list(self.scores), "fmr": list(self.fmr),
+                "threshold_possible": self.threshold_possible, "threshold_strong": self.threshold_strong}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PairTable:
+        """Read what `to_json` wrote."""
+        return cls(int(d["impostor_pairs"]), tuple(float(x) for x in d["scores"]), tuple(float(x) for x in d["fmr"]),
+                   float(d["threshold_possible"]), float(d["threshold_strong"]))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A monotone table of (similarity, false-match rate) points and the band thresholds chosen from it."""
@@ -49,25 +99,40 @@ class Calibration:
     fmr_strong_interval: tuple[float, float] | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # engine settings the scores were made with
     created: str = ""
+    # Per quality class of the comparison (QUALITY_PAIRS), when `sightline calibrate` had degraded copies:
+    pairs: dict[str, PairTable] = field(default_factory=dict)
+    pairs_source: str = ""  # how the quality-class tables were made, when not in the same run as the rest
+
+    def table_for(self, probe_ok: bool | None, gallery_ok: bool | None) -> PairTable | None:
+        """The quality-class table for a comparison, or None (unknown qualities, or an older table)."""
+        if probe_ok is None or gallery_ok is None:
+            return None
+        return self.pairs.get(pair_key(probe_ok, gallery_ok))
+
+    def thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
+        """(possible, strong) band thresholds for a comparison: the class's own thresholds (same target FMRs),
+        never below the overall ones, so quality-aware matching only ever asks more of poor comparisons."""
+        t = self.table_for(probe_ok, gallery_ok)
+        if t is None:
+            return self.threshold_possible, self.threshold_strong
+        return max(self.threshold_possible, t.threshold_possible), max(self.threshold_strong, t.threshold_strong)
 
     @property
     def min_fmr(self) -> float:
         """The smallest false-match rate the table can vouch for: one impostor pair in all of them."""
         return 1.0 / max(self.impostor_pairs, 1)
 
-    def false_match_rate(self, similarity: float) -> float:
-        """Share of impostor comparisons scoring at least `similarity` (interpolated in log space).
+    def false_match_rate(self, similarity: float, probe_ok: bool | None = None, gallery_ok: bool | None = None) -> float:
+        """Share of impostor comparisons scoring at least `similarity` (interpolated in log space), from the
+        table of the comparison's quality class when both qualities are given and the class was calibrated.
 
         Above the highest impostor score seen, no stranger was observed: the rate is then reported as
         half of `min_fmr` (the table cannot tell how much lower it really is; `describe` says so).
         """
-        s = np.asarray(self.scores)
-        logf = np.log10(np.maximum(np.asarray(self.fmr), 1e-12))
-        floor = 0.5 * self.min_fmr  # beyond the last observed impostor: below 1/pairs
-        if len(s) and similarity > s[-1]:
-            return floor
-        value = float(10 ** np.interp(similarity, s, logf, left=0.0, right=np.log10(floor)))
-        return max(min(value, 1.0), 0.0)
+        t = self.table_for(probe_ok, gallery_ok)
+        if t is not None:
+            return t.false_match_rate(similarity)
+        return interpolate_fmr(self.scores, self.fmr, self.impostor_pairs, similarity)
 
     def describe(self, similarity: float, gallery_faces: int) -> str:
         """Plain words for an officer: how often a stranger scores this high, and how many would here."""
@@ -104,12 +169,15 @@ class Calibration:
             fmr_possible_interval=_opt_pair(data.get("fmr_possible_interval")),
             fmr_strong_interval=_opt_pair(data.get("fmr_strong_interval")),
             settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
+            pairs={k: PairTable.from_json(v) for k, v in (data.get("pairs") or {}).items() if k in QUALITY_PAIRS},
+            pairs_source=str(data.get("pairs_source", "")),
         )
 
     def save(self, path: Path) -> None:
         """Write the table as JSON."""
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["scores"], data["fmr"] = list(self.scores), list(self.fmr)
+        data["pairs"] = {k: v.to_json() for k, v in self.pairs.items()}
         path.write_text(json.dumps(data, indent=1) + "\n")
 
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from .errors import (
     FaceIndexError,
     IndexUnavailable,
     InvalidArgument,
-    LastAdmin,
     NoFaceFound,
     NotFound,
     SeveralFaces,
@@ -45,6 +45,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    Quality,
     SearchResult,
     Stats,
     User,
@@ -55,6 +56,7 @@ T = TypeVar("T")
 
 ROLES = ("admin", "officer")
 MAX_CASE_LEN = 64
+MAX_USER_ID = 2**63 - 1  # Telegram ids fit in a signed 64-bit integer, as SQLite's INTEGER does
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,28 @@ def check_case(case: str | None) -> str | None:
     case = case.strip()
     if not case:
         return None
-    if len(case) > MAX_CASE_LEN or any(ord(ch) < 32 for ch in case):
+    if len(case) > MAX_CASE_LEN:
         raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
+    hidden = invisible_character(case)
+    if hidden is not None:
+        raise InvalidArgument(f"a case reference cannot contain invisible or control characters (U+{ord(hidden):04X})")
     return case
+
+
+# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
+# pattern (U+2800). A case reference made of them looks empty in the audit log; Unicode calls them graphic.
+INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Control (Cc: tab, DEL, NEL), format (Cf: zero-width, LRM/RLM, bidi overrides, soft hyphen), line and paragraph
+# separators, private use and lone surrogates.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
+
+
+def invisible_character(text: str) -> str | None:
+    """The first character of `text` a reader cannot see (or that reorders or breaks the line), or None."""
+    for ch in text:
+        if ch in INVISIBLE_FILLERS or unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            return ch
+    return None
 
 
 class Engine:
@@ -534,8 +555,9 @@ class Engine:
             raise
         cut = self.threshold_possible if threshold is None else threshold
         await self.catch_up()  # faces other processes added or erased since the last search
+        probe_ok = detected[chosen - 1].quality.ok
         gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
-        hits = await self._hits(vec, top, cut, gallery)
+        hits = await self._hits(vec, top, cut, gallery, probe_ok, quality_aware=threshold is None)
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
@@ -580,7 +602,33 @@ class Engine:
         _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec
 
-    async def _hits(self, vec: np.ndarray, top: int, cut: float, gallery: int) -> list[Hit]:
+    async def query_face(self, image: bytes, face: int | None = None) -> tuple[np.ndarray, Quality]:
+        """`query_embedding` and the searched face's quality (for calibration by quality class)."""
+        detected, chosen, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        return vec, detected[chosen - 1].quality
+
+    def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
+        """(possible, strong) for a comparison of a probe face and a gallery face of these qualities.
+
+        With a calibration that has quality-class tables (`sightline calibrate`), a poor comparison must
+        score higher to reach the same false-match rate (engine/calibration.py, QUALITY_PAIRS); configured
+        thresholds (SIGHTLINE_THRESHOLD_*) apply to every class as they are.
+        """
+        possible, strong = self.threshold_possible, self.threshold_strong
+        if self.calibration is not None:
+            p_cls, s_cls = self.calibration.thresholds(probe_ok, gallery_ok)
+            if self.config.threshold_possible is None:
+                possible = p_cls
+            if self.config.threshold_strong is None:
+                strong = s_cls
+        return possible, strong
+
+    async def _hits(
+        self, vec: np.ndarray, top: int, cut: float, gallery: int, probe_ok: bool | None = None, *,
+        quality_aware: bool = False,
+    ) -> list[Hit]:
+        """Hits at or above `cut` (or, `quality_aware`, at or above each comparison's own "possible"
+        threshold, which is never below `cut`), best first, one per gallery image."""
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
         # Ids the database no longer has (erased meanwhile, or unknown to it) are dropped here.
         want = min(max(top * 4, 40), max(gallery, 1))
@@ -596,11 +644,14 @@ class Engine:
         for sim, r in scored:
             if sim < cut or len(hits) >= top:
                 break
+            possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
+            if quality_aware and sim < possible:  # a poor comparison below its own class's threshold
+                continue
             if r.image_id in seen_images:  # one hit per gallery image: its best face
                 continue
             seen_images.add(r.image_id)
-            strong = sim >= self.threshold_strong and r.quality_ok
-            fmr = self.calibration.false_match_rate(sim) if self.calibration else None
+            strong = sim >= strong_at and r.quality_ok
+            fmr = self.calibration.false_match_rate(sim, probe_ok, r.quality_ok) if self.calibration else None
             hits.append(
                 Hit(
                     rank=len(hits) + 1, face_id=r.face_id, image_id=r.image_id, similarity=round(sim, 4),
@@ -673,26 +724,21 @@ class Engine:
         return await self.store.list_users()
 
     async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
-        """Whitelist a user (or change their role)."""
+        """Whitelist a user (or change their role); raises InvalidArgument for a bad role or id, LastAdmin when
+        that would demote the only administrator (checked in the transaction of the change)."""
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
-        if user_id <= 0:
-            raise InvalidArgument("a Telegram user id is a positive number")
-        if role != "admin":
-            await self._keep_an_admin(user_id)
-        return await self.store.put_user(user_id, role, note, actor)  # audited in the same transaction
+        if not 0 < user_id <= MAX_USER_ID:
+            raise InvalidArgument("a Telegram user id is a positive number below 2^63")
+        return await self.store.put_user(user_id, role, note, actor)  # checked and audited in the same transaction
 
     async def revoke(self, user_id: int, *, actor: str) -> None:
         """Remove a user from the whitelist; raises NotFound if they were not on it, LastAdmin if they are the
-        only administrator."""
-        await self._keep_an_admin(user_id)
-        await self.store.delete_user(user_id, actor=actor)  # audited in the same transaction
-
-    async def _keep_an_admin(self, user_id: int) -> None:
-        """Raise LastAdmin when `user_id` is the only admin (so revoking or demoting them would leave none)."""
-        admins = [u.user_id for u in await self.store.list_users() if u.role == "admin"]
-        if admins == [user_id]:
-            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
+        only administrator (checked in the transaction of the change, so two admins revoking each other at once
+        leave one)."""
+        if not 0 < user_id <= MAX_USER_ID:  # SQLite cannot even look it up (OverflowError)
+            raise NotFound(f"user {user_id} is not on the whitelist")
+        await self.store.delete_user(user_id, actor=actor)  # checked and audited in the same transaction
 
     async def set_case(self, user_id: int, case: str | None, *, actor: str) -> str | None:
         """Set (or clear, with None) a user's active case reference."""

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from . import calibration as calib
+from . import degrade as degradation
 from . import fsmodes, metrics
 from .calibration import Calibration
 from .config import EngineConfig
@@ -173,6 +175,26 @@ class SearchSeen:
     quality: Quality | None = None
     thumbnail: bytes = b""  # the query face, kept only for misses (the contact sheet)
     error: str | None = None  # the engine's refusal, e.g. NoFaceFound
+    # What an officer is handed first, per display rule (SHOWN_RULES): "mate", "stranger", "unlabelled" or
+    # "none" (no hit reaches the rule's threshold)
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+# Display rules compared by the false-lead report: "overall" shows hits at or above the overall "possible"
+# threshold; "quality" (what the engine does) at or above each comparison's quality-class threshold.
+SHOWN_RULES = ("overall", "quality")
+
+
+def first_shown(engine: Engine, hits: Sequence[Any], probe_ok: bool, identity: str) -> dict[str, str]:
+    """Per display rule, what the first hit an officer would see is (hits: best first, threshold -1)."""
+    out = {}
+    for rule in SHOWN_RULES:
+        first = next((h for h in hits if h.similarity >= (
+            engine.threshold_possible if rule == "overall" else engine.band_thresholds(probe_ok, not h.low_quality)[0])),
+            None)
+        out[rule] = ("none" if first is None else "mate" if first.subject == identity
+                     else "stranger" if first.subject is not None else "unlabelled")
+    return out
 
 
 @dataclass(slots=True)
@@ -199,6 +221,34 @@ class Observations:
     consistency_max_diff: float | None = None  # |probe embedding . top hit - search score|, worst case
     thumbnails: dict[int, bytes] = field(default_factory=dict)  # gallery face id -> JPEG, for the sheet
     seconds: float = 0.0
+    degrade: str | None = None  # probes degraded at this level (engine/degrade.py); None: as they are
+    degrade_seed: int = 0
+    embedded_ok: list[bool] = field(default_factory=list)  # quality check passed, per embedding row
+    # `sightline calibrate`: degraded copies of every photo (FIELD_SEED), for the quality-class tables
+    field_embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, 512), np.float32))
+    field_labels: list[str] = field(default_factory=list)
+    field_ok: list[bool] = field(default_factory=list)
+    field_origin: list[str] = field(default_factory=list)  # rel path of the photo each copy came from
+
+
+async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
+    """A probe's bytes as the protocol searches them: degraded when the run asks for it."""
+    data = await asyncio.to_thread(p.path.read_bytes)
+    if obs.degrade is None:
+        return data
+    return await asyncio.to_thread(degradation.degrade, data, obs.degrade, p.rel, obs.degrade_seed)
+
+
+FIELD_SEED = 1  # calibration's degraded copies; eval's probes default to seed 0, so the two never share recipes
+
+
+async def primary_face(engine: Engine, image: bytes) -> tuple[np.ndarray, Quality] | None:
+    """The primary face's embedding (as Engine.search computes it) and its quality; None when no face."""
+    try:
+        vec, quality = await engine.query_face(image)
+    except NoFaceFound:
+        return None
+    return np.asarray(vec, dtype=np.float32), quality
 
 
 async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
@@ -212,9 +262,9 @@ async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
     return np.asarray(vec, dtype=np.float32)
 
 
-def steps(plan: Plan, searches: bool = True) -> int:
+def steps(plan: Plan, searches: bool = True, field_copies: bool = False) -> int:
     """How many engine calls `collect` makes (for a progress bar)."""
-    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0)
+    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0) + (plan.photos if field_copies else 0)
 
 
 def config_summary(config: EngineConfig) -> dict[str, Any]:
@@ -233,8 +283,17 @@ async def collect(
     progress: Callable[[int], None] | None = None,
     worst: int = 24,
     concurrency: int = 2,
+    degrade: str | None = None,
+    degrade_seed: int = 0,
+    field_copies: bool = False,
 ) -> Observations:
-    """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen."""
+    """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen.
+
+    With `degrade` ("moderate" or "severe", see engine/degrade.py) every probe is degraded reproducibly
+    (by its relative path and `degrade_seed`) before it is embedded or searched; gallery photos stay clean.
+    With `field_copies` (calibration), every photo is also embedded once degraded (moderate or severe,
+    drawn per photo with FIELD_SEED), for the quality-class false-match tables.
+    """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     tick = progress or (lambda n: None)
@@ -246,13 +305,16 @@ async def collect(
                 root=Path(root), plan=plan, model=engine.faces.name, recognizer_sha256=engine.faces.recognizer_sha256,
                 config=config_summary(cfg), calibration=engine.calibration,
                 threshold_possible=engine.threshold_possible, threshold_strong=engine.threshold_strong,
+                degrade=degrade, degrade_seed=degrade_seed,
             )
             image_identity = await _enroll_gallery(engine, plan, obs, tick, concurrency)
             await engine.save_index()
             stats = await engine.stats()
             obs.gallery_faces, obs.gallery_flagged = stats.faces, stats.flagged_faces
-            probe_vecs = await _embed_probes(engine, plan, obs, tick, concurrency)
-            await _read_gallery_embeddings(engine, plan, obs, image_identity, probe_vecs)
+            probe_vecs, probe_ok = await _embed_probes(engine, plan, obs, tick, concurrency)
+            await _read_gallery_embeddings(engine, plan, obs, image_identity, probe_vecs, probe_ok)
+            if field_copies:
+                await _embed_field_copies(engine, plan, obs, tick, concurrency)
             if searches:
                 await _search_all(engine, plan, obs, image_identity, tick, concurrency)
                 await _check_consistency(engine, obs, probe_vecs)
@@ -302,46 +364,79 @@ async def _enroll_gallery(
 
 async def _embed_probes(
     engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
     vecs: dict[str, np.ndarray] = {}
+    oks: dict[str, bool] = {}
 
     async def one(p: LabelledPhoto) -> None:
         try:
-            data = await asyncio.to_thread(p.path.read_bytes)
-            vec = await primary_embedding(engine, data)
+            data = await read_probe(obs, p)
+            got = await primary_face(engine, data)
         except (EngineError, OSError) as exc:
             obs.embed_failed[p.rel] = f"{type(exc).__name__}: {exc}"
         else:
-            if vec is None:
+            if got is None:
                 obs.embed_failed[p.rel] = "no face"
             else:
-                vecs[p.rel] = vec
+                vecs[p.rel], oks[p.rel] = got[0], got[1].ok
         tick(1)
 
     await _each(list(plan.probes), concurrency, one)
-    return vecs
+    return vecs, oks
+
+
+async def _embed_field_copies(
+    engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
+) -> None:
+    """Embed a degraded copy of every photo (level drawn per photo), in plan order."""
+    got: dict[str, tuple[np.ndarray, bool]] = {}
+
+    async def one(p: LabelledPhoto) -> None:
+        level = degradation.draw_level(p.rel, FIELD_SEED)
+        try:
+            data = await asyncio.to_thread(p.path.read_bytes)
+            data = await asyncio.to_thread(degradation.degrade, data, level, p.rel, FIELD_SEED)
+            face = await primary_face(engine, data)
+        except (EngineError, OSError):
+            face = None
+        if face is not None:
+            got[p.rel] = (face[0], face[1].ok)
+        tick(1)
+
+    photos = [*plan.gallery, *plan.probes]
+    await _each(photos, concurrency, one)
+    rows = [(p, got[p.rel]) for p in photos if p.rel in got]
+    obs.field_embeddings = np.stack([v for _, (v, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
+    obs.field_labels = [p.identity for p, _ in rows]
+    obs.field_ok = [ok for _, (_, ok) in rows]
+    obs.field_origin = [p.rel for p, _ in rows]
 
 
 async def _read_gallery_embeddings(
-    engine: Engine, plan: Plan, obs: Observations, image_identity: dict[int, str], probe_vecs: dict[str, np.ndarray]
+    engine: Engine, plan: Plan, obs: Observations, image_identity: dict[int, str], probe_vecs: dict[str, np.ndarray],
+    probe_ok: dict[str, bool],
 ) -> None:
     """The labelled (primary) faces' float32 embeddings as stored, then the probes', in plan order."""
-    by_rel: dict[str, np.ndarray] = {}
+    by_rel: dict[str, tuple[np.ndarray, bool]] = {}
     async for ids, _vecs in engine.store.iter_embeddings():
         rows = await engine.store.faces_by_ids(ids.tolist())
         for r in rows.values():
             if r.subject is not None and r.image_id in image_identity:
-                by_rel[r.source_url.removeprefix(SOURCE_PREFIX)] = r.embedding
-    vecs, labels, rels = [], [], []
+                by_rel[r.source_url.removeprefix(SOURCE_PREFIX)] = (r.embedding, r.quality_ok)
+    vecs, labels, rels, oks = [], [], [], []
     gallery_rels = {p.rel for p in plan.gallery}
     for p in (*plan.gallery, *plan.probes):
-        v = by_rel.get(p.rel) if p.rel in gallery_rels else probe_vecs.get(p.rel)
+        if p.rel in gallery_rels:
+            v, ok = by_rel.get(p.rel, (None, True))
+        else:
+            v, ok = probe_vecs.get(p.rel), probe_ok.get(p.rel, True)
         if v is not None:
             vecs.append(v)
             labels.append(p.identity)
             rels.append(p.rel)
+            oks.append(bool(ok))
     obs.embeddings = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, 512), np.float32)
-    obs.labels, obs.embedded = labels, rels
+    obs.labels, obs.embedded, obs.embedded_ok = labels, rels, oks
 
 
 async def _search_all(
@@ -359,7 +454,7 @@ async def _search_all(
         rec = SearchSeen(photo=p, probe=p.rel in probe_rels)
         seen[p.rel] = rec
         try:
-            data = await asyncio.to_thread(p.path.read_bytes)
+            data = await read_probe(obs, p) if rec.probe else await asyncio.to_thread(p.path.read_bytes)
             r = await engine.search(data, actor=ACTOR, case=CASE, top=TOP, threshold=-1.0)
         except NoFaceFound:
             rec.error = "no face"
@@ -371,6 +466,7 @@ async def _search_all(
             return
         rec.face_found, rec.faces = True, len(r.faces)
         rec.quality = r.faces[r.searched - 1].quality
+        rec.shown = first_shown(engine, r.hits, rec.quality.ok, p.identity)
         if r.hits:
             top = r.hits[0]
             rec.top_subject, rec.top_score, rec.top_face_id = top.subject, top.similarity, top.face_id
@@ -464,6 +560,7 @@ def summarise(obs: Observations) -> dict[str, Any]:
         "no_face_photos": no_face,
         "seconds": round(obs.seconds, 1),
         "consistency_max_diff": obs.consistency_max_diff,
+        "degrade": None if obs.degrade is None else {"level": obs.degrade, "seed": obs.degrade_seed},
     }
     if len(probes):
         named = np.array([s.named_rank for s in probes])
@@ -487,6 +584,7 @@ def summarise(obs: Observations) -> dict[str, Any]:
                 FPIRS)] if len(obs.searches) else [],
         }
         out["quality"] = _quality_split(probes)
+        out["false_leads"] = false_leads(probes, obs.threshold_possible)
         alarms = sorted((s for s in obs.searches if s.nonmated_score is not None and s.nonmated_score > -1.0),
                         key=lambda s: s.nonmated_score or 0.0, reverse=True)[:10]
         out["highest_nonmated"] = [
@@ -500,6 +598,8 @@ def summarise(obs: Observations) -> dict[str, Any]:
             "impostor_mean": float(np.mean(impostor)), "impostor_sd": float(np.std(impostor)),
             "impostor_max": float(np.max(impostor)),
         }
+        if obs.calibration is not None and obs.calibration.pairs and obs.embedded_ok:
+            out["odds_check"] = odds_check(obs)
         if obs.calibration is not None:
             cal = obs.calibration
             out["calibration_check"] = [
@@ -518,6 +618,31 @@ def _point(p: metrics.OperatingPoint, kind: str) -> dict[str, Any]:
     else:
         d["tar"] = d.pop("hit_rate")
     return d
+
+
+WIDTH_BINS = ((0, 24), (24, 40), (40, 80), (80, 1_000_000))  # probe face width, pixels as analysed
+
+
+def false_leads(probes: list[SearchSeen], threshold: float) -> dict[str, Any]:
+    """What an officer would be handed, by probe quality and display rule (SHOWN_RULES: the overall
+    "possible" `threshold`, or each comparison's quality-class threshold, as the engine does): how many
+    probes show a first hit, and whether it is the person (a lead), a labelled stranger or an unlabelled
+    gallery face (both false leads). Rows: all probes, quality ok / flagged, and face-width bins."""
+    def row(xs: list[SearchSeen]) -> dict[str, Any]:
+        out: dict[str, Any] = {"probes": len(xs), "no_face": sum(1 for s in xs if not s.face_found)}
+        for rule in SHOWN_RULES:
+            seen = Counter(s.shown.get(rule, "none") for s in xs if s.face_found)
+            false = seen["stranger"] + seen["unlabelled"]
+            out[rule] = {"shown": seen["mate"] + false, "mate_first": seen["mate"], "false_stranger": seen["stranger"],
+                         "false_unlabelled": seen["unlabelled"], "false_lead_rate": false / len(xs) if xs else None}
+        return out
+
+    out: dict[str, Any] = {"threshold": threshold, "rules": list(SHOWN_RULES), "all": row(probes)}
+    out["quality_ok"] = row([s for s in probes if s.quality is not None and s.quality.ok])
+    out["quality_flagged"] = row([s for s in probes if s.quality is not None and not s.quality.ok])
+    out["by_width"] = {f"{lo}-{hi}" if hi < 1_000_000 else f">={lo}": row(
+        [s for s in probes if s.quality is not None and lo <= s.quality.width_px < hi]) for lo, hi in WIDTH_BINS}
+    return out
 
 
 def _quality_split(probes: list[SearchSeen]) -> dict[str, Any]:
@@ -565,6 +690,7 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         f"{'calibrated' if s['calibrated'] else 'no calibration table'}",
         f"- settings: {', '.join(f'{k}={v}' for k, v in s['config'].items())}",
         f"- run: {s['date']}, {s['seconds']:.0f} s on {platform.machine()}",
+        f"- probes: {'degraded, level ' + obs.degrade + f' (seed {obs.degrade_seed})' if obs.degrade else 'as they are'}",
         "", "## Protocol", "", "```", PROTOCOL.rstrip(), "```", "",
         "## Counts", "",
         f"- gallery: {c['gallery_photos']} photos -> {c['gallery_faces_indexed']} faces indexed "
@@ -606,6 +732,16 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         lines += ["", f"Genuine mean {sc['genuine_mean']:.3f} (1st percentile {sc['genuine_p01']:.3f}); impostor mean "
                   f"{sc['impostor_mean']:.3f}, sd {sc['impostor_sd']:.3f}, max {sc['impostor_max']:.3f}. "
                   "At FAR 1e-5 only about N/100,000 impostor pairs decide the threshold: read it as approximate.", ""]
+    if "odds_check" in s:
+        lines += ["## Odds by quality class", "",
+                  "Each hit shows the false-match rate of its comparison's quality class (probe face good/poor x gallery "
+                  "face good/poor, from `sightline calibrate`). Measured here on this run's impostor pairs:", "",
+                  "| class | score | FMR shown | FMR measured | ratio | within 2x |", "|---|---|---|---|---|---|"]
+        for c in s["odds_check"]:
+            verdict = "not measurable (too few pairs)" if c["within_2x"] is None else ("yes" if c["within_2x"] else "**no**")
+            lines.append(f"| {c['class']} ({c['pairs']:,} pairs) | {c['score']:.3f} | {c['shown_fmr']:.1e} | "
+                         f"{c['observed_fmr']:.1e} | {c['ratio']:.2f} | {verdict} |")
+        lines.append("")
     if "calibration_check" in s:
         lines += ["## Calibration check", "", "The shipped table's false-match rate against this set's impostor pairs:", "",
                   "| threshold | table FMR | observed FMR |", "|---|---|---|"]
@@ -622,6 +758,25 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
         lines += ["## Query quality", "",
                   f"- probes passing the quality checks: {q['ok']} (rank-1 {okr}); flagged: {q['flagged']} (rank-1 {fr})",
                   f"- reasons: {', '.join(f'{k} ×{v}' for k, v in q['reasons'].items()) or 'none'}", ""]
+    if "false_leads" in s:
+        fl = s["false_leads"]
+        lines += ["## False leads (what an officer is handed)", "",
+                  "The first hit an officer sees is a false lead when it is not the person: a labelled stranger, or an "
+                  "unlabelled face in some gallery photo. Two display rules: **overall** shows hits at or above the overall "
+                  f"'possible' threshold ({fl['threshold']:.3f}); **quality** (what Sightline does) at or above each "
+                  "comparison's quality-class threshold (probe good/poor x gallery face good/poor)."
+                  + (f" Probes degraded: **{obs.degrade}** (seed {obs.degrade_seed}, engine/degrade.py)." if obs.degrade else ""),
+                  "", "| probes | n | no face | rule | shown | person first | stranger first | unlabelled first | false-lead rate |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = [("all", fl["all"]), ("quality ok", fl["quality_ok"]), ("quality flagged", fl["quality_flagged"])]
+        rows += [(f"face {k} px", v) for k, v in fl["by_width"].items()]
+        for name, r in rows:
+            for rule in fl["rules"]:
+                x = r[rule]
+                rate = "—" if x["false_lead_rate"] is None else f"{x['false_lead_rate']:.3f}"
+                lines.append(f"| {name} | {r['probes']} | {r['no_face']} | {rule} | {x['shown']} | {x['mate_first']} | "
+                             f"{x['false_stranger']} | {x['false_unlabelled']} | {rate} |")
+        lines.append("")
     misses = worst_misses(obs, worst)
     if misses:
         lines += ["## Worst misses", "", "`worst_misses.png`: each row is the probe, the wrong first hit and the true mate.", "",
@@ -761,16 +916,7 @@ def build_calibration(
     n = len(impostor)
     if n == 0:
         raise ValueError("no impostor pairs: the set needs at least two identities with a face")
-    imp = np.sort(impostor.astype(np.float64))
-    # Points: every 0.01 of score over the body, and 20 per decade of FMR in the tail, down to 1/n.
-    body = np.arange(math.floor(imp[0] * 100) / 100, imp[-1], 0.01)
-    decades = math.log10(n)
-    tail_rates = 10 ** -np.arange(0, decades, 0.05)
-    tail = np.array([imp[min(n - 1, max(0, n - int(round(r * n))))] for r in tail_rates])
-    grid = np.unique(np.round(np.concatenate([body, tail, [imp[-1]]]), 5))
-    counts = n - np.searchsorted(imp, grid, side="left")
-    fmr = np.maximum(counts / n, 1.0 / n)
-    fmr = np.minimum.accumulate(fmr)  # non-increasing despite rounding
+    grid, fmr = fmr_table(impostor)
     t_possible = _round_up(metrics.threshold_at_rate(impostor, possible_fmr))
     t_strong = _round_up(metrics.threshold_at_rate(impostor, strong_fmr))
     tail_pairs = metrics.high_impostor_pairs(obs.embeddings, obs.labels, min(t_possible, t_strong) - 0.05)
@@ -793,7 +939,94 @@ def build_calibration(
         fmr_strong_interval=(boot["strong"][1], boot["strong"][2]),
         settings=dict(obs.config),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        pairs=pair_tables(obs, possible_fmr, strong_fmr),
     )
+
+
+ODDS_CHECK_FMRS = (1e-2, 1e-3, 1e-4, 1e-5)
+MIN_EXPECTED_PAIRS = 10  # below this many expected impostor pairs a rate is noise, not a measurement
+
+
+def odds_check(obs: Observations) -> list[dict[str, Any]]:
+    """Per quality class: at the scores where the class's table says FMR 1e-2 ... 1e-5 (what a hit shows),
+    the false-match rate measured on this run's impostor pairs, their ratio, and whether it is within a
+    factor of 2 (None when fewer than MIN_EXPECTED_PAIRS pairs are expected: not measurable here)."""
+    assert obs.calibration is not None
+    out = []
+    for name, imp in class_scores(obs).items():
+        table = obs.calibration.pairs.get(name)
+        if table is None or len(imp) == 0:
+            continue
+        for target in ODDS_CHECK_FMRS:
+            grid_fmr = np.asarray(table.fmr)
+            at = np.flatnonzero(grid_fmr <= target)
+            if len(at) == 0:
+                continue
+            score = float(table.scores[at[0]])
+            shown = table.false_match_rate(score)
+            seen = metrics.share_at_or_above(imp, score)
+            measurable = shown * len(imp) >= MIN_EXPECTED_PAIRS
+            ratio = seen / shown if shown > 0 else math.inf
+            out.append({"class": name, "score": score, "shown_fmr": shown, "observed_fmr": seen, "pairs": int(len(imp)),
+                        "ratio": ratio, "within_2x": (0.5 <= ratio <= 2.0) if measurable else None})
+    return out
+
+
+def fmr_table(impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, false-match rates) of a monotone table from impostor scores: every 0.01 of score over the body,
+    and 20 points per decade of FMR in the tail, down to 1/n."""
+    n = len(impostor)
+    imp = np.sort(impostor.astype(np.float64))
+    body = np.arange(math.floor(imp[0] * 100) / 100, imp[-1], 0.01)
+    tail_rates = 10 ** -np.arange(0, math.log10(n), 0.05)
+    tail = np.array([imp[min(n - 1, max(0, n - int(round(r * n))))] for r in tail_rates])
+    grid = np.unique(np.round(np.concatenate([body, tail, [imp[-1]]]), 5))
+    counts = n - np.searchsorted(imp, grid, side="left")
+    fmr = np.maximum(counts / n, 1.0 / n)
+    return grid, np.minimum.accumulate(fmr)  # non-increasing despite rounding
+
+
+# A quality class gets a table when its "possible" threshold rests on at least this many impostor pairs
+# (100,000 pairs at the default FMR 1e-4); rarer classes show the overall odds.
+MIN_PAIRS_AT_POSSIBLE = 10
+
+
+def min_class_pairs(possible_fmr: float) -> int:
+    """Impostor pairs a quality class needs for a table of its own."""
+    return math.ceil(MIN_PAIRS_AT_POSSIBLE / possible_fmr)
+
+
+def class_scores(obs: Observations) -> dict[str, np.ndarray]:
+    """Impostor scores per quality class (calibration.QUALITY_PAIRS) over the clean embeddings and, when
+    collected, the degraded copies (a copy is never paired with the photo it came from)."""
+    emb = obs.embeddings
+    labels, ok, origin = list(obs.labels), list(obs.embedded_ok or [True] * len(obs.labels)), list(obs.embedded)
+    if len(obs.field_embeddings):
+        emb = np.concatenate([emb, obs.field_embeddings])
+        labels += obs.field_labels
+        ok += obs.field_ok
+        origin += obs.field_origin
+    by = metrics.impostor_scores_by_class(emb, labels, ok, origin)
+    return {name: by[i] for i, name in enumerate(calib.QUALITY_PAIRS)}
+
+
+def pair_tables(obs: Observations, possible_fmr: float, strong_fmr: float) -> dict[str, calib.PairTable]:
+    """A score -> FMR table and band thresholds per quality class with enough impostor pairs; none without
+    degraded copies (clean photos alone hold too few poor faces to say how poor ones behave)."""
+    out: dict[str, calib.PairTable] = {}
+    if not len(obs.field_embeddings):
+        return out
+    for name, imp in class_scores(obs).items():
+        if len(imp) < min_class_pairs(possible_fmr):
+            logger.info("quality class %s: %d impostor pairs, too few for a table", name, len(imp))
+            continue
+        grid, fmr = fmr_table(imp)
+        out[name] = calib.PairTable(
+            impostor_pairs=len(imp), scores=tuple(float(x) for x in grid), fmr=tuple(float(x) for x in fmr),
+            threshold_possible=_round_up(metrics.threshold_at_rate(imp, possible_fmr)),
+            threshold_strong=_round_up(metrics.threshold_at_rate(imp, strong_fmr)),
+        )
+    return out
 
 
 def _round_up(x: float, digits: int = 3) -> float:

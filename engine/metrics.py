@@ -116,6 +116,33 @@ def pair_scores(embeddings: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarr
     return (np.concatenate(gen) if gen else empty), (np.concatenate(imp) if imp else empty)
 
 
+def impostor_scores_by_class(
+    embeddings: np.ndarray, labels: Sequence[str], ok: Sequence[bool], skip_pairs: Sequence[str] | None = None
+) -> dict[int, np.ndarray]:
+    """Impostor cosine scores over all unordered pairs, split by how many of the two faces are poor
+    (0, 1 or 2 with ok[i] False). `skip_pairs`: an origin key per row; rows of equal key are never paired
+    (a degraded copy and the photo it came from)."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    lab = np.asarray(labels)
+    poor = ~np.asarray(ok, dtype=bool)
+    origin = np.asarray(skip_pairs) if skip_pairs is not None else None
+    out: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
+    block = 512
+    for start in range(0, len(e), block):
+        stop = min(len(e), start + block)
+        sims = e[start:stop] @ e.T
+        for r in range(start, stop):
+            row = sims[r - start, r + 1 :]
+            keep = lab[r + 1 :] != lab[r]
+            if origin is not None:
+                keep &= origin[r + 1 :] != origin[r]
+            cls = poor[r + 1 :].astype(np.int8) + np.int8(poor[r])
+            for c in (0, 1, 2):
+                out[c].append(row[keep & (cls == c)])
+    empty = np.empty(0, dtype=np.float32)
+    return {c: (np.concatenate(v) if v else empty) for c, v in out.items()}
+
+
 def high_impostor_pairs(
     embeddings: np.ndarray, labels: Sequence[str], floor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import aiosqlite
 import numpy as np
 
 from . import audit, faults, fsmodes, integrity
-from .errors import NotFound, StorageError
+from .errors import LastAdmin, NotFound, StorageError
 from .types import AuditEntry, ChainCheck, User
 
 logger = logging.getLogger(__name__)
@@ -619,8 +619,11 @@ class MetadataStore:
         return [User(*r) for r in rows]
 
     async def put_user(self, user_id: int, role: str, note: str, added_by: str) -> User:
-        """Add or update a whitelisted user (keeps the active case), audited as "allow" in the same transaction."""
+        """Add or update a whitelisted user (keeps the active case), audited as "allow" in the same transaction;
+        raises LastAdmin (and changes nothing) when that would demote the only administrator."""
         async with self._transaction("allow"):
+            if role != "admin":
+                await self._keep_an_admin(user_id)
             await self.conn.execute(
                 "INSERT INTO users(user_id, role, note, added_by, added_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(user_id) DO UPDATE SET role = excluded.role, note = excluded.note,"
@@ -634,12 +637,31 @@ class MetadataStore:
         return User(*row)
 
     async def delete_user(self, user_id: int, *, actor: str) -> None:
-        """Remove a user, audited as "revoke" in the same transaction; raises NotFound if they were not there."""
+        """Remove a user, audited as "revoke" in the same transaction; raises NotFound if they were not there,
+        LastAdmin (and changes nothing) if they are the only administrator."""
         async with self._transaction("revoke"):
+            await self._keep_an_admin(user_id)
             cur = await self.conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             if cur.rowcount == 0:
                 raise NotFound(f"user {user_id} is not on the whitelist")
             await self._audit_in_transaction(actor, "revoke", None, {"user_id": user_id})
+
+    async def _keep_an_admin(self, user_id: int) -> None:
+        """Raise LastAdmin when `user_id` is the only admin, inside the open write transaction.
+
+        The check and the change it guards are one BEGIN IMMEDIATE transaction, which holds SQLite's write lock
+        from the first read: two admins revoking or demoting each other (or themselves) at the same moment, in
+        one process or several, are serialised, and the second sees the first's change. Read, then write in
+        separate steps, both would see "another admin is left" and leave none.
+        """
+        assert self._txn is not None, "the last-admin check runs inside the transaction of the change"
+        row = await self._one(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ? AND role = 'admin')"
+            " AND NOT EXISTS(SELECT 1 FROM users WHERE role = 'admin' AND user_id != ?)",
+            (user_id, user_id),
+        )
+        if row is not None and row[0]:
+            raise LastAdmin(f"user {user_id} is the only administrator; make another account admin first")
 
     async def get_language(self, user_id: int) -> str | None:
         """The language a user chose for the bot ("fr"), or None when they never chose one."""

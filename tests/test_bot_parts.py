@@ -116,6 +116,23 @@ def test_strangers_are_answered_once_per_quiet_time() -> None:
     assert throttle.first(9)  # answered again after the quiet time
 
 
+def test_strangers_are_capped_per_minute_all_accounts_together() -> None:
+    now = [0.0]
+    throttle = StrangerThrottle(600, per_minute=2, clock=lambda: now[0])
+    assert throttle.first(1) and throttle.first(2) and not throttle.first(3) and not throttle.first(4)
+    throttle.count(3, "text")
+    throttle.count(4, "photo")
+    throttle.count(3, "text")
+    throttle.count(1, "text")  # in its own quiet time: its own count
+    assert throttle.crowd_due() is None  # the minute is not over
+    now[0] = 60
+    crowd = throttle.crowd_due()
+    assert crowd is not None and (crowd.count, crowd.kinds, crowd.accounts) == (3, {"text": 2, "photo": 1}, 2)
+    assert throttle.crowd_due() is None and throttle.first(3)  # a new minute: answered
+    now[0] = 601
+    assert throttle.due() == {1: {"text": 1}}
+
+
 def test_only_web_links_get_buttons() -> None:
     assert is_web_link("https://gallery.example/a/1.jpg")
     assert is_web_link("http://records.example.org/x?id=3")

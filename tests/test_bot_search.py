@@ -142,8 +142,8 @@ async def test_small_face_warns_that_results_are_unreliable(bot: BotHarness) -> 
     canvas.paste(face, (200, 150))
     bot.fake.send_photo(officer, jpeg(canvas))
     reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
-    warning = next(line for line in reply.text.splitlines() if line.startswith("Warning"))
-    assert "px wide" in warning and warning.endswith("results unreliable.")
+    warning = next(line for line in reply.text.splitlines() if line.startswith("This photo is poor"))
+    assert "px wide" in warning and warning.endswith("treat any match as a weak lead.")
 
 
 async def test_more_button_pages_through_the_results(start_bot: StartBot, bot_engine: Engine) -> None:

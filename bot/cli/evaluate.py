@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import calibration as calib
+from engine import degrade as degradation
 from engine import evaluate as ev
 from engine import projection
 
@@ -39,6 +40,12 @@ faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table 
 <sha256>.projection.npz. A new projection takes effect by rebuilding the index, which the engine does
 at its next start.
 
+Quality classes: every photo is also embedded once degraded (a moderate or severe field-quality recipe
+drawn per photo, see `eval --degrade`), and a table and thresholds are built per quality class of a
+comparison: good-good, good-poor, poor-poor (a face is poor when it fails the engine's quality checks).
+Hits then show the odds of their own class, and a poor comparison needs a higher score to be shown
+(never a lower one than the overall threshold). --no-field skips this.
+
 Pairs: the same embeddings as the verification part of `eval` (gallery photos enrolled through
 Engine.enroll, the others embedded by the search path), all pairs of different identities. With n
 impostor pairs no rate below 1/n can be measured; the 95 % intervals come from resampling identities.
@@ -59,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--worst", type=int, default=24, help="misses shown in worst_misses.png (default 24)")
     p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical): a quick run")
     p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
+    p.add_argument("--degrade", choices=degradation.LEVELS,
+                   help="degrade every probe (gallery photos stay clean) like a CCTV still or a photo of a screen: "
+                        "a recipe drawn per photo (downscale, blur, noise, grey, low light, heavy JPEG); see engine/degrade.py")
+    p.add_argument("--degrade-seed", type=int, default=0, help="seed of the per-photo recipes (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -75,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--strong-fmr", type=float, default=calib.DEFAULT_STRONG_FMR,
                    help=f"false-match rate of the 'strong' threshold (default {calib.DEFAULT_STRONG_FMR:g})")
     p.add_argument("--report", type=Path, help="also write a verification report (DET, histograms) here")
+    p.add_argument("--no-field", action="store_true",
+                   help="skip the degraded copies: no per-quality-class tables (hits then show the overall odds)")
     p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical)")
     p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,10 +111,13 @@ def _plan(args: argparse.Namespace) -> ev.Plan | None:
 async def _collect(args: argparse.Namespace, plan: ev.Plan, searches: bool) -> ev.Observations:
     from tqdm import tqdm
 
-    with tqdm(total=ev.steps(plan, searches), unit="photo", disable=args.no_progress, dynamic_ncols=True,
+    field_copies = not searches and not getattr(args, "no_field", False)
+    with tqdm(total=ev.steps(plan, searches, field_copies), unit="photo", disable=args.no_progress, dynamic_ncols=True,
               desc="eval" if searches else "calibrate") as bar:
         return await ev.collect(args.dir, args.settings.engine_config(), plan, searches=searches,
-                                progress=bar.update, worst=getattr(args, "worst", 24))
+                                progress=bar.update, worst=getattr(args, "worst", 24),
+                                degrade=getattr(args, "degrade", None), degrade_seed=getattr(args, "degrade_seed", 0),
+                                field_copies=field_copies)
 
 
 async def cmd_eval(args: argparse.Namespace) -> int:
@@ -136,6 +152,15 @@ def summary_text(s: dict[str, Any]) -> str:
     for p in s.get("verification", []):
         flag = "" if p["resolvable"] else "  (too few pairs to measure)"
         lines.append(f"TAR {p['tar']:.4f} at FAR {p['target']:g} (threshold {p['threshold']:.3f}){flag}")
+    if "false_leads" in s:
+        a = s["false_leads"]["all"]
+        for rule in s["false_leads"]["rules"]:
+            x = a[rule]
+            lines.append(f"false leads ({rule} thresholds): {x['false_stranger'] + x['false_unlabelled']} of {a['probes']} "
+                         f"probes ({x['false_stranger']} stranger first, {x['false_unlabelled']} unlabelled face first); "
+                         f"person first: {x['mate_first']}")
+        if s.get("degrade"):
+            lines.append(f"probes degraded: {s['degrade']['level']} (seed {s['degrade']['seed']})")
     return "\n".join(lines)
 
 
@@ -179,4 +204,11 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         f"TAR {table.tar_strong:.4f}\n"
         f"table written to {out}{basis_note}"
     )
+    for name, t in table.pairs.items():
+        print(f"quality class {name}: {t.impostor_pairs:,} impostor pairs, possible >= {t.threshold_possible:.3f}, "
+              f"strong >= {t.threshold_strong:.3f}")
+    if not args.no_field and len(table.pairs) < 3:
+        missing = sorted(set(calib.QUALITY_PAIRS) - set(table.pairs))
+        print(f"too few impostor pairs for quality class(es) {', '.join(missing)} (need {ev.min_class_pairs(args.possible_fmr):,}): "
+              "hits of those classes show the overall odds")
     return 0

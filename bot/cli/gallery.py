@@ -301,6 +301,9 @@ def search_text(result: SearchResult) -> str:
         mark = "*" if f.number == result.searched else " "
         warn = f"  ({'; '.join(f.quality.warnings)})" if f.quality.warnings else ""
         lines.append(f" {mark} face {f.number}: box {f.box}, detector {f.det_score:.2f}, {f.quality.width_px} px{warn}")
+    searched = result.faces[result.searched - 1]
+    if not searched.quality.ok:
+        lines.append("this photo is poor: treat any match as a weak lead")
     if not result.hits:
         lines.append(f"no match above the threshold ({result.threshold:.3f}) in {result.gallery_faces} gallery faces")
     else:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from telegram import Update
+from telegram import ReplyParameters, Update
 from telegram.constants import ChatType
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Update, BotContext], Coroutine[Any, Any, None]]
 # audit reason -> metrics label (bot/metrics.py REFUSAL_REASONS)
+STRANGERS_ACTOR = "tg:strangers"  # the audit actor of refusals beyond the per-minute cap (many accounts at once)
 METRIC_REASONS = {"not_whitelisted": "not_allowed", "not_admin": "not_allowed"}
 
 
@@ -54,7 +55,8 @@ async def account_for(context: BotContext, user_id: int, telegram_language: str 
 
 async def refuse(update: Update, context: BotContext, actor: str, reason: str, reply: str,
                  language: Language | None = None, **details: Any) -> None:
-    """Record a refusal in the audit log (with the language of the reply), count it, and tell the user why."""
+    """Record a refusal in the audit log (with the language of the reply), count it, and tell the user why
+    (quoting the message refused, so in an album the officer sees which photo was not searched)."""
     await context.engine.record(actor, "refused", None, reason=reason, update=update_kind(update),
                                 lang=(language or context.t).code, **details)
     context.metrics.refused(METRIC_REASONS.get(reason, reason))
@@ -70,7 +72,9 @@ async def _tell(update: Update, context: BotContext, reply: str) -> None:
         except BadRequest:  # already answered ("Searching face 2..."): say it in the chat instead
             pass
     if update.effective_chat is not None:
-        await context.bot.send_message(update.effective_chat.id, reply)
+        message = update.effective_message if update.callback_query is None else None
+        quote = ReplyParameters(message.message_id, allow_sending_without_reply=True) if message else None
+        await context.bot.send_message(update.effective_chat.id, reply, reply_parameters=quote)
 
 
 async def gate(update: Update, context: BotContext) -> None:
@@ -114,10 +118,17 @@ async def _refuse_stranger(update: Update, context: BotContext, user_id: int, la
 
 
 async def flush_strangers(services: Services, engine: Engine, everything: bool = False) -> None:
-    """Write one audit entry per stranger whose quiet time ended, with how many refusals it covered."""
+    """Write one audit entry per stranger whose quiet time ended, with how many refusals it covered, and one for
+    the strangers beyond the per-minute cap once their minute ended."""
     for user_id, counts in services.strangers.due(everything).items():
         await engine.record(f"tg:{user_id}", "refused", None, reason="not_whitelisted", update="repeated",
                             count=sum(counts.values()), kinds=counts, quiet_seconds=services.strangers.quiet)
+    crowd = services.strangers.crowd_due(everything)
+    if crowd is not None:
+        logger.warning("refused %d messages from %d accounts that are not whitelisted without replying (over %d a minute)",
+                       crowd.count, crowd.accounts, services.strangers.per_minute)
+        await engine.record(STRANGERS_ACTOR, "refused", None, reason="not_whitelisted", update="crowd", count=crowd.count,
+                            kinds=crowd.kinds, accounts=crowd.accounts, per_minute=services.strangers.per_minute)
 
 
 def admin_only(handler: Handler) -> Handler:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from telegram import Update
 
 from bot import texts
@@ -11,6 +13,7 @@ from bot.telegram_io import split_message
 
 DEFAULT_ENTRIES = 10
 MAX_ENTRIES = 100
+COUNT = re.compile(r"[0-9]{1,3}")  # ASCII digits only: str.isdigit() accepts "²", which int() refuses
 
 
 @admin_only
@@ -22,7 +25,7 @@ async def on_audit(update: Update, context: BotContext) -> None:
     if args == ["verify"]:
         await message.reply_text(texts.audit_check(await context.engine.audit_verify()))
         return
-    if len(args) > 1 or (args and not (args[0].isdigit() and 1 <= int(args[0]) <= MAX_ENTRIES)):
+    if len(args) > 1 or (args and not (COUNT.fullmatch(args[0]) and 1 <= int(args[0]) <= MAX_ENTRIES)):
         await message.reply_text(texts.USAGE["audit"])
         return
     n = int(args[0]) if args else DEFAULT_ENTRIES

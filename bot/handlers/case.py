@@ -6,6 +6,7 @@ from telegram import Update
 
 from bot import texts
 from bot.context import BotContext
+from bot.telegram_io import command_argument
 from engine import EngineError, InvalidArgument
 from engine.engine import MAX_CASE_LEN
 
@@ -21,8 +22,9 @@ async def on_case(update: Update, context: BotContext) -> None:
         await message.reply_text(texts.case_shown(t, account.active_case))
         return
     clear = len(args) == 1 and args[0].lower() in texts.clear_words(list(context.services.languages))
+    typed = command_argument(message.text or "")  # as typed: args would turn "A<NEL>B" into "A B"
     try:
-        case = await context.engine.set_case(account.user_id, None if clear else " ".join(args), actor=account.actor)
+        case = await context.engine.set_case(account.user_id, None if clear else typed, actor=account.actor)
     except InvalidArgument:
         await message.reply_text(f"{texts.case_invalid(t, MAX_CASE_LEN)}\n{texts.usage_case(t)}")
         return

@@ -12,6 +12,7 @@ from bot.context import BotContext
 from bot.handlers.access import admin_only
 from bot.handlers.confirm import ask_confirmation
 from bot.sessions import Confirmation
+from bot.telegram_io import command_argument
 from engine import EngineError
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -24,7 +25,7 @@ async def on_forget(update: Update, context: BotContext) -> None:
     assert message is not None
     args = context.args or []
     what = args[0].lower() if args else ""
-    value = " ".join(args[1:])
+    value = command_argument(message.text or "", skip=2) if what == "subject" else " ".join(args[1:])
     valid = (
         (what == "subject" and value)
         or (what == "source" and len(args) == 2)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from telegram import InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters, Update
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 
 from bot import render, texts
 from bot.context import BotContext
@@ -24,6 +24,7 @@ from bot.sessions import PendingPhoto, ResultSet
 from bot.telegram_io import (
     CAPTION_LIMIT,
     FileTooBig,
+    FileUnavailable,
     button,
     caption_and_rest,
     chat_action,
@@ -36,7 +37,7 @@ from bot.telegram_io import (
     split_message,
     utf16_len,
 )
-from engine import DetectedFace, EngineError, ImageRejected, SeveralFaces
+from engine import DetectedFace, EngineError, FaceIndexError, ImageRejected, SeveralFaces
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,16 @@ async def on_image(update: Update, context: BotContext) -> None:
             image = await download(context.bot, attachment, limit)
         except FileTooBig as exc:
             context.services.limiter.release(account.user_id)  # nothing was analysed
-            await message.reply_text(texts.too_big(context.t, exc.size, limit))
+            await message.reply_text(texts.too_big(context.t, exc.size, limit), reply_parameters=quoting(message.message_id))
             return
+        except FileUnavailable as exc:
+            context.services.limiter.release(account.user_id)
+            logger.info("photo from %s could not be fetched from Telegram: %s", account.user_id, exc)
+            await message.reply_text(texts.photo_unavailable(context.t), reply_parameters=quoting(message.message_id))
+            return
+        except TelegramError:  # Telegram unreachable after retries: the apology, but no search spent
+            context.services.limiter.release(account.user_id)
+            raise
         await _search_and_reply(context, message.chat_id, message.message_id, image, None, case, started)
 
 
@@ -94,6 +103,13 @@ async def on_face_choice(update: Update, context: BotContext) -> None:
         return
     if number in pending.searched:
         await query.answer(texts.already_searched(context.t, number))
+        return
+    if number not in {f.number for f in pending.faces}:  # a forged or garbled button: no search, nothing counted
+        await query.answer()
+        config = context.engine.config
+        reply = texts.officer_error(context.t, FaceIndexError(f"face {number}"), download_limit(config.max_image_bytes),
+                                    config.max_image_pixels)
+        await context.bot.send_message(pending.chat_id, reply, reply_parameters=quoting(pending.message_id))
         return
     # The photo's arrival paid for its first face; each further face is one more search. No await until the
     # face is marked, so two quick taps cannot both search it.
@@ -246,31 +262,33 @@ async def _send_page(context: BotContext, token: str, results: ResultSet, page: 
     protect = context.settings.protect_content
     reply = quoting(results.message_id)
 
-    async def send(with_sources: bool, caption: str | None, body: list[str]) -> None:
-        keys = page_markup(context, results, token, page, per_page, more=True, sources=with_sources)
-        if not body:
-            await bot.send_photo(chat_id, sheet, caption=caption, reply_markup=keys, reply_parameters=reply,
-                                 protect_content=protect)
-            return
-        await bot.send_photo(chat_id, sheet, caption=caption, reply_parameters=reply, protect_content=protect)
-        for i, chunk in enumerate(body):
-            await bot.send_message(
-                chat_id, chunk, reply_markup=keys if i == len(body) - 1 else None, reply_parameters=reply,
-                protect_content=protect, link_preview_options=LinkPreviewOptions(is_disabled=True),
-            )
-
+    no_preview = LinkPreviewOptions(is_disabled=True)
     if utf16_len(text) <= CAPTION_LIMIT:
         caption, body = text, []
     else:
         caption = caption_and_rest(texts.result_caption_short(context.t, results, start, stop))[0]
         body = split_message(text)
+        await bot.send_photo(chat_id, sheet, caption=caption, reply_parameters=reply, protect_content=protect)
+        for chunk in body[:-1]:
+            await bot.send_message(chat_id, chunk, reply_parameters=reply, protect_content=protect,
+                                   link_preview_options=no_preview)
+
+    async def send_last(keys: InlineKeyboardMarkup | None) -> None:
+        """The message that carries the buttons: the picture itself, or the last part of the list."""
+        if body:
+            await bot.send_message(chat_id, body[-1], reply_markup=keys, reply_parameters=reply,
+                                   protect_content=protect, link_preview_options=no_preview)
+        else:
+            await bot.send_photo(chat_id, sheet, caption=caption, reply_markup=keys, reply_parameters=reply,
+                                 protect_content=protect)
+
     try:
-        await send(True, caption, body)
-    except BadRequest as exc:  # Telegram refuses a button URL we thought valid: send without source buttons
+        await send_last(page_markup(context, results, token, page, per_page, more=True))
+    except BadRequest as exc:  # Telegram refused a button URL we thought valid: that one message again, without them
         if "button" not in exc.message.lower() and "url" not in exc.message.lower():
             raise
-        logger.warning("results not sent with source buttons (%s); retrying without them", exc.message)
-        await send(False, caption, body)
+        logger.warning("results not sent with source buttons (%s); sending the last part again without", exc.message)
+        await send_last(page_markup(context, results, token, page, per_page, more=True, sources=False))
 
 
 # -- small pure helpers ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from telegram import Message, Update
 from telegram.error import TelegramError
@@ -18,11 +19,16 @@ from engine import EngineError
 logger = logging.getLogger(__name__)
 
 ROLES = ("officer", "admin")
+ASCII_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²" and other digits int() refuses
+MAX_USER_ID = 2**63 - 1  # Telegram ids fit in a signed 64-bit integer (and so in SQLite's INTEGER)
 
 
 def parse_user_id(text: str) -> int | None:
-    """A positive Telegram user id, or None."""
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    """A positive Telegram user id written in ASCII digits (at most 2**63 - 1), or None."""
+    if not ASCII_DIGITS.fullmatch(text):
+        return None
+    user_id = int(text)
+    return user_id if 0 < user_id <= MAX_USER_ID else None
 
 
 @admin_only
