@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from bot.telegram_io import single_line
 from engine import DetectedFace
+from engine.images import to_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _open_rotated(data: bytes, max_side: int) -> tuple[Image.Image, float]:
         if img.format == "JPEG":
             img.draft("RGB", (max_side, max_side))  # decode reduced straight from the DCT
         img.load()
-        upright = ImageOps.exif_transpose(img).convert("RGB")
+        upright = to_rgb8(ImageOps.exif_transpose(img))  # 16-bit and transparent photos as the engine saw them
     original_width = height if orientation in (5, 6, 7, 8) else width
     if max(upright.size) > max_side:
         upright.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)

@@ -243,6 +243,9 @@ class ResultSet:
     warnings: tuple[str, ...]  # quality warnings of the searched face
     gallery_faces: int
     calibrated: bool
+    frame: int = 1  # the frame of an animated photo that was searched
+    frames: int = 1
+    rotation: int = 0  # degrees clockwise the photo was turned to find an upright face
     pages_sent: set[int] = field(default_factory=set)  # pages already sent (a second More tap sends nothing)
 
     @classmethod
@@ -253,6 +256,7 @@ class ResultSet:
             owner=owner, case=case, chat_id=chat_id, message_id=message_id, hits=result.hits, face=result.searched,
             faces_in_photo=len(result.faces),
             warnings=searched.quality.warnings, gallery_faces=result.gallery_faces, calibrated=result.calibrated,
+            frame=result.frame, frames=result.frames, rotation=result.rotation,
         )
 
     def page_bounds(self, page: int, per_page: int) -> tuple[int, int]:

@@ -340,6 +340,10 @@ IMAGE_REJECTED = {
     "not_image": N_("That file is not an image I can read. Send a JPEG, PNG, WebP or HEIC photo."),
     "corrupt": N_("That image is damaged or cut off and cannot be read. Send it again."),
     "empty": N_("That file is empty."),
+    "degenerate": N_(
+        "That image is too thin or too long to hold a face: it needs at least 20 pixels on each side and may be at "
+        "most 50 times longer than wide."
+    ),
 }
 OFFICER_ERRORS: dict[type[EngineError], str] = {
     NoFaceFound: N_(
@@ -506,7 +510,27 @@ def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[s
         lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
     url = shown(hit.source_url, URL_SHOWN)
     lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
+    if hit.near_duplicates:
+        lines.append(f"   {near_copies(t, len(hit.near_duplicates))}")
     return lines
+
+
+def near_copies(t: Language, n: int) -> str:
+    """How many near-identical copies of a gallery photo one hit stands for."""
+    return t.ngettext(
+        "and {n} near-identical copy of this photo in the gallery (a crop or re-encode)",
+        "and {n} near-identical copies of this photo in the gallery (crops or re-encodes)", n,
+    ).format(n=n)
+
+
+def searched_where(t: Language, frame: int, frames: int, rotation: int) -> str | None:
+    """Which frame of an animation was searched and how the photo was turned, or None for an ordinary photo."""
+    parts = []
+    if frames > 1:
+        parts.append(t._("Searched frame {frame} of {frames}, the first with a face.").format(frame=frame, frames=frames))
+    if rotation:
+        parts.append(t._("The photo was turned {degrees}° clockwise to find an upright face.").format(degrees=rotation))
+    return " ".join(parts) if parts else None
 
 
 def search_header(t: Language, results: ResultSet) -> list[str]:
@@ -523,6 +547,9 @@ def search_header(t: Language, results: ResultSet) -> list[str]:
     warning = quality_warning(t, results.warnings)
     if warning:
         lines.append(warning)
+    where = searched_where(t, results.frame, results.frames, results.rotation)
+    if where:
+        lines.append(where)
     return lines
 
 

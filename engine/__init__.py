@@ -25,6 +25,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    LabelChange,
     Quality,
     SearchResult,
     Stats,
@@ -34,6 +35,6 @@ from .types import (
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
     "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "IndexUnavailable", "InvalidArgument",
-    "LastAdmin", "ModelError", "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats",
-    "StorageError", "User",
+    "LabelChange", "LastAdmin", "ModelError", "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces",
+    "Stats", "StorageError", "User",
 ]

@@ -6,6 +6,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .duplicates import NEAR_DUPLICATE
 from .errors import ModelError
 
 DEFAULT_DETECTOR = "scrfd_500m_bnkps.onnx"
@@ -65,6 +66,9 @@ class EngineConfig:
     milvus_collection: str = "sightline_faces"
     milvus_timeout: float = 5.0  # seconds for each call to the server (flush/compaction: 120 s)
     thumbnail_size: int = 112
+    # Gallery faces at least this similar (cosine) are copies of one photo, shown as one hit (engine.duplicates);
+    # above 1.0 nothing is grouped.
+    near_duplicate_similarity: float = NEAR_DUPLICATE
     require_case: bool = True
     default_retention_days: int | None = None  # gallery images expire after this many days if set
     audit_retention_days: int | None = None  # audit entries older than this may be purged

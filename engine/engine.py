@@ -10,16 +10,17 @@ import time
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 
-from . import audit, fsmodes, projection
+from . import audit, fsmodes, labels, projection
 from . import calibration as calib
 from . import index as index_files
 from .config import EngineConfig
+from .duplicates import group_near_duplicates
 from .errors import (
     CaseRequired,
     FaceIndexError,
@@ -34,10 +35,10 @@ from .errors import (
     is_disk_full,
 )
 from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_box
-from .images import Decoded, decode, sha256_hex
+from .images import Decoded, decode_frames, sha256_hex
 from .index import VectorIndex, open_index
 from .integrity import clamp_similarity
-from .store import CHANGES_KEPT, FaceRow, MetadataStore, now_iso
+from .store import CHANGES_KEPT, FaceRow, MetadataStore, StoredFace, now_iso
 from .types import (
     AuditEntry,
     ChainCheck,
@@ -45,6 +46,7 @@ from .types import (
     Enrollment,
     Erasure,
     Hit,
+    LabelChange,
     Quality,
     SearchResult,
     Stats,
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("admin", "officer")
-MAX_CASE_LEN = 64
+MAX_CASE_LEN = labels.MAX_CASE
 MAX_USER_ID = 2**63 - 1  # Telegram ids fit in a signed 64-bit integer, as SQLite's INTEGER does
 
 
@@ -82,18 +84,8 @@ def normalize_expiry(value: str | None) -> str | None:
 
 
 def check_case(case: str | None) -> str | None:
-    """A case reference, stripped, or None; refuses control characters and very long ones."""
-    if case is None:
-        return None
-    case = case.strip()
-    if not case:
-        return None
-    if len(case) > MAX_CASE_LEN:
-        raise InvalidArgument(f"a case reference is up to {MAX_CASE_LEN} printable characters")
-    hidden = invisible_character(case)
-    if hidden is not None:
-        raise InvalidArgument(f"a case reference cannot contain invisible or control characters (U+{ord(hidden):04X})")
-    return case
+    """A case reference, normalised (NFC, stripped), or None; refuses invisible characters and long ones."""
+    return labels.case_ref(case)
 
 
 # Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
@@ -412,9 +404,10 @@ class Engine:
     # -- images ------------------------------------------------------------------------------
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
         c = self.config
-        decoded = decode(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        faces = self.faces.detect_faces(decoded.bgr, small_faces)
-        return Analysed(decoded, faces, self._detected(decoded, faces))
+        frames = decode_frames(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
+        found = self.faces.find_faces([f.bgr for f in frames], small_faces)  # first frame with a face, upright
+        decoded = replace(frames[found.index], bgr=found.bgr, rotation=found.rotation)
+        return Analysed(decoded, found.faces, self._detected(decoded, found.faces))
 
     def _detected(self, d: Decoded, faces: list[RawFace]) -> tuple[DetectedFace, ...]:
         if not faces:
@@ -425,7 +418,7 @@ class Engine:
         return tuple(
             DetectedFace(
                 number=i + 1,
-                box=to_original_box(f.box, d.scale),
+                box=to_original_box(f.box, d.scale, d.rotation, (w, h)),
                 det_score=round(f.score, 4),
                 quality=self.faces.quality(f, d.scale),
                 primary=(i == primary),
@@ -482,19 +475,18 @@ class Engine:
     ) -> Enrollment:
         """Add an image to the gallery: every face is indexed, the subject goes to its primary face.
 
+        Labels are checked first (engine.labels): raises InvalidArgument for a bad subject, link or note.
         The image, its faces and its "enroll" audit entry commit in one transaction. With save=False the
         index file is written later (save_index; the database keeps every committed face meanwhile).
         """
-        source_url = (source_url or "").strip()
-        if not source_url:
-            raise InvalidArgument("every gallery image needs a source link")
-        subject = (subject or "").strip() or None
+        source_url, subject, notes = labels.source_link(source_url), labels.subject(subject), labels.notes(notes)
         expiry = self._expiry(expires_at)
         sha = sha256_hex(image)
         existing = await self.store.image_id_by_sha(sha)
         if existing is not None:
             return Enrollment(existing, sha, 0, subject, duplicate=True)
         decoded, rows = await self._cpu(self._prepare_enrollment, image, subject)
+        copy_of = await self._near_duplicate_of(rows)
         async with self._write:
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
@@ -502,6 +494,9 @@ class Engine:
             image_id, face_ids = await self.store.add_image(
                 sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
                 notes=notes, size=decoded.original_size, faces=rows,
+                audit_extra={**({"frame": decoded.frame} if decoded.frames > 1 else {}),
+                             **({"rotation": decoded.rotation} if decoded.rotation else {}),
+                             **({"near_duplicate_of": copy_of} if copy_of is not None else {})},
             )
             # The log has our faces (and whatever other processes committed before): replay it.
             try:
@@ -511,7 +506,20 @@ class Engine:
             except IndexUnavailable as exc:  # the image is in the gallery; the log hands it to the index later
                 logger.error("image %d is in the gallery but not yet in the index (added on the next catch-up): %s",
                              image_id, exc)
-        return Enrollment(image_id, sha, len(rows), subject, duplicate=False)
+        return Enrollment(image_id, sha, len(rows), subject, duplicate=False, frame=decoded.frame, frames=decoded.frames,
+                          rotation=decoded.rotation, near_duplicate_of=copy_of)
+
+    async def _near_duplicate_of(self, rows: list[FaceRow]) -> int | None:
+        """The gallery image whose face is a near-identical copy of this image's primary face, if any."""
+        primary = next((r for r in rows if r.is_primary), None)
+        size = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server
+        if primary is None or size == 0:
+            return None
+        keys, _ = await self._cpu(self.index.search, primary.embedding, min(5, size))
+        found = (await self.store.faces_by_ids(keys.tolist())).values()
+        sims = [(float(np.dot(f.embedding, primary.embedding)), f.image_id) for f in found]
+        best = max(sims, default=None)
+        return best[1] if best is not None and best[0] >= self.config.near_duplicate_similarity else None
 
     # -- search ------------------------------------------------------------------------------
     async def search(
@@ -546,7 +554,7 @@ class Engine:
         sha = sha256_hex(image)
         lang = {"lang": language} if language else {}
         try:
-            detected, chosen, vec, thumb = await self._cpu(self._query_sync, image, face, several)
+            detected, chosen, vec, thumb, where = await self._cpu(self._query_sync, image, face, several)
         except NoFaceFound:
             await self.store.append_audit(actor, "search", case, {"query_sha256": sha, "faces": 0, "hits": [], **lang})
             raise
@@ -561,11 +569,13 @@ class Engine:
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
+            frame=where.frame, frames=where.frames, rotation=where.rotation,
         )
         entry = await self.store.append_audit(
             actor, "search", case,
             {
                 "query_sha256": sha, "faces": len(detected), "face": chosen,
+                **({"frame": where.frame} if where.frames > 1 else {}), **({"rotation": where.rotation} if where.rotation else {}),
                 "hits": [[h.face_id, round(h.similarity, 4)] for h in hits],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
                 **lang,
@@ -576,9 +586,9 @@ class Engine:
 
     def _query_sync(
         self, image: bytes, face: int | None, several: str
-    ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes]:
+    ) -> tuple[tuple[DetectedFace, ...], int, np.ndarray, bytes, Decoded]:
         """Decode, detect, choose a face and embed it (one hop to the worker pool): the faces, the
-        chosen face's number, its embedding and its thumbnail."""
+        chosen face's number, its embedding, its thumbnail and the analysed frame (which one, how turned)."""
         analysed = self._analyse_sync(image, small_faces=True)
         detected = analysed.detected
         if not detected:
@@ -594,12 +604,12 @@ class Engine:
         raw = analysed.faces[chosen - 1]
         emb = self.faces.embed([raw])[0].embedding
         assert emb is not None
-        return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box)
+        return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box), analysed.decoded
 
     async def query_embedding(self, image: bytes, face: int | None = None) -> np.ndarray:
         """The embedding `search` compares with the gallery for a photo's face (the primary one by
         default), by the very same steps; for evaluation. Raises NoFaceFound, FaceIndexError."""
-        _, _, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        _, _, vec, _, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec
 
     async def query_face(self, image: bytes, face: int | None = None) -> tuple[np.ndarray, Quality]:
@@ -641,8 +651,9 @@ class Engine:
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
+        best: list[tuple[float, StoredFace]] = []
         for sim, r in scored:
-            if sim < cut or len(hits) >= top:
+            if sim < cut:
                 break
             possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
             if quality_aware and sim < possible:  # a poor comparison below its own class's threshold
@@ -650,6 +661,13 @@ class Engine:
             if r.image_id in seen_images:  # one hit per gallery image: its best face
                 continue
             seen_images.add(r.image_id)
+            best.append((sim, r))
+        # Crops and re-encodes of one photo are one hit, so the answer shows distinct photos.
+        near = self.config.near_duplicate_similarity
+        groups = group_near_duplicates(np.stack([r.embedding for _, r in best]), near) if best else []
+        for group in groups[:top]:
+            sim, r = best[group[0]]
+            _possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
             strong = sim >= strong_at and r.quality_ok
             fmr = self.calibration.false_match_rate(sim, probe_ok, r.quality_ok) if self.calibration else None
             hits.append(
@@ -658,6 +676,7 @@ class Engine:
                     band="strong" if strong else "possible", subject=r.subject, source_url=r.source_url,
                     image_sha256=r.image_sha256, box=r.box, low_quality=not r.quality_ok,
                     false_match_rate=fmr, strangers_expected=None if fmr is None else fmr * gallery,
+                    near_duplicates=tuple(best[i][1].face_id for i in group[1:]),
                 )
             )
         return hits
@@ -672,6 +691,8 @@ class Engine:
         actor: str = "cli",
     ) -> Erasure:
         """Remove images (and all their faces) by subject, source link or content hash, for good."""
+        # However the name was typed (NFD from macOS, spaces around it), it is looked up as it is stored.
+        subject, source_url, sha256 = (labels.normalize(v) if isinstance(v, str) else v for v in (subject, source_url, sha256))
         given = [v for v in (subject, source_url, sha256) if v]
         if len(given) != 1:
             raise InvalidArgument("say exactly one of: subject, source link, image SHA-256")
@@ -714,6 +735,30 @@ class Engine:
                 await self._after_erasure_locked()
         return Erasure(images=len(removal.image_ids), faces=len(removal.face_ids), image_ids=tuple(removal.image_ids))
 
+    async def normalize_labels(self, *, apply: bool = True, actor: str = "cli") -> list[LabelChange]:
+        """Bring stored labels to what enrolment accepts today (NFC, one line, no invisible characters).
+
+        Returns every value that differs or is still invalid (`problem`: too long, a bad link: a person must
+        fix it); with `apply`, writes the repairs in one transaction and audits them.
+        """
+        changes: list[LabelChange] = []
+        checks = {"subject": labels.subject, "source_url": labels.source_link, "notes": labels.notes,
+                  "note": labels.user_note, "active_case": labels.case_ref}
+        for table, column, key, value in await self.store.label_values():
+            new = labels.repair(value)
+            try:
+                checks[column](new)
+                problem = None
+            except InvalidArgument as exc:
+                problem = str(exc)
+            if new != value or problem:
+                changes.append(LabelChange(table, column, key, value, new, problem))
+        todo = [c for c in changes if c.new != c.old]
+        if apply and todo:
+            async with self._write:
+                await self.store.update_labels([(c.table, c.column, c.key, c.new or None) for c in todo], actor=actor)
+        return changes
+
     # -- users -------------------------------------------------------------------------------
     async def user(self, user_id: int) -> User | None:
         """A whitelisted user or None."""
@@ -726,6 +771,7 @@ class Engine:
     async def allow(self, user_id: int, role: str = "officer", note: str = "", *, actor: str) -> User:
         """Whitelist a user (or change their role); raises InvalidArgument for a bad role or id, LastAdmin when
         that would demote the only administrator (checked in the transaction of the change)."""
+        note = labels.user_note(note)
         if role not in ROLES:
             raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
         if not 0 < user_id <= MAX_USER_ID:
@@ -759,7 +805,7 @@ class Engine:
     # -- audit -------------------------------------------------------------------------------
     async def record(self, actor: str, action: str, case: str | None = None, **details: Any) -> AuditEntry:
         """Append an audit entry for something the front-end did (a refusal, an admin command)."""
-        return await self.store.append_audit(actor, action, case, details)
+        return await self.store.append_audit(labels.scrub(actor), action, labels.scrub(case), labels.scrub(details))
 
     async def audit_tail(self, n: int = 10) -> list[AuditEntry]:
         """The last n audit entries."""

@@ -24,6 +24,9 @@ from .types import AuditEntry, ChainCheck, User
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: faces.emb_crc and meta gallery_id
+# The free-text columns the label migration (Engine.normalize_labels) may rewrite.
+LABEL_COLUMNS = (("images", "subject"), ("images", "source_url"), ("images", "notes"), ("faces", "subject"),
+                 ("users", "note"), ("users", "active_case"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -349,9 +352,10 @@ class MetadataStore:
         notes: str | None,
         size: tuple[int, int],
         faces: Sequence[FaceRow],
+        audit_extra: dict[str, Any] | None = None,
     ) -> tuple[int, list[int]]:
-        """Insert an image, its faces, their change-log rows and the "enroll" audit entry (actor `added_by`)
-        in one transaction; returns the image id and the face ids."""
+        """Insert an image, its faces, their change-log rows and the "enroll" audit entry (actor `added_by`,
+        plus `audit_extra` details) in one transaction; returns the image id and the face ids."""
         async with self._transaction("enroll"):
             cur = await self.conn.execute(
                 "INSERT INTO images(sha256, source_url, subject, added_at, added_by, expires_at, notes, width, height)"
@@ -378,7 +382,7 @@ class MetadataStore:
             await self._audit_in_transaction(
                 added_by, "enroll", None,
                 {"image_id": image_id, "image_sha256": sha256, "faces": len(face_ids), "face_ids": face_ids,
-                 "subject": subject, "source_url": source_url, "expires_at": expires_at},
+                 "subject": subject, "source_url": source_url, "expires_at": expires_at, **(audit_extra or {})},
             )
         return image_id, face_ids
 
@@ -772,6 +776,32 @@ class MetadataStore:
     async def purge_audit_before(self, ts: str, *, actor: str = "system") -> int:
         """Delete entries older than `ts`, keeping the chain verifiable, with a "purge" entry in the same transaction."""
         return (await self.purge([], ts, actor=actor)).audit_entries
+
+    # -- label migration ---------------------------------------------------------------------
+    async def label_values(self) -> list[tuple[str, str, int, str]]:
+        """Every stored label as (table, column, row key, value), for the label migration."""
+        out: list[tuple[str, str, int, str]] = []
+        for table, column in LABEL_COLUMNS:
+            key = "user_id" if table == "users" else "id"
+            rows = await self._all(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL AND {column} != ''")
+            out += [(table, column, int(r[0]), str(r[1])) for r in rows]
+        return out
+
+    async def update_labels(self, changes: Sequence[tuple[str, str, int, str | None]], *, actor: str) -> None:
+        """Write repaired labels (table, column, key, value) and their "migrate_labels" audit entry in one
+        transaction; columns from LABEL_COLUMNS only."""
+        async with self._transaction("migrate_labels"):
+            for table, column, key, value in changes:
+                if (table, column) not in LABEL_COLUMNS:
+                    raise ValueError(f"{table}.{column} is not a label column")
+                key_col = "user_id" if table == "users" else "id"
+                if column in ("source_url", "note") and value is None:
+                    value = ""  # NOT NULL columns
+                await self.conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key_col} = ?", (value, key))
+            await self._audit_in_transaction(
+                actor, "migrate_labels", None,
+                {"changed": len(changes), "rows": [[table, column, key] for table, column, key, _ in changes]},
+            )
 
 
 def _embedding_blob(embedding: np.ndarray) -> bytes:

@@ -47,6 +47,7 @@ class Hit:
     low_quality: bool  # the gallery face is below the quality floor (never "strong")
     false_match_rate: float | None  # calibrated chance that one stranger scores this high
     strangers_expected: float | None  # gallery faces x false_match_rate
+    near_duplicates: tuple[int, ...] = ()  # face ids of near-identical copies of this image, shown as this one hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,9 @@ class SearchResult:
     calibrated: bool  # False when the model has no calibration table
     query_thumbnail: bytes = field(repr=False, default=b"")  # JPEG of the searched face, in memory only
     audit_id: int | None = None
+    frame: int = 1  # the frame of an animated photo that was searched (1-based)
+    frames: int = 1  # frames the photo has
+    rotation: int = 0  # degrees clockwise the photo was turned to find an upright face (orientation not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,10 @@ class Enrollment:
     faces: int
     subject: str | None
     duplicate: bool  # the image was already in the gallery; nothing was added
+    frame: int = 1  # the frame of an animated image whose faces were enrolled (1-based)
+    frames: int = 1  # frames the image has
+    rotation: int = 0  # degrees clockwise the image was turned to find an upright face
+    near_duplicate_of: int | None = None  # a gallery image this one is a near-identical copy of (crop, re-encode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +149,15 @@ class ChainCheck:
     head: str
     first_bad_seq: int | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChange:
+    """A stored label the label migration repaired, or that still needs a person (`problem`)."""
+
+    table: str  # images | faces | users
+    column: str  # subject | source_url | notes | note | active_case
+    key: int  # the row's id (user_id for users)
+    old: str
+    new: str
+    problem: str | None = None  # why the repaired value is still not accepted (too long, a bad link)

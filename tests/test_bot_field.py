@@ -22,7 +22,7 @@ from bot import render, texts
 from bot.i18n import ENGLISH as EN
 from bot.telegram_io import button, caption_and_rest, clip, keyboard, split_message, utf16_len
 from conftest import BOT_ADMIN, DEV, BotHarness, make_config, new_user_id
-from engine import Engine, LastAdmin
+from engine import Engine, LastAdmin, labels
 
 StartBot = Callable[..., Awaitable[BotHarness]]
 BLAIR = DEV / "Tony_Blair" / "2.jpg"
@@ -30,8 +30,11 @@ BLAIR = DEV / "Tony_Blair" / "2.jpg"
 
 @pytest.fixture
 async def own_engine(gallery_copy: Path) -> AsyncIterator[Engine]:
-    """A real engine on a private copy of the dev gallery (a test may add faces and accounts)."""
-    engine = await Engine.open(make_config(gallery_copy, require_case=True))
+    """A real engine on a private copy of the dev gallery (a test may add faces and accounts).
+
+    Near-identical copies are not grouped here: these tests fill pages with copies of one photo (the grouping
+    itself is tested in test_inputs.py)."""
+    engine = await Engine.open(make_config(gallery_copy, require_case=True, near_duplicate_similarity=1.01))
     yield engine
     await engine.close()
 
@@ -126,7 +129,7 @@ def test_a_5000_character_label_is_fitted_quickly() -> None:
 
 # -- every reply fits ------------------------------------------------------------------------------------
 async def test_a_page_of_long_links_and_subjects_fits_and_is_protected(start_bot: StartBot, own_engine: Engine) -> None:
-    long_subject = "Subject with a very long name " + "x" * 5000
+    long_subject = "Subject with a very long name " + "x" * (labels.MAX_SUBJECT - 30)  # the longest the gallery takes
     urls = [f"https://news.example.com/story/{i}?utm_source=feed&utm_campaign=" + "c" * 1500 for i in range(12)]
     for data, url in zip(variants(BLAIR, 12), urls, strict=True):
         await own_engine.enroll(data, source_url=url, subject=long_subject, actor="test", save=False)
@@ -178,7 +181,7 @@ async def test_replies_that_would_be_too_long_are_split_or_cut(bot: BotHarness) 
 
 async def test_allow_with_a_long_note_is_confirmed(bot: BotHarness, bot_engine: Engine) -> None:
     officer = new_user_id()
-    note = "Unit 5 " + "n" * 4050
+    note = "Unit 5 " + "n" * (labels.MAX_USER_NOTE - 7)  # the longest note the engine takes
     reply = await bot.command(BOT_ADMIN, f"/allow {officer} officer {note}")
     assert reply.text.startswith(f"User {officer} may now use Sightline as officer (Unit 5 nnn") and "…)" in reply.text
     assert (await bot_engine.user(officer)).note == note  # stored whole, shown cut

@@ -106,14 +106,14 @@ async def test_two_faces_are_numbered_and_each_can_be_searched(gallery_dir: Path
         ("empty", b"", "empty"),
         ("text", b"hello, this is not a photo\n" * 10, "not_image"),
         ("truncated", (DEV / "Barack_Obama" / "1.jpg").read_bytes()[:2500], "corrupt"),
-        ("gif", None, "not_image"),
+        ("ppm", None, "not_image"),
         ("bomb", None, "too_many_pixels"),
     ],
 )
 async def test_bad_inputs_are_rejected_with_a_reason(tmp_path: Path, name: str, data: bytes | None, reason: str) -> None:
-    if name == "gif":
+    if name == "ppm":  # Pillow reads it, but it is no photo format anyone sends
         buf = io.BytesIO()
-        Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, "GIF")
+        Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, "PPM")
         data = buf.getvalue()
     if name == "bomb":  # 12000 x 12000 = 144 megapixels that compress to a few hundred kilobytes
         buf = io.BytesIO()

@@ -42,11 +42,13 @@ async def test_manifest_ingest_reports_failures_and_resumes(tmp_path: Path, caps
     code = await cli(["--data-dir", str(data), "index", str(manifest), "--no-progress", "--report", str(report)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "indexed 2 image(s)" in out and "1 with no face" in out and "2 unreadable" in out
+    assert "indexed 2 image(s)" in out and "1 with no face" in out and "1 unreadable" in out
+    assert "1 skipped (not an image)" in out
     lines = report.read_text().splitlines()
-    assert lines[0] == "path,reason,message" and len(lines) == 4
-    assert any("grey.png,no_face" in line for line in lines)
-    assert any("notes.jpg,not_image" in line for line in lines)
+    assert lines[0] == "path,reason,message,line" and len(lines) == 4
+    assert any("grey.png,no_face" in line and line.endswith(",5") for line in lines)
+    assert any("notes.jpg,not_image" in line and line.endswith(",4") for line in lines)
+    assert any("missing.jpg,io" in line and line.endswith(",6") for line in lines)
     with sqlite3.connect(data / "sightline.sqlite3") as db:
         row = db.execute("SELECT subject, expires_at, notes FROM images WHERE source_url = 'https://archive.example/ob/1'").fetchone()
     assert row == ("Barack_Obama", "2030-01-01T00:00:00+00:00", "first")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import signal
@@ -151,7 +152,11 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
     except BaseException as raised:  # noqa: BLE001  (every failure ends in one line and an exit code)
         exc = _first(raised)  # an ingest's TaskGroup wraps its workers' errors
         if isinstance(exc, EngineError):  # says what and where (a backup's disk is not the data directory's)
-            print(f"sightline: error: {exc}", file=sys.stderr)
+            if getattr(args, "json", False):  # a machine reading --json output gets its errors as JSON too
+                error = {"type": type(exc).__name__, "reason": getattr(exc, "reason", None), "message": str(exc)}
+                print(json.dumps({"error": error}, ensure_ascii=False))
+            else:
+                print(f"sightline: error: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, KeyboardInterrupt):
             print("sightline: interrupted", file=sys.stderr)

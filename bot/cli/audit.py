@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.cli import missing_gallery
 from bot.i18n import ENGLISH, Language, LanguageError, Languages
-from engine import AuditEntry, InvalidArgument, StorageError, fsmodes
+from engine import AuditEntry, InvalidArgument, StorageError, fsmodes, labels
 from engine.audit import HeadLog
 from engine.config import EngineConfig
 from engine.store import MetadataStore
@@ -151,12 +151,17 @@ def entry_dict(e: AuditEntry) -> dict[str, Any]:
             "details": e.details, "prev_hash": e.prev_hash, "hash": e.hash}
 
 
+def _nfc(value: str | None) -> str | None:
+    """A filter as the audit stores it (labels are NFC), however it was typed."""
+    return labels.normalize(value) if value else value
+
+
 async def _entries(args: argparse.Namespace, **extra: Any) -> list[AuditEntry]:
     store = await open_store(args)
     try:
         return await store.audit_entries(
             since=parse_time(getattr(args, "since", None)), until=parse_time(getattr(args, "until", None)),
-            actor=getattr(args, "actor", None), case_ref=getattr(args, "case", None),
+            actor=_nfc(getattr(args, "actor", None)), case_ref=_nfc(getattr(args, "case", None)),
             action=getattr(args, "action", None), **extra,
         )
     finally:

@@ -8,6 +8,7 @@ import csv
 import getpass
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli import missing_gallery
-from engine import Engine, EngineError, ImageRejected, NoFaceFound, SearchResult, StorageError, fsmodes
+from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
+from engine.errors import is_damaged_database, is_disk_full
+
+from .manifest import ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
-MANIFEST_FIELDS = ("path", "source_url", "subject", "expires_at", "notes")
 SAVE_EVERY_S = 30.0
 
 
@@ -59,9 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "index",
         help="add a folder of images or a manifest to the gallery",
-        description="Add images to the gallery. SOURCE is a folder (searched recursively for JPEG, PNG, WebP and "
-        "HEIC files) or a manifest (.csv or .jsonl with columns path, source_url, subject, expires_at, notes; "
-        "paths relative to the manifest). Every face of every image is indexed; a subject labels the image's "
+        description="Add images to the gallery. SOURCE is a folder (every file under it is read and recognised by "
+        "content: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP, whatever its name) or a manifest (.csv or .jsonl with "
+        "columns path, source_url, subject, expires_at, notes; paths relative to the manifest). Every file that does "
+        "not go in is counted in the summary and listed in the report with its reason. "
+        "Every face of every image is indexed; a subject labels the image's "
         "primary face. Images already in the gallery (same SHA-256) are skipped, so a run can be resumed.",
     )
     p.add_argument("source", type=Path, help="a folder of images, or a .csv/.jsonl manifest")
@@ -74,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--save-every", type=float, default=SAVE_EVERY_S, metavar="SECONDS",
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
@@ -115,68 +120,90 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.set_defaults(func=cmd_purge)
 
+    p = sub.add_parser(
+        "migrate-labels",
+        help="normalise the stored subjects, source links, notes and case references of an existing gallery",
+        description="Bring labels stored before label checking to what enrolment accepts today: Unicode NFC (so a "
+        "name typed as macOS writes it can be found and erased however it is typed), line breaks and tabs as spaces, "
+        "invisible characters (zero-width, bidirectional controls) removed. Prints every change; values still not "
+        "accepted (too long, a malformed link) are listed for a person to fix. The change is audited.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only report what would change")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    p.set_defaults(func=cmd_migrate_labels)
+
 
 # -- index --------------------------------------------------------------------------------------
 @dataclass
 class Item:
-    """One image to ingest."""
+    """One file to ingest (its labels already checked for a manifest row)."""
 
     path: Path
     source_url: str
     subject: str | None = None
     expires_at: str | None = None
     notes: str | None = None
+    line: int | None = None  # the manifest line it comes from
 
 
 @dataclass
 class Summary:
-    """What an ingest run did."""
+    """What an ingest run did: one count per outcome, and every file or row that did not go in."""
 
     indexed: int = 0
     faces: int = 0
     duplicates: int = 0
     no_face: int = 0
-    unreadable: int = 0
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, reason, message
+    unreadable: int = 0  # image files we could not use: damaged, too big, too thin, unreadable from disk
+    not_image: int = 0  # files that are not images (recognised by content, whatever their name)
+    manifest_errors: int = 0  # manifest rows refused before any image was read
+    invalid: int = 0  # labels the engine refused (a folder name used as subject, say)
+    errors: int = 0  # anything unexpected on one file (logged with its traceback)
+    near_copies: int = 0  # indexed images that are near-identical copies of gallery images (shown as one hit)
+    failures: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # path, reason, message, line
+
+    def fail(self, path: str, reason: str, message: str, line: int | None = None) -> None:
+        """Record a file or row that did not go in."""
+        self.failures.append((path, reason, message, line))
+
+    def line(self) -> str:
+        """The one-line summary printed at the end."""
+        parts = [f"indexed {self.indexed} image(s) with {self.faces} face(s)", f"{self.duplicates} already in the gallery",
+                 f"{self.no_face} with no face", f"{self.unreadable} unreadable"]
+        for n, what in ((self.near_copies, "indexed as near-identical copies of gallery images"),
+                        (self.not_image, "skipped (not an image)"), (self.manifest_errors, "manifest error(s)"),
+                        (self.invalid, "with labels refused"), (self.errors, "failed unexpectedly")):
+            if n:
+                parts.append(f"{n} {what}")
+        return "; ".join(parts)
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as a JSON object."""
+        counts = {k: v for k, v in asdict(self).items() if k != "failures"}
+        return {**counts, "failures": [{"path": p, "line": ln, "reason": r, "message": m} for p, r, m, ln in self.failures]}
+
+
+def display_path(path: Path) -> str:
+    """A path as text we can print, store and put in a CSV: undecodable bytes as \\xNN, invisible characters as \\uXXXX."""
+    return labels.scrub(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
 def iter_folder(root: Path, args: argparse.Namespace) -> Iterator[Item]:
-    """Images under a folder, in a stable order."""
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-        rel = path.relative_to(root).as_posix()
-        source = f"{args.source_prefix.rstrip('/')}/{rel}" if args.source_prefix else str(path.resolve())
+    """Every file under a folder, in a stable order: images are recognised by content, so none is left out by name."""
+    for path in sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: os.fsencode(p)):
+        rel = display_path(path.relative_to(root))
+        source = f"{args.source_prefix.rstrip('/')}/{rel}" if args.source_prefix else display_path(path.resolve())
         subject = args.subject or (path.parent.name if args.subject_from_folder and path.parent != root else None)
         yield Item(path, source, subject, args.expires_at)
 
 
-def iter_manifest(manifest: Path) -> Iterator[Item]:
-    """Rows of a CSV or JSONL manifest; raises ValueError with the line number for a bad row."""
-    base = manifest.parent
-    if manifest.suffix.lower() == ".jsonl":
-        with manifest.open(encoding="utf-8") as fh:
-            rows: Iterator[tuple[int, dict[str, Any]]] = (
-                (n, json.loads(line)) for n, line in enumerate(fh, 1) if line.strip()
-            )
-            yield from _manifest_items(rows, base, manifest)
+def fail_early(args: argparse.Namespace, message: str, code: int = 2, reason: str = "error") -> int:
+    """Report an error that stops the command: a line on stderr, or a JSON object on stdout with --json."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"reason": reason, "message": message}}, ensure_ascii=False))
     else:
-        with manifest.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise ValueError(f"{manifest}: the header must name at least: path, source_url")
-            yield from _manifest_items(((n, r) for n, r in enumerate(reader, 2)), base, manifest)
-
-
-def _manifest_items(rows: Iterator[tuple[int, dict[str, Any]]], base: Path, manifest: Path) -> Iterator[Item]:
-    for line, row in rows:
-        path = str(row.get("path") or "").strip()
-        if not path:
-            raise ValueError(f"{manifest}:{line}: the path is empty")
-        p = Path(path)
-        p = p if p.is_absolute() else base / p
-        source = str(row.get("source_url") or "").strip() or str(p.resolve())
-        yield Item(
-            p, source, (row.get("subject") or None), (row.get("expires_at") or None), (row.get("notes") or None)
-        )
+        print(f"sightline: error: {message}", file=sys.stderr)
+    return code
 
 
 async def cmd_index(args: argparse.Namespace) -> int:
@@ -185,75 +212,105 @@ async def cmd_index(args: argparse.Namespace) -> int:
 
     source: Path = args.source
     if not source.exists():
-        print(f"sightline: error: {source} does not exist", file=sys.stderr)
-        return 2
-    try:
-        items = list(iter_manifest(source) if source.is_file() else iter_folder(source, args))
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
-        print(f"sightline: error: bad manifest: {exc}", file=sys.stderr)
-        return 2
-    if not items:
-        print(f"sightline: no images found in {source}", file=sys.stderr)
-        return 1
+        return fail_early(args, f"{display_path(source)} does not exist", reason="not_found")
     summary = Summary()
-    actor = cli_actor()
-    async with open_engine(args, create=True) as engine:
-        bar = tqdm(total=len(items), unit="img", disable=args.no_progress, dynamic_ncols=True, desc="indexing")
-        pending = iter(items)
-        last_save = time.monotonic()
-
-        async def worker() -> None:
-            nonlocal last_save
-            for item in pending:  # shared: each item goes to one worker
-                await ingest_one(engine, item, actor, summary)
-                bar.update(1)
-                bar.set_postfix(faces=summary.faces, new=summary.indexed, failed=len(summary.failures), refresh=False)
-                if time.monotonic() - last_save > args.save_every:
-                    last_save = time.monotonic()
-                    await engine.save_index()
-
-        # A worker that fails (a full disk, a damaged database) cancels the others and the run ends with
-        # its error; ingest_one already absorbs what one bad image can cause.
+    if source.is_file():
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(max(1, args.concurrency)):
-                    group.create_task(worker())
-        finally:
-            bar.close()
+            rows, row_errors = read_manifest(source)
+        except (ManifestError, OSError) as exc:
+            return fail_early(args, f"bad manifest: {exc}", reason="manifest")
+        for err in row_errors:
+            summary.manifest_errors += 1
+            summary.fail(err.path, "manifest", err.message, err.line)
+        items = [Item(r.path, r.source_url, r.subject, r.expires_at, r.notes, r.line) for r in rows]
+    else:
+        items = list(iter_folder(source, args))
+    if not items and not summary.failures:
+        return fail_early(args, f"no files found in {display_path(source)}", code=1, reason="empty")
+    actor = cli_actor()
+    if items:
+        async with open_engine(args, create=True) as engine:
+            bar = tqdm(total=len(items), unit="img", disable=args.no_progress or args.json, dynamic_ncols=True, desc="indexing")
+            pending = iter(items)
+            last_save = time.monotonic()
+
+            async def worker() -> None:
+                nonlocal last_save
+                for item in pending:  # shared: each item goes to one worker
+                    await ingest_one(engine, item, actor, summary)
+                    bar.update(1)
+                    bar.set_postfix(faces=summary.faces, new=summary.indexed, failed=len(summary.failures), refresh=False)
+                    if time.monotonic() - last_save > args.save_every:
+                        last_save = time.monotonic()
+                        await engine.save_index()
+
+            # A worker that fails (a full disk, a damaged database) cancels the others and the run ends with
+            # its error; ingest_one already absorbs what one bad file can cause.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(max(1, args.concurrency)):
+                        group.create_task(worker())
+            finally:
+                bar.close()
     report = write_report(args, summary)
-    print(
-        f"indexed {summary.indexed} image(s) with {summary.faces} face(s); "
-        f"{summary.duplicates} already in the gallery; {summary.no_face} with no face; "
-        f"{summary.unreadable} unreadable"
-    )
-    if report:
-        print(f"failures listed in {report}")
+    if args.json:
+        print(json.dumps({**summary.as_json(), "report": str(report) if report else None}, indent=2, ensure_ascii=False))
+    else:
+        print(summary.line())
+        if report:
+            print(f"failures listed in {report}")
     return 0 if summary.indexed or summary.duplicates else 1
 
 
 async def ingest_one(engine: Engine, item: Item, actor: str, summary: Summary) -> None:
-    """Enroll one file, counting the outcome instead of stopping the run."""
+    """Enroll one file, counting the outcome; nothing that goes wrong with one file stops the run."""
+    where = display_path(item.path)
     try:
+        size = (await asyncio.to_thread(item.path.stat)).st_size
+        if size > engine.config.max_image_bytes:  # a video in the folder: do not read it into memory
+            raise ImageRejected("too_large", f"the file is {size / 1e6:.1f} MB; the limit is {engine.config.max_image_bytes / 1e6:.0f} MB")
         data = await asyncio.to_thread(item.path.read_bytes)
         result = await engine.enroll(
             data, source_url=item.source_url, subject=item.subject, expires_at=item.expires_at,
             notes=item.notes, actor=actor, save=False,
         )
-    except NoFaceFound as exc:
-        summary.no_face += 1
-        summary.failures.append((str(item.path), "no_face", str(exc)))
-    except (ImageRejected, OSError) as exc:
-        summary.unreadable += 1
-        summary.failures.append((str(item.path), getattr(exc, "reason", "io"), str(exc)))
-    except EngineError as exc:
-        summary.unreadable += 1
-        summary.failures.append((str(item.path), type(exc).__name__, str(exc)))
+    except Exception as exc:  # one bad file never stops an ingest: record it against the file and go on
+        if isinstance(exc, StorageError) or is_disk_full(exc, engine.config.data_dir) or is_damaged_database(exc):
+            raise  # the gallery itself cannot be written: the run ends, saying so in one line
+        record_failure(summary, where, item.line, exc)
     else:
         if result.duplicate:
             summary.duplicates += 1
         else:
             summary.indexed += 1
             summary.faces += result.faces
+            summary.near_copies += result.near_duplicate_of is not None
+
+
+def record_failure(summary: Summary, where: str, line: int | None, exc: Exception) -> None:
+    """Count one file's failure under its kind and list it with its reason."""
+    if isinstance(exc, NoFaceFound):
+        summary.no_face += 1
+        summary.fail(where, "no_face", str(exc), line)
+    elif isinstance(exc, ImageRejected):
+        if exc.reason == "not_image":
+            summary.not_image += 1
+        else:
+            summary.unreadable += 1
+        summary.fail(where, exc.reason, str(exc), line)
+    elif isinstance(exc, OSError):
+        summary.unreadable += 1
+        summary.fail(where, "io", exc.strerror or str(exc), line)
+    elif isinstance(exc, InvalidArgument):
+        summary.invalid += 1
+        summary.fail(where, "invalid_label", str(exc), line)
+    elif isinstance(exc, EngineError):
+        summary.unreadable += 1
+        summary.fail(where, type(exc).__name__, str(exc), line)
+    else:
+        logger.warning("ingest of %s failed", where, exc_info=exc)
+        summary.errors += 1
+        summary.fail(where, "error", f"{type(exc).__name__}: {labels.scrub(str(exc))[:300]}", line)
 
 
 def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
@@ -264,8 +321,8 @@ def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
     path.parent.mkdir(mode=fsmodes.DIR_MODE, parents=True, exist_ok=True)
     with fsmodes.open_private(path, "w", newline="", encoding="utf-8") as fh:  # names and paths of case photos
         w = csv.writer(fh)
-        w.writerow(["path", "reason", "message"])
-        w.writerows(summary.failures)
+        w.writerow(["path", "reason", "message", "line"])
+        w.writerows((p, r, m, "" if ln is None else ln) for p, r, m, ln in summary.failures)
     return path
 
 
@@ -280,6 +337,9 @@ def search_json(result: SearchResult) -> dict[str, Any]:
             for f in result.faces
         ],
         "searched_face": result.searched,
+        "frame": result.frame,
+        "frames": result.frames,
+        "rotation": result.rotation,
         "threshold": result.threshold,
         "calibrated": result.calibrated,
         "gallery_faces": result.gallery_faces,
@@ -288,7 +348,8 @@ def search_json(result: SearchResult) -> dict[str, Any]:
             {"rank": h.rank, "subject": h.subject, "similarity": h.similarity, "band": h.band,
              "source_url": h.source_url, "image_sha256": h.image_sha256, "box": list(h.box), "face_id": h.face_id,
              "low_quality": h.low_quality, "false_match_rate": h.false_match_rate,
-             "strangers_expected": h.strangers_expected}
+             "strangers_expected": h.strangers_expected, "near_duplicates": len(h.near_duplicates),
+             "near_duplicate_face_ids": list(h.near_duplicates)}
             for h in result.hits
         ],
     }
@@ -297,6 +358,10 @@ def search_json(result: SearchResult) -> dict[str, Any]:
 def search_text(result: SearchResult) -> str:
     """A human-readable search result."""
     lines = [f"{len(result.faces)} face(s) found; searched face {result.searched}"]
+    if result.frames > 1:
+        lines.append(f"searched frame {result.frame} of {result.frames} (the first examined frame with a face)")
+    if result.rotation:
+        lines.append(f"the photo was turned {result.rotation} degrees clockwise to find an upright face")
     for f in result.faces:
         mark = "*" if f.number == result.searched else " "
         warn = f"  ({'; '.join(f.quality.warnings)})" if f.quality.warnings else ""
@@ -315,6 +380,9 @@ def search_text(result: SearchResult) -> str:
             lines.append(
                 f"  {h.rank}. {h.subject or 'unlabelled'}  {h.similarity * 100:.1f}% ({h.band}{extra})  {h.source_url}"
             )
+            if h.near_duplicates:
+                n = len(h.near_duplicates)
+                lines.append(f"     and {n} near-identical {'copy' if n == 1 else 'copies'} in the gallery")
     if not result.calibrated:
         lines.append("note: no calibration table for this model; bands use the configured thresholds")
     return "\n".join(lines)
@@ -324,15 +392,12 @@ async def cmd_search(args: argparse.Namespace) -> int:
     """Search and print."""
     photo: Path = args.photo
     if not photo.is_file():
-        print(f"sightline: error: {photo} is not a file", file=sys.stderr)
-        return 2
+        return fail_early(args, f"{display_path(photo)} is not a file", reason="not_found")
     if args.settings.require_case and not (args.case or "").strip():
-        print(
-            "sightline: error: every search needs a case reference: add --case REF "
-            "(or set SIGHTLINE_REQUIRE_CASE=false where your policy allows it)",
-            file=sys.stderr,
+        return fail_early(
+            args, "every search needs a case reference: add --case REF "
+            "(or set SIGHTLINE_REQUIRE_CASE=false where your policy allows it)", reason="case_required",
         )
-        return 2
     data = photo.read_bytes()
     async with open_engine(args) as engine:
         result = await engine.search(data, actor=cli_actor(), case=args.case, top=args.top, face=args.face)
@@ -396,4 +461,23 @@ async def cmd_purge(args: argparse.Namespace) -> int:
     async with open_engine(args) as engine:
         erasure = await engine.purge_expired(actor=cli_actor())
     print(f"purged {erasure.images} expired image(s) with {erasure.faces} face(s)")
+    return 0
+
+
+async def cmd_migrate_labels(args: argparse.Namespace) -> int:
+    """Normalise stored labels and report what changed."""
+    async with open_engine(args) as engine:
+        changes = await engine.normalize_labels(apply=not args.dry_run, actor=cli_actor())
+    changed = [c for c in changes if c.new != c.old]
+    attention = [c for c in changes if c.problem]
+    if args.json:
+        print(json.dumps({"applied": not args.dry_run, "changed": len(changed), "needs_attention": len(attention),
+                          "changes": [asdict(c) for c in changes]}, indent=2, ensure_ascii=False))
+        return 0
+    verb = "would change" if args.dry_run else "changed"
+    for c in changed:  # ascii(): the difference is often invisible (NFD accents, zero-width characters)
+        print(f"{c.table} {c.key} {c.column}: {ascii(c.old)} -> {ascii(c.new)}")
+    for c in attention:
+        print(f"{c.table} {c.key} {c.column}: needs a person: {c.problem}")
+    print(f"{verb} {len(changed)} stored value(s); {len(attention)} still need attention")
     return 0
