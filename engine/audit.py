@@ -89,7 +89,8 @@ class HeadLog:
             self._syslog.info("sightline audit head %d %s", seq, digest)
 
     def read(self) -> tuple[list[tuple[int, str]], int] | None:
-        """The recorded (seq, hash) pairs and the number of unreadable lines; None when the file is missing."""
+        """The recorded (seq, hash) pairs and the number of unreadable lines; None when the file is missing.
+        Raises OSError when it exists but cannot be read (a folder, no permission, an I/O error)."""
         try:
             text = self.path.read_bytes().decode("ascii", errors="replace")
         except FileNotFoundError:

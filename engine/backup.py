@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import fsmodes
+from . import faults, fsmodes
 from .config import EngineConfig
 from .errors import StorageError, disk_full, is_disk_full
 from .images import file_sha256
@@ -324,8 +324,12 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
     if database_in_use(config.db_path):
         raise BackupError(f"{config.db_path} is open in another process: stop the bot before restoring")
     fsmodes.private_dir(data_dir)
+    for left in data_dir.glob(".restore-*"):  # a killed restore's copy of a database: biometric data, removed
+        pid = left.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and left.is_dir() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(left, ignore_errors=True)
+            logger.warning("removed %s, left by an interrupted restore (process %s is gone)", left, pid)
     staging = data_dir / f".restore-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
     try:
         staged_db = staging / config.db_path.name
@@ -342,6 +346,7 @@ def restore_backup(config: EngineConfig, src: Path, *, force: bool = False) -> d
             if side.is_file():  # which projection built the index (older backups have none: a rebuild)
                 shutil.copyfile(side, sidecar_path(staged_index))
                 fsmodes.make_private(sidecar_path(staged_index))
+        faults.reached("restore:staged")
         # An old -wal next to the new file would be replayed into it: remove the old set first.
         for stale in (
             config.db_path.with_name(config.db_path.name + "-wal"),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 import unicodedata
 from collections.abc import Callable
@@ -223,7 +224,9 @@ class Engine:
     async def _reconcile_locked(self) -> str:
         loaded = await asyncio.to_thread(self.index.load)
         saved = self.index.stored_state().get("change_seq") if loaded else None
-        if isinstance(saved, int) and saved >= 0:
+        # The sidecar's checksum covers the index file, not the sidecar: a seq edited by hand (a bool, a
+        # negative or a huge number, one ahead of the database) is not followed; the keys are compared instead.
+        if isinstance(saved, int) and not isinstance(saved, bool) and 0 <= saved <= await self.store.change_head():
             self._seq = saved
             if await self._catch_up_locked() and await self._agrees_with_database():
                 if self.index.scrubbed <= max(10_000, len(self.index) // 5):
@@ -491,13 +494,19 @@ class Engine:
             existing = await self.store.image_id_by_sha(sha)  # a concurrent enroll of the same bytes
             if existing is not None:
                 return Enrollment(existing, sha, 0, subject, duplicate=True)
-            image_id, face_ids = await self.store.add_image(
-                sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
-                notes=notes, size=decoded.original_size, faces=rows,
-                audit_extra={**({"frame": decoded.frame} if decoded.frames > 1 else {}),
-                             **({"rotation": decoded.rotation} if decoded.rotation else {}),
-                             **({"near_duplicate_of": copy_of} if copy_of is not None else {})},
-            )
+            try:
+                image_id, face_ids = await self.store.add_image(
+                    sha256=sha, source_url=source_url, subject=subject, added_by=actor, expires_at=expiry,
+                    notes=notes, size=decoded.original_size, faces=rows,
+                    audit_extra={**({"frame": decoded.frame} if decoded.frames > 1 else {}),
+                                 **({"rotation": decoded.rotation} if decoded.rotation else {}),
+                                 **({"near_duplicate_of": copy_of} if copy_of is not None else {})},
+                )
+            except sqlite3.IntegrityError:  # another process committed the same bytes since the check above
+                existing = await self.store.image_id_by_sha(sha)
+                if existing is None:
+                    raise
+                return Enrollment(existing, sha, 0, subject, duplicate=True)
             # The log has our faces (and whatever other processes committed before): replay it.
             try:
                 await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})

@@ -382,20 +382,17 @@ def sidecar_path(index_path: Path) -> Path:
     return Path(index_path).with_name(Path(index_path).name + ".json")
 
 
-def lock_path(index_path: Path) -> Path:
-    """The lock file beside the index that every process saving it holds (see `save_lock`)."""
-    return Path(index_path).with_name(Path(index_path).name + ".lock")
-
-
 def acquire_save_lock(index_path: Path) -> int:
-    """Take the exclusive lock (fcntl.flock on `lock_path`) that serialises index saves across processes,
-    blocking until it is free; returns the descriptor to pass to `release_save_lock`.
+    """Take the exclusive lock that serialises index saves across processes, blocking until it is free;
+    returns the descriptor to pass to `release_save_lock`.
 
-    The kernel releases it when its holder dies, so a killed process never leaves it held.
+    It is an `fcntl.flock` on the index's folder itself, not on a lock file: an operator deleting a "stale"
+    lock file while a save holds it would let a second saver in (each would lock its own file). The kernel
+    releases it when its holder dies, so a killed process never leaves it held.
     """
-    path = lock_path(index_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    folder = Path(index_path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:

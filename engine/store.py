@@ -394,7 +394,7 @@ class MetadataStore:
         marks = ",".join("?" * len(ids))
         rows = await self._all(
             "SELECT f.id, f.image_id, f.x1, f.y1, f.x2, f.y2, f.quality_ok, f.subject, i.source_url, i.sha256,"
-            f" f.embedding, f.emb_crc FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
+            f" CAST(f.embedding AS BLOB), f.emb_crc FROM faces f JOIN images i ON i.id = f.image_id WHERE f.id IN ({marks})",
             ids,
         )
         out = {}
@@ -421,7 +421,7 @@ class MetadataStore:
         last, seen = 0, 0
         while True:
             rows = await self._all(
-                "SELECT id, image_id, embedding, emb_crc FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+                "SELECT id, image_id, CAST(embedding AS BLOB), emb_crc FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
             )
             if not rows:
                 return
@@ -456,7 +456,7 @@ class MetadataStore:
                 chunk = [int(i) for i in only[start : start + batch]]
                 marks = ",".join("?" * len(chunk))
                 rows = await self._all(
-                    f"SELECT id, embedding, emb_crc, image_id FROM faces WHERE id IN ({marks})", chunk
+                    f"SELECT id, CAST(embedding AS BLOB), emb_crc, image_id FROM faces WHERE id IN ({marks})", chunk
                 )
                 if rows:
                     yield self._ids_vectors(rows)
@@ -464,7 +464,7 @@ class MetadataStore:
         last = 0
         while True:
             rows = await self._all(
-                "SELECT id, embedding, emb_crc, image_id FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+                "SELECT id, CAST(embedding AS BLOB), emb_crc, image_id FROM faces WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
             )
             if not rows:
                 return
@@ -745,7 +745,11 @@ class MetadataStore:
         if head_log is None:
             return check
         since = await self.get_meta("audit_head_log_from")
-        read = head_log.read()
+        try:
+            read = head_log.read()
+        except OSError as exc:
+            return ChainCheck(False, check.entries, check.head, first_bad_seq=int(since or 0),
+                              problem=f"the audit head file {head_log.path} cannot be read ({exc.strerror or exc})")
         if read is None or not read[0]:
             if since is None and read is None:
                 return check  # never used with this gallery
@@ -824,7 +828,7 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
     last = 0
     while True:
         async with conn.execute(
-            "SELECT id, embedding FROM faces WHERE emb_crc IS NULL AND id > ? ORDER BY id LIMIT 5000", (last,)
+            "SELECT id, CAST(embedding AS BLOB) FROM faces WHERE emb_crc IS NULL AND id > ? ORDER BY id LIMIT 5000", (last,)
         ) as cur:
             rows = list(await cur.fetchall())
         if not rows:
