@@ -10,7 +10,9 @@ It measures, in one run:
   * start-up: Engine.open on the N-face gallery (models, database, saved index, consistency check);
   * sequential searches: p50/p99 over --searches photos from one officer;
   * --officers officers searching at once (each sends its next photo when the previous answer arrives);
-  * rank-1: whether the right identity was named first among the N distractors.
+  * rank-1: whether the right identity was named first among the N distractors;
+  * a burst: --burst officers each send one photo at the same moment (fastest, p50 and max answer time:
+    answered in arrival order, p50 is about half the max).
 
 The synthetic gallery (database rows + saved index) is built once through the product's own code path
 (rows written to SQLite, the index repaired from them by Engine.open) and cached under
@@ -192,7 +194,8 @@ async def run(args: argparse.Namespace) -> int:
         admins="1", http_port=0, data_dir=data_dir, rate_limit_per_hour=100_000, require_case=True,
     )
     officers = [OFFICER_BASE + i for i in range(max(args.officers, 1))]
-    for uid in officers:
+    bursters = [OFFICER_BASE + 10_000 + i for i in range(args.burst)]
+    for uid in officers + bursters:
         await engine.allow(uid, "officer", "bench", actor="bench")
         await engine.set_case(uid, "BENCH-1", actor="bench")
     app = build_application(settings, engine=engine)
@@ -261,6 +264,18 @@ async def run(args: argparse.Namespace) -> int:
                   f"p50 {np.percentile(conc, 50) * 1e3:.0f} ms, p99 {np.percentile(conc, 99) * 1e3:.0f} ms; process CPU "
                   f"{cpu_conc * 1e3:.0f} ms per search, so {len(officers)} searches at once need at least "
                   f"{len(officers) * cpu_conc / (os.cpu_count() or 1) * 1e3:.0f} ms on {os.cpu_count()} cores")
+
+            burst: list[float] = []
+            if bursters:  # N officers send one photo each at the same moment: answered in arrival order?
+                await asyncio.sleep(1.0)
+                cpu0 = time.process_time()
+                with common.Stopwatch() as burst_wall:
+                    done = await asyncio.gather(*(one_search(uid, *photos[k % len(photos)]) for k, uid in enumerate(bursters)))
+                burst = sorted(e for e, _ in done)
+                cpu_burst = (time.process_time() - cpu0) / len(burst)
+                print(f"burst of {len(burst)} at once: fastest {burst[0]:.2f} s, p50 {np.percentile(burst, 50):.2f} s, "
+                      f"max {burst[-1]:.2f} s (p50/max {np.percentile(burst, 50) / burst[-1]:.2f}); all answered in "
+                      f"{burst_wall.s:.1f} s, process CPU {cpu_burst * 1e3:.0f} ms per search")
     finally:
         await fake.stop()
         await engine.close()
@@ -273,7 +288,10 @@ async def run(args: argparse.Namespace) -> int:
         "conc_p50_ms": round(float(np.percentile(conc, 50)) * 1e3, 1),
         "conc_p99_ms": round(float(np.percentile(conc, 99)) * 1e3, 1),
         "throughput_per_s": round(len(conc) / wall.s, 2), "cpu_ms_per_search": round(cpu_seq * 1e3, 1),
-        "conc_cpu_ms_per_search": round(cpu_conc * 1e3, 1), "load1": round(load[0], 2),
+        "conc_cpu_ms_per_search": round(cpu_conc * 1e3, 1),
+        **({"burst": len(burst), "burst_min_s": round(burst[0], 2), "burst_p50_s": round(float(np.percentile(burst, 50)), 2),
+            "burst_max_s": round(burst[-1], 2)} if burst else {}),
+        "load1": round(load[0], 2),
     }))
     return 0
 
@@ -285,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--searches", type=int, default=60, help="sequential searches (default 60)")
     p.add_argument("--officers", type=int, default=20, help="officers searching at once (default 20)")
     p.add_argument("--per-officer", type=int, default=5, help="searches per officer in the concurrent phase (default 5)")
+    p.add_argument("--burst", type=int, default=50, help="then this many officers send one photo each at once (0: skip)")
     p.add_argument("--seed", type=int, default=7, help="random seed of the synthetic gallery")
     p.add_argument("--cache", type=Path, help="where built galleries are kept (default ~/.cache/sightline-bench)")
     p.add_argument("-v", "--verbose", action="store_true", help="log the bot's and engine's messages")

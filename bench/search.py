@@ -1,4 +1,5 @@
-"""Index search benchmark on face-like embeddings, through the engine's UsearchIndex.
+"""Index search benchmark on face-like embeddings, through the engine's own index (HammingIndex by default,
+`--index usearch` for the HNSW graph).
 
 Isotropic random vectors are far harder for HNSW than real faces (real ones have an effective
 dimension of ~190 of 512), so this bench shapes its data on the real thing:
@@ -23,7 +24,13 @@ rerun only searches. Everything the product does goes through engine.index.Usear
 Like the engine (EngineConfig.index_dims), the index holds the faces projected to 192 dimensions with
 the model's shipped basis by default (`--pca 0`: the full 512-d vectors); ground truth stays float32 512-d.
 
-Example: python bench/search.py --n 1000000 --ef auto,128,512
+The default index (engine.hamming.HammingIndex, issue 15) is built in a few seconds per 100 k faces, so it is
+not cached: per code model (`--codes`) the bench adds the gallery in batches, saves it, loads it in a fresh
+process (start-up time, RSS), then times single queries per `--candidates` value.
+
+Examples: python bench/search.py --n 1000000                      (the engine's default index and settings)
+          python bench/search.py --n 1000000 --candidates 1000,2000 --codes shipped,random512
+          python bench/search.py --n 1000000 --index usearch --ef auto,128,512
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 
-from engine import calibration, projection  # noqa: E402
+from engine import calibration, codes, projection  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
+from engine.hamming import HammingIndex  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
-from engine.index import UsearchIndex, auto_expansion  # noqa: E402
+from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
 
 logger = logging.getLogger("bench.search")
@@ -227,6 +235,18 @@ def make_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int) -> D
     return Dataset(gallery, ident, queries, q_ident.astype(np.int64))
 
 
+def cached_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int, key: str) -> Dataset:
+    """make_dataset, kept as .npy files in the bench cache (a 1 M gallery takes minutes to draw on a busy machine)."""
+    base = common.cache_dir() / f"data-{key}"
+    parts = ("gallery", "gallery_ident", "queries", "query_ident")
+    if all(base.with_suffix(f".{p}.npy").exists() for p in parts):
+        return Dataset(*(np.load(base.with_suffix(f".{p}.npy")) for p in parts))
+    data = make_dataset(dist, n, n_queries, seed)
+    for p in parts:
+        np.save(base.with_suffix(f".{p}.npy"), getattr(data, p))
+    return data
+
+
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Exact float32 top-k row numbers and cosines (rows are unit), best first, for every query."""
     q = len(queries)
@@ -374,7 +394,7 @@ def recall_at(found: np.ndarray, truth10: np.ndarray) -> float:
     return float(np.mean([len(set(f[:10].tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth10, strict=True)]))
 
 
-def single_queries(index: UsearchIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[float], list[float]]:
+def single_queries(index: UsearchIndex | HammingIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[float], list[float]]:
     """Search one query at a time through UsearchIndex.search: gallery rows found, wall and CPU seconds per query.
 
     usearch answers a single query on the calling thread, so its thread CPU time is what the query
@@ -404,6 +424,128 @@ def shown_threshold() -> float:
     return table.threshold_possible if table else calibration.FALLBACK_POSSIBLE
 
 
+def code_model(name: str) -> codes.CodeModel:
+    """The shipped code model of the default recognizer (as Engine.open loads it), or an alternative (see --codes)."""
+    if name == "shipped":
+        cfg = EngineConfig()
+        return codes.for_model(file_sha256(cfg.resolved_model_dir() / (cfg.recognizer_file or DEFAULT_RECOGNIZER)))
+    x = common.real_embeddings().vectors
+    if name == "pca-random":
+        return codes.fit(x, 256, rotation="random", source="centred PCA 256 + random rotation")
+    if name in ("random256", "random512"):
+        bits = int(name[6:])
+        return codes.CodeModel(x.mean(0), codes.random_rotation(512, bits), f"centred random rotation, {bits} bits")
+    raise SystemExit(f"unknown code model {name!r}")
+
+
+def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped") -> HammingIndex:
+    """The engine's HammingIndex for the default recognizer, as Engine.open makes it."""
+    return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads)
+
+
+def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str) -> dict[str, float]:
+    """Start-up cost in a fresh process: HammingIndex.load(), RSS delta, keys()."""
+    proj = index_projection(common.real_embeddings(), dims, basis) if dims else None
+    index = hamming_index(Path(path), proj, 1000, threads, codes_name)
+    gc.collect()
+    rss0 = common.rss_bytes()
+    with common.Stopwatch() as t:
+        ok = index.load()
+    if not ok:
+        raise RuntimeError(f"could not load {path}")
+    rss_delta = common.rss_bytes() - rss0
+    with common.Stopwatch() as t_keys:
+        _ = int(index.keys().sum())
+    return {"load_s": t.s, "load_rss_delta": rss_delta, "keys_s": t_keys.s, "loaded_memory_bytes": index.memory_bytes()}
+
+
+def hamming_bench(
+    args: argparse.Namespace, data: Dataset, truth: np.ndarray, truth_sim: np.ndarray, real: common.RealEmbeddings,
+    m0: dict[str, Any], fit: dict[str, float], synth: dict[str, float], mates_in_top10: float, visible_mates: float,
+) -> int:
+    """The engine's HammingIndex: per code model, build (add in batches), save, load in a fresh process, then single
+    queries per candidates value (k=10 and k=--fetch); the final key=value line is the first model's first value."""
+    n = args.n
+    cands = [int(v) for v in str(args.candidates).split(",") if v.strip()]
+    proj = index_projection(real, args.pca, args.basis) if args.pca else None
+    common.emit(f"# search bench  index=hamming n={n} rerank={args.pca or NDIM}-d int8 scan_threads={args.scan_threads} "
+                f"queries={args.queries}")
+    common.emit(f"# machine  start: {common.kv_line(m0)}")
+    common.emit(f"# data  same-person cos mean real {fit['real_same_mean']:.3f} vs synthetic {synth['same_mean']:.3f}; "
+                f"stranger cos p99.9 {fit['real_stranger_p999']:.3f} vs {synth['stranger_p999']:.3f}; "
+                f"mates in exact top-10 per query {mates_in_top10:.2f} ({visible_mates:.1%} at cosine >= {args.threshold:g})")
+    finals: list[dict[str, object]] = []
+    for codes_name in str(args.codes).split(","):
+        path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash([n, args.seed, args.pca, args.basis, codes_name])}.idx"
+        index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name)
+        gc.collect()
+        rss0 = common.rss_bytes()
+        keys = np.arange(1, n + 1, dtype=np.int64)
+        with common.Stopwatch() as t_build:
+            c0 = time.process_time()
+            for a in range(0, n, 20_000):  # MetadataStore.iter_embeddings' batch, as Engine.rebuild_index adds
+                index.add(keys[a : a + 20_000], data.gallery[a : a + 20_000])
+            build_cpu = time.process_time() - c0
+        build_rss = common.rss_bytes() - rss0
+        with common.Stopwatch() as t_save:
+            index.save()
+        file_bytes = path.stat().st_size
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads, codes_name).result()
+        logger.info("%s: built in %.1f s, saved in %.1f s; start-up: load %.2f s, +%.0f MB RSS", codes_name, t_build.s,
+                    t_save.s, startup["load_s"], startup["load_rss_delta"] / 1e6)
+        bpf = startup["loaded_memory_bytes"] / n
+        common.emit(f"# codes={codes_name} ({index.code_model.bits} bits: {index.code_model.source}): build {t_build.s:.1f} s "
+                    f"({build_cpu:.0f} CPU-s), RSS +{build_rss / 1e6:.0f} MB, save {t_save.s:.1f} s; memory_bytes after load "
+                    f"{bpf:.0f} B/face, RSS after load +{startup['load_rss_delta'] / n:.0f} B/face, file {file_bytes / n:.0f} "
+                    f"B/face; HammingIndex.load {startup['load_s']:.2f} s + keys {startup['keys_s']:.3f} s")
+        for c in cands:
+            index.candidates = c
+            # Recall over every query on one thread (the same results: the split only changes who scans what; on a
+            # busy machine a split query waits for its second thread to be scheduled), then the timing of
+            # --timed-queries single queries with the engine's split.
+            index.threads = 1
+            found, _, _ = single_queries(index, data.queries, 10)
+            found_f, _, _ = single_queries(index, data.queries, args.fetch)
+            index.threads = args.scan_threads
+            _, times, cpu_times = single_queries(index, data.queries[: args.timed_queries], 10)
+            _, times_f, _ = single_queries(index, data.queries[: args.timed_queries], args.fetch)
+            lat, lat_cpu, lat_f = (common.percentiles_ms(t) for t in (times, cpu_times, times_f))
+            row: dict[str, object] = {
+                "codes": codes_name, "candidates": c, "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_p50_ms": lat_cpu["p50"],
+                "mate_recall": mate_recall(found, truth, data.gallery_ident, data.query_ident),
+                "recall10": recall_at(found, truth),
+                f"p50_k{args.fetch}_ms": lat_f["p50"], f"p99_k{args.fetch}_ms": lat_f["p99"],
+                f"mate_recall_k{args.fetch}": mate_recall(found_f, truth, data.gallery_ident, data.query_ident),
+                "mate_recall_shown": mate_recall(found_f, truth, data.gallery_ident, data.query_ident, truth_sim,
+                                                 args.threshold),
+                "load1": common.load_avg()[0],
+            }
+            common.emit("  " + common.kv_line(row))
+            logger.info("%s", common.kv_line(row))
+            finals.append({
+                "index": "hamming", "n": n, "codes": codes_name, "bits": index.code_model.bits, "ndim": index.ndim,
+                "candidates": c, "scan_threads": args.scan_threads, "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+                "cpu_p50_ms": lat_cpu["p50"], "mate_recall": row["mate_recall"], "recall10": row["recall10"],
+                f"p50_k{args.fetch}_ms": lat_f["p50"], f"mate_recall_k{args.fetch}": row[f"mate_recall_k{args.fetch}"],
+                "mate_recall_shown": row["mate_recall_shown"], "bytes_per_face": bpf,
+                "rss_per_face": startup["load_rss_delta"] / n, "file_per_face": file_bytes / n, "build_s": t_build.s,
+                "save_s": t_save.s, "load_s": startup["load_s"],
+            })
+        index.reset()
+        index.close()
+        path.unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)
+    m1 = common.machine()
+    common.emit(f"# machine  end:   {common.kv_line(m1)}")
+    first = finals[0]
+    verdict = {"p50": first["p50_ms"] <= TARGET_P50_MS, "mate_recall": first["mate_recall"] >= TARGET_MATE_RECALL,  # type: ignore[operator]
+               "bytes": first["bytes_per_face"] <= TARGET_BYTES_PER_FACE, "load": first["load_s"] <= TARGET_LOAD_S}  # type: ignore[operator]
+    common.emit("# targets (for n=1M): " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in verdict.items()))
+    common.emit(common.kv_line({**first, "nproc": m1["nproc"], "load1_start": m0["load1"], "load1_end": m1["load1"]}))
+    return 0
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and every option's default."""
 
@@ -419,6 +561,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_HelpFormatter,
     )
     ap.add_argument("--n", type=int, default=100_000, help="faces in the gallery (index size)")
+    ap.add_argument("--index", choices=["hamming", "usearch"], default=defaults.index_kind,
+                    help="which index (EngineConfig.index_kind; the engine's default unless given)")
+    ap.add_argument("--candidates", default=str(defaults.index_candidates),
+                    help="hamming: candidates re-ranked per search (EngineConfig.index_candidates); a comma list sweeps it")
+    ap.add_argument("--codes", default="shipped",
+                    help="hamming: code model(s), a comma list measured in turn (the final line is for the first): shipped "
+                    "(engine/calibration, centred PCA 256 + ITQ), pca-random (centred PCA 256 + a random rotation), "
+                    "random256 / random512 (centred random rotation of all 512 dims); all fitted on the calib embeddings")
+    ap.add_argument("--timed-queries", type=int, default=300,
+                    help="hamming: single queries timed per candidates value (recall is scored on all --queries)")
+    ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
+                    help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")
     ap.add_argument("--dtype", default=defaults.index_dtype, choices=["i8", "f16", "bf16", "f32"],
                     help="index scalar type (EngineConfig.index_dtype)")
@@ -460,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     data_key = common.stable_hash({"v": DATA_VERSION, "n": args.n, "q": args.queries, "seed": args.seed,
                                    "centres": args.centres, "real": real.vectors[:4].tolist(), "nreal": len(real.vectors)})
     with common.Stopwatch() as t_gen:
-        data = make_dataset(dist, args.n, args.queries, args.seed)
+        data = cached_dataset(dist, args.n, args.queries, args.seed, data_key)
     logger.info("generated %d faces of %d identities + %d queries in %.1f s", len(data.gallery),
                 int(data.gallery_ident.max()) + 1, len(data.queries), t_gen.s)
     sample = np.random.default_rng(5).choice(len(data.gallery), size=min(len(data.gallery), 50_000), replace=False)
@@ -487,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     visible_mates = float((is_mate & (truth_sim >= args.threshold)).sum() / max(1, is_mate.sum()))
     mates_in_top10 = float(np.mean([(data.gallery_ident[t] == qi).sum() for t, qi in zip(truth, data.query_ident, strict=True)]))
 
+    if args.index == "hamming":
+        return hamming_bench(args, data, truth, truth_sim, real, m0, fit, synth, mates_in_top10, visible_mates)
     full = data  # the 512-d float32 data (numpy exact timing uses it even with --pca)
     spec = {"data": data_key, "dtype": p.dtype, "M": p.connectivity, "efa": p.expansion_add}
     pca = ""

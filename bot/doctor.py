@@ -217,8 +217,10 @@ async def _vectors_check(config: EngineConfig, sidecar: dict[str, object], damag
     """Every index vector against its stored embedding, projected as the engine projects it (int8 tolerance)."""
     from usearch.index import Index
 
-    from engine import projection
+    from engine import hamming, projection
+    from engine.engine import make_index
     from engine.faces import FaceModel
+    from engine.hamming import HammingIndex
     from engine.store import MetadataStore
 
     try:
@@ -228,7 +230,17 @@ async def _vectors_check(config: EngineConfig, sidecar: dict[str, object], damag
     proj = projection.for_model(model.recognizer_sha256, config.index_dims)
     if (proj.key if proj else None) != sidecar.get("projection"):
         return Check("vectors", "skip", "the index was built with another projection: the engine rebuilds it at start")
-    index = await asyncio.to_thread(Index.restore, str(config.index_path), True)
+    if hamming.saved_keys(config.index_path) is not None:  # the default index kind: its own file format
+        held = make_index(config, model.recognizer_sha256)
+        if not isinstance(held, HammingIndex):
+            return Check("vectors", "skip", "the index file is of another kind than SIGHTLINE_INDEX_KIND: the engine "
+                                            "rebuilds it at start")
+        held.gallery_id = sidecar.get("gallery_id")  # type: ignore[assignment]  # the gallery was checked above
+        if not await asyncio.to_thread(held.load):
+            return Check("vectors", "skip", "the index was built with another code model: the engine rebuilds it at start")
+        index = held
+    else:
+        index = await asyncio.to_thread(Index.restore, str(config.index_path), True)
     store = await MetadataStore.open(config.db_path, create=False)
     bad: list[int] = []
     checked = 0
@@ -239,7 +251,10 @@ async def _vectors_check(config: EngineConfig, sidecar: dict[str, object], damag
             if not len(ids):
                 continue
             want = proj.apply(vecs) if proj else vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-            got = np.asarray(index.get(ids.astype(np.uint64), dtype=np.float32), dtype=np.float32)
+            if isinstance(index, HammingIndex):
+                got = index.vectors(ids)  # its int8 rows, de-quantised: the same projected unit vectors
+            else:
+                got = np.asarray(index.get(ids.astype(np.uint64), dtype=np.float32), dtype=np.float32)
             got = got.reshape(len(ids), -1)
             norms = np.linalg.norm(got, axis=1)
             cos = np.einsum("ij,ij->i", got, want) / np.maximum(norms, 1e-12)

@@ -19,6 +19,8 @@ from engine import (
     NoFaceFound,
     SearchResult,
 )
+from engine.engine import backend_of
+from engine.milvus_index import MilvusIndex
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,8 @@ class Metrics:
         engine = self._engine
         if engine is None:
             return 0.0
-        n = engine.index.cached_len()  # never waits on an index server during a scrape
+        index = engine.index
+        n = index.cached_len() if isinstance(index, MilvusIndex) else len(index)  # never waits on a server in a scrape
         return float(n) if n >= 0 else float("nan")
 
     def collect(self) -> Iterator[Metric]:
@@ -112,20 +115,19 @@ class Metrics:
         engine = self._engine
         if engine is None:
             return
-        index = engine.index
-        backend = [index.backend]
+        backend = [backend_of(engine.index)]
         info = GaugeMetricFamily("sightline_index_backend", "The index backend in use (1 for the one in use).",
                                  labels=["backend"])
         info.add_metric(backend, 1.0)
         yield info
         count = CounterMetricFamily("sightline_index_lookups", "Index searches this process made.", labels=["backend"])
-        count.add_metric(backend, float(index.lookups))
+        count.add_metric(backend, float(engine.lookups))
         yield count
         total = CounterMetricFamily("sightline_index_lookup_seconds", "Seconds this process spent in index searches "
                                     "(divide by sightline_index_lookups_total for the mean latency).", labels=["backend"])
-        total.add_metric(backend, float(index.lookup_seconds))
+        total.add_metric(backend, float(engine.lookup_seconds))
         yield total
-        last = index.last_latency_ms
+        last = engine.lookup_last_ms
         gauge = GaugeMetricFamily("sightline_index_last_lookup_seconds", "Duration of the last index search.",
                                   labels=["backend"])
         gauge.add_metric(backend, last / 1000 if last is not None else float("nan"))

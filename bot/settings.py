@@ -96,13 +96,22 @@ class Settings(BaseSettings):
         192, ge=0, description="Dimensions the index projects faces to with the model's fitted basis (0: full "
         "vectors; results are re-scored on full vectors either way). Changing it rebuilds the index.",
     )
+    index_kind: Literal["hamming", "usearch"] = Field(
+        "hamming", description="Search index: hamming (binary codes of every face scanned exhaustively, then re-ranked; "
+        "8 ms at 1 M faces for 99 % of true matches, 264 B per face) or usearch (HNSW graph; 14 ms at 1 M for the same, "
+        "797 B per face). Changing it rebuilds the index (bench/RESULTS.md).",
+    )
+    index_candidates: int = Field(
+        1000, ge=50, description="hamming index: candidates re-ranked per search (more finds more true matches, slower).",
+    )
     index_ef_search: int | None = Field(
-        None, ge=10, description="HNSW search breadth: higher finds more true matches, slower. Default: grows with "
+        None, ge=10, description="usearch index: HNSW search breadth: higher finds more true matches, slower. Default: grows with "
         "the gallery (128 up to 100,000 faces, 1,024 at 1 M), which keeps ~99 % of true matches (bench/RESULTS.md).",
     )
-    index_backend: Literal["usearch", "milvus"] = Field(
-        "usearch", description="Where the vector index lives: usearch (a file in the data folder) or milvus (a "
-        "collection on a Milvus server, for galleries beyond one machine). Switch with `sightline index-migrate`.",
+    index_backend: Literal["embedded", "milvus"] = Field(
+        "embedded", description="Where the search index lives: embedded (in the process, of SIGHTLINE_INDEX_KIND, saved "
+        "in the data folder) or milvus (a collection on a Milvus server, for galleries beyond one machine). Switch "
+        "with `sightline index-migrate`.",
     )
     milvus_uri: str = Field(
         "http://127.0.0.1:19530", description="Milvus server address (index_backend=milvus); `scripts/milvus start` "
@@ -179,6 +188,8 @@ class Settings(BaseSettings):
             workers=self.workers,
             index_dims=self.index_dims,
             index_expansion_search=self.index_ef_search,
+            index_kind=self.index_kind,
+            index_candidates=self.index_candidates,
             index_backend=self.index_backend,
             milvus_uri=self.milvus_uri,
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else "",

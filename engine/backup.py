@@ -50,11 +50,21 @@ class IndexFingerprint:
 
 
 def index_fingerprint(path: Path) -> IndexFingerprint | None:
-    """Count and key sum of a saved usearch index, memory-mapped; None when missing or unreadable."""
+    """Count and key sum of a saved index (either kind; usearch's memory-mapped); None when missing or unreadable."""
     from usearch.index import Index
+
+    from .hamming import MAGIC, saved_keys
 
     if not path.is_file():
         return None
+    with open(path, "rb") as fh:
+        is_hamming = fh.read(len(MAGIC)) == MAGIC
+    if is_hamming:
+        hkeys = saved_keys(path)
+        if hkeys is None:
+            logger.warning("index file %s is unreadable", path)
+            return None
+        return IndexFingerprint(len(hkeys), int(hkeys.sum()))
     try:
         index = Index.restore(str(path), view=True)
     except Exception as exc:  # noqa: BLE001 (usearch raises several types for a damaged file)

@@ -53,14 +53,20 @@ class EngineConfig:
     quality_max_yaw: float = 45.0  # degrees, from estimate_pose (see docs/model-card.md)
     inference_threads: int = 1  # onnxruntime intra-op threads per session (2 workers x 1 thread: measured 4x less CPU than x 2)
     workers: int = 2  # concurrent decode/detect/embed jobs
-    index_dtype: str = "i8"
+    # Which index: "hamming" (binary codes scanned exhaustively, then re-ranked in memory; engine.hamming) or
+    # "usearch" (the HNSW graph of issue 6). bench/RESULTS.md (issue 15) measures both at 1 M faces.
+    index_kind: str = "hamming"
+    index_candidates: int = 1000  # hamming: candidates re-ranked per search (Hamming scan -> projected cosine)
+    index_scan_threads: int = 2  # hamming: threads one search's scan is split over
+    index_dtype: str = "i8"  # usearch only, like connectivity and the expansions below
     # The index holds embeddings projected to this many dimensions (the model's fitted basis; re-ranking
     # stays exact on the full vectors). 0: full vectors. bench/RESULTS.md measures the trade.
     index_dims: int = 192
     index_connectivity: int = 32
     index_expansion_add: int = 128
     index_expansion_search: int | None = None  # None: grows with the gallery (engine.index.auto_expansion)
-    index_backend: str = "usearch"  # usearch (a file in data_dir) | milvus (a collection on a Milvus server)
+    # embedded (the index_kind index in this process, saved in data_dir) | milvus (a collection on a Milvus server)
+    index_backend: str = "embedded"
     milvus_uri: str = "http://127.0.0.1:19530"
     milvus_token: str = field(default="", repr=False)  # "user:password" or an API key; a secret
     milvus_collection: str = "sightline_faces"
@@ -91,5 +97,5 @@ class EngineConfig:
 
     @property
     def index_path(self) -> Path:
-        """The usearch index file: derived data, rebuilt from the database when needed."""
+        """The index file (either kind; its header says which): derived data, rebuilt from the database when needed."""
         return Path(self.data_dir) / "gallery.usearch"

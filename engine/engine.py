@@ -8,16 +8,14 @@ import functools
 import logging
 import sqlite3
 import time
-import unicodedata
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 
-from . import audit, fsmodes, labels, projection
+from . import audit, codes, fsmodes, labels, projection, scheduling
 from . import calibration as calib
 from . import index as index_files
 from .config import EngineConfig
@@ -36,9 +34,11 @@ from .errors import (
     is_disk_full,
 )
 from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_box
+from .hamming import HammingIndex
 from .images import Decoded, decode_frames, sha256_hex
-from .index import VectorIndex, open_index
+from .index import UsearchIndex, VectorIndex
 from .integrity import clamp_similarity
+from .milvus_index import MilvusIndex
 from .store import CHANGES_KEPT, FaceRow, MetadataStore, StoredFace, now_iso
 from .types import (
     AuditEntry,
@@ -89,22 +89,6 @@ def check_case(case: str | None) -> str | None:
     return labels.case_ref(case)
 
 
-# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
-# pattern (U+2800). A case reference made of them looks empty in the audit log; Unicode calls them graphic.
-INVISIBLE_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Control (Cc: tab, DEL, NEL), format (Cf: zero-width, LRM/RLM, bidi overrides, soft hyphen), line and paragraph
-# separators, private use and lone surrogates.
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
-
-
-def invisible_character(text: str) -> str | None:
-    """The first character of `text` a reader cannot see (or that reorders or breaks the line), or None."""
-    for ch in text:
-        if ch in INVISIBLE_FILLERS or unicodedata.category(ch) in HIDDEN_CATEGORIES:
-            return ch
-    return None
-
-
 class Engine:
     """The face-search service. Build it with `await Engine.open(config)`."""
 
@@ -121,10 +105,14 @@ class Engine:
         self.store = store
         self.config = config
         self.calibration = calibration
-        self._executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="sightline")
+        # Jobs run oldest request first: a burst of searches is answered in arrival order (engine.scheduling).
+        self._executor = scheduling.PriorityExecutor(max(1, config.workers), "sightline")
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
         self._seq = 0  # the database change-log seq the in-memory index reflects (see catch_up)
+        self.lookups = 0  # index searches this engine made, their total seconds and the last one's ms (stats, /metrics)
+        self.lookup_seconds = 0.0
+        self.lookup_last_ms: float | None = None
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -162,10 +150,10 @@ class Engine:
                 fsmodes.private_data_dir(config.data_dir)
             head_log = audit.HeadLog(config.audit_head_path, config.audit_head_syslog)
             store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
-            index = open_index(config, projection.for_model(faces.recognizer_sha256, config.index_dims))
+            index = make_index(config, faces.recognizer_sha256)
             index.gallery_id = store.gallery_id
-            if config.index_backend != "usearch" and config.index_path.exists():
-                logger.warning("%s is a usearch index from before the switch to %s: it still holds faces, including "
+            if config.index_backend != "embedded" and config.index_path.exists():
+                logger.warning("%s is an embedded index from before the switch to %s: it still holds faces, including "
                                "any erased since; `sightline index-migrate --to %s` erases it", config.index_path,
                                config.index_backend, config.index_backend)
             engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
@@ -200,6 +188,17 @@ class Engine:
                 await self.store.close()
             finally:
                 self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _lookup(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`self.index.search`, timed for stats and /metrics (a worker thread; any backend)."""
+        started = time.perf_counter()
+        try:
+            return self.index.search(vector, count)
+        finally:
+            seconds = time.perf_counter() - started
+            self.lookups += 1
+            self.lookup_seconds += seconds
+            self.lookup_last_ms = seconds * 1000
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -253,7 +252,7 @@ class Engine:
                 db_ids = await self.store.face_ids()
                 extra = np.setdiff1d(keys, db_ids, assume_unique=True)
                 missing = np.setdiff1d(db_ids, keys, assume_unique=True)
-                if len(extra) == 0 or self.index.backend == "milvus":  # Milvus deletes leave no slots behind
+                if len(extra) == 0 or isinstance(self.index, MilvusIndex):  # Milvus deletes leave no slots behind
                     if len(extra):
                         logger.warning("index holds %d faces the database does not: removing them", len(extra))
                         await self._cpu(self.index.remove, extra)
@@ -354,10 +353,13 @@ class Engine:
             return await self._rebuild_locked(progress)
 
     async def _rebuild_locked(self, progress: Callable[[int], None] | None = None) -> int:
-        self.index.gallery_id = self.store.gallery_id
-        fresh = await asyncio.to_thread(self.index.fresh)  # Milvus: the collection is dropped and created empty
+        fresh = make_index(self.config, self.faces.recognizer_sha256)
+        fresh.gallery_id = self.store.gallery_id
+        if isinstance(fresh, MilvusIndex):  # the collection is dropped and created empty
+            await asyncio.to_thread(fresh.reset)
         head = await self.store.change_head()  # the rebuild reflects at least every change up to here
         total, _ = await self.store.face_fingerprint()
+        logger.info("building the %s index from the database's %d faces", type(fresh).__name__, total)
         n = 0
         started = last_log = time.monotonic()
         async for ids, vecs in self.store.iter_embeddings():
@@ -366,15 +368,18 @@ class Engine:
             if progress:
                 progress(len(ids))
             now = time.monotonic()
-            if now - last_log >= 30 and n < total:  # a 1 M-face rebuild takes many minutes: say how far it is
+            if now - last_log >= 10 and n < total:  # a 1 M-face rebuild takes a minute (hamming) or many (usearch)
                 rate = n / (now - started)
-                logger.info("rebuilding the %s index: %d of %d faces (%.0f%%), about %.0f min left",
-                            fresh.backend, n, total, 100 * n / total, (total - n) / rate / 60)
+                logger.info("rebuilding the %s index: %d of %d faces (%.0f%%), about %.0f s left",
+                            backend_of(fresh), n, total, 100 * n / total, (total - n) / rate)
                 last_log = now
-        self.index = fresh
+        old, self.index = self.index, fresh
+        if isinstance(old, HammingIndex):  # zero its arrays: freed memory keeps its bytes otherwise
+            old.reset()
+            old.close()
         self._seq = head
         await self._save_locked(force=True)
-        logger.info("%s index rebuilt: %d faces in %.0f s", fresh.backend, n, time.monotonic() - started)
+        logger.info("%s index rebuilt: %d faces in %.0f s", backend_of(fresh), n, time.monotonic() - started)
         return n
 
     async def save_index(self) -> bool:
@@ -391,6 +396,8 @@ class Engine:
             await self._follow_locked()
             stored = self.index.stored_state()
             same_shape = stored.get("projection") == self.index.projection_key and stored.get("ndim") == self.index.ndim
+            if isinstance(self.index, HammingIndex):  # and the same kind of file, made with the same code model
+                same_shape = same_shape and stored.get("codes") == self.index.code_model.key
             if not force and same_shape and stored.get("change_seq") == self._seq:
                 # Another process saved this very state (or nothing changed): leave the file alone.
                 await asyncio.to_thread(index_files.remove_stale_temporaries, self.config.index_path)
@@ -429,6 +436,7 @@ class Engine:
             for i, f in enumerate(faces)
         )
 
+    @scheduling.as_request
     async def detect(self, image: bytes) -> tuple[DetectedFace, ...]:
         """Every face in a photo (numbered left to right), without searching. Raises NoFaceFound."""
         analysed = await self._cpu(self._analyse_sync, image, True)
@@ -465,6 +473,7 @@ class Engine:
             )
         return analysed.decoded, rows
 
+    @scheduling.as_request
     async def enroll(
         self,
         image: bytes,
@@ -524,13 +533,14 @@ class Engine:
         size = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server
         if primary is None or size == 0:
             return None
-        keys, _ = await self._cpu(self.index.search, primary.embedding, min(5, size))
+        keys, _ = await self._cpu(self._lookup, primary.embedding, min(5, size))
         found = (await self.store.faces_by_ids(keys.tolist())).values()
         sims = [(float(np.dot(f.embedding, primary.embedding)), f.image_id) for f in found]
         best = max(sims, default=None)
         return best[1] if best is not None and best[0] >= self.config.near_duplicate_similarity else None
 
     # -- search ------------------------------------------------------------------------------
+    @scheduling.as_request
     async def search(
         self,
         image: bytes,
@@ -615,6 +625,7 @@ class Engine:
         assert emb is not None
         return detected, chosen, emb, self.faces.thumbnail(analysed.decoded.bgr, raw.box), analysed.decoded
 
+    @scheduling.as_request
     async def query_embedding(self, image: bytes, face: int | None = None) -> np.ndarray:
         """The embedding `search` compares with the gallery for a photo's face (the primary one by
         default), by the very same steps; for evaluation. Raises NoFaceFound, FaceIndexError."""
@@ -623,7 +634,7 @@ class Engine:
 
     async def query_face(self, image: bytes, face: int | None = None) -> tuple[np.ndarray, Quality]:
         """`query_embedding` and the searched face's quality (for calibration by quality class)."""
-        detected, chosen, vec, _ = await self._cpu(self._query_sync, image, face, "primary")
+        detected, chosen, vec, _, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec, detected[chosen - 1].quality
 
     def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
@@ -651,7 +662,7 @@ class Engine:
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
         # Ids the database no longer has (erased meanwhile, or unknown to it) are dropped here.
         want = min(max(top * 4, 40), max(gallery, 1))
-        keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
+        keys, _approx = await self._cpu(self._lookup, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
         # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
         scored = sorted(
@@ -833,18 +844,57 @@ class Engine:
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         index = self.index
         ef, memory = await asyncio.to_thread(lambda: (index.ef, index.memory_bytes()))
-        if index.last_latency_ms is None and c["faces"]:  # one lookup, so that the latency is known
+        if self.lookup_last_ms is None and c["faces"]:  # one lookup, so that the latency is known
             probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)
             probe[0] = 1.0
-            await self._cpu(index.search, probe, 10)
+            await self._cpu(self._lookup, probe, 10)
         return Stats(
             images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
             db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
             index_dims=self.index.ndim, index_ef=ef, index_memory_bytes=memory,
-            index_backend=self.index.backend, index_where=getattr(self.index, "where", str(self.config.index_path)),
-            index_latency_ms=self.index.last_latency_ms,
+            index_backend=backend_of(index), index_kind=kind_of(index),
+            index_where=index.where if isinstance(index, MilvusIndex) else str(self.config.index_path),
+            index_latency_ms=self.lookup_last_ms,
         )
+
+
+def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | HammingIndex | MilvusIndex:
+    """An empty, unloaded index of the configured backend (embedded: of the configured kind) for a recognition
+    model (its shipped projection and code model). Raises InvalidArgument for an unknown backend or kind."""
+    proj = projection.for_model(model_sha256, config.index_dims)
+    if config.index_backend == "milvus":
+        return MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token,
+                           connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
+                           expansion_search=config.index_expansion_search, projection=proj,
+                           timeout=config.milvus_timeout)
+    if config.index_backend != "embedded":
+        raise InvalidArgument(f"index_backend must be embedded or milvus, not {config.index_backend!r}")
+    if config.index_kind == "usearch":
+        return UsearchIndex(
+            config.index_path,
+            dtype=config.index_dtype,
+            connectivity=config.index_connectivity,
+            expansion_add=config.index_expansion_add,
+            expansion_search=config.index_expansion_search,
+            projection=proj,
+        )
+    if config.index_kind != "hamming":
+        raise InvalidArgument(f"index_kind must be hamming or usearch, not {config.index_kind!r}")
+    return HammingIndex(config.index_path, code_model=codes.for_model(model_sha256), projection=proj,
+                        candidates=config.index_candidates, threads=config.index_scan_threads)
+
+
+def backend_of(index: VectorIndex) -> str:
+    """Where an index lives: "milvus" (a collection on a server) or "embedded" (in this process, a file in data_dir)."""
+    return "milvus" if isinstance(index, MilvusIndex) else "embedded"
+
+
+def kind_of(index: VectorIndex) -> str:
+    """What an index is: hamming, usearch, or the Milvus collection's index type (e.g. milvus HNSW)."""
+    if isinstance(index, MilvusIndex):
+        return f"milvus {index.index_type}"
+    return "hamming" if isinstance(index, HammingIndex) else "usearch"
 
 
 def _with_audit(result: SearchResult, seq: int) -> SearchResult:

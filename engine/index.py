@@ -13,7 +13,6 @@ import math
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,6 @@ import numpy as np
 from . import faults, fsmodes, integrity
 
 if TYPE_CHECKING:
-    from .config import EngineConfig
     from .projection import Projection
 
 logger = logging.getLogger(__name__)
@@ -100,7 +98,8 @@ class SharedLock:
 
 
 class VectorIndex(Protocol):
-    """What the engine needs from a nearest-neighbour index: UsearchIndex here, MilvusIndex (engine/milvus_index.py).
+    """What the engine needs from a nearest-neighbour index: UsearchIndex here, HammingIndex (engine/hamming.py),
+    MilvusIndex (engine/milvus_index.py, on a server).
 
     `add` ignores keys already present and `remove` ignores absent ones (a face's embedding never changes),
     so the engine may replay the database's change log over an index that already reflects part of it.
@@ -108,19 +107,12 @@ class VectorIndex(Protocol):
     `stored_state()` reads back what the last save recorded; the engine calls `save` under its save lock.
     """
 
-    backend: str
-    ndim: int
-    scrubbed: int
-
-    @property
-    def ef(self) -> int: ...
     def __len__(self) -> int: ...
-    def load(self) -> bool: ...
-    def fresh(self) -> VectorIndex: ...
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, keys: np.ndarray) -> None: ...
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]: ...
     def keys(self) -> np.ndarray: ...
+    def load(self) -> bool: ...
     def save(self, state: Mapping[str, object] | None = None) -> None: ...
     def stored_state(self) -> dict[str, object]: ...
     def memory_bytes(self) -> int: ...
@@ -137,8 +129,6 @@ class UsearchIndex:
     and which gallery it belongs to with a checksum of the file (engine.integrity): a foreign or damaged
     file is never loaded.
     """
-
-    backend = "usearch"
 
     def __init__(
         self,
@@ -160,9 +150,6 @@ class UsearchIndex:
         self._lock = SharedLock()  # searches share it; add, remove and swaps take it alone
         self._index = self._new()
         self._scrubs = 0
-        self.last_latency_ms: float | None = None  # of the last search (stats, /metrics)
-        self.lookups = 0  # searches so far, and their total seconds (/metrics)
-        self.lookup_seconds = 0.0
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
 
     def _new(self):  # type: ignore[no-untyped-def]
@@ -243,25 +230,14 @@ class UsearchIndex:
                 os.fsync(fh.fileno())
             meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
                     **integrity.sidecar_fields(tmp, self.gallery_id), **(state or {})}
-            faults.reached("index-save:before-replace")
-            os.replace(tmp, self.path)
         except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
             tmp.unlink(missing_ok=True)
             raise
-        faults.reached("index-save:after-replace")
-        # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
-        write_sidecar(self.path, meta)
+        publish_index(tmp, self.path, meta)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
         return read_sidecar(self.path) if self.path.is_file() else {}
-
-    def fresh(self) -> UsearchIndex:
-        """An empty index with the same settings and path (saving it replaces the old file)."""
-        fresh = UsearchIndex(self.path, dtype=self.dtype, connectivity=self.connectivity, expansion_add=self.expansion_add,
-                             expansion_search=self.expansion_search, projection=self.projection, ndim=self.ndim)
-        fresh.gallery_id = self.gallery_id
-        return fresh
 
     def close(self) -> None:
         """Nothing to release (the engine saves before closing)."""
@@ -315,15 +291,6 @@ class UsearchIndex:
             self._scrubs += len(present)
             self._set_ef()
 
-    def _timed(self, seconds: float) -> None:
-        self.last_latency_ms = seconds * 1000
-        self.lookups += 1
-        self.lookup_seconds += seconds
-
-    def cached_len(self) -> int:
-        """The number of faces, without waiting for anything (for /metrics)."""
-        return len(self)
-
     def _set_ef(self) -> None:
         """Keep usearch's search breadth at `ef` (called under the exclusive lock, after the size changed)."""
         ef = self.ef
@@ -342,12 +309,10 @@ class UsearchIndex:
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
         v = self._prepare(vector)
-        started = time.perf_counter()
         with self._lock.shared():
             if len(self._index) == 0:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             m = self._index.search(v, count)
-        self._timed(time.perf_counter() - started)
         return np.asarray(m.keys, dtype=np.int64), 1.0 - np.asarray(m.distances, dtype=np.float32)
 
     def memory_bytes(self) -> int:
@@ -359,23 +324,21 @@ class UsearchIndex:
         return self.path.stat().st_size if self.path.exists() else 0
 
 
-def open_index(config: EngineConfig, projection: Projection | None) -> VectorIndex:
-    """The index backend the configuration names (`index_backend`: usearch | milvus), not yet loaded."""
-    if config.index_backend == "milvus":
-        from .milvus_index import MilvusIndex
-
-        return MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token,
-                           connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
-                           expansion_search=config.index_expansion_search, projection=projection,
-                           timeout=config.milvus_timeout)
-    if config.index_backend != "usearch":
-        raise ValueError(f"index_backend must be usearch or milvus, not {config.index_backend!r}")
-    return UsearchIndex(config.index_path, dtype=config.index_dtype, connectivity=config.index_connectivity,
-                        expansion_add=config.index_expansion_add, expansion_search=config.index_expansion_search,
-                        projection=projection)
-
-
 TEMP_SUFFIX = ".tmp"
+
+
+def publish_index(tmp: Path, path: Path, meta: Mapping[str, object]) -> None:
+    """Rename a written, fsynced temporary index file over `path`, then write its sidecar `meta` (any index
+    kind; call it under the save lock). On failure the temporary file is removed and the old index stays."""
+    try:
+        faults.reached("index-save:before-replace")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    faults.reached("index-save:after-replace")
+    # After the index: a crash in between leaves the old sidecar, whose checksum fails (a rebuild).
+    write_sidecar(path, meta)
 
 
 def sidecar_path(index_path: Path) -> Path:

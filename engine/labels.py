@@ -26,7 +26,10 @@ MAX_USER_NOTE = 200
 LINE_BREAKS = {"\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"}
 BIDI = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
 ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u180e", "\u00ad"}
-FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control, format (bidi, zero-width), lone surrogates, separators
+FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}  # control, format (bidi, zero-width), surrogates, private use, separators
+# Letters and symbols that draw nothing: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) and the blank braille
+# pattern (U+2800). Unicode calls them graphic, but a label made of them looks empty in every answer and the audit.
+BLANK_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
 # Schemes that run code, embed data or act inside Telegram when a viewer opens them; www. links need http(s).
 REFUSED_SCHEMES = {"javascript", "vbscript", "data", "blob", "about", "tg"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
@@ -49,6 +52,8 @@ def forbidden(ch: str) -> str | None:
         return "a zero-width character"
     if ch == "\t":
         return "a tab"
+    if ch in BLANK_LETTERS:
+        return "a blank character that draws nothing"
     cat = unicodedata.category(ch)
     if cat in ("Zl", "Zp"):
         return "a line break"

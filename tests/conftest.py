@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine import Engine, EngineConfig
@@ -89,7 +90,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 async def build_gallery(data_dir: Path) -> None:
     """Enroll the first photo of every dev identity, labelled with the identity's name."""
-    engine = await Engine.open(make_config(data_dir, index_backend="usearch"))
+    engine = await Engine.open(make_config(data_dir, index_backend="embedded"))
     try:
         for name, photos in dev_identities().items():
             await engine.enroll(
@@ -198,3 +199,16 @@ async def start_bot(bot_engine: Engine, tmp_path: Path) -> AsyncIterator[Callabl
 async def bot(start_bot: Callable[..., Awaitable[BotHarness]]) -> BotHarness:
     """A bot with default settings."""
     return await start_bot()
+
+
+def index_copies(index: object, face_ids: list[int]) -> list[bytes]:
+    """What the index keeps of each face: code and int8 vector (hamming) or the int8 vector (usearch)."""
+    from engine.hamming import HammingIndex
+    from engine.index import UsearchIndex
+
+    if isinstance(index, HammingIndex):
+        live = index._keys[: len(index)]
+        rows = [int(np.flatnonzero(live == i)[0]) for i in face_ids]
+        return [a[r].tobytes() for a in (index._codes, index._codes2, index._vecs) for r in rows if a.shape[1]]
+    assert isinstance(index, UsearchIndex)
+    return [index._index.get(i, dtype="i8").tobytes() for i in face_ids]

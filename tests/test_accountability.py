@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli_main
-from conftest import dev_identities, make_config
+from conftest import dev_identities, index_copies, make_config
 from engine import Engine
+from engine.hamming import HammingIndex
 
 
 async def cli(argv: list[str]) -> int:
@@ -22,6 +23,13 @@ async def cli(argv: list[str]) -> int:
 def all_bytes(folder: Path) -> bytes:
     """Every byte of every file under a folder."""
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def index_memory(index: object) -> bytes:
+    """Every byte of the index's arrays (hamming), spare capacity too; usearch's memory is not reachable."""
+    if isinstance(index, HammingIndex):
+        return b"".join(a.tobytes() for a in index._all)
+    return b""
 
 
 async def make_log(data_dir: Path, n: int = 8) -> None:
@@ -123,7 +131,8 @@ async def test_query_photo_is_never_retained(gallery_copy: Path, caplog: pytest.
     assert result.query_sha256 in details
 
 
-async def test_erasure_leaves_no_embedding_or_thumbnail_in_the_files(gallery_copy: Path) -> None:
+@pytest.mark.parametrize("kind", ["hamming", "usearch"])
+async def test_erasure_leaves_no_embedding_or_thumbnail_in_the_files(gallery_copy: Path, kind: str) -> None:
     db_path = gallery_copy / "sightline.sqlite3"
     with sqlite3.connect(db_path) as db:
         rows = db.execute("SELECT embedding, thumbnail FROM faces WHERE subject = 'Vladimir_Putin'").fetchall()
@@ -136,16 +145,19 @@ async def test_erasure_leaves_no_embedding_or_thumbnail_in_the_files(gallery_cop
     secrets = [s for s in secrets if s not in others]
     assert len(secrets) > 10
     assert all(s in all_bytes(gallery_copy) for s in secrets)
-    engine = await Engine.open(make_config(gallery_copy))
+    engine = await Engine.open(make_config(gallery_copy, index_kind=kind))  # usearch: rebuilt from the database
     try:
         with sqlite3.connect(db_path) as db:
             face_ids = [r[0] for r in db.execute(
                 "SELECT f.id FROM faces f JOIN images i ON i.id = f.image_id WHERE i.subject = 'Vladimir_Putin'")]
-        # The index's own (int8) copies of those faces' embeddings are biometric data too.
-        secrets += [engine.index._index.get(i, dtype="i8").tobytes() for i in face_ids]
-        assert all(s in all_bytes(gallery_copy) for s in secrets[-len(face_ids):])
+        # The index's own copies of those faces (sign codes and int8 re-rank vectors) are biometric data too.
+        copies = index_copies(engine.index, face_ids)
+        secrets += copies
+        assert all(s in all_bytes(gallery_copy) for s in copies)
         erased = await engine.forget(subject="Vladimir_Putin", actor="cli:test")
         assert erased.images == 1
+        # Nor in the index's memory, spare capacity included, once forget returns.
+        assert [s for s in copies if s in index_memory(engine.index)] == []
     finally:
         await engine.close()
     stored = all_bytes(gallery_copy)

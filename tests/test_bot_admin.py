@@ -117,7 +117,7 @@ async def test_stats_and_users(bot: BotHarness, bot_engine: Engine) -> None:
     stats = await bot_engine.stats()
     reply = await bot.command(BOT_ADMIN, "/stats")
     assert reply.text.startswith(f"Gallery: {stats.images:,} images, {stats.faces:,} faces")
-    assert "(192-d, search breadth 128)" in reply.text  # the projected index; a small gallery's breadth
+    assert "(192-d, search breadth 1000)" in reply.text  # the projected index; the hamming index re-ranks 1,000
     reply = await bot.command(BOT_ADMIN, "/users")
     assert f"{BOT_ADMIN} (admin, bootstrap" in reply.text
 

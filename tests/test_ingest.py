@@ -57,7 +57,7 @@ async def test_manifest_ingest_reports_failures_and_resumes(tmp_path: Path, caps
     assert "indexed 0 image(s)" in capsys.readouterr().out and code == 0
     assert await cli(["--data-dir", str(data), "stats"]) == 0
     out = capsys.readouterr().out
-    assert "images          2\n" in out and "192-d, search breadth (ef) 128" in out
+    assert "images          2\n" in out and "hamming, 192-d, 1000 candidates re-ranked" in out
 
 
 async def test_bad_manifest_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from test_integrity import assert_everything_audited
 
-from conftest import ROOT, dev_identities, make_config
+from conftest import ROOT, dev_identities, index_copies, make_config
 from engine import Engine
 
 ERASED = "Vladimir_Putin"
@@ -66,7 +66,7 @@ async def erased_vectors(data: Path) -> tuple[list[int], list[bytes]]:
     try:
         with sqlite3.connect(data / "sightline.sqlite3") as db:
             ids = [r[0] for r in db.execute("SELECT id FROM faces WHERE image_id IN (SELECT id FROM images WHERE subject = ?)", (ERASED,))]
-        vectors = [engine.index._index.get(i, dtype="i8").tobytes() for i in ids]
+        vectors = index_copies(engine.index, ids)  # codes and int8 vectors (hamming) or int8 vectors (usearch)
     finally:
         await engine.close()
     return ids, vectors

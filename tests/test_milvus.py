@@ -1,5 +1,5 @@
 """The Milvus index backend against a real Milvus server (tests/conftest.py `milvus_server`): the same guarantees
-as the embedded usearch index — consistency with SQLite at start-up, physical erasure, no erased or unknown face
+as the embedded index — consistency with SQLite at start-up, physical erasure, no erased or unknown face
 in any answer, several engines on one collection, and a clear error within seconds when the server is away."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import dev_identities, milvus_collection_for, milvus_config
-from engine import Engine, IndexUnavailable
+from engine import Engine, IndexUnavailable, hamming
 from engine.index import prepare
 from engine.milvus_index import MilvusIndex
 
@@ -277,17 +277,19 @@ def test_index_migrate_there_and_back_erases_the_old_copy(
     data = gallery_copy(tmp_path / "data")
     collection = milvus_env(monkeypatch, milvus_server, data)
     env = tmp_path / ".env"
-    env.write_text("SIGHTLINE_DATA_DIR=x\n# SIGHTLINE_INDEX_BACKEND=usearch\n")
-    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "usearch")
+    env.write_text("SIGHTLINE_DATA_DIR=x\n# SIGHTLINE_INDEX_BACKEND=embedded\n")
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "embedded")
+    assert hamming.saved_keys(data / "gallery.usearch") is not None  # the default: the embedded hamming index
     code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "milvus", "--env-file", str(env))
     assert code == 0, err
-    assert "the gallery's 3 faces are in Milvus at" in out and "the usearch copy was erased" in out
+    assert "the gallery's 3 faces are in Milvus at" in out and "the embedded copy was erased" in out
     assert not (data / "gallery.usearch").exists() and not (data / "gallery.usearch.json").exists()
     assert env.read_text() == "SIGHTLINE_DATA_DIR=x\nSIGHTLINE_INDEX_BACKEND=milvus\n"
 
     monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "milvus")
     code, out, err = cli("--data-dir", str(data), "search", "--case", "T-1", "--json", str(QUERY))
-    assert code == 0, err and json.loads(out)["hits"][0]["subject"] == "Colin_Powell"
+    assert code == 0, err
+    assert json.loads(out)["hits"][0]["subject"] == "Colin_Powell"
     code, out, err = cli("--data-dir", str(data), "stats")
     assert code == 0, err
     assert f"index           milvus: Milvus at {milvus_server.uri}, collection {collection}" in out
@@ -295,9 +297,16 @@ def test_index_migrate_there_and_back_erases_the_old_copy(
 
     code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "usearch")
     assert code == 0, err
-    assert "the milvus copy was erased" in out and "set SIGHTLINE_INDEX_BACKEND=usearch" in out
-    assert (data / "gallery.usearch").exists()
+    assert "the milvus copy was erased" in out and "set SIGHTLINE_INDEX_BACKEND=embedded SIGHTLINE_INDEX_KIND=usearch" in out
+    assert (data / "gallery.usearch").exists() and hamming.saved_keys(data / "gallery.usearch") is None  # a usearch file
     assert not MilvusIndex(milvus_server.uri, collection).stored_meta()  # the collection is gone
+
+    code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "milvus")  # and to the default kind again
+    assert code == 0, err
+    code, out, err = cli("--data-dir", str(data), "index-migrate", "--to", "embedded")
+    assert code == 0, err
+    assert "the gallery's 3 faces are in the hamming index" in out and "set SIGHTLINE_INDEX_BACKEND=embedded" in out
+    assert list(hamming.saved_keys(data / "gallery.usearch")) == [1, 2, 3]  # type: ignore[arg-type]
 
 
 def test_doctor_reports_the_milvus_index(tmp_path: Path, milvus_server: Any, monkeypatch: pytest.MonkeyPatch,

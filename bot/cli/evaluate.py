@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import calibration as calib
+from engine import codes, projection
 from engine import degrade as degradation
 from engine import evaluate as ev
-from engine import projection
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ The shipped table was made with:  sightline calibrate /work/shared/faces/calib
 
 It also fits the index projection (the principal directions of the same embeddings; the index searches
 faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table as
-<sha256>.projection.npz. A new projection takes effect by rebuilding the index, which the engine does
-at its next start.
+<sha256>.projection.npz, and the index's code model (the mean and a random rotation: 512 sign bits per
+face, engine/codes.py) as <sha256>.codes.npz. A new projection or
+code model takes effect by rebuilding the index, which the engine does at its next start.
 
 Quality classes: every photo is also embedded once degraded (a moderate or severe field-quality recipe
 drawn per photo, see `eval --degrade`), and a table and thresholds are built per quality class of a
@@ -191,6 +192,14 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         dims = args.settings.index_dims or basis.directions.shape[0]
         basis_note = (f"\nindex projection written to {basis_path} (the top {dims} of {basis.directions.shape[0]} "
                       f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
+    try:
+        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean + random rotation)")
+    except ValueError as exc:
+        basis_note += f"\nno index code model written: {exc}"
+    else:
+        codes_path = out.with_name(out.stem + codes.SUFFIX)
+        code_model.save(codes_path)
+        basis_note += f"\nindex code model written to {codes_path} ({code_model.bits}-bit sign codes)"
     if args.report:
         summary = ev.summarise(obs)
         ev.write_report(obs, summary, args.report)

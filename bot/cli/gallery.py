@@ -446,14 +446,16 @@ async def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def index_line(stats: Any) -> str:
-    """The index's lines of `stats`: backend, where, size, shape and the latency of one lookup."""
+    """The index's lines of `stats`: backend, where, size, kind, shape, breadth and the latency of one lookup."""
     latency = f"{stats.index_latency_ms:.1f} ms per lookup" if stats.index_latency_ms is not None else "no lookup yet"
+    breadth = (f"{stats.index_ef} candidates re-ranked" if stats.index_kind == "hamming"
+               else f"search breadth (ef) {stats.index_ef}")
     if stats.index_backend == "milvus":
         size = f"~{stats.index_memory_bytes / 1e6:.1f} MB in the query nodes' RAM (estimate)"
     else:
         size = f"{stats.index_bytes / 1e6:.1f} MB on disk, {stats.index_memory_bytes / 1e6:.1f} MB in RAM"
     return (f"index           {stats.index_backend}: {stats.index_where}\n"
-            f"                {size}; {stats.index_dims}-d, search breadth (ef) {stats.index_ef}; {latency}")
+            f"                {size}; {stats.index_kind}, {stats.index_dims}-d, {breadth}; {latency}")
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:
