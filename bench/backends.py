@@ -1,17 +1,20 @@
-"""Both index backends side by side on the same face-like gallery and queries: usearch (in process) and Milvus
-(a real standalone server, engine/milvus_server.py), each through the engine's own index class.
+"""Both index backends side by side on the same face-like gallery and queries: embedded (in process: the default
+hamming index, and usearch) and Milvus (a real standalone server, engine/milvus_server.py), each through the
+engine's own index class.
 
 The data is bench/search.py's generator (identity centres and same-person spread shaped like the real
 embeddings of ../shared/faces/calib), projected as the engine's index holds it (192-d, the shipped basis).
 Per backend: build time (add in the engine's batches, plus for Milvus the flush and the server's index
 build), single-query latency p50/p99 through `search` at k=10 and at the engine's over-fetch k=40, mate
-recall (the share of the exact float32 top-10's same-person faces the index returns), RAM (usearch: the
+recall (the share of the exact float32 top-10's same-person faces the index returns), RAM (embedded: the
 index's memory; Milvus: the server process's RSS growth from an empty server), and disk.
+Milvus holds either the projected vectors (HNSW, IVF_FLAT, IVF_SQ8; inner product) or the default code model's
+512-bit sign codes (BIN_FLAT, BIN_IVF_FLAT; Hamming), `--milvus-index`; several may be given, comma-separated.
 
 The Milvus server binds every interface, so this script runs inside a private network namespace; as root it
 re-runs itself in one (`unshare -n`, loopback up). One command for the 1 M run:
 
-    python bench/backends.py --n 1000000
+    python bench/backends.py --n 1000000 --backends hamming,usearch,milvus --milvus-index BIN_FLAT
 
 It prints a table and a final key=value line per backend.
 """
@@ -37,7 +40,7 @@ import common  # noqa: E402  (bench/ is not a package)
 import search as sb  # noqa: E402
 
 from engine.index import UsearchIndex, auto_expansion  # noqa: E402
-from engine.milvus_index import MilvusIndex  # noqa: E402
+from engine.milvus_index import BINARY_INDEXES, FLOAT_INDEXES, MilvusIndex  # noqa: E402
 from engine.milvus_server import LocalMilvus, in_private_netns  # noqa: E402
 
 logger = logging.getLogger("bench.backends")
@@ -85,6 +88,21 @@ def run_usearch(data: sb.Dataset, proj, ef: int, workdir: Path) -> dict[str, flo
     return {**out, **_measure(index.search, data)}
 
 
+def run_hamming(data: sb.Dataset, proj, workdir: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Build, save and search the engine's default HammingIndex (shipped code model, 1,000 candidates re-ranked)."""
+    gc.collect()
+    index = sb.hamming_index(workdir / "gallery.hamming", proj, 1000, 2)
+    keys = np.arange(1, len(data.gallery) + 1, dtype=np.int64)
+    t0 = time.perf_counter()
+    for a in range(0, len(keys), 20_000):
+        index.add(keys[a:a + 20_000], data.gallery[a:a + 20_000])
+    build_s = time.perf_counter() - t0
+    index.save()
+    out: dict[str, float] = {"build_s": build_s, "ram_bytes": float(index.memory_bytes()),
+                             "disk_bytes": float(index.file_bytes())}
+    return {**out, **_measure(index.search, data)}
+
+
 def run_milvus(data: sb.Dataset, proj, ef: int, workdir: Path, index_type: str, keep: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Start a fresh server, build the collection through MilvusIndex.add, flush, wait for the index, search."""
     server = LocalMilvus(workdir / "milvus")
@@ -94,7 +112,8 @@ def run_milvus(data: sb.Dataset, proj, ef: int, workdir: Path, index_type: str, 
         rss0 = rss_of(server.pid or 0)
         disk0 = du(server.storage_dir)
         index = MilvusIndex(server.uri, "bench", projection=proj, expansion_search=ef, index_type=index_type,
-                            timeout=30, slow_timeout=3600)
+                            timeout=30, slow_timeout=3600,
+                            code_model=sb.code_model("shipped") if index_type in BINARY_INDEXES else None)
         index.reset()
         keys = np.arange(1, len(data.gallery) + 1, dtype=np.int64)
         t0 = time.perf_counter()
@@ -119,7 +138,7 @@ def run_milvus(data: sb.Dataset, proj, ef: int, workdir: Path, index_type: str, 
         out: dict[str, float] = {"build_s": build_s, "insert_s": insert_s, "flush_s": flush_s,
                                  "ram_bytes": float(rss_of(server.pid or 0) - rss0),
                                  "disk_bytes": float(du(server.storage_dir) - disk0)}
-        out.update(_measure(index.search, data))
+        out.update(_measure(index.search, data, max(40, index.candidates)))
         index.close()
         return out
     finally:
@@ -128,12 +147,13 @@ def run_milvus(data: sb.Dataset, proj, ef: int, workdir: Path, index_type: str, 
             server.wipe()
 
 
-def _measure(search, data: sb.Dataset) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _measure(search, data: sb.Dataset, fetch: int = 40) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """k=10, and k=`fetch`: what the engine asks for and re-scores exactly (40; Milvus sign codes: their candidates)."""
     found, wall = timed_queries(search, data.queries, 10)
-    found40, wall40 = timed_queries(search, data.queries, 40)
+    found40, wall40 = timed_queries(search, data.queries, fetch)
     lat, lat40 = common.percentiles_ms(wall), common.percentiles_ms(wall40)
     return {"p50_ms": lat["p50"], "p99_ms": lat["p99"], "p50_k40_ms": lat40["p50"], "p99_k40_ms": lat40["p99"],
-            "mate_recall": sb.mate_recall(found, TRUTH[0], data.gallery_ident, data.query_ident),
+            "fetch": float(fetch), "mate_recall": sb.mate_recall(found, TRUTH[0], data.gallery_ident, data.query_ident),
             "mate_recall_k40": sb.mate_recall(found40, TRUTH[0], data.gallery_ident, data.query_ident)}
 
 
@@ -146,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=100_000, help="faces in the gallery")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed and scored")
     ap.add_argument("--ef", default="auto", help="HNSW search breadth for both (auto: the engine's for --n)")
-    ap.add_argument("--backends", default="usearch,milvus", help="which to run, comma-separated")
-    ap.add_argument("--milvus-index", default="HNSW", choices=["HNSW", "IVF_FLAT", "IVF_SQ8"])
+    ap.add_argument("--backends", default="hamming,usearch,milvus",
+                    help="which to run, comma-separated: hamming, usearch (embedded), milvus")
+    ap.add_argument("--milvus-index", default="BIN_FLAT",
+                    help=f"Milvus index type(s), comma-separated: {', '.join(FLOAT_INDEXES + BINARY_INDEXES)}")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=None, help="where the index and the server's data go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the server's data directory")
@@ -177,27 +199,32 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             logger.info("running %s", backend)
-            if backend == "usearch":
-                results[backend] = run_usearch(data, proj, ef, work)
+            if backend == "hamming":
+                results["embedded hamming"] = run_hamming(data, proj, work)
+            elif backend == "usearch":
+                results["embedded usearch"] = run_usearch(data, proj, ef, work)
             elif backend == "milvus":
-                results[backend] = run_milvus(data, proj, ef, work, args.milvus_index, args.keep)
+                for kind in [k.strip() for k in args.milvus_index.split(",") if k.strip()]:
+                    results[f"milvus {kind}"] = run_milvus(data, proj, ef, work, kind, args.keep)
+                    logger.info("milvus %s: %s", kind, common.kv_line(results[f"milvus {kind}"]))
             else:
                 raise SystemExit(f"unknown backend {backend}")
-            logger.info("%s: %s", backend, common.kv_line(results[backend]))
+            for name, r in results.items():
+                logger.info("%s: %s", name, common.kv_line(r))
     m1 = common.machine()
     common.emit(f"# backends bench  n={args.n} queries={args.queries} ndim=192 (projection) ef={ef} "
-                f"milvus_index={args.milvus_index}")
+                f"milvus_index={args.milvus_index} (ef: usearch and Milvus HNSW)")
     common.emit(f"# machine  start: {common.kv_line(m0)}")
     common.emit(f"# machine  end:   {common.kv_line(m1)}")
-    common.emit("| backend | build s | p50 ms k10 | p99 ms k10 | p50 ms k40 | p99 ms k40 | mate recall k10 | k40 "
-                "| RAM B/face | disk B/face |")
-    common.emit("|---|---|---|---|---|---|---|---|---|---|")
+    common.emit("| backend | build s | p50 ms k10 | p99 ms k10 | engine fetch k | p50 ms | p99 ms | mate recall k10 "
+                "| at fetch k | RAM B/face | disk B/face |")
+    common.emit("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        common.emit(f"| {name} | {r['build_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p50_k40_ms']:.2f} | "
-                    f"{r['p99_k40_ms']:.2f} | {r['mate_recall']:.3f} | {r['mate_recall_k40']:.3f} | "
+        common.emit(f"| {name} | {r['build_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['fetch']:.0f} | "
+                    f"{r['p50_k40_ms']:.2f} | {r['p99_k40_ms']:.2f} | {r['mate_recall']:.3f} | {r['mate_recall_k40']:.3f} | "
                     f"{r['ram_bytes'] / args.n:.0f} | {r['disk_bytes'] / args.n:.0f} |")
     for name, r in results.items():
-        common.emit(f"{name}: " + common.kv_line({"n": args.n, "ef": ef, **r}))
+        common.emit(f"{name.replace(' ', '_')}: " + common.kv_line({"n": args.n, "ef": ef, **r}))
     return 0
 
 

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         "sightline_faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
         description="Milvus collection of this gallery; every bot and CLI on the same database must use the same one.",
     )
+    milvus_index: Literal["BIN_FLAT", "BIN_IVF_FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field(
+        "BIN_FLAT", description="Milvus index type (index_backend=milvus): BIN_* hold each face's 512-bit sign code (64 B) "
+        "and the engine re-scores the nearest 200 exactly; the others its projected vector. BIN_FLAT (exhaustive) "
+        "measured best up to 1 M faces (bench/RESULTS.md). Changing it rebuilds the collection.",
+    )
     milvus_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds one call to Milvus may take before the user gets an error "
         "(flushes and compactions: 120 s).",
@@ -194,5 +199,6 @@ class Settings(BaseSettings):
             milvus_uri=self.milvus_uri,
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else "",
             milvus_collection=self.milvus_collection,
+            milvus_index=self.milvus_index,
             milvus_timeout=self.milvus_timeout,
         )

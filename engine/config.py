@@ -70,6 +70,9 @@ class EngineConfig:
     milvus_uri: str = "http://127.0.0.1:19530"
     milvus_token: str = field(default="", repr=False)  # "user:password" or an API key; a secret
     milvus_collection: str = "sightline_faces"
+    # What the collection holds: BIN_FLAT/BIN_IVF_FLAT the code model's sign codes (the engine re-scores the nearest
+    # 200 exactly), HNSW/IVF_FLAT/IVF_SQ8 the projected vectors. BIN_FLAT measured best (bench/RESULTS.md, issue 16).
+    milvus_index: str = "BIN_FLAT"
     milvus_timeout: float = 5.0  # seconds for each call to the server (flush/compaction: 120 s)
     thumbnail_size: int = 112
     # Gallery faces at least this similar (cosine) are copies of one photo, shown as one hit (engine.duplicates);

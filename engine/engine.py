@@ -38,7 +38,7 @@ from .hamming import HammingIndex
 from .images import Decoded, decode_frames, sha256_hex
 from .index import UsearchIndex, VectorIndex
 from .integrity import clamp_similarity
-from .milvus_index import MilvusIndex
+from .milvus_index import BINARY_INDEXES, FLOAT_INDEXES, MilvusIndex
 from .store import CHANGES_KEPT, FaceRow, MetadataStore, StoredFace, now_iso
 from .types import (
     AuditEntry,
@@ -661,7 +661,9 @@ class Engine:
         threshold, which is never below `cut`), best first, one per gallery image."""
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
         # Ids the database no longer has (erased meanwhile, or unknown to it) are dropped here.
-        want = min(max(top * 4, 40), max(gallery, 1))
+        # A Milvus collection of sign codes ranks coarsely: at least its `candidates` are re-scored (engine.milvus_index).
+        floor = self.index.candidates if isinstance(self.index, MilvusIndex) else 0
+        want = min(max(top * 4, 40, floor), max(gallery, 1))
         keys, _approx = await self._cpu(self._lookup, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
         # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
@@ -864,10 +866,14 @@ def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | Hammin
     model (its shipped projection and code model). Raises InvalidArgument for an unknown backend or kind."""
     proj = projection.for_model(model_sha256, config.index_dims)
     if config.index_backend == "milvus":
+        if config.milvus_index not in FLOAT_INDEXES + BINARY_INDEXES:
+            raise InvalidArgument(f"milvus_index must be one of {', '.join(FLOAT_INDEXES + BINARY_INDEXES)}, "
+                                  f"not {config.milvus_index!r}")
         return MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token,
                            connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
                            expansion_search=config.index_expansion_search, projection=proj,
-                           timeout=config.milvus_timeout)
+                           timeout=config.milvus_timeout, index_type=config.milvus_index,
+                           code_model=codes.for_model(model_sha256) if config.milvus_index.startswith("BIN") else None)
     if config.index_backend != "embedded":
         raise InvalidArgument(f"index_backend must be embedded or milvus, not {config.index_backend!r}")
     if config.index_kind == "usearch":

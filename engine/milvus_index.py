@@ -1,9 +1,12 @@
 """MilvusIndex: the engine's VectorIndex on a Milvus server (standalone or a cluster), through pymilvus.MilvusClient.
 
-SQLite stays the source of truth. The collection holds face id -> the vector the default index keeps
-(`engine.index.prepare`: today the model's 192-d projection, L2-normalised float32) under an HNSW index with
-the inner product metric, so a score is the cosine similarity in that space; the engine re-scores every
-candidate exactly from SQLite, as with usearch.
+SQLite stays the source of truth. The collection holds face id -> what the default index keeps, by index type:
+- BIN_FLAT (the engine's default, measured in bench/RESULTS.md) and BIN_IVF_FLAT: the 512-bit sign code of the
+  hamming index's code model (engine.codes), searched by Hamming distance; the engine fetches at least
+  `candidates` (200) of them and re-scores them exactly from SQLite;
+- HNSW, IVF_FLAT, IVF_SQ8: the projected vector (`engine.index.prepare`: the model's 192-d projection,
+  L2-normalised float32), inner product, so a score is the cosine similarity in that space;
+the engine re-scores every candidate exactly from SQLite, as with the embedded index.
 
 Guarantees, and how:
 - every call has a timeout (`timeout` seconds; flushes and compactions `slow_timeout`), and every failure of
@@ -12,9 +15,10 @@ Guarantees, and how:
   server's segments (their files are garbage-collected after `dataCoord.gc.dropTolerance`, and the message
   log drops them after `rocksmq.retentionTimeInMinutes`; `engine/milvus_server.py` sets both to seconds,
   and the README says what a cluster needs);
-- the collection's description records which projection built it; another one means a rebuild, like the
-  usearch sidecar; several engines (processes) may share one collection: writes are idempotent upserts and
-  deletes, and searches use session consistency (a client sees its own writes).
+- the collection's description records the projection, code model and index type that built it; another one
+  means a rebuild, like the embedded index's sidecar;
+- several engines (processes) may share one collection: writes are idempotent upserts and deletes, and
+  searches use session consistency (a client sees its own writes).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .errors import IndexUnavailable
 from .index import AUTO_EF_MIN, auto_expansion, prepare
 
 if TYPE_CHECKING:
+    from .codes import CodeModel
     from .projection import Projection
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,8 @@ VECTOR_FIELD = "vector"
 BATCH = 5_000  # rows per insert/upsert message (192-d: 3.8 MB, well under gRPC's 64 MB)
 QUERY_LIMIT = 16_384  # Milvus' largest offset + limit of one query
 _FORMAT = "sightline-faces/1"
+FLOAT_INDEXES = ("HNSW", "IVF_FLAT", "IVF_SQ8")  # on the projected vectors, inner product
+BINARY_INDEXES = ("BIN_FLAT", "BIN_IVF_FLAT")  # on the code model's sign codes (512 bits), Hamming distance
 
 
 def _pymilvus() -> Any:
@@ -77,6 +84,8 @@ class MilvusIndex:
         index_type: str = "HNSW",
         nlist: int = 1024,
         nprobe: int = 64,
+        code_model: CodeModel | None = None,
+        candidates: int = 200,
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -89,9 +98,18 @@ class MilvusIndex:
         self.expansion_search = expansion_search  # None: auto_expansion(len(self)), as usearch
         self.timeout = timeout
         self.slow_timeout = slow_timeout
-        if index_type not in ("HNSW", "IVF_FLAT", "IVF_SQ8"):
-            raise ValueError(f"index_type must be HNSW, IVF_FLAT or IVF_SQ8, not {index_type!r}")
-        self.index_type = index_type  # HNSW: measured best for faces (bench/RESULTS.md); IVF_*: for the bench
+        if index_type not in FLOAT_INDEXES + BINARY_INDEXES:
+            raise ValueError(f"index_type must be one of {', '.join(FLOAT_INDEXES + BINARY_INDEXES)}, not {index_type!r}")
+        self.index_type = index_type  # chosen by measurement: bench/backends.py, bench/RESULTS.md
+        self.binary = index_type in BINARY_INDEXES
+        if self.binary and code_model is None:
+            raise ValueError(f"{index_type} holds sign codes: a code model is needed")
+        self.code_model = code_model if self.binary else None
+        if self.code_model is not None:
+            self.ndim = self.code_model.bits
+        # Sign codes rank coarsely: the engine fetches at least this many and re-scores them exactly from SQLite
+        # (bench/RESULTS.md: 512-bit codes hold 98.6 % of the true mates in their nearest 40 at 1 M faces, 99.4 % in 100).
+        self.candidates = max(1, int(candidates)) if self.binary else 0
         self.nlist = nlist
         self.nprobe = nprobe
         self.gallery_id: str | None = None  # the database's gallery id: recorded in the collection, checked on load
@@ -118,6 +136,11 @@ class MilvusIndex:
     def where(self) -> str:
         """The server and collection, for messages (the token is never shown)."""
         return f"Milvus at {self.uri}, collection {self.collection}"
+
+    @property
+    def metric(self) -> str:
+        """HAMMING for sign codes, IP (cosine of unit vectors) for projected vectors."""
+        return "HAMMING" if self.binary else "IP"
 
     def _connect(self) -> Any:
         with self._client_lock:
@@ -159,7 +182,8 @@ class MilvusIndex:
 
     # -- the collection ----------------------------------------------------------------------
     def _meta(self) -> dict[str, object]:
-        return {"format": _FORMAT, "projection": self.projection_key, "ndim": self.ndim, "gallery": self.gallery_id}
+        return {"format": _FORMAT, "projection": self.projection_key, "ndim": self.ndim, "gallery": self.gallery_id,
+                "index": self.index_type, "codes": self.code_model.key if self.code_model is not None else None}
 
     def _create(self, c: Any) -> None:
         pm = _pymilvus()
@@ -167,11 +191,13 @@ class MilvusIndex:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description=json.dumps(self._meta()))
         schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
-        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.ndim)
+        schema.add_field(VECTOR_FIELD, DataType.BINARY_VECTOR if self.binary else DataType.FLOAT_VECTOR, dim=self.ndim)
         params = c.prepare_index_params()
-        build = ({"M": self.connectivity, "efConstruction": self.expansion_add} if self.index_type == "HNSW"
-                 else {"nlist": self.nlist})
-        params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type="IP", params=build)
+        if self.index_type == "HNSW":
+            build: dict[str, int] = {"M": self.connectivity, "efConstruction": self.expansion_add}
+        else:
+            build = {} if self.index_type == "BIN_FLAT" else {"nlist": self.nlist}
+        params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric, params=build)
         c.create_collection(self.collection, schema=schema, index_params=params, timeout=self.slow_timeout,
                             consistency_level="Session")
         c.load_collection(self.collection, timeout=self.slow_timeout)
@@ -200,9 +226,10 @@ class MilvusIndex:
             # Never rebuilt over: it is another gallery's index (two databases configured with one collection).
             raise IndexUnavailable(f"{self.where} belongs to another gallery ({meta.get('gallery')}, this database is "
                                    f"{self.gallery_id}): set SIGHTLINE_MILVUS_COLLECTION to a collection of its own")
-        if meta.get("format") != _FORMAT or meta.get("projection") != self.projection_key or meta.get("ndim") != self.ndim:
-            logger.warning("%s was built for %s, not projection %s (%d-d): it will be rebuilt", self.where,
-                           meta or "something else", self.projection_key or "none", self.ndim)
+        want = self._meta()
+        if any(meta.get(k) != want[k] for k in ("format", "projection", "ndim", "index", "codes")):
+            logger.warning("%s was built for %s, not %s: it will be rebuilt", self.where, meta or "something else",
+                           {k: want[k] for k in ("projection", "ndim", "index", "codes")})
             return False
         self._call("collection load", lambda c: c.load_collection(self.collection, timeout=self.slow_timeout))
         return True
@@ -220,7 +247,7 @@ class MilvusIndex:
         """An empty collection of the same name and settings (the old contents are dropped)."""
         new = MilvusIndex(self.uri, self.collection, self._token, self.ndim, self.connectivity, self.expansion_add,
                           self.expansion_search, self.projection, self.timeout, self.slow_timeout, self.index_type,
-                          self.nlist, self.nprobe)
+                          self.nlist, self.nprobe, self.code_model, self.candidates or 200)
         new.gallery_id = self.gallery_id
         new.reset()
         return new
@@ -254,17 +281,28 @@ class MilvusIndex:
 
     @property
     def ef(self) -> int:
-        """The search breadth searches use now (configured, or grown with the gallery as usearch's)."""
+        """The search breadth searches use now (HNSW: configured, or grown with the gallery as usearch's; sign codes:
+        the candidates the engine re-scores; IVF: the clusters searched)."""
+        if self.binary:
+            return self.candidates
+        if self.index_type != "HNSW":
+            return self.nprobe
         return self.expansion_search or auto_expansion(len(self))
+
+    def _vectors(self, vectors: np.ndarray) -> list[Any]:
+        """What the collection holds for full embeddings: their sign codes (bytes) or projected vectors (lists)."""
+        if self.code_model is not None:
+            return [row.tobytes() for row in self.code_model.encode(vectors)]
+        return prepare(vectors, self.projection).reshape(-1, self.ndim).tolist()  # type: ignore[no-any-return]
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add (or replace) full embeddings under their face ids."""
         if len(keys) == 0:
             return
         ids = np.asarray(keys, dtype=np.int64)
-        v = prepare(vectors, self.projection)
+        v = self._vectors(vectors)
         for s in range(0, len(ids), BATCH):
-            rows = [{ID_FIELD: int(k), VECTOR_FIELD: vec} for k, vec in zip(ids[s:s + BATCH], v[s:s + BATCH].tolist(), strict=True)]
+            rows = [{ID_FIELD: int(k), VECTOR_FIELD: vec} for k, vec in zip(ids[s:s + BATCH], v[s:s + BATCH], strict=True)]
             self._call("insert", lambda c, rows=rows: c.upsert(self.collection, rows, timeout=self.slow_timeout))
         self._count = None
 
@@ -340,13 +378,15 @@ class MilvusIndex:
         return keys
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `count` nearest face ids and their approximate cosine similarities (in the projected space)."""
-        v = prepare(vector, self.projection).reshape(-1).tolist()
-        params = {"ef": max(self.ef, count, AUTO_EF_MIN)} if self.index_type == "HNSW" else {"nprobe": self.nprobe}
+        """The `count` nearest face ids and their approximate cosine similarities (in the projected space; sign codes:
+        cos(pi * Hamming distance / bits), the angle the codes estimate), best first."""
+        v = self._vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        params: dict[str, int] = ({"ef": max(self.ef, count, AUTO_EF_MIN)} if self.index_type == "HNSW"
+                                  else {} if self.index_type == "BIN_FLAT" else {"nprobe": self.nprobe})
         started = time.perf_counter()
         res = self._call("search", lambda c: c.search(
             self.collection, [v], limit=count, output_fields=[], timeout=self.timeout,
-            search_params={"metric_type": "IP", "params": params}, consistency_level="Session"))
+            search_params={"metric_type": self.metric, "params": params}, consistency_level="Session"))
         seconds = time.perf_counter() - started
         self.last_latency_ms = seconds * 1000
         self.lookups += 1
@@ -354,6 +394,8 @@ class MilvusIndex:
         hits = res[0] if res else []
         keys = np.asarray([int(h["id"]) for h in hits], dtype=np.int64)
         sims = np.asarray([float(h["distance"]) for h in hits], dtype=np.float32)
+        if self.binary:
+            sims = np.cos(np.pi * sims / self.ndim).astype(np.float32)
         return keys, sims
 
     def index_progress(self) -> tuple[int, int]:
@@ -369,7 +411,10 @@ class MilvusIndex:
 
     def memory_bytes(self) -> int:
         """An estimate of what the loaded collection takes in the query nodes' RAM: float32 vectors, the HNSW
-        links (2·M per vector at layer 0, 4-byte ids) and the id; measured in bench/RESULTS.md."""
+        links (2·M per vector at layer 0, 4-byte ids) and the id, or the sign code and the id; measured in
+        bench/RESULTS.md."""
+        if self.binary:
+            return len(self) * (self.ndim // 8 + 8)
         return len(self) * (4 * self.ndim + 8 * self.connectivity + 8)
 
     def file_bytes(self) -> int:

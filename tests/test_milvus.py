@@ -51,6 +51,11 @@ def files_holding(root: Path, needles: list[bytes]) -> list[str]:
     return found
 
 
+def raw_row(index: MilvusIndex, face_id: int, embedding: np.ndarray) -> dict[str, Any]:
+    """A row as the collection holds it (sign code or projected vector), for writing behind the engine's back."""
+    return {"id": face_id, "vector": index._vectors(np.asarray(embedding, dtype=np.float32).reshape(1, -1))[0]}
+
+
 def mirrored(path: Path) -> bytes:
     """The photo mirrored: a face embedding no other test puts into the server."""
     buf = io.BytesIO()
@@ -108,6 +113,31 @@ def test_add_search_keys_remove_and_reload(milvus_server: Any) -> None:
     idx.close()
 
 
+def test_sign_codes_search_by_hamming_distance(milvus_server: Any) -> None:
+    from engine import codes
+
+    rng = np.random.default_rng(2)
+    vecs = unit(rng.standard_normal((3_000, 64)))
+    model = codes.fallback(64, 256)
+    idx = MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT", code_model=model)
+    idx.reset()
+    keys = np.arange(1, 3_001, dtype=np.int64)
+    idx.add(keys, vecs)
+    assert idx.ndim == 256 and idx.ef == idx.candidates == 200 and len(idx) == 3_000
+    near = unit(vecs[7] + 0.15 * unit(rng.standard_normal((1, 64)))[0][None, :])[0]  # the same face, another photo
+    found, sims = idx.search(near, 10)
+    assert found[0] == 8 and 0.7 < sims[0] <= 1.0 and np.all(np.diff(sims) <= 0)  # cos(pi * hamming / bits), best first
+    idx.remove(np.array([8]))
+    assert 8 not in idx.search(near, 50)[0].tolist()
+    assert MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT", code_model=model).load()
+    # another code model or index type: refused, so the engine rebuilds the collection
+    assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT",
+                           code_model=codes.fallback(64, 512)).load()
+    assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_IVF_FLAT", code_model=model).load()
+    assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64).load()
+    idx.close()
+
+
 # -- start-up consistency ------------------------------------------------------------------------------------
 async def test_startup_builds_repairs_and_rebuilds_the_collection(
     gallery_copy: Path, milvus_server: Any, caplog: pytest.LogCaptureFixture
@@ -127,7 +157,7 @@ async def test_startup_builds_repairs_and_rebuilds_the_collection(
     c = raw_client(milvus_server)
     lost = [int(db_ids[0]), int(db_ids[5])]
     c.delete(config.milvus_collection, ids=lost)
-    c.insert(config.milvus_collection, [{"id": 10_000_000, "vector": unit(np.ones((1, 192)))[0].tolist()}])
+    c.insert(config.milvus_collection, [raw_row(engine.index, 10_000_000, unit(np.ones((1, 512)))[0])])
     caplog.clear()
     engine = await Engine.open(config)
     try:
@@ -152,16 +182,22 @@ async def test_startup_builds_repairs_and_rebuilds_the_collection(
 
 
 # -- erasure -------------------------------------------------------------------------------------------------
-async def test_forget_removes_the_vectors_from_the_servers_storage(gallery_copy: Path, milvus_server: Any) -> None:
-    engine = await Engine.open(milvus_config(gallery_copy, milvus_server))
+@pytest.mark.parametrize("index_type", ["BIN_FLAT", "HNSW"])  # sign codes (the default), projected vectors
+async def test_forget_removes_the_vectors_from_the_servers_storage(gallery_copy: Path, milvus_server: Any,
+                                                                   index_type: str) -> None:
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server, milvus_index=index_type))
     try:
         photo = dev_identities()["Colin_Powell"][2]
         await engine.enroll(mirrored(photo), source_url="https://gallery.example/erase-me.jpg", subject="Erase Me")
         rows = await engine.store.faces_by_ids((await engine.store.face_ids()).tolist())
         mine = [r for r in rows.values() if r.source_url == "https://gallery.example/erase-me.jpg"]
         assert mine
-        stored = [prepare(r.embedding, engine.index.projection).tobytes() for r in mine]  # what Milvus holds
-        needles = [s[:64] for s in stored]  # 16 float32s of each vector: never found by chance
+        index = engine.index
+        assert isinstance(index, MilvusIndex) and index.index_type == index_type
+        if index.code_model is not None:  # what Milvus holds: the 64-byte sign code (never found by chance) ...
+            needles = [index.code_model.encode(r.embedding).tobytes() for r in mine]
+        else:  # ... or the projected vector: its first 16 float32s
+            needles = [prepare(r.embedding, index.projection).tobytes()[:64] for r in mine]
         assert files_holding(milvus_server.storage_dir, needles), "the enrolled vectors should be in the server's files"
 
         await engine.forget(subject="Erase Me", actor="t")
@@ -189,7 +225,7 @@ async def test_no_answer_holds_an_unknown_face_id(gallery_copy: Path, milvus_ser
         vec = await engine.query_embedding(probe)
         # A vector the database does not know, written straight into the collection: the best candidate there is.
         c = raw_client(milvus_server)
-        c.insert(config.milvus_collection, [{"id": 77_777_777, "vector": prepare(vec, engine.index.projection).tolist()}])
+        c.insert(config.milvus_collection, [raw_row(engine.index, 77_777_777, vec)])
         c.flush(config.milvus_collection)
         c.close()
         keys, _ = await asyncio.to_thread(engine.index.search, vec, 5)

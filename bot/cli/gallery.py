@@ -448,8 +448,12 @@ async def cmd_stats(args: argparse.Namespace) -> int:
 def index_line(stats: Any) -> str:
     """The index's lines of `stats`: backend, where, size, kind, shape, breadth and the latency of one lookup."""
     latency = f"{stats.index_latency_ms:.1f} ms per lookup" if stats.index_latency_ms is not None else "no lookup yet"
-    breadth = (f"{stats.index_ef} candidates re-ranked" if stats.index_kind == "hamming"
-               else f"search breadth (ef) {stats.index_ef}")
+    if stats.index_kind == "hamming" or stats.index_kind.startswith("milvus BIN"):
+        breadth = f"{stats.index_ef} candidates re-ranked"
+    elif stats.index_kind.startswith("milvus IVF"):
+        breadth = f"{stats.index_ef} clusters searched"
+    else:
+        breadth = f"search breadth (ef) {stats.index_ef}"
     if stats.index_backend == "milvus":
         size = f"~{stats.index_memory_bytes / 1e6:.1f} MB in the query nodes' RAM (estimate)"
     else:
