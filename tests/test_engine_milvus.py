@@ -1,6 +1,7 @@
-"""The engine tests of tests/test_engine.py again, with SIGHTLINE_INDEX_BACKEND=milvus against the real Milvus
-server of this session: the backend must give the same answers. Only the test reading the usearch file's
-sidecar is left out (test_milvus.py checks that a collection built for another projection is rebuilt)."""
+"""The engine tests of tests/test_engine.py again, with SIGHTLINE_INDEX_BACKEND=milvus (its default index type,
+BIN_FLAT on sign codes) against the real Milvus server of this session: the backend must give the same answers.
+Only the test reading the embedded index file's sidecar is left out (test_milvus.py checks that a collection
+built for another projection, code model or index type is rebuilt)."""
 
 from __future__ import annotations
 

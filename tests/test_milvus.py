@@ -118,12 +118,12 @@ def test_sign_codes_search_by_hamming_distance(milvus_server: Any) -> None:
 
     rng = np.random.default_rng(2)
     vecs = unit(rng.standard_normal((3_000, 64)))
-    model = codes.fallback(64, 256)
+    model = codes.fallback(64, 64)  # 64-bit codes (a random rotation of the 64-d space)
     idx = MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT", code_model=model)
     idx.reset()
     keys = np.arange(1, 3_001, dtype=np.int64)
     idx.add(keys, vecs)
-    assert idx.ndim == 256 and idx.ef == idx.candidates == 200 and len(idx) == 3_000
+    assert idx.ndim == 64 and idx.ef == idx.candidates == 200 and len(idx) == 3_000
     near = unit(vecs[7] + 0.15 * unit(rng.standard_normal((1, 64)))[0][None, :])[0]  # the same face, another photo
     found, sims = idx.search(near, 10)
     assert found[0] == 8 and 0.7 < sims[0] <= 1.0 and np.all(np.diff(sims) <= 0)  # cos(pi * hamming / bits), best first
@@ -131,8 +131,8 @@ def test_sign_codes_search_by_hamming_distance(milvus_server: Any) -> None:
     assert 8 not in idx.search(near, 50)[0].tolist()
     assert MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT", code_model=model).load()
     # another code model or index type: refused, so the engine rebuilds the collection
-    assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT",
-                           code_model=codes.fallback(64, 512)).load()
+    other = codes.CodeModel(model.mean, codes.random_rotation(64, 64, seed=3), "another rotation")
+    assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_FLAT", code_model=other).load()
     assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64, index_type="BIN_IVF_FLAT", code_model=model).load()
     assert not MilvusIndex(milvus_server.uri, "t_unit_binary", ndim=64).load()
     idx.close()
@@ -429,3 +429,133 @@ async def test_the_officer_is_told_when_the_index_server_hangs(
         engine.index.uri = milvus_server.uri
         engine.index.close()
         await engine.close()
+
+
+# -- many processes on one collection --------------------------------------------------------------------------
+SEARCHER = """
+import asyncio, json, sys, time
+from dataclasses import replace
+from pathlib import Path
+from bot.settings import Settings
+
+async def main(out: str, stop: str, probes: list[str]) -> None:
+    from engine import Engine
+    engine = await Engine.open(replace(Settings().engine_config(), require_case=False))  # settings from the environment
+    photos = [(p, Path(p).read_bytes()) for p in probes]
+    try:
+        with open(out, "a") as fh:
+            print(json.dumps({"ready": time.time()}), file=fh, flush=True)
+            while not Path(stop).exists():
+                for name, photo in photos:
+                    r = await engine.search(photo, actor="bot", top=10, threshold=0.0)
+                    hits = [[h.face_id, h.image_sha256, h.subject] for h in r.hits]
+                    print(json.dumps({"t": time.time(), "probe": name, "hits": hits}), file=fh, flush=True)
+    finally:
+        await engine.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
+"""
+
+
+def test_bot_index_and_forget_in_three_processes_on_one_collection(gallery_copy: Path, tmp_path: Path,
+                                                                   milvus_server: Any) -> None:
+    """A searching engine (the bot's part), `sightline index` and `sightline forget` at once, each its own process on
+    one Milvus collection: no answer shows an erased face after forget returned, another process's new faces are
+    found within seconds, and afterwards the collection holds exactly the database's faces and no erased code."""
+    import hashlib
+    import sqlite3
+    import subprocess
+    import sys
+
+    from test_many_processes import CLI, ERASED, commit_times
+
+    from conftest import ROOT
+
+    data = gallery_copy
+    collection = milvus_collection_for(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIGHTLINE_DATA_DIR": str(data), "SIGHTLINE_INDEX_BACKEND": "milvus",
+           "SIGHTLINE_MILVUS_URI": milvus_server.uri, "SIGHTLINE_MILVUS_COLLECTION": collection}
+
+    async def codes_of_erased() -> tuple[list[int], list[bytes]]:
+        engine = await Engine.open(milvus_config(data, milvus_server))  # builds the collection
+        try:
+            rows = (await engine.store.faces_by_ids((await engine.store.face_ids()).tolist())).values()
+            mine = [r for r in rows if r.subject == ERASED]
+            model = engine.index.code_model
+            assert model is not None
+            return [r.face_id for r in mine], [model.encode(r.embedding).tobytes() for r in mine]
+        finally:
+            await engine.close()
+
+    # Every test's gallery holds these faces: drop the other tests' collections (single-use, one per data dir; a
+    # later engine rebuilds its own), so the server's storage is left with this collection's copies alone.
+    c = raw_client(milvus_server)
+    for name in c.list_collections():
+        if name != collection:
+            c.drop_collection(name)
+    c.close()
+    erased_ids, secrets = asyncio.run(codes_of_erased())
+    assert erased_ids and files_holding(milvus_server.storage_dir, secrets)
+    ids = dev_identities()
+    photos = [p for n in [n for n in sorted(ids) if n != ERASED][:8] for p in ids[n][1:3]]
+    manifest = tmp_path / "more.csv"
+    manifest.write_text("path,source_url,subject\n" + "".join(f"{p},https://more.example/{i},{p.parent.name}\n"
+                                                               for i, p in enumerate(photos)))
+    targets = {p.as_posix(): p for p in photos[-2:]}
+    shas = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in targets.items()}
+    log, stop = tmp_path / "searches.jsonl", tmp_path / "stop"
+    searcher = subprocess.Popen([sys.executable, "-c", SEARCHER, str(log), str(stop), str(ids[ERASED][1]), *targets],
+                                cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    indexer = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            assert searcher.poll() is None, searcher.stderr.read().decode() if searcher.stderr else ""
+            time.sleep(0.1)
+        indexer = subprocess.Popen([*CLI, "index", str(manifest), "--no-progress"], cwd=ROOT, env=env,
+                                   stderr=subprocess.PIPE)
+        while time.monotonic() < deadline:  # the erasure starts once the ingest is under way
+            with sqlite3.connect(data / "sightline.sqlite3", timeout=5) as db:
+                if db.execute("SELECT count(*) FROM images WHERE source_url LIKE 'https://more.example/%'").fetchone()[0]:
+                    break
+            time.sleep(0.1)
+        forget = subprocess.run([*CLI, "forget", "--subject", ERASED, "--yes"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=180)
+        forgotten_at = time.time()
+        assert forget.returncode == 0, forget.stderr
+        seen: dict[str, float] = {}
+        while indexer.poll() is None and time.monotonic() < deadline + 120:
+            commit_times(data / "sightline.sqlite3", shas, seen)
+            time.sleep(0.05)
+        assert indexer.returncode == 0, indexer.stderr.read().decode() if indexer.stderr else ""
+        commit_times(data / "sightline.sqlite3", shas, seen)
+        assert set(seen) == set(targets)
+        until = time.monotonic() + 20
+        while time.monotonic() < until:  # until the searcher has found the last faces
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            if {r["probe"] for r in records if "probe" in r and any(h[1] == shas.get(r["probe"]) for h in r["hits"])} >= set(targets):
+                break
+            time.sleep(0.2)
+    finally:
+        stop.touch()
+        searcher.wait(timeout=120)
+        if indexer is not None and indexer.poll() is None:
+            indexer.kill()
+            indexer.wait()
+    assert searcher.returncode == 0, searcher.stderr.read().decode() if searcher.stderr else ""
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip() and "probe" in line]
+    late = [r for r in records if r["t"] > forgotten_at]
+    assert late and not [r for r in late if any(h[0] in erased_ids or h[2] == ERASED for h in r["hits"])]
+    for name, sha in shas.items():
+        first = min((r["t"] for r in records if r["probe"] == name and any(h[1] == sha for h in r["hits"])), default=None)
+        assert first is not None, f"the searcher never found {name}, committed by `sightline index`"
+        assert first - seen[name] < 10, f"found {first - seen[name]:.1f} s after it was committed"
+    with sqlite3.connect(data / "sightline.sqlite3") as db:
+        db_ids = sorted(r[0] for r in db.execute("SELECT id FROM faces"))
+    index = MilvusIndex(milvus_server.uri, collection)
+    assert index.keys().tolist() == db_ids
+    index.close()
+    deadline = time.monotonic() + 120  # compacted files and the message log's pages go within seconds (bounded wait)
+    while (left := files_holding(milvus_server.storage_dir, secrets)) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not left, f"erased codes still in the server's storage: {left}"
