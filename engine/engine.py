@@ -377,6 +377,8 @@ class Engine:
         if isinstance(old, HammingIndex):  # zero its arrays: freed memory keeps its bytes otherwise
             old.reset()
             old.close()
+        elif isinstance(old, MilvusIndex):  # its connection (the collection is the new one's)
+            old.close()
         self._seq = head
         await self._save_locked(force=True)
         logger.info("%s index rebuilt: %d faces in %.0f s", backend_of(fresh), n, time.monotonic() - started)

@@ -118,9 +118,6 @@ class MilvusIndex:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._count: tuple[float, int] | None = None  # (monotonic time, count) cached for COUNT_TTL
-        self.last_latency_ms: float | None = None  # of the last search, for stats and /metrics
-        self.lookups = 0  # searches so far, and their total seconds (/metrics)
-        self.lookup_seconds = 0.0
 
     COUNT_TTL = 1.0
 
@@ -242,15 +239,6 @@ class MilvusIndex:
             self._create(c)
         self._call("collection rebuild", fn)
         self._count = None
-
-    def fresh(self) -> MilvusIndex:
-        """An empty collection of the same name and settings (the old contents are dropped)."""
-        new = MilvusIndex(self.uri, self.collection, self._token, self.ndim, self.connectivity, self.expansion_add,
-                          self.expansion_search, self.projection, self.timeout, self.slow_timeout, self.index_type,
-                          self.nlist, self.nprobe, self.code_model, self.candidates or 200)
-        new.gallery_id = self.gallery_id
-        new.reset()
-        return new
 
     def save(self, state: Mapping[str, object] | None = None) -> None:
         """Make the server persist what it buffers (flush: seals the growing segments into its storage).
@@ -383,14 +371,9 @@ class MilvusIndex:
         v = self._vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         params: dict[str, int] = ({"ef": max(self.ef, count, AUTO_EF_MIN)} if self.index_type == "HNSW"
                                   else {} if self.index_type == "BIN_FLAT" else {"nprobe": self.nprobe})
-        started = time.perf_counter()
         res = self._call("search", lambda c: c.search(
             self.collection, [v], limit=count, output_fields=[], timeout=self.timeout,
             search_params={"metric_type": self.metric, "params": params}, consistency_level="Session"))
-        seconds = time.perf_counter() - started
-        self.last_latency_ms = seconds * 1000
-        self.lookups += 1
-        self.lookup_seconds += seconds
         hits = res[0] if res else []
         keys = np.asarray([int(h["id"]) for h in hits], dtype=np.int64)
         sims = np.asarray([float(h["distance"]) for h in hits], dtype=np.float32)
