@@ -298,6 +298,10 @@ def check_milvus(config: EngineConfig, count: int, key_sum: int, gallery_id: str
         index.close()
     projected = meta.get("projection")
     shape = f"projected to {str(projected).split(':')[0]} dims" if projected else "full vectors"
+    if meta.get("codes"):
+        shape = f"{meta.get('index')}: {str(meta['codes']).split(':')[0]}-bit sign codes"
+    elif meta.get("index"):
+        shape = f"{meta.get('index')}: {shape}"
     if (len(keys), int(keys.sum())) == (count, key_sum):
         return Check("index", "ok", f"{where} (Milvus {version}): {count} faces ({shape}), consistent with the database")
     return Check("index", "warn", f"{where} holds {len(keys)} faces, the database {count}: the engine repairs the "

@@ -357,7 +357,7 @@ def test_doctor_reports_the_milvus_index(tmp_path: Path, milvus_server: Any, mon
     code, _, err = cli("--data-dir", str(data), "stats")  # opening the engine builds the collection
     assert code == 0, err
     code, out, _ = cli("--data-dir", str(data), "doctor", "--skip-telegram")
-    assert code == 0 and f"collection {collection} (Milvus v2.3" in out and "3 faces (projected to 192 dims), consistent" in out, out
+    assert code == 0 and f"collection {collection} (Milvus v2.3" in out and "3 faces (BIN_FLAT: 512-bit sign codes), consistent" in out, out
 
     milvus_env(monkeypatch, milvus_server, data, uri=black_hole)
     started = time.monotonic()
