@@ -8,7 +8,7 @@ On bench/search.py's face-like data (same generator, seed and queries) this comp
   exactly from SQLite, so the top-40 number is what reaches the officer);
 - the time of one query's Hamming scan on one thread and split over two (faiss `knn_hamming`).
 
-Example: python bench/firststage.py --n 1000000 --queries 300
+Example: python bench/firststage.py --n 1000000 --queries 300  (needs faiss-cpu: pip install -e '.[bench]')
 """
 
 from __future__ import annotations

@@ -53,15 +53,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 
-from engine import calibration, codes, projection  # noqa: E402
+from engine import calibration, codes, projection, scan  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
-from engine.hamming import HammingIndex  # noqa: E402
+from engine.hamming import DEFAULT_PREFILTER, SCAN_BYTES, HammingIndex  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
 from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
 
 logger = logging.getLogger("bench.search")
 
+MAP_GALLERY_FROM = 2_000_000  # galleries this large are drawn into, and read from, a memory-mapped file
 DATA_VERSION = 2  # bump when the generator changes, so cached indexes are not reused
 NDIM = 512
 TARGET_P50_MS = 2.0
@@ -210,8 +211,12 @@ class Dataset:
     query_ident: np.ndarray  # (q,) int64
 
 
-def make_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int) -> Dataset:
-    """Draw identities with the calib set's photos-per-identity distribution until there are n faces."""
+def make_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int, gallery_file: Path | None = None) -> Dataset:
+    """Draw identities with the calib set's photos-per-identity distribution until there are n faces.
+
+    With `gallery_file`, the shuffled gallery is written there (a .npy) and returned memory-mapped, so the gallery is
+    never held twice (3 M faces: 6 GB instead of 12); the data are the same either way.
+    """
     rng = np.random.default_rng(seed)
     mean_per = float(dist.photos_per_identity.mean())
     counts = rng.choice(dist.photos_per_identity, size=int(n / mean_per * 1.1) + 16)
@@ -228,7 +233,15 @@ def make_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int) -> D
     for a in range(0, n, chunk):
         gallery[a : a + chunk] = dist.faces(rng, centres[ident[a : a + chunk]])
     perm = rng.permutation(n)  # faces arrive in no particular order
-    gallery = gallery[perm]
+    if gallery_file is None:
+        gallery = gallery[perm]
+    else:
+        shuffled = np.lib.format.open_memmap(gallery_file, mode="w+", dtype=np.float32, shape=(n, NDIM))
+        for a in range(0, n, chunk):
+            shuffled[a : a + chunk] = gallery[perm[a : a + chunk]]
+        shuffled.flush()
+        del gallery, shuffled
+        gallery = np.load(gallery_file, mmap_mode="r")
     ident = ident[perm]
     q_ident = rng.choice(k, size=n_queries, replace=n_queries > k)
     queries = dist.faces(rng, centres[q_ident])
@@ -239,11 +252,17 @@ def cached_dataset(dist: FaceDistribution, n: int, n_queries: int, seed: int, ke
     """make_dataset, kept as .npy files in the bench cache (a 1 M gallery takes minutes to draw on a busy machine)."""
     base = common.cache_dir() / f"data-{key}"
     parts = ("gallery", "gallery_ident", "queries", "query_ident")
+    big = n >= MAP_GALLERY_FROM  # memory-mapped: read from the page cache, never held twice
     if all(base.with_suffix(f".{p}.npy").exists() for p in parts):
-        return Dataset(*(np.load(base.with_suffix(f".{p}.npy")) for p in parts))
-    data = make_dataset(dist, n, n_queries, seed)
+        return Dataset(*(np.load(base.with_suffix(f".{p}.npy"), mmap_mode="r" if big and p == "gallery" else None)
+                         for p in parts))
+    gallery_file = base.with_suffix(".gallery.npy")
+    data = make_dataset(dist, n, n_queries, seed, gallery_file.with_suffix(".tmp.npy") if big else None)
     for p in parts:
-        np.save(base.with_suffix(f".{p}.npy"), getattr(data, p))
+        if big and p == "gallery":
+            gallery_file.with_suffix(".tmp.npy").replace(gallery_file)
+        else:
+            np.save(base.with_suffix(f".{p}.npy"), getattr(data, p))
     return data
 
 
@@ -438,15 +457,20 @@ def code_model(name: str) -> codes.CodeModel:
     raise SystemExit(f"unknown code model {name!r}")
 
 
-def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped") -> HammingIndex:
-    """The engine's HammingIndex for the default recognizer, as Engine.open makes it."""
-    return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads)
+def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped",
+                  scan_bytes: int = SCAN_BYTES, prefilter: int = DEFAULT_PREFILTER) -> HammingIndex:
+    """The engine's HammingIndex for the default recognizer, as Engine.open makes it (other scan widths: --scan-bits)."""
+    return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads,
+                        scan_bytes=scan_bytes, prefilter=prefilter)
 
 
-def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str) -> dict[str, float]:
+def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str, scan_bytes: int = SCAN_BYTES,
+                       prefilter: int = DEFAULT_PREFILTER) -> dict[str, float]:
     """Start-up cost in a fresh process: HammingIndex.load(), RSS delta, keys()."""
     proj = index_projection(common.real_embeddings(), dims, basis) if dims else None
-    index = hamming_index(Path(path), proj, 1000, threads, codes_name)
+    with common.Stopwatch() as t_warm:
+        index = hamming_index(Path(path), proj, 1000, threads, codes_name, scan_bytes, prefilter)
+        scan.warm()  # the search kernels (numba), compiled or read from numba's cache: apart from the index's RSS
     gc.collect()
     rss0 = common.rss_bytes()
     with common.Stopwatch() as t:
@@ -456,7 +480,8 @@ def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_nam
     rss_delta = common.rss_bytes() - rss0
     with common.Stopwatch() as t_keys:
         _ = int(index.keys().sum())
-    return {"load_s": t.s, "load_rss_delta": rss_delta, "keys_s": t_keys.s, "loaded_memory_bytes": index.memory_bytes()}
+    return {"load_s": t.s, "load_rss_delta": rss_delta, "keys_s": t_keys.s, "loaded_memory_bytes": index.memory_bytes(),
+            "kernels_s": t_warm.s}
 
 
 def hamming_bench(
@@ -469,6 +494,7 @@ def hamming_bench(
     cands = [int(v) for v in str(args.candidates).split(",") if v.strip()]
     proj = index_projection(real, args.pca, args.basis) if args.pca else None
     common.emit(f"# search bench  index=hamming n={n} rerank={args.pca or NDIM}-d int8 scan_threads={args.scan_threads} "
+                f"scan_bits={args.scan_bits} prefilter={args.prefilter} "
                 f"queries={args.queries}")
     common.emit(f"# machine  start: {common.kv_line(m0)}")
     common.emit(f"# data  same-person cos mean real {fit['real_same_mean']:.3f} vs synthetic {synth['same_mean']:.3f}; "
@@ -476,8 +502,9 @@ def hamming_bench(
                 f"mates in exact top-10 per query {mates_in_top10:.2f} ({visible_mates:.1%} at cosine >= {args.threshold:g})")
     finals: list[dict[str, object]] = []
     for codes_name in str(args.codes).split(","):
-        path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash([n, args.seed, args.pca, args.basis, codes_name])}.idx"
-        index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name)
+        spec = [n, args.seed, args.pca, args.basis, codes_name] + ([args.scan_bits] if args.scan_bits != SCAN_BYTES * 8 else [])
+        path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash(spec)}.idx"
+        index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name, args.scan_bits // 8, args.prefilter)
         gc.collect()
         rss0 = common.rss_bytes()
         keys = np.arange(1, n + 1, dtype=np.int64)
@@ -491,14 +518,16 @@ def hamming_bench(
             index.save()
         file_bytes = path.stat().st_size
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads, codes_name).result()
+            startup = pool.submit(probe_hamming_load, str(path), args.pca, args.basis, args.scan_threads, codes_name,
+                                  args.scan_bits // 8, args.prefilter).result()
         logger.info("%s: built in %.1f s, saved in %.1f s; start-up: load %.2f s, +%.0f MB RSS", codes_name, t_build.s,
                     t_save.s, startup["load_s"], startup["load_rss_delta"] / 1e6)
         bpf = startup["loaded_memory_bytes"] / n
         common.emit(f"# codes={codes_name} ({index.code_model.bits} bits: {index.code_model.source}): build {t_build.s:.1f} s "
                     f"({build_cpu:.0f} CPU-s), RSS +{build_rss / 1e6:.0f} MB, save {t_save.s:.1f} s; memory_bytes after load "
                     f"{bpf:.0f} B/face, RSS after load +{startup['load_rss_delta'] / n:.0f} B/face, file {file_bytes / n:.0f} "
-                    f"B/face; HammingIndex.load {startup['load_s']:.2f} s + keys {startup['keys_s']:.3f} s")
+                    f"B/face; HammingIndex.load {startup['load_s']:.2f} s + keys {startup['keys_s']:.3f} s; scan kernels ready "
+                    f"{startup['kernels_s']:.2f} s after the index is made (numba; on a thread of their own in the engine)")
         for c in cands:
             index.candidates = c
             # Recall over every query on one thread (the same results: the split only changes who scans what; on a
@@ -525,12 +554,13 @@ def hamming_bench(
             logger.info("%s", common.kv_line(row))
             finals.append({
                 "index": "hamming", "n": n, "codes": codes_name, "bits": index.code_model.bits, "ndim": index.ndim,
-                "candidates": c, "scan_threads": args.scan_threads, "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+                "candidates": c, "scan_threads": args.scan_threads, "scan_bits": args.scan_bits, "prefilter": args.prefilter,
+                "p50_ms": lat["p50"], "p99_ms": lat["p99"],
                 "cpu_p50_ms": lat_cpu["p50"], "mate_recall": row["mate_recall"], "recall10": row["recall10"],
                 f"p50_k{args.fetch}_ms": lat_f["p50"], f"mate_recall_k{args.fetch}": row[f"mate_recall_k{args.fetch}"],
                 "mate_recall_shown": row["mate_recall_shown"], "bytes_per_face": bpf,
                 "rss_per_face": startup["load_rss_delta"] / n, "file_per_face": file_bytes / n, "build_s": t_build.s,
-                "save_s": t_save.s, "load_s": startup["load_s"],
+                "save_s": t_save.s, "load_s": startup["load_s"], "kernels_s": startup["kernels_s"],
             })
         index.reset()
         index.close()
@@ -571,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
                     "random256 / random512 (centred random rotation of all 512 dims); all fitted on the calib embeddings")
     ap.add_argument("--timed-queries", type=int, default=300,
                     help="hamming: single queries timed per candidates value (recall is scored on all --queries)")
+    ap.add_argument("--scan-bits", type=int, default=SCAN_BYTES * 8,
+                    help="hamming: bits of each code the exhaustive scan reads (a multiple of 8; the rest rank what it keeps)")
+    ap.add_argument("--prefilter", type=int, default=DEFAULT_PREFILTER,
+                    help="hamming: about how many codes the scan keeps for the second stage (HammingIndex.prefilter)")
     ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
                     help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")

@@ -10,12 +10,14 @@ because every identity is an isolated pair of points the graph reaches only by a
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
 - its face id (8 bytes),
 
-in four numpy arrays: 264 bytes per face. A search computes the query's code, scans the first 256 bits of
-every code with faiss's Hamming k-NN (`faiss.knn_hamming`, split over `threads` threads), keeps the
-`prefilter` (10,000) nearest, re-ranks them by the Hamming distance of all 512 bits to the best `candidates`
-(1,000), re-ranks those by their projected cosine and returns the best `count`. The engine then re-scores
-those exactly from SQLite. (At 1 M face-like vectors: 99.6 % of the true mates in those 40, against 98.6 %
-for the best 256-bit code alone; bench/RESULTS.md.)
+in four numpy arrays: 264 bytes per face. A search computes the query's code, estimates from a sample of
+16,384 codes the Hamming distance (over the first 256 bits) under which ~1.2 x `prefilter` (10,000) codes
+lie, scans the first 256 bits of every code against it (engine.scan's compiled kernel, split over `threads`
+threads), ranks the codes kept (every one at or under that distance) by the distance of all 512 bits, re-ranks
+the best `candidates` (1,000) by their projected cosine and returns the best `count`. Every stage reads the
+index's own arrays in place: no copy of a face's bits or vector is made. The engine then re-scores those
+exactly from SQLite. (At 1 M face-like vectors: 99.6 % of the true mates in those 40, against 98.6 % for the
+best 256-bit code alone; bench/RESULTS.md.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import fsmodes, integrity
+from . import fsmodes, integrity, scan
 from .codes import CodeModel, fallback
 from .index import TEMP_SUFFIX, SharedLock, publish_index, read_sidecar, remove_stale_temporaries, sidecar_path
 
@@ -62,12 +64,12 @@ _MIN_CAPACITY = 1024
 # the rounding moves a similarity by ~0.002, far below the gap between a mate (~0.6) and the best strangers
 # (~0.3). (A finer scale, 254, clipped the largest components and cost up to 0.02.)
 QUANT_SCALE = 127.0
-SPLIT_MIN = 50_000
-SCAN_BYTES = 32  # the scan reads 256 bits per face (faiss has a fast path for 32-byte codes)
-DEFAULT_PREFILTER = 10_000  # two-stage codes: the scan's nearest this many are re-ranked by all the bits
-# faiss's counting k-NN ("mc") rather than its heap ("hc"): for 1,000 of 500 k 256-bit codes 1.95 against 2.85 ms
-# of CPU (measured on this machine under load); both return the same distances.
-SCAN_VARIANT = "mc"  # a scan is split over threads only when each part has at least this many codes
+SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
+SCAN_BYTES = 32  # the scan reads 256 bits per face (4 words: engine.scan unrolls that case)
+DEFAULT_PREFILTER = 10_000  # two-stage codes: the scan keeps about this many nearest (~1.2x, ties included) for all the bits
+SAMPLE = 16_384  # codes sampled (in SAMPLE_RUNS runs) to choose the scan's threshold distance
+SAMPLE_RUNS = 16
+MARGIN = 1.2  # the threshold aims at this many times the codes to keep: one scan, rarely a second
 
 
 class HammingIndex:
@@ -110,6 +112,7 @@ class HammingIndex:
         self._scan_bytes = min(scan_bytes, self.code_model.nbytes)
         self.prefilter = max(int(prefilter), self.candidates)
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
+        _warm_kernels()
 
     # -- storage -----------------------------------------------------------------------------
     def _arrays(self, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -208,61 +211,88 @@ class HammingIndex:
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (projected, int8), best first."""
-        code = self.code_model.encode(vector)
+        code = self.code_model.encode(vector)[0]
         q = self._project(vector)[0]
+        qs = (q / QUANT_SCALE).astype(np.float32)
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             want = min(max(self.candidates, count), n)
-            if self._codes2.shape[1]:  # two stages: the scan's nearest by the first bits, then by all of them
-                dist, rows = self._scan(code[:, : self._scan_bytes], min(max(self.prefilter, want), n), n)
-                tail = np.ascontiguousarray(code[0, self._scan_bytes :])
-                if self._codes2.shape[1] % 8 == 0:  # 64 bits at a time; np.take gathers rows ~8x faster than [rows]
-                    rest = np.take(self._codes2[:n].view(np.uint64), rows, axis=0)
-                    tail = tail.view(np.uint64)
-                else:
-                    rest = np.take(self._codes2, rows, axis=0)
-                dist = dist + np.bitwise_count(rest ^ tail).sum(axis=1, dtype=np.int32)
-                rest.fill(0)
-                if want < len(rows):
-                    rows = rows[np.argpartition(dist, want - 1)[:want]]
-            else:
-                _, rows = self._scan(code, want, n)
-            gathered = np.take(self._vecs, rows, axis=0)
-            keys = np.take(self._keys, rows)
-        cand = gathered.astype(np.float32)
-        sims = cand @ (q / QUANT_SCALE) + float(q @ self._centre)
-        gathered.fill(0)  # the candidates' vectors are gallery data: leave no copy in freed memory
-        cand.fill(0)
-        k = min(count, len(rows))
-        top = np.argpartition(-sims, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+            # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
+            keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
+            rows, dist = self._scan(code, keep, want, n)
+            k = len(rows)
+            if want < k:
+                best = np.empty(want, dtype=np.int64)
+                k = scan.top_by_distance(rows, dist, k, want, self.code_model.bits, best)
+                rows = best
+            sims = np.empty(k, dtype=np.float32)
+            scan.rerank_int8(self._vecs, rows, k, qs, sims)
+            keys = self._keys[rows[:k]]
+        sims += np.float32(q @ self._centre)
+        c = min(count, k)
+        top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
         top = top[np.argsort(-sims[top], kind="stable")]
         return keys[top], sims[top]
 
-    def _scan(self, code: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming distances and rows of the k codes nearest `code` among the first n (shared lock held)."""
-        faiss = _faiss()
+    def _scan(self, code: np.ndarray, keep: int, least: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (int64) among the first n whose first `scan_bytes` of code are within a threshold distance of the
+        query's `code` (all its bytes, 1-D), with their distances over all the bytes (int32); shared lock held.
+
+        The threshold is the smallest that keeps ~MARGIN x `keep` codes in a sample (SAMPLE codes in 16 runs spread
+        over the gallery; exact when the gallery is no larger), all the codes at it included; if the scan kept fewer
+        than 3/4 of `keep` or than `least`, it is raised and the scan repeated (rare).
+        """
+        bits = self._scan_bytes * 8
+        codes = scan.as_words(self._codes[:n])
+        q = scan.query_words(code[: self._scan_bytes])
+        codes2 = scan.as_words(self._codes2[:n])
+        q2 = scan.query_words(code[self._scan_bytes :])
+        if keep >= n:
+            t, enough, expect = bits, n, float(n)
+        else:
+            runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
+            hist = np.zeros(bits + 1, dtype=np.int64)
+            scan.sample_histogram(codes, q, n, runs, block, hist)
+            scale = n / (runs * block)
+            if runs == 1:  # the sample is the gallery: exact
+                t, enough = scan.threshold_for(hist, scale, float(keep)), keep
+            else:
+                t, enough = scan.threshold_for(hist, scale, keep * MARGIN), max(least, (3 * keep) // 4)
+            expect = float(hist[: t + 1].sum() * scale)
         parts = self.threads if n >= self.split_min * self.threads else 1
-        if parts == 1:
-            dist, rows = faiss.knn_hamming(code, self._codes[:n], k, variant=SCAN_VARIANT)
-            keep = rows[0] >= 0
-            return dist[0][keep].astype(np.int32), rows[0][keep]
-        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        bounds = [n * i // parts for i in range(parts + 1)]
+        while True:
+            found = self._scan_parts(codes, q, codes2, q2, t, bounds, expect / n)
+            if sum(len(r) for r, _ in found) >= enough or t >= bits:
+                break
+            t += 1  # the sample misjudged the tail (rare): widen and scan again
+            expect *= 2
+        if len(found) == 1:
+            return found[0]
+        return np.concatenate([r for r, _ in found]), np.concatenate([d for _, d in found])
+
+    def _scan_parts(self, codes: np.ndarray, q: np.ndarray, codes2: np.ndarray, q2: np.ndarray, t: int,
+                    bounds: list[int], share: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """scan.scan_under over each [bounds[i], bounds[i+1]) part, the first on this thread, the others on the pool;
+        `share`: the part of the codes the threshold is expected to keep (sizes the buffers)."""
+
+        def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+            cap = min(b - a, int((b - a) * share * 1.5) + 1024)
+            while True:
+                rows = np.empty(cap, dtype=np.int64)
+                dist = np.empty(cap, dtype=np.int32)
+                k = scan.scan_under(codes, q, codes2, q2, t, a, b, rows, dist)
+                if k <= cap:
+                    return rows[:k], dist[:k]
+                cap = k  # the buffers were too small: again with room for all
+
+        if len(bounds) == 2:
+            return [part(bounds[0], bounds[1])]
         pool = self._executor()
-        futures = [pool.submit(faiss.knn_hamming, code, self._codes[a:b], min(k, b - a), variant=SCAN_VARIANT)
-                   for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
-        d0, r0 = faiss.knn_hamming(code, self._codes[: bounds[1]], min(k, int(bounds[1])), variant=SCAN_VARIANT)
-        dist = [d0[0]]
-        rows = [r0[0]]
-        for f, a in zip(futures, bounds[1:-1], strict=True):
-            d, r = f.result()
-            dist.append(d[0])
-            rows.append(r[0] + a)
-        all_d = np.concatenate(dist)
-        all_r = np.concatenate(rows)
-        best = np.argpartition(all_d, k - 1)[:k] if k < len(all_d) else np.arange(len(all_d))
-        return all_d[best].astype(np.int32), all_r[best]
+        futures = [pool.submit(part, a, b) for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+        return [part(bounds[0], bounds[1]), *(f.result() for f in futures)]
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -315,7 +345,7 @@ class HammingIndex:
     def _header(self, n: int) -> dict[str, object]:
         return {"kind": "hamming", "format": FORMAT, "count": n, "codes": self.code_model.key,
                 "projection": self.projection_key, "input_dim": self.input_dim, "ndim": self.ndim,
-                "code_bytes": self.code_model.nbytes, "vector_dtype": "i8"}
+                "code_bytes": self.code_model.nbytes, "scan_bytes": self._scan_bytes, "vector_dtype": "i8"}
 
     def save(self, state: Mapping[str, object] | None = None) -> None:
         """Write the live rows atomically and record `state` in the sidecar; call it under the save lock
@@ -397,7 +427,8 @@ class HammingIndex:
                 raise ValueError("damaged header") from None
             if not isinstance(header, dict):
                 raise ValueError("damaged header")
-            for field in ("format", "codes", "projection", "input_dim", "ndim", "code_bytes", "vector_dtype"):
+            header.setdefault("scan_bytes", min(SCAN_BYTES, int(header.get("code_bytes", 0))))  # (files before it was recorded)
+            for field in ("format", "codes", "projection", "input_dim", "ndim", "code_bytes", "scan_bytes", "vector_dtype"):
                 if header.get(field) != want[field]:
                     raise ValueError(f"built with {field} {header.get(field)!r}, not {want[field]!r}")
             n = int(header.get("count", -1))
@@ -422,13 +453,10 @@ class HammingIndex:
 
 
 @functools.cache
-def _faiss():  # type: ignore[no-untyped-def]
-    """faiss, with its OpenMP pool at one thread: one query's scan is split over our own threads instead. (Measured:
-    with 2 OpenMP threads on a busy 2-core machine a 2,000-face search took 49 ms instead of 0.7, spin-waiting.)"""
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-    return faiss
+def _warm_kernels() -> None:
+    """Compile the scan kernels (or load them from numba's cache: ~1 s) once per process, on a thread of their own,
+    so that neither start-up nor the first search waits for it (a search that comes first waits for the compiler)."""
+    threading.Thread(target=scan.warm, name="sightline-scan-warm", daemon=True).start()
 
 
 def saved_keys(path: Path) -> np.ndarray | None:

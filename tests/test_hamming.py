@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import codes, integrity, projection
+from engine import codes, hamming, integrity, projection
 from engine.hamming import MAGIC, HammingIndex, saved_keys
 from engine.index import UsearchIndex, read_sidecar
 
@@ -103,21 +103,47 @@ def test_two_stage_codes_find_what_scanning_every_bit_finds(tmp_path: Path) -> N
 
 
 def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
-    photo, again = faces(5000)
-    one = make(tmp_path / "a.idx", photo, candidates=300, threads=1)
-    two = make(tmp_path / "b.idx", photo, candidates=300, threads=3)
+    photo, again = faces(5000, d=128)
+    one = make(tmp_path / "a.idx", photo, bits=128, candidates=300, threads=1, scan_bytes=8)  # 64-bit words, two stages
+    two = make(tmp_path / "b.idx", photo, bits=128, candidates=300, threads=3, scan_bytes=8)
     two.split_min = 100  # split even this small gallery
-    for idx in (one, two):
+    odd = make(tmp_path / "c.idx", photo, bits=24, candidates=300, threads=1)  # 3-byte codes: scanned byte by byte
+    for idx in (one, two, odd):
         idx.add(np.arange(1, 5001), photo)
-    bits = np.unpackbits(one._codes[:5000], axis=1)
-    for q in again[:50]:
-        code = one.code_model.encode(q)
-        dist = (np.unpackbits(code, axis=1) != bits).sum(1)
-        (d1, r1), (d2, r2) = one._scan(code, 300, 5000), two._scan(code, 300, 5000)
-        assert np.array_equal(d1, dist[r1]) and np.array_equal(d2, dist[r2])
-        # The same 300 nearest codes, up to ties at the cut: the same distances, each row once.
-        assert len(set(r2.tolist())) == 300 and np.array_equal(np.sort(dist[r1]), np.sort(dist[r2]))
-        assert np.sort(dist[r2])[-1] <= np.sort(dist)[300]
+
+    def distances(idx: HammingIndex, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every face's distance over the scanned bits and over all of them, counted bit by bit."""
+        first = (np.unpackbits(code[: idx._scan_bytes]) != np.unpackbits(idx._codes[:5000], axis=1)).sum(1)
+        rest = (np.unpackbits(code[idx._scan_bytes :]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1)
+        return first, first + rest
+
+    for idx in (one, odd):
+        for q in again[:50]:
+            code = idx.code_model.encode(q)[0]
+            first, full = distances(idx, code)
+            for keep in (1, 300, 2000):
+                rows, d = idx._scan(code, keep, keep, 5000)
+                # Every code within the threshold and no other, each once, at least `keep` of them, with its distance over
+                # all the bits: the threshold is the smallest that keeps `keep` (the sample is the whole gallery).
+                assert np.array_equal(d, full[rows]) and len(set(rows.tolist())) == len(rows) >= keep
+                t = first[rows].max()
+                assert np.array_equal(np.sort(rows), np.flatnonzero(first <= t)) and (first < t).sum() < keep
+                if idx is one:  # the same rows when the scan is split over three threads
+                    rows2, d2 = two._scan(code, keep, keep, 5000)
+                    assert np.array_equal(np.sort(rows2), np.sort(rows)) and np.array_equal(d2, full[rows2])
+    # A gallery larger than the sample: the threshold is estimated, and raised when it kept too few.
+    saved = hamming.SAMPLE, hamming.SAMPLE_RUNS
+    hamming.SAMPLE, hamming.SAMPLE_RUNS = 64, 4  # 4 runs of 16 of the 5,000 codes
+    try:
+        for keep in (50, 700):
+            for q in again[:20]:
+                code = one.code_model.encode(q)[0]
+                first, full = distances(one, code)
+                rows, d = one._scan(code, keep, 10, 5000)
+                assert len(rows) >= max(10, (3 * keep) // 4) and np.array_equal(d, full[rows])
+                assert np.array_equal(np.sort(rows), np.flatnonzero(first <= first[rows].max()))
+    finally:
+        hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
     two.close()
 
 
@@ -187,6 +213,7 @@ def test_load_refuses_other_formats_models_and_damaged_files(tmp_path: Path, cap
     assert make(path, photo).load()
     assert not make(path, photo, bits=64).load()  # another code model
     assert not make(path, photo, dims=16).load()  # another projection
+    assert not make(path, photo, scan_bytes=2).load()  # the same codes split otherwise between scan and second stage
     good = path.read_bytes()
     flipped = bytearray(good)
     flipped[-5] ^= 1  # one bit of one face's vector
@@ -236,3 +263,25 @@ async def test_engine_rebuilds_on_an_index_format_change_and_says_so(gallery_cop
     engine = await Engine.open(make_config(gallery_copy))  # and the next start just loads it
     await engine.close()
     assert "consistent with the database" in caplog.text and "rebuil" not in caplog.text
+
+
+def test_scan_kernels_work_where_numba_cannot_cache() -> None:
+    """A read-only install with no writable home: numba refuses cache=True there, so the kernels compile in-process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba.core.caching as c\n"
+        "c.CacheImpl._locator_classes = []  # as when neither the package nor a user cache folder is writable\n"
+        "import numpy as np\n"
+        "from engine import scan\n"
+        "scan.warm()\n"
+        "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
+        "rows, dist = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int32)\n"
+        "k = scan.scan_under(codes, codes[1], codes[:, :0], codes[1, :0], 0, 0, 2, rows, dist)\n"
+        "print(type(scan.scan_under._cache).__name__, k, rows[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["NullCache", "1", "1"]  # not cached, and row 1 is the only code at distance 0
