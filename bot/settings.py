@@ -120,6 +120,31 @@ class Settings(BaseSettings):
         None, ge=10, description="usearch index: HNSW search breadth: higher finds more true matches, slower. Default: grows with "
         "the gallery (128 up to 100,000 faces, 1,024 at 1 M), which keeps ~99 % of true matches (bench/RESULTS.md).",
     )
+    index_backend: Literal["embedded", "milvus"] = Field(
+        "embedded", description="Where the search index lives: embedded (in the process, of SIGHTLINE_INDEX_KIND, saved "
+        "in the data folder) or milvus (a collection on a Milvus server, for galleries beyond one machine). Switch "
+        "with `sightline index-migrate`.",
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530", description="Milvus server address (index_backend=milvus); `scripts/milvus start` "
+        "prints it for a local server.",
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials, 'user:password' or an API key (index_backend=milvus). Secret: never logged.",
+    )
+    milvus_collection: str = Field(
+        "sightline_faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection of this gallery; every bot and CLI on the same database must use the same one.",
+    )
+    milvus_index: Literal["BIN_FLAT", "BIN_IVF_FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field(
+        "BIN_FLAT", description="Milvus index type (index_backend=milvus): BIN_* hold each face's 512-bit sign code (64 B) "
+        "and the engine re-scores the nearest 200 exactly; the others its projected vector. BIN_FLAT (exhaustive) "
+        "measured best up to 1 M faces (bench/RESULTS.md). Changing it rebuilds the collection.",
+    )
+    milvus_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds one call to Milvus may take before the user gets an error "
+        "(flushes and compactions: 120 s).",
+    )
 
     # -- Logging ---------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Logging level.")
@@ -184,4 +209,10 @@ class Settings(BaseSettings):
             index_expansion_search=self.index_ef_search,
             index_kind=self.index_kind,
             index_candidates=self.index_candidates,
+            index_backend=self.index_backend,
+            milvus_uri=self.milvus_uri,
+            milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else "",
+            milvus_collection=self.milvus_collection,
+            milvus_index=self.milvus_index,
+            milvus_timeout=self.milvus_timeout,
         )
