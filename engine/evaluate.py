@@ -740,7 +740,8 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
     if "odds_check" in s:
         lines += ["## Odds by quality class", "",
                   "Each hit shows the false-match rate of its comparison's quality class (probe face good/poor x gallery "
-                  "face good/poor, from `sightline calibrate`). Measured here on this run's impostor pairs:", "",
+                  "face good/poor, from `sightline calibrate`; second-look: a probe face found only by the detector's second, "
+                  "less strict look, against any gallery face). Measured here on this run's impostor pairs:", "",
                   "| class | score | FMR shown | FMR measured | ratio | within 2x |", "|---|---|---|---|---|---|"]
         for c in s["odds_check"]:
             verdict = "not measurable (too few pairs)" if c["within_2x"] is None else ("yes" if c["within_2x"] else "**no**")
