@@ -917,16 +917,21 @@ def build_calibration(
     source: str,
     rounds: int = 1000,
 ) -> Calibration:
-    """A score -> false-match-rate table from all impostor pairs, with band thresholds at the given FMRs."""
-    genuine, impostor = metrics.pair_scores(obs.embeddings, obs.labels)
+    """A score -> false-match-rate table from all impostor pairs, with band thresholds at the given FMRs.
+
+    Faces found only by the detector's second look are left out: they have a class of their own
+    (calibration.SECOND_LOOK, in `pairs`)."""
+    keep = [i for i in range(len(obs.labels)) if not (obs.embedded_second and obs.embedded_second[i])]
+    emb, labels = obs.embeddings[keep], [obs.labels[i] for i in keep]
+    genuine, impostor = metrics.pair_scores(emb, labels)
     n = len(impostor)
     if n == 0:
         raise ValueError("no impostor pairs: the set needs at least two identities with a face")
     grid, fmr = fmr_table(impostor)
     t_possible = _round_up(metrics.threshold_at_rate(impostor, possible_fmr))
     t_strong = _round_up(metrics.threshold_at_rate(impostor, strong_fmr))
-    tail_pairs = metrics.high_impostor_pairs(obs.embeddings, obs.labels, min(t_possible, t_strong) - 0.05)
-    boot = {name: metrics.bootstrap_fmr_interval(obs.labels, tail_pairs, t, rounds=rounds)
+    tail_pairs = metrics.high_impostor_pairs(emb, labels, min(t_possible, t_strong) - 0.05)
+    boot = {name: metrics.bootstrap_fmr_interval(labels, tail_pairs, t, rounds=rounds)
             for name, t in (("possible", t_possible), ("strong", t_strong))}
     return Calibration(
         model_sha256=obs.recognizer_sha256,
