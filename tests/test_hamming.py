@@ -107,6 +107,7 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     one = make(tmp_path / "a.idx", photo, bits=128, candidates=300, threads=1, scan_bytes=8)  # 64-bit words, two stages
     two = make(tmp_path / "b.idx", photo, bits=128, candidates=300, threads=3, scan_bytes=8)
     two.split_min = 100  # split even this small gallery
+    two.chunk_min = 64  # in chunks of at least 64 codes: 79 at 5,000 (HammingIndex cuts a scan into ~CHUNKS of them)
     odd = make(tmp_path / "c.idx", photo, bits=24, candidates=300, threads=1)  # 3-byte codes: scanned byte by byte
     for idx in (one, two, odd):
         idx.add(np.arange(1, 5001), photo)
@@ -117,19 +118,26 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
         rest = (np.unpackbits(code[idx._scan_bytes :]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1)
         return first, first + rest
 
+    def kept(found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows a scan kept and their distances, chunk after chunk."""
+        rows, dist, counts = found
+        assert (counts >= 0).all() and (counts <= rows.shape[1]).all()
+        return (np.concatenate([rows[c, :k] for c, k in enumerate(counts)]),
+                np.concatenate([dist[c, :k] for c, k in enumerate(counts)]))
+
     for idx in (one, odd):
         for q in again[:50]:
             code = idx.code_model.encode(q)[0]
             first, full = distances(idx, code)
             for keep in (1, 300, 2000):
-                rows, d = idx._scan(code, keep, keep, 5000)
+                rows, d = kept(idx._scan(code, keep, keep, 5000))
                 # Every code within the threshold and no other, each once, at least `keep` of them, with its distance over
                 # all the bits: the threshold is the smallest that keeps `keep` (the sample is the whole gallery).
                 assert np.array_equal(d, full[rows]) and len(set(rows.tolist())) == len(rows) >= keep
                 t = first[rows].max()
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= t)) and (first < t).sum() < keep
                 if idx is one:  # the same rows when the scan is split over three threads
-                    rows2, d2 = two._scan(code, keep, keep, 5000)
+                    rows2, d2 = kept(two._scan(code, keep, keep, 5000))
                     assert np.array_equal(np.sort(rows2), np.sort(rows)) and np.array_equal(d2, full[rows2])
     # A gallery larger than the sample: the threshold is estimated, and raised when it kept too few.
     saved = hamming.SAMPLE, hamming.SAMPLE_RUNS
@@ -139,7 +147,7 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
             for q in again[:20]:
                 code = one.code_model.encode(q)[0]
                 first, full = distances(one, code)
-                rows, d = one._scan(code, keep, 10, 5000)
+                rows, d = kept(one._scan(code, keep, 10, 5000))
                 assert len(rows) >= max(10, (3 * keep) // 4) and np.array_equal(d, full[rows])
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= first[rows].max()))
     finally:
