@@ -102,6 +102,10 @@ class HammingIndex:
         # The faces' mean in re-rank space: subtracted before quantising (it adds the same to every candidate's score).
         m = self.code_model.mean if self.code_model.weights.shape[0] == ndim else np.zeros(ndim, dtype=np.float32)
         self._centre = (m @ projection.basis if projection is not None else m).astype(np.float32)
+        # what a query is encoded and projected with (engine.scan.encode_query, project_query: contiguous float32)
+        self._mean = np.ascontiguousarray(self.code_model.mean, dtype=np.float32)
+        self._weights = np.ascontiguousarray(self.code_model.weights, dtype=np.float32)
+        self._basis = np.ascontiguousarray(projection.basis, dtype=np.float32) if projection is not None else None
         self.candidates = max(1, int(candidates))
         self.threads = max(1, int(threads))
         self.split_min = SPLIT_MIN
@@ -216,7 +220,12 @@ class HammingIndex:
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (projected, int8), best first."""
-        code = self.code_model.encode(vector)[0]
+        x = np.asarray(vector, dtype=np.float32)
+        if x.size != self.input_dim:
+            raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
+        x = np.ascontiguousarray(x.reshape(-1))
+        code = np.empty(self.code_model.nbytes, dtype=np.uint8)
+        scan.encode_query(x, self._mean, self._weights, np.empty(self.code_model.bits, dtype=np.float32), code)
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
@@ -225,8 +234,13 @@ class HammingIndex:
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
             keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
             job = self._start_scan(code, keep, want, n)
-            q = self._project(vector)[0]  # while the other threads scan: the re-rank needs it only at the end
-            qs = (q / QUANT_SCALE).astype(np.float32)
+            # while the other threads scan: the re-rank needs the projected query only at the end
+            if self._basis is not None:
+                qs = np.empty(self.ndim, dtype=np.float32)
+                offset = np.float32(scan.project_query(x, self._basis, self._centre, QUANT_SCALE, qs))
+            else:
+                qs = x / np.float32(QUANT_SCALE)
+                offset = np.float32(x @ self._centre)
             rows, dist, counts = self._finish_scan(job)
             best = np.empty(want, dtype=np.int64)
             sims = np.empty(want, dtype=np.float32)
@@ -234,7 +248,7 @@ class HammingIndex:
             self._spare.append((rows, dist, counts))
             keys = self._keys[best[:k]]
         sims = sims[:k]
-        sims += np.float32(q @ self._centre)
+        sims += offset
         c = min(count, k)
         top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
         top = top[np.argsort(-sims[top], kind="stable")]

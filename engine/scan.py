@@ -35,8 +35,8 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "query_words", "warm", "rerank_int8", "sample_histogram", "scan_chunks", "scan_under", "select_rerank",
-           "threshold_for", "top_by_distance"]
+__all__ = ["as_words", "encode_query", "project_query", "query_words", "warm", "rerank_int8", "sample_histogram", "scan_chunks",
+           "scan_under", "select_rerank", "threshold_for", "top_by_distance"]
 
 
 @intrinsic
@@ -312,6 +312,47 @@ def threshold_for(hist, scale, want):  # type: ignore[no-untyped-def]
     return len(hist) - 1
 
 
+@_kernel(boundscheck=False, fastmath=True)
+def encode_query(x, mean, w, y, code):  # type: ignore[no-untyped-def]
+    """One query's sign code: code = packbits((x - mean) @ w > 0) (numpy's bit order), y (bits,) float32 scratch.
+    What CodeModel.encode computes, in one pass over w that the compiler vectorises: 0.13 against 0.25 ms when w
+    (1 MB) has been evicted from the caches by the previous scan (numpy: a BLAS call, then 3 temporaries)."""
+    d, bits = w.shape
+    for j in range(bits):
+        y[j] = 0.0
+    for i in range(d):
+        xi = x[i] - mean[i]
+        for j in range(bits):
+            y[j] += xi * w[i, j]
+    for b in range(bits // 8):
+        v = 0
+        for k in range(8):
+            if y[8 * b + k] > 0:
+                v |= 1 << (7 - k)
+        code[b] = v
+
+
+@_kernel(boundscheck=False, fastmath=True)
+def project_query(x, basis, centre, scale, qs):  # type: ignore[no-untyped-def]
+    """qs = p / scale for p = x @ basis, L2-normalised (Projection.apply); returns p . centre."""
+    d, m = basis.shape
+    for j in range(m):
+        qs[j] = 0.0
+    for i in range(d):
+        xi = x[i]
+        for j in range(m):
+            qs[j] += xi * basis[i, j]
+    norm = 0.0
+    for j in range(m):
+        norm += qs[j] * qs[j]
+    inv = 1.0 / max(np.sqrt(norm), 1e-12)
+    dot = 0.0
+    for j in range(m):
+        dot += qs[j] * inv * centre[j]
+        qs[j] = qs[j] * (inv / scale)
+    return dot
+
+
 def query_words(code: np.ndarray) -> np.ndarray:
     """A query's code bytes (1-D) viewed as as_words views the index's codes of that width."""
     code = np.ascontiguousarray(code, dtype=np.uint8)
@@ -337,3 +378,6 @@ def warm() -> None:
         select_rerank(rows2, dist2, counts, 2, width * 16, np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32),
                       np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
     rerank_int8(np.zeros((4, 3), dtype=np.int8), rows, 4, np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32))
+    z = np.zeros(8, dtype=np.float32)
+    encode_query(z, z, np.zeros((8, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
+    project_query(z, np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.zeros(3, dtype=np.float32))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import codes, hamming, integrity, projection
+from engine import codes, hamming, integrity, projection, scan
 from engine.hamming import MAGIC, HammingIndex, saved_keys
 from engine.index import UsearchIndex, read_sidecar
 
@@ -85,6 +85,26 @@ def test_search_finds_the_other_photo_through_codes_and_rerank(tmp_path: Path) -
     assert len(idx.search(photo[0], 5000)[0]) == 2000  # asking for more than the gallery returns it all
     empty = make(tmp_path / "e.idx", photo)
     assert len(empty.search(photo[0], 5)[0]) == 0
+    with pytest.raises(ValueError, match="64-d embedding"):
+        idx.search(photo[0][:32], 5)
+
+
+def test_a_query_is_encoded_and_projected_as_the_gallery_is(tmp_path: Path) -> None:
+    """The search's compiled query encoding (engine.scan) gives CodeModel.encode's bits and Projection.apply's vector."""
+    photo, again = faces(600, d=512)
+    idx = make(tmp_path / "q.idx", photo, bits=512, dims=192)
+    x = np.vstack([photo, again]).astype(np.float32)
+    y = np.empty(512, dtype=np.float32)
+    for v, want in zip(x, idx.code_model.encode(x), strict=True):
+        code = np.empty(64, dtype=np.uint8)
+        scan.encode_query(v, idx._mean, idx._weights, y, code)
+        margin = np.abs((v - idx.code_model.mean) @ idx.code_model.weights)
+        differ = np.unpackbits(code) != np.unpackbits(want)
+        assert (margin[differ] < 1e-5).all()  # only a sum within rounding of 0 may take the other sign
+        qs = np.empty(192, dtype=np.float32)
+        offset = scan.project_query(v, idx._basis, idx._centre, hamming.QUANT_SCALE, qs)
+        p = idx.projection.apply(v)
+        assert np.allclose(qs * hamming.QUANT_SCALE, p, atol=1e-5) and abs(offset - p @ idx._centre) < 1e-5
 
 
 def test_two_stage_codes_find_what_scanning_every_bit_finds(tmp_path: Path) -> None:
