@@ -246,13 +246,12 @@ class HammingIndex:
             sims = np.empty(want, dtype=np.float32)
             k = scan.select_rerank(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, sims)
             self._spare.append((rows, dist, counts))
-            keys = self._keys[best[:k]]
-        sims = sims[:k]
-        sims += offset
-        c = min(count, k)
-        top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return keys[top], sims[top]
+            sims = sims[:k]
+            c = min(count, k)
+            top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
+            top = top[np.argsort(-sims[top], kind="stable")]
+            keys = self._keys[best[top]]  # (only the `count` read: 1,000 scattered reads cost ~0.09 ms)
+        return keys, sims[top] + offset
 
     def _scan(self, code: np.ndarray, keep: int, least: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """_start_scan then _finish_scan: the chunks' kept rows (chunks, cap) int64, their distances over all the
