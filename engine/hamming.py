@@ -12,8 +12,10 @@ because every identity is an isolated pair of points the graph reaches only by a
 
 in four numpy arrays: 264 bytes per face. A search computes the query's code, estimates from a sample of
 16,384 codes the Hamming distance (over the first 256 bits) under which ~1.2 x `prefilter` (10,000) codes
-lie, scans the first 256 bits of every code against it (engine.scan's compiled kernel, split over `threads`
-threads), ranks the codes kept (every one at or under that distance) by the distance of all 512 bits, re-ranks
+lie, scans the first 256 bits of every code against it (engine.scan's compiled kernel, in ~64 chunks that
+`threads` threads claim in turn: they finish within one chunk of each other, and a thread the machine starts late
+finds less or nothing to do; the query's projection is computed while the other threads scan), ranks the codes
+kept (every one at or under that distance) by the distance of all 512 bits, re-ranks
 the best `candidates` (1,000) by their projected cosine and returns the best `count`. Every stage reads the
 index's own arrays in place: no copy of a face's bits or vector is made. The engine then re-scores those
 exactly from SQLite. (At 1 M face-like vectors: 99.6 % of the true mates in those 40, against 98.6 % for the
