@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,31 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= first[rows].max()))
     finally:
         hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
+    two.close()
+
+
+def test_a_search_does_not_wait_for_a_busy_scan_thread(tmp_path: Path) -> None:
+    """The scan's threads claim chunks in turn: when the other thread is busy (a loaded machine), the calling thread
+    scans every chunk itself and answers, the same as one thread does, instead of waiting for it."""
+    photo, again = faces(5000, d=128)
+    one = make(tmp_path / "a.idx", photo, bits=128, candidates=300, threads=1, scan_bytes=8)
+    two = make(tmp_path / "b.idx", photo, bits=128, candidates=300, threads=2, scan_bytes=8)
+    two.split_min, two.chunk_min = 100, 64
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    gate = threading.Event()
+    blocker = two._executor().submit(gate.wait, 60)  # the only scan thread, busy until the gate opens
+    try:
+        t0 = time.perf_counter()
+        for q in again[:20]:
+            (k1, s1), (k2, s2) = one.search(q, 10), two.search(q, 10)
+            assert np.array_equal(k1, k2) and np.array_equal(s1, s2)
+        assert time.perf_counter() - t0 < 30  # waiting for the busy thread would take 60 s
+    finally:
+        gate.set()
+    assert blocker.result() is True
+    for q in again[20:40]:  # and with the thread free again, the same answers
+        assert np.array_equal(one.search(q, 10)[0], two.search(q, 10)[0])
     two.close()
 
 
