@@ -1,4 +1,5 @@
-"""Compiled kernels of HammingIndex's search: a fused Hamming scan with a threshold, the second-stage bits, the int8 re-rank.
+"""Compiled kernels of HammingIndex's search: the query's code and projection, a fused Hamming scan with a threshold
+and the second-stage bits in chunks that several threads claim in turn, the selection and the int8 re-rank.
 
 Why not faiss.knn_hamming (what the index used first): a k-NN with k = 10,000 keeps a 10,000-slot structure per
 query and returns copies to merge, and the candidates' bits and vectors then had to be gathered into new arrays
@@ -36,7 +37,7 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
 
 
 __all__ = ["as_words", "encode_query", "project_query", "query_words", "warm", "rerank_int8", "sample_histogram", "scan_chunks",
-           "scan_under", "select_rerank", "threshold_for", "top_by_distance"]
+           "select_rerank", "threshold_for"]
 
 
 @intrinsic
@@ -132,13 +133,6 @@ def sample_histogram(codes, q, n, blocks, block, hist):  # type: ignore[no-untyp
             for j in range(w):
                 d += _popcount(codes[i, j] ^ q[j])
             hist[d] += 1
-
-
-@_kernel(boundscheck=False)
-def scan_under(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-untyped-def]
-    """Rows i in [a, b) whose scanned code is within Hamming distance t of q, with their distance over all the bits;
-    see _scan_range (one range on one thread; HammingIndex uses scan_chunks)."""
-    return _scan_range(codes, q, codes2, q2, t, a, b, rows, dist)
 
 
 @_kernel(boundscheck=False)
@@ -257,36 +251,6 @@ def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: 
     return o
 
 
-@_kernel(boundscheck=False)
-def top_by_distance(rows, dist, k, want, maxd, out):  # type: ignore[no-untyped-def]
-    """The `want` rows of rows[:k] with the smallest dist (ties at the cut broken by position), into out;
-    returns how many were written (min(want, k)). A counting selection: distances are small integers <= maxd."""
-    hist = np.zeros(maxd + 2, np.int64)
-    for m in range(k):
-        hist[dist[m]] += 1
-    if want >= k:
-        for m in range(k):
-            out[m] = rows[m]
-        return k
-    total = 0
-    t = 0
-    while total + hist[t] < want:
-        total += hist[t]
-        t += 1
-    room = want - total  # how many of the rows at distance exactly t are taken
-    o = 0
-    for m in range(k):
-        d = dist[m]
-        if d < t:
-            out[o] = rows[m]
-            o += 1
-        elif d == t and room > 0:
-            out[o] = rows[m]
-            o += 1
-            room -= 1
-    return o
-
-
 @_kernel(boundscheck=False, fastmath=True)
 def rerank_int8(vecs, rows, k, q, out):  # type: ignore[no-untyped-def]
     """out[m] = vecs[rows[m]] . q for m < k (vecs (n, d) int8, q (d,) float32), read in place: no gathered copy."""
@@ -366,10 +330,6 @@ def warm() -> None:
         q = query_words(np.zeros(width, dtype=np.uint8))
         hist = np.zeros(width * 8 + 1, dtype=np.int64)
         sample_histogram(codes, q, 4, 2, 2, hist)
-        rows = np.zeros(4, dtype=np.int64)
-        dist = np.zeros(4, dtype=np.int32)
-        k = scan_under(codes, q, codes, q, width * 8, 0, 4, rows, dist)
-        top_by_distance(rows, dist, k, 2, width * 16, np.zeros(2, dtype=np.int64))
         threshold_for(hist, 1.5, 2.0)
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
@@ -377,7 +337,8 @@ def warm() -> None:
         scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(1, dtype=np.int64), rows2, dist2, counts)
         select_rerank(rows2, dist2, counts, 2, width * 16, np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32),
                       np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
-    rerank_int8(np.zeros((4, 3), dtype=np.int8), rows, 4, np.zeros(3, dtype=np.float32), np.zeros(4, dtype=np.float32))
+    z4 = np.zeros(4, dtype=np.float32)
+    rerank_int8(np.zeros((4, 3), dtype=np.int8), np.zeros(4, dtype=np.int64), 4, np.zeros(3, dtype=np.float32), z4)
     z = np.zeros(8, dtype=np.float32)
     encode_query(z, z, np.zeros((8, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
     project_query(z, np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.zeros(3, dtype=np.float32))

@@ -332,9 +332,10 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "from engine import scan\n"
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
-        "rows, dist = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int32)\n"
-        "k = scan.scan_under(codes, codes[1], codes[:, :0], codes[1, :0], 0, 0, 2, rows, dist)\n"
-        "print(type(scan.scan_under._cache).__name__, k, rows[0])\n"
+        "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
+        "counts = np.full(1, -1, dtype=np.int64)\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist, counts)\n"
+        "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
