@@ -167,6 +167,8 @@ async def check_database_and_index(config: EngineConfig, deep: bool = False) -> 
         if chain.ok else
         Check("audit", "fail", f"AUDIT CHAIN BROKEN at entry {chain.first_bad_seq}: {chain.problem}")
     )
+    if config.index_backend == "milvus":
+        return [*checks, await asyncio.to_thread(check_milvus, config, count, key_sum, gallery_id)]
     return checks + await _index_checks(config, count, key_sum, gallery_id, deep, {d.face_id for d in damaged})
 
 
@@ -266,6 +268,44 @@ async def _vectors_check(config: EngineConfig, sidecar: dict[str, object], damag
     shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
     return Check("vectors", "fail", f"{len(bad)} index vector(s) do not match their stored faces ({shown}): those "
                                     f"faces are not found; delete {config.index_path} and the engine rebuilds it at start")
+
+
+def check_milvus(config: EngineConfig, count: int, key_sum: int, gallery_id: str | None = None) -> Check:
+    """Reach the Milvus server within its timeout and compare the collection's faces with the database's."""
+    from engine.errors import IndexUnavailable
+    from engine.milvus_index import MilvusIndex
+
+    index = MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token, timeout=config.milvus_timeout)
+    where = index.where
+    try:
+        version = index.ping()
+        meta = index.stored_meta()
+        if meta is None:
+            if count == 0:
+                return Check("index", "ok", f"{where} (Milvus {version}): no collection yet (the gallery is empty)")
+            return Check("index", "warn", f"{where} (Milvus {version}): the collection is missing; the engine "
+                         f"builds it from the {count} faces at start")
+        if meta.get("gallery") and gallery_id and meta.get("gallery") != gallery_id:
+            return Check("index", "fail", f"{where} belongs to another gallery ({meta.get('gallery')}; this database is "
+                         f"{gallery_id}): set SIGHTLINE_MILVUS_COLLECTION to a collection of its own")
+        index.ndim = int(meta.get("ndim", 0) or 0)
+        index._call("collection load", lambda c: c.load_collection(index.collection, timeout=index.slow_timeout))
+        keys = index.keys()
+    except IndexUnavailable as exc:
+        return Check("index", "fail", f"{exc}. Is the server running and SIGHTLINE_MILVUS_URI right? (the timeout is "
+                     f"SIGHTLINE_MILVUS_TIMEOUT={config.milvus_timeout:g} s)")
+    finally:
+        index.close()
+    projected = meta.get("projection")
+    shape = f"projected to {str(projected).split(':')[0]} dims" if projected else "full vectors"
+    if meta.get("codes"):
+        shape = f"{meta.get('index')}: {str(meta['codes']).split(':')[0]}-bit sign codes"
+    elif meta.get("index"):
+        shape = f"{meta.get('index')}: {shape}"
+    if (len(keys), int(keys.sum())) == (count, key_sum):
+        return Check("index", "ok", f"{where} (Milvus {version}): {count} faces ({shape}), consistent with the database")
+    return Check("index", "warn", f"{where} holds {len(keys)} faces, the database {count}: the engine repairs the "
+                 "collection at start")
 
 
 def _quick_check(db: Path) -> str | None:

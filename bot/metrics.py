@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from engine import (
@@ -17,6 +19,8 @@ from engine import (
     NoFaceFound,
     SearchResult,
 )
+from engine.engine import backend_of
+from engine.milvus_index import MilvusIndex
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class Metrics:
         self.faces_indexed = Gauge("sightline_faces_indexed", "Faces in the search index (read at scrape).", registry=r)
         self._engine: Engine | None = None
         self.faces_indexed.set_function(self._faces)
+        r.register(self)  # collect(): the index backend's series
         # Create every labelled series at zero so dashboards and alerts see them before the first event.
         for outcome in SEARCH_OUTCOMES:
             self.searches.labels(outcome)
@@ -99,7 +104,34 @@ class Metrics:
 
     def _faces(self) -> float:
         engine = self._engine
-        return float(len(engine.index)) if engine is not None else 0.0
+        if engine is None:
+            return 0.0
+        index = engine.index
+        n = index.cached_len() if isinstance(index, MilvusIndex) else len(index)  # never waits on a server in a scrape
+        return float(n) if n >= 0 else float("nan")
+
+    def collect(self) -> Iterator[Metric]:
+        """The index backend and its lookups, read from the bound engine's index at scrape time."""
+        engine = self._engine
+        if engine is None:
+            return
+        backend = [backend_of(engine.index)]
+        info = GaugeMetricFamily("sightline_index_backend", "The index backend in use (1 for the one in use).",
+                                 labels=["backend"])
+        info.add_metric(backend, 1.0)
+        yield info
+        count = CounterMetricFamily("sightline_index_lookups", "Index searches this process made.", labels=["backend"])
+        count.add_metric(backend, float(engine.lookups))
+        yield count
+        total = CounterMetricFamily("sightline_index_lookup_seconds", "Seconds this process spent in index searches "
+                                    "(divide by sightline_index_lookups_total for the mean latency).", labels=["backend"])
+        total.add_metric(backend, float(engine.lookup_seconds))
+        yield total
+        last = engine.lookup_last_ms
+        gauge = GaugeMetricFamily("sightline_index_last_lookup_seconds", "Duration of the last index search.",
+                                  labels=["backend"])
+        gauge.add_metric(backend, last / 1000 if last is not None else float("nan"))
+        yield gauge
 
     # -- what handlers call ------------------------------------------------------------------------
     def observe_search(self, outcome: str, seconds: float) -> None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine import EngineConfig
@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     detector_file: str | None = Field(None, description="Detector file name in the model folder (default: found by name).")
     recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
     det_size: int = Field(640, description="Detector input size in pixels (square).")
+    det_retry_threshold: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="When a searched photo shows no face, look once more at this detector confidence and a coarser "
+        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 (the default) turns it off. 0.35 "
+        "finds a third of the faces missed on severely degraded photos, but their matches give more false leads and "
+        "the odds shown for them are too low (bench/RESULTS.md).",
+    )
+    det_retry_size: int = Field(
+        64, ge=32, le=1280, multiple_of=32,
+        description="Detector input size in pixels (square) of that retry: a small, blurred face is found more often "
+        "near its own size than enlarged to the normal 320-640 px input.",
+    )
     max_image_mb: float = Field(25.0, description="Largest accepted image file, in MB.")
     max_image_megapixels: float = Field(60.0, description="Largest accepted image, in megapixels.")
     threshold_possible: float | None = Field(
@@ -108,10 +120,47 @@ class Settings(BaseSettings):
         None, ge=10, description="usearch index: HNSW search breadth: higher finds more true matches, slower. Default: grows with "
         "the gallery (128 up to 100,000 faces, 1,024 at 1 M), which keeps ~99 % of true matches (bench/RESULTS.md).",
     )
+    index_backend: Literal["embedded", "milvus"] = Field(
+        "embedded", description="Where the search index lives: embedded (in the process, of SIGHTLINE_INDEX_KIND, saved "
+        "in the data folder) or milvus (a collection on a Milvus server, for galleries beyond one machine); hamming "
+        "or usearch mean embedded of that kind. Switch with `sightline index-migrate`.",
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530", description="Milvus server address (index_backend=milvus); `scripts/milvus start` "
+        "prints it for a local server.",
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials, 'user:password' or an API key (index_backend=milvus). Secret: never logged.",
+    )
+    milvus_collection: str = Field(
+        "sightline_faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection of this gallery; every bot and CLI on the same database must use the same one.",
+    )
+    milvus_index: Literal["BIN_FLAT", "BIN_IVF_FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field(
+        "BIN_FLAT", description="Milvus index type (index_backend=milvus): BIN_* hold each face's 512-bit sign code (64 B) "
+        "and the engine re-scores the nearest 200 exactly; the others its projected vector. BIN_FLAT (exhaustive) "
+        "measured best up to 1 M faces (bench/RESULTS.md). Changing it rebuilds the collection.",
+    )
+    milvus_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds one call to Milvus may take before the user gets an error "
+        "(flushes and compactions: 120 s).",
+    )
 
     # -- Logging ---------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_names_a_kind(cls, data: object) -> object:
+        """SIGHTLINE_INDEX_BACKEND=hamming|usearch is the embedded backend of that kind (the issue's spelling)."""
+        if isinstance(data, dict) and str(data.get("index_backend", "")).lower() in ("hamming", "usearch"):
+            backend = str(data["index_backend"]).lower()
+            kind = data.get("index_kind")
+            if kind is not None and str(kind).lower() != backend:
+                raise ValueError(f"SIGHTLINE_INDEX_BACKEND={backend} contradicts SIGHTLINE_INDEX_KIND={kind}")
+            data = {**data, "index_backend": "embedded", "index_kind": backend}
+        return data
 
     @field_validator("admins")
     @classmethod
@@ -153,6 +202,8 @@ class Settings(BaseSettings):
             detector_file=self.detector_file,
             recognizer_file=self.recognizer_file,
             det_size=self.det_size,
+            det_retry_threshold=self.det_retry_threshold,
+            det_retry_size=self.det_retry_size,
             max_image_bytes=int(self.max_image_mb * 1024 * 1024),
             max_image_pixels=int(self.max_image_megapixels * 1_000_000),
             threshold_possible=self.threshold_possible,
@@ -170,4 +221,10 @@ class Settings(BaseSettings):
             index_expansion_search=self.index_ef_search,
             index_kind=self.index_kind,
             index_candidates=self.index_candidates,
+            index_backend=self.index_backend,
+            milvus_uri=self.milvus_uri,
+            milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else "",
+            milvus_collection=self.milvus_collection,
+            milvus_index=self.milvus_index,
+            milvus_timeout=self.milvus_timeout,
         )

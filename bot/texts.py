@@ -26,6 +26,7 @@ from engine import (
     FaceIndexError,
     Hit,
     ImageRejected,
+    IndexUnavailable,
     InvalidArgument,
     LastAdmin,
     ModelError,
@@ -351,6 +352,10 @@ OFFICER_ERRORS: dict[type[EngineError], str] = {
     FaceIndexError: N_("That face number is not in the photo."),
     ModelError: N_("The search service is not working (face models). An administrator has to check the server."),
     StorageError: N_("The search service is not working (storage). An administrator has to check the server."),
+    IndexUnavailable: N_(
+        "The search service cannot reach its index server right now. Try again in a minute; if it keeps failing, "
+        "an administrator has to check the server."
+    ),
     EngineError: N_("That did not work. It has been logged; please try again."),
 }
 
@@ -387,6 +392,7 @@ ERRORS: dict[type[EngineError], str] = {  # admin replies: English, with the eng
     ),
     ModelError: OFFICER_ERRORS[ModelError],
     StorageError: OFFICER_ERRORS[StorageError],
+    IndexUnavailable: OFFICER_ERRORS[IndexUnavailable],
     EngineError: "That failed: {detail}.",
 }
 ADMIN_IMAGE_REJECTED = {
@@ -452,6 +458,8 @@ _WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = (
      N_("face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")),
     (re.compile(r"face is (?P<width>\d+) px wide"), N_("face is {width} px wide")),
     (re.compile(r"detector is unsure it is a face \((?P<score>\d+)%\)"), N_("detector is unsure it is a face ({score})")),
+    (re.compile(r"face found only by a second, less strict detection \((?P<score>\d+)%\)"),
+     N_("face found only by a second, less strict detection ({score})")),
     (re.compile(r"face is blurred"), N_("face is blurred")),
     (re.compile(r"head is turned \(~(?P<degrees>\d+)°\)"), N_("head is turned (~{degrees}°)")),
 )

@@ -22,7 +22,7 @@ from aiohttp import web
 from bot.logs import redact_also
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.settings import Settings
-from engine import Engine
+from engine import Engine, EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,14 @@ async def check_health(engine: Engine | None) -> tuple[bool, dict[str, Any]]:
             db_faces = None
             break
         report["database"] = {"ok": True, "faces": db_faces}
-        if len(engine.index) == db_faces or attempt == 1:
+        index_faces, index_error = await _index_faces(engine)
+        if index_faces == db_faces or attempt == 1:
             break
         await asyncio.sleep(RECHECK_DELAY_S)
-    index_faces = len(engine.index)
-    if db_faces is None:
+    index_faces, index_error = await _index_faces(engine)
+    if index_error is not None:
+        report["index"] = {"ok": False, "faces": None, "error": index_error}
+    elif db_faces is None:
         report["index"] = {"ok": False, "faces": index_faces, "error": "database unreachable"}
     elif index_faces != db_faces:
         report["index"] = {
@@ -72,6 +75,14 @@ async def check_health(engine: Engine | None) -> tuple[bool, dict[str, Any]]:
         report["index"] = {"ok": True, "faces": index_faces}
     healthy = all(part["ok"] for part in report.values())
     return healthy, {"status": "ok" if healthy else "fail", **report}
+
+
+async def _index_faces(engine: Engine) -> tuple[int | None, str | None]:
+    """Faces in the index, off the event loop (Milvus: a call to the server, with its timeout); or the error."""
+    try:
+        return await asyncio.to_thread(len, engine.index), None
+    except EngineError as exc:
+        return None, str(exc)[:300]
 
 
 async def on_healthz(request: web.Request) -> web.Response:

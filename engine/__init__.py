@@ -9,6 +9,7 @@ from .errors import (
     EngineError,
     FaceIndexError,
     ImageRejected,
+    IndexUnavailable,
     InvalidArgument,
     LastAdmin,
     ModelError,
@@ -33,7 +34,7 @@ from .types import (
 
 __all__ = [
     "AuditEntry", "CaseRequired", "ChainCheck", "DetectedFace", "Engine", "EngineConfig", "EngineError",
-    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "InvalidArgument", "LabelChange", "LastAdmin",
-    "ModelError",
-    "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces", "Stats", "StorageError", "User",
+    "Enrollment", "Erasure", "FaceIndexError", "Hit", "ImageRejected", "IndexUnavailable", "InvalidArgument",
+    "LabelChange", "LastAdmin", "ModelError", "NoFaceFound", "NotFound", "Quality", "SearchResult", "SeveralFaces",
+    "Stats", "StorageError", "User",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .duplicates import NEAR_DUPLICATE
@@ -41,6 +41,12 @@ class EngineConfig:
     max_image_pixels: int = 60_000_000  # above this we refuse (decompression bomb guard)
     max_side: int = 1920  # images are downscaled to this long side before detection
     pad_retry: bool = True  # when nothing is found, retry once on a padded image
+    # A query photo in which nothing is found (any frame, any orientation) is detected once more at this
+    # confidence and the coarser det_retry_size input; faces found only so are flagged poor (FaceModel.retry_faces).
+    # 0 (the default) turns it off: 0.35 finds a third of the faces missed on severe probes, but their hits raise
+    # false leads and the shown odds are too low for them (bench/RESULTS.md, "Photos with no face found").
+    det_retry_threshold: float = 0.0
+    det_retry_size: int = 64
     small_face_side: int = 1280  # queries larger than this get a second detection pass at this input size
     small_face_pass: bool = True  # for faces too small for det_size (search only; enrolment skips it)
     flip_fusion: bool = False  # add the horizontally flipped crop's embedding (measured: no gain)
@@ -65,6 +71,15 @@ class EngineConfig:
     index_connectivity: int = 32
     index_expansion_add: int = 128
     index_expansion_search: int | None = None  # None: grows with the gallery (engine.index.auto_expansion)
+    # embedded (the index_kind index in this process, saved in data_dir) | milvus (a collection on a Milvus server)
+    index_backend: str = "embedded"
+    milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_token: str = field(default="", repr=False)  # "user:password" or an API key; a secret
+    milvus_collection: str = "sightline_faces"
+    # What the collection holds: BIN_FLAT/BIN_IVF_FLAT the code model's sign codes (the engine re-scores the nearest
+    # 200 exactly), HNSW/IVF_FLAT/IVF_SQ8 the projected vectors. BIN_FLAT measured best (bench/RESULTS.md, issue 16).
+    milvus_index: str = "BIN_FLAT"
+    milvus_timeout: float = 5.0  # seconds for each call to the server (flush/compaction: 120 s)
     thumbnail_size: int = 112
     # Gallery faces at least this similar (cosine) are copies of one photo, shown as one hit (engine.duplicates);
     # above 1.0 nothing is grouped.

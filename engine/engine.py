@@ -23,6 +23,7 @@ from .duplicates import group_near_duplicates
 from .errors import (
     CaseRequired,
     FaceIndexError,
+    IndexUnavailable,
     InvalidArgument,
     NoFaceFound,
     NotFound,
@@ -32,11 +33,12 @@ from .errors import (
     is_damaged_database,
     is_disk_full,
 )
-from .faces import FaceModel, RawFace, primary_face, to_original_box
+from .faces import EMBEDDING_DIM, FaceModel, RawFace, primary_face, to_original_box
 from .hamming import HammingIndex
 from .images import Decoded, decode_frames, sha256_hex
 from .index import UsearchIndex, VectorIndex
 from .integrity import clamp_similarity
+from .milvus_index import BINARY_INDEXES, FLOAT_INDEXES, MilvusIndex
 from .store import CHANGES_KEPT, FaceRow, MetadataStore, StoredFace, now_iso
 from .types import (
     AuditEntry,
@@ -108,6 +110,9 @@ class Engine:
         self._write = asyncio.Lock()  # index and database change together, one writer at a time
         self._dirty = 0  # index changes not yet saved
         self._seq = 0  # the database change-log seq the in-memory index reflects (see catch_up)
+        self.lookups = 0  # index searches this engine made, their total seconds and the last one's ms (stats, /metrics)
+        self.lookup_seconds = 0.0
+        self.lookup_last_ms: float | None = None
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -138,6 +143,7 @@ class Engine:
         """
         store: MetadataStore | None = None
         engine: Engine | None = None
+        index: VectorIndex | None = None
         try:
             faces = await asyncio.to_thread(FaceModel, config)
             if create or config.db_path.parent.is_dir():  # biometric data: owner-only, even if made 0755 by hand
@@ -146,9 +152,15 @@ class Engine:
             store = await MetadataStore.open(config.db_path, create=create, head_log=head_log)
             index = make_index(config, faces.recognizer_sha256)
             index.gallery_id = store.gallery_id
+            if config.index_backend != "embedded" and config.index_path.exists():
+                logger.warning("%s is an embedded index from before the switch to %s: it still holds faces, including "
+                               "any erased since; `sightline index-migrate --to %s` erases it", config.index_path,
+                               config.index_backend, config.index_backend)
             engine = cls(faces, index, store, config, calib.for_model(faces.recognizer_sha256))
             await engine.reconcile_index()
         except BaseException as exc:
+            if index is not None:
+                index.close()
             if engine is not None:
                 engine._executor.shutdown(wait=True, cancel_futures=True)
             if store is not None:
@@ -172,11 +184,21 @@ class Engine:
             raise
         finally:
             try:
+                self.index.close()
                 await self.store.close()
             finally:
                 self._executor.shutdown(wait=True, cancel_futures=True)
-                if isinstance(self.index, HammingIndex):
-                    self.index.close()
+
+    def _lookup(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`self.index.search`, timed for stats and /metrics (a worker thread; any backend)."""
+        started = time.perf_counter()
+        try:
+            return self.index.search(vector, count)
+        finally:
+            seconds = time.perf_counter() - started
+            self.lookups += 1
+            self.lookup_seconds += seconds
+            self.lookup_last_ms = seconds * 1000
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -230,14 +252,17 @@ class Engine:
                 db_ids = await self.store.face_ids()
                 extra = np.setdiff1d(keys, db_ids, assume_unique=True)
                 missing = np.setdiff1d(db_ids, keys, assume_unique=True)
-                if len(extra) == 0:
+                if len(extra) == 0 or isinstance(self.index, MilvusIndex):  # Milvus deletes leave no slots behind
+                    if len(extra):
+                        logger.warning("index holds %d faces the database does not: removing them", len(extra))
+                        await self._cpu(self.index.remove, extra)
                     logger.warning("index is missing %d faces the database has: adding them", len(missing))
                     async for ids, vecs in self.store.iter_embeddings(only=missing):
                         await self._cpu(self.index.add, ids, vecs)
                     self._seq = head
                     await self._follow_locked()
                     await self._save_locked(force=True)
-                    return f"repaired: added {len(missing)}"
+                    return f"repaired: added {len(missing)}, removed {len(extra)}"
                 logger.warning("index holds %d faces the database does not: rebuilding", len(extra))
         else:
             if count:
@@ -330,6 +355,8 @@ class Engine:
     async def _rebuild_locked(self, progress: Callable[[int], None] | None = None) -> int:
         fresh = make_index(self.config, self.faces.recognizer_sha256)
         fresh.gallery_id = self.store.gallery_id
+        if isinstance(fresh, MilvusIndex):  # the collection is dropped and created empty
+            await asyncio.to_thread(fresh.reset)
         head = await self.store.change_head()  # the rebuild reflects at least every change up to here
         total, _ = await self.store.face_fingerprint()
         logger.info("building the %s index from the database's %d faces", type(fresh).__name__, total)
@@ -343,16 +370,18 @@ class Engine:
             now = time.monotonic()
             if now - last_log >= 10 and n < total:  # a 1 M-face rebuild takes a minute (hamming) or many (usearch)
                 rate = n / (now - started)
-                logger.info("rebuilding the index: %d of %d faces (%.0f%%), about %.0f s left",
-                            n, total, 100 * n / total, (total - n) / rate)
+                logger.info("rebuilding the %s index: %d of %d faces (%.0f%%), about %.0f s left",
+                            backend_of(fresh), n, total, 100 * n / total, (total - n) / rate)
                 last_log = now
         old, self.index = self.index, fresh
         if isinstance(old, HammingIndex):  # zero its arrays: freed memory keeps its bytes otherwise
             old.reset()
             old.close()
+        elif isinstance(old, MilvusIndex):  # its connection (the collection is the new one's)
+            old.close()
         self._seq = head
         await self._save_locked(force=True)
-        logger.info("index rebuilt: %d faces in %.0f s", n, time.monotonic() - started)
+        logger.info("%s index rebuilt: %d faces in %.0f s", backend_of(fresh), n, time.monotonic() - started)
         return n
 
     async def save_index(self) -> bool:
@@ -388,7 +417,8 @@ class Engine:
     def _analyse_sync(self, data: bytes, small_faces: bool = False) -> Analysed:
         c = self.config
         frames = decode_frames(data, max_bytes=c.max_image_bytes, max_pixels=c.max_image_pixels, max_side=c.max_side)
-        found = self.faces.find_faces([f.bgr for f in frames], small_faces)  # first frame with a face, upright
+        # Queries (small_faces) also get the low-confidence retry when nothing is found; enrolment does not.
+        found = self.faces.find_faces([f.bgr for f in frames], small_faces, retry=small_faces)  # first frame with a face, upright
         decoded = replace(frames[found.index], bgr=found.bgr, rotation=found.rotation)
         return Analysed(decoded, found.faces, self._detected(decoded, found.faces))
 
@@ -490,18 +520,23 @@ class Engine:
                     raise
                 return Enrollment(existing, sha, 0, subject, duplicate=True)
             # The log has our faces (and whatever other processes committed before): replay it.
-            await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})
-            if save:
-                await self._save_locked()
+            try:
+                await self._follow_locked(known={f: r.embedding for f, r in zip(face_ids, rows, strict=True)})
+                if save:
+                    await self._save_locked()
+            except IndexUnavailable as exc:  # the image is in the gallery; the log hands it to the index later
+                logger.error("image %d is in the gallery but not yet in the index (added on the next catch-up): %s",
+                             image_id, exc)
         return Enrollment(image_id, sha, len(rows), subject, duplicate=False, frame=decoded.frame, frames=decoded.frames,
                           rotation=decoded.rotation, near_duplicate_of=copy_of)
 
     async def _near_duplicate_of(self, rows: list[FaceRow]) -> int | None:
         """The gallery image whose face is a near-identical copy of this image's primary face, if any."""
         primary = next((r for r in rows if r.is_primary), None)
-        if primary is None or len(self.index) == 0:
+        size = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server
+        if primary is None or size == 0:
             return None
-        keys, _ = await self._cpu(self.index.search, primary.embedding, min(5, len(self.index)))
+        keys, _ = await self._cpu(self._lookup, primary.embedding, min(5, size))
         found = (await self.store.faces_by_ids(keys.tolist())).values()
         sims = [(float(np.dot(f.embedding, primary.embedding)), f.image_id) for f in found]
         best = max(sims, default=None)
@@ -551,8 +586,8 @@ class Engine:
         cut = self.threshold_possible if threshold is None else threshold
         await self.catch_up()  # faces other processes added or erased since the last search
         probe_ok = detected[chosen - 1].quality.ok
-        hits = await self._hits(vec, top, cut, probe_ok, quality_aware=threshold is None)
-        gallery = len(self.index)
+        gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
+        hits = await self._hits(vec, top, cut, gallery, probe_ok, quality_aware=threshold is None)
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
@@ -622,13 +657,17 @@ class Engine:
         return possible, strong
 
     async def _hits(
-        self, vec: np.ndarray, top: int, cut: float, probe_ok: bool | None = None, *, quality_aware: bool = False
+        self, vec: np.ndarray, top: int, cut: float, gallery: int, probe_ok: bool | None = None, *,
+        quality_aware: bool = False,
     ) -> list[Hit]:
         """Hits at or above `cut` (or, `quality_aware`, at or above each comparison's own "possible"
         threshold, which is never below `cut`), best first, one per gallery image."""
         # Over-fetch from the approximate index, then re-score exactly with the stored float32 embeddings.
-        want = min(max(top * 4, 40), max(len(self.index), 1))
-        keys, _approx = await self._cpu(self.index.search, vec, want)  # bounded: queue, do not thrash
+        # Ids the database no longer has (erased meanwhile, or unknown to it) are dropped here.
+        # A Milvus collection of sign codes ranks coarsely: at least its `candidates` are re-scored (engine.milvus_index).
+        floor = self.index.candidates if isinstance(self.index, MilvusIndex) else 0
+        want = min(max(top * 4, 40, floor), max(gallery, 1))
+        keys, _approx = await self._cpu(self._lookup, vec, want)  # bounded: queue, do not thrash
         rows = await self.store.faces_by_ids(keys.tolist())
         # faces_by_ids leaves out damaged rows; the clamp keeps float rounding from showing 100.01 %.
         scored = sorted(
@@ -637,7 +676,6 @@ class Engine:
         )
         hits: list[Hit] = []
         seen_images: set[int] = set()
-        gallery = len(self.index)
         best: list[tuple[float, StoredFace]] = []
         for sim, r in scored:
             if sim < cut:
@@ -699,8 +737,13 @@ class Engine:
     async def _after_erasure_locked(self) -> None:
         """Remove the erased faces from the index (overwriting their slots) and save it under the lock: when
         this returns, the index file holds none of their vectors, whatever other processes do next."""
-        await self._follow_locked()
-        await self._save_locked()
+        try:
+            await self._follow_locked()
+            await self._save_locked()
+        except IndexUnavailable as exc:
+            # Gone from the database (so from every answer); the change log keeps the removal for the next
+            # catch-up of this or any other process, and start-up reconciliation removes what is left.
+            logger.error("erased faces are gone from the database but not yet from the index: %s", exc)
 
     async def purge_expired(self, actor: str = "system") -> Erasure:
         """Erase every image whose expiry has passed, and audit entries past their retention (one transaction,
@@ -804,18 +847,38 @@ class Engine:
         c = await self.store.counts()
         db = self.config.db_path
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+        index = self.index
+        ef, memory = await asyncio.to_thread(lambda: (index.ef, index.memory_bytes()))
+        if self.lookup_last_ms is None and c["faces"]:  # one lookup, so that the latency is known
+            probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+            probe[0] = 1.0
+            await self._cpu(self._lookup, probe, 10)
         return Stats(
             images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
             db_bytes=db_bytes, index_bytes=self.index.file_bytes(), model=self.faces.name,
-            index_dims=self.index.ndim, index_ef=self.index.ef, index_memory_bytes=self.index.memory_bytes(),
-            index_kind="hamming" if isinstance(self.index, HammingIndex) else "usearch",
+            index_dims=self.index.ndim, index_ef=ef, index_memory_bytes=memory,
+            index_backend=backend_of(index), index_kind=kind_of(index),
+            index_where=index.where if isinstance(index, MilvusIndex) else str(self.config.index_path),
+            index_latency_ms=self.lookup_last_ms,
         )
 
 
-def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | HammingIndex:
-    """An empty index of the configured kind for a recognition model (its shipped projection and code model)."""
+def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | HammingIndex | MilvusIndex:
+    """An empty, unloaded index of the configured backend (embedded: of the configured kind) for a recognition
+    model (its shipped projection and code model). Raises InvalidArgument for an unknown backend or kind."""
     proj = projection.for_model(model_sha256, config.index_dims)
+    if config.index_backend == "milvus":
+        if config.milvus_index not in FLOAT_INDEXES + BINARY_INDEXES:
+            raise InvalidArgument(f"milvus_index must be one of {', '.join(FLOAT_INDEXES + BINARY_INDEXES)}, "
+                                  f"not {config.milvus_index!r}")
+        return MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token,
+                           connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
+                           expansion_search=config.index_expansion_search, projection=proj,
+                           timeout=config.milvus_timeout, index_type=config.milvus_index,
+                           code_model=codes.for_model(model_sha256) if config.milvus_index.startswith("BIN") else None)
+    if config.index_backend != "embedded":
+        raise InvalidArgument(f"index_backend must be embedded or milvus, not {config.index_backend!r}")
     if config.index_kind == "usearch":
         return UsearchIndex(
             config.index_path,
@@ -829,6 +892,18 @@ def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | Hammin
         raise InvalidArgument(f"index_kind must be hamming or usearch, not {config.index_kind!r}")
     return HammingIndex(config.index_path, code_model=codes.for_model(model_sha256), projection=proj,
                         candidates=config.index_candidates, threads=config.index_scan_threads)
+
+
+def backend_of(index: VectorIndex) -> str:
+    """Where an index lives: "milvus" (a collection on a server) or "embedded" (in this process, a file in data_dir)."""
+    return "milvus" if isinstance(index, MilvusIndex) else "embedded"
+
+
+def kind_of(index: VectorIndex) -> str:
+    """What an index is: hamming, usearch, or the Milvus collection's index type (e.g. milvus HNSW)."""
+    if isinstance(index, MilvusIndex):
+        return f"milvus {index.index_type}"
+    return "hamming" if isinstance(index, HammingIndex) else "usearch"
 
 
 def _with_audit(result: SearchResult, seq: int) -> SearchResult:

@@ -58,6 +58,11 @@ class StorageError(EngineError):
     """The data directory cannot be used (permissions, corrupt database)."""
 
 
+class IndexUnavailable(EngineError):
+    """The vector index server (Milvus) is unreachable, too slow or refused the request; nothing was changed
+    in the gallery by the failed call. The message says what failed, for the log and `sightline doctor`."""
+
+
 class DiskFull(StorageError):
     """A write failed because the disk (or quota) is full; nothing was left half-written."""
 
@@ -71,7 +76,9 @@ def is_disk_full(exc: BaseException, where: Any = None) -> bool:
     import sqlite3
     from pathlib import Path
 
-    while exc is not None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # a cause chain may loop (pymilvus raises `ex from ex`)
+        seen.add(id(exc))
         if isinstance(exc, BaseExceptionGroup) and any(is_disk_full(e, where) for e in exc.exceptions):
             return True
         if where is not None and isinstance(exc, sqlite3.Error) and "disk I/O error" in str(exc):

@@ -269,7 +269,7 @@ def steps(plan: Plan, searches: bool = True, field_copies: bool = False) -> int:
 
 def config_summary(config: EngineConfig) -> dict[str, Any]:
     """The settings that change accuracy, for reports and calibration tables."""
-    keys = ("primary_rule", "flip_fusion", "pad_retry", "det_size", "det_threshold", "max_side",
+    keys = ("primary_rule", "flip_fusion", "pad_retry", "det_size", "det_threshold", "det_retry_threshold", "det_retry_size", "max_side",
             "quality_min_width", "quality_min_det_score", "quality_min_blur", "quality_max_yaw")
     return {k: getattr(config, k) for k in keys}
 

@@ -145,6 +145,7 @@ class RawFace:
     kps: np.ndarray  # 5x2
     aligned: np.ndarray  # 112x112 BGR crop, aligned on the landmarks
     embedding: np.ndarray | None = None  # 512 float32, L2-normalised, once embedded
+    retried: bool = False  # found only by the low-confidence retry (FaceModel.retry_faces): always poor quality
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -310,11 +311,12 @@ class FaceModel:
                 all_kps.append(kps)
         return merge_detections(np.concatenate(all_boxes), np.concatenate(all_kps))
 
-    def find_faces(self, frames: Sequence[np.ndarray], small_faces: bool = False) -> Found:
+    def find_faces(self, frames: Sequence[np.ndarray], small_faces: bool = False, retry: bool = False) -> Found:
         """The first frame that holds a face, turned upright, with its faces (none found: frame 0, no faces).
 
         A frame whose faces are not confident (CONFIDENT_SCORE, UPRIGHT_ROLL) is also tried turned by 90, 180
-        and 270 degrees, and the orientation whose upright face the detector is surest of wins.
+        and 270 degrees, and the orientation whose upright face the detector is surest of wins. With `retry`
+        (queries), a photo in which none of that finds a face gets `retry_faces` on each frame as given.
         """
         for i, bgr in enumerate(frames):
             faces = self.detect_faces(bgr, small_faces)
@@ -332,7 +334,42 @@ class FaceModel:
             turned_faces = next((t for t in tried if t[2]), None)
             if turned_faces is not None:
                 return Found(i, turned_faces[0], turned_faces[1], turned_faces[2])
+        if retry:
+            for i, bgr in enumerate(frames):
+                faces = self.retry_faces(bgr)
+                if faces:
+                    return Found(i, 0, bgr, faces)
         return Found(0, 0, frames[0], [])
+
+    def retry_faces(self, bgr: np.ndarray) -> list[RawFace]:
+        """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`.
+
+        For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0, the default).
+        SCRFD enlarges a small photo to fill its 320-px input, and a small, blurred, noisy face enlarged 4x looks
+        unlike the faces it learned; detected near its own size (a 64-px input) at confidence 0.35, it finds a
+        third of the faces the normal pass missed on severely degraded calib probes, and 4 on 2,198 face-free
+        images (bench/RESULTS.md, bench/noface.py). The cost is one 64-px detection, only when nothing was found.
+        """
+        c = self.config
+        if c.det_retry_threshold <= 0:
+            return []
+        boxes, kps = self.detector.detect(bgr, input_size=(c.det_retry_size, c.det_retry_size), det_thresh=c.det_retry_threshold)
+        if kps is None:
+            raise ModelError("the detection model gives no landmarks; a keypoint SCRFD model is needed")
+        if len(boxes) == 0:
+            return []
+        h, w = bgr.shape[:2]
+        boxes = boxes.astype(np.float32).copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        kps = kps.astype(np.float32)
+        order = np.argsort(boxes[:, 0], kind="stable").tolist()
+        found = [
+            RawFace(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), kps=kps[i], aligned=self.align(bgr, kps[i]), retried=True)
+            for i in order
+        ]
+        logger.debug("retry found %d face(s) at confidence >= %.2f", len(found), c.det_retry_threshold)
+        return found
 
     # -- embedding ---------------------------------------------------------------------------
     def align(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
@@ -387,7 +424,9 @@ class FaceModel:
                 warnings_.append(f"face is {width} px wide, {analysed} px once the photo is scaled down (crop around it)")
             else:
                 warnings_.append(f"face is {width} px wide")
-        if face.score < c.quality_min_det_score:
+        if face.retried:  # whatever its score: the normal pass did not see it (FaceModel.retry_faces)
+            warnings_.append(f"face found only by a second, less strict detection ({face.score:.0%})")
+        elif face.score < c.quality_min_det_score:
             warnings_.append(f"detector is unsure it is a face ({face.score:.0%})")
         if blur < c.quality_min_blur:
             warnings_.append("face is blurred")

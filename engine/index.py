@@ -50,6 +50,13 @@ def auto_expansion(faces: int) -> int:
     return int(min(AUTO_EF_MAX, math.ceil(ef / 16 - 1e-9) * 16))
 
 
+def prepare(vectors: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """What every index backend stores and searches for full embeddings (rows or one vector): their projection
+    (L2-normalised float32) when there is one, else the embeddings as float32. The one place that decides it."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return projection.apply(v) if projection is not None else v
+
+
 class SharedLock:
     """Many readers or one writer. usearch searches may run side by side (each releases the GIL), but not
     beside an add or a removal. A waiting writer stops new readers from entering, so it is not starved."""
@@ -91,7 +98,8 @@ class SharedLock:
 
 
 class VectorIndex(Protocol):
-    """What the engine needs from a nearest-neighbour index (a scale-out backend implements the same).
+    """What the engine needs from a nearest-neighbour index: UsearchIndex here, HammingIndex (engine/hamming.py),
+    MilvusIndex (engine/milvus_index.py, on a server).
 
     `add` ignores keys already present and `remove` ignores absent ones (a face's embedding never changes),
     so the engine may replay the database's change log over an index that already reflects part of it.
@@ -108,6 +116,8 @@ class VectorIndex(Protocol):
     def save(self, state: Mapping[str, object] | None = None) -> None: ...
     def stored_state(self) -> dict[str, object]: ...
     def memory_bytes(self) -> int: ...
+    def file_bytes(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class UsearchIndex:
@@ -229,6 +239,9 @@ class UsearchIndex:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
         return read_sidecar(self.path) if self.path.is_file() else {}
 
+    def close(self) -> None:
+        """Nothing to release (the engine saves before closing)."""
+
     def reset(self) -> None:
         """Drop every vector (the memory is freed; used before a full rebuild)."""
         with self._lock.exclusive():
@@ -245,8 +258,7 @@ class UsearchIndex:
         return self._scrubs
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        v = np.asarray(vectors, dtype=np.float32)
-        return self.projection.apply(v) if self.projection is not None else v
+        return prepare(vectors, self.projection)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add full embeddings under their face ids; ids already in the index are left as they are."""

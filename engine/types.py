@@ -108,8 +108,12 @@ class Stats:
     model: str
     index_dims: int = 512  # dimensions the index holds (a projection when < the embedding's)
     index_ef: int = 0  # the search breadth searches use now
-    index_memory_bytes: int = 0  # what the index holds in RAM
-    index_kind: str = "usearch"  # hamming (index_ef: candidates re-ranked per search) or usearch (index_ef: HNSW ef)
+    index_memory_bytes: int = 0  # what the index holds in RAM (Milvus: an estimate of the query nodes' share)
+    # hamming (index_ef: candidates re-ranked per search), usearch (index_ef: HNSW ef), or "milvus <index type>"
+    index_kind: str = "usearch"
+    index_backend: str = "embedded"  # embedded (in this process) | milvus (a collection on a server)
+    index_where: str = ""  # the index file, or the Milvus server and collection
+    index_latency_ms: float | None = None  # of the last index lookup in this process (None: none yet)
 
 
 @dataclass(frozen=True, slots=True)

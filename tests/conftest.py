@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -30,14 +32,65 @@ def dev_identities() -> dict[str, list[Path]]:
     return out
 
 
+# Settings every make_config() gets on top of its own; tests/test_engine_milvus.py points them at Milvus so the
+# engine tests run again against a real Milvus server.
+BACKEND: dict[str, object] = {}
+
+
+def milvus_collection_for(data_dir: Path) -> str:
+    """One Milvus collection per data directory, so tests sharing the server never share a gallery."""
+    return "t_" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:20]
+
+
 def make_config(data_dir: Path, **overrides: object) -> EngineConfig:
     """An engine configuration for tests: a temporary data dir, one worker thread per core."""
-    return replace(EngineConfig(data_dir=data_dir, require_case=False), **overrides)  # type: ignore[arg-type]
+    backend = dict(BACKEND)
+    if backend.get("index_backend") == "milvus":
+        backend.setdefault("milvus_collection", milvus_collection_for(data_dir))
+    return replace(EngineConfig(data_dir=data_dir, require_case=False), **{**backend, **overrides})  # type: ignore[arg-type]
+
+
+def milvus_config(data_dir: Path, server: Any, **overrides: object) -> EngineConfig:
+    """An engine configuration on the test Milvus server, with a collection of its own for `data_dir`."""
+    values: dict[str, object] = {"index_backend": "milvus", "milvus_uri": server.uri,
+                                 "milvus_collection": milvus_collection_for(data_dir)}
+    return make_config(data_dir, **{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real Milvus standalone server (the PyPI `milvus` package) for the whole session, on 127.0.0.1.
+
+    It binds every interface, so it only starts inside a private network namespace: `scripts/test` runs pytest
+    in one (as root: `unshare -n`). Elsewhere the tests that need it skip, saying why; with
+    SIGHTLINE_TEST_REQUIRE_MILVUS=1 (set by .ci/run) they fail instead, so CI cannot skip them silently.
+    """
+    from engine.milvus_server import LocalMilvus, in_private_netns
+
+    required = os.environ.get("SIGHTLINE_TEST_REQUIRE_MILVUS") == "1"
+    reason = None
+    if not in_private_netns():
+        reason = ("the Milvus server binds every network interface, so these tests run it only inside a private "
+                  "network namespace: run the suite with scripts/test as root (it uses `unshare -n`)")
+    else:
+        try:
+            import milvus  # noqa: F401
+            import pymilvus  # noqa: F401
+        except ImportError as exc:
+            reason = f"the Milvus packages are not installed ({exc}): pip install -e '.[test]'"
+    if reason:
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = LocalMilvus(tmp_path_factory.mktemp("milvus"))
+    server.start()
+    yield server
+    server.stop(timeout=5)  # its state is thrown away: no need to wait for a graceful shutdown
 
 
 async def build_gallery(data_dir: Path) -> None:
     """Enroll the first photo of every dev identity, labelled with the identity's name."""
-    engine = await Engine.open(make_config(data_dir))
+    engine = await Engine.open(make_config(data_dir, index_backend="embedded"))
     try:
         for name, photos in dev_identities().items():
             await engine.enroll(

@@ -127,7 +127,7 @@ async def test_query_photo_is_never_retained(gallery_copy: Path, caplog: pytest.
     assert photo[middle : middle + 32].hex() not in logs and repr(photo[middle : middle + 32]) not in logs
     # The audit keeps the hash, so the photo can be matched later by whoever holds it.
     with sqlite3.connect(gallery_copy / "sightline.sqlite3") as db:
-        details = db.execute("SELECT details FROM audit WHERE action = 'search'").fetchone()[0]
+        details = db.execute("SELECT details FROM audit WHERE action = 'search' ORDER BY seq DESC").fetchone()[0]
     assert result.query_sha256 in details
 
 

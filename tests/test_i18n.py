@@ -161,11 +161,12 @@ def test_engine_quality_warnings_are_said_again_in_the_language() -> None:
     engine_words = [  # as engine/faces.py FaceModel.quality writes them
         "face is 1200 px wide, 30 px once the photo is scaled down (crop around it)", "face is 38 px wide",
         "detector is unsure it is a face (55%)", "face is blurred", "head is turned (~52°)",
+        "face found only by a second, less strict detection (63%)",
     ]
     assert [texts.warning_text(fr, w) for w in engine_words] == [
         "visage de 1\u202f200 px de large, 30 px une fois la photo réduite (recadrez autour du visage)",
         "visage de 38 px de large", "le détecteur doute qu'il s'agisse d'un visage (55\u00a0%)", "visage flou",
-        "tête tournée (~52°)",
+        "tête tournée (~52°)", "visage trouvé seulement par une seconde détection, moins stricte (63\u00a0%)",
     ]
 
 

@@ -438,13 +438,28 @@ async def cmd_stats(args: argparse.Namespace) -> int:
         f"images          {stats.images}\nfaces           {stats.faces} ({stats.labelled_faces} labelled, "
         f"{stats.flagged_faces} below the quality floor)\nsubjects        {stats.subjects}\n"
         f"users           {stats.users}\naudit entries   {stats.audit_entries}\n"
-        f"database        {stats.db_bytes / 1e6:.1f} MB\nindex           {stats.index_bytes / 1e6:.1f} MB on disk, "
-        f"{stats.index_memory_bytes / 1e6:.1f} MB in RAM; {stats.index_kind}, {stats.index_dims}-d, "
-        f"{f'{stats.index_ef} candidates re-ranked' if stats.index_kind == 'hamming' else f'search breadth (ef) {stats.index_ef}'}\n"
+        f"database        {stats.db_bytes / 1e6:.1f} MB\n{index_line(stats)}\n"
         f"model           {stats.model}\nthresholds      possible {thresholds[0]:.3f}, strong {thresholds[1]:.3f}"
         f" ({'calibrated' if thresholds[2] else 'configured: no calibration table'})"
     )
     return 0
+
+
+def index_line(stats: Any) -> str:
+    """The index's lines of `stats`: backend, where, size, kind, shape, breadth and the latency of one lookup."""
+    latency = f"{stats.index_latency_ms:.1f} ms per lookup" if stats.index_latency_ms is not None else "no lookup yet"
+    if stats.index_kind == "hamming" or stats.index_kind.startswith("milvus BIN"):
+        breadth = f"{stats.index_ef} candidates re-ranked"
+    elif stats.index_kind.startswith("milvus IVF"):
+        breadth = f"{stats.index_ef} clusters searched"
+    else:
+        breadth = f"search breadth (ef) {stats.index_ef}"
+    if stats.index_backend == "milvus":
+        size = f"~{stats.index_memory_bytes / 1e6:.1f} MB in the query nodes' RAM (estimate)"
+    else:
+        size = f"{stats.index_bytes / 1e6:.1f} MB on disk, {stats.index_memory_bytes / 1e6:.1f} MB in RAM"
+    return (f"index           {stats.index_backend}: {stats.index_where}\n"
+            f"                {size}; {stats.index_kind}, {stats.index_dims}-d, {breadth}; {latency}")
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:

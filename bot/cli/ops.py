@@ -1,4 +1,4 @@
-"""Operations commands: run, doctor, backup, restore, config-docs."""
+"""Operations commands: run, doctor, backup, restore, index-migrate, config-docs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("src", type=Path, help="a folder written by `sightline backup`")
     p.add_argument("--force", action="store_true", help="replace the database and index already in the data directory")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "index-migrate",
+        help="copy the gallery's vectors into the other index backend (embedded or Milvus) and remove the old copy",
+        description="Build the index of backend TO (embedded: a file in the data folder, of SIGHTLINE_INDEX_KIND or "
+        "the kind named: hamming or usearch; milvus: the Milvus collection "
+        "SIGHTLINE_MILVUS_COLLECTION at SIGHTLINE_MILVUS_URI) from the database's embeddings, check it holds exactly "
+        "the database's faces, then erase the copy in the other backend, so no "
+        "erased face can linger there. The switch itself is a setting: set SIGHTLINE_INDEX_BACKEND=TO for the bot "
+        "and the CLI (with --env-file, this command writes it into that file). Stop the bot first; start it again "
+        "with the new setting.",
+    )
+    p.add_argument("--to", required=True, choices=["milvus", "embedded", "hamming", "usearch"],
+                   help="the backend to move to (hamming, usearch: embedded, of that kind)")
+    p.add_argument("--env-file", type=Path, help="also set SIGHTLINE_INDEX_BACKEND (and with hamming or usearch "
+                   "SIGHTLINE_INDEX_KIND) in this dotenv file (e.g. .env)")
+    p.add_argument("--keep-old", action="store_true", help="leave the old backend's copy in place (not recommended: "
+                   "faces erased later stay in it)")
+    p.set_defaults(func=cmd_index_migrate)
 
     p = sub.add_parser(
         "config-docs",
@@ -178,6 +198,99 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         f"audit chain {'verified' if chain.ok else 'BROKEN: ' + str(chain.problem)}"
     )
     return 0 if chain.ok else 1
+
+
+# -- index-migrate ---------------------------------------------------------------------------------
+def set_env_line(path: Path, key: str, value: str) -> None:
+    """Set KEY=value in a dotenv file: replace its line (commented-out or not) or append one; atomic."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    out, done = [], False
+    for line in lines:
+        bare = line.strip().lstrip("#").strip().removeprefix("export ").strip()
+        if bare.split("=", 1)[0].strip() == key and "=" in bare:
+            if not done:
+                out.append(f"{key}={value}")
+                done = True
+            continue
+        out.append(line)
+    if not done:
+        out.append(f"{key}={value}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+async def cmd_index_migrate(args: argparse.Namespace) -> int:
+    """Build the other backend's index from the database, check it, drop the old copy, and say how to switch."""
+    from dataclasses import replace
+
+    from engine.engine import backend_of
+    from engine.errors import EngineError
+    from engine.milvus_index import MilvusIndex
+
+    config = args.settings.engine_config()
+    to = "milvus" if args.to == "milvus" else "embedded"
+    kind = args.to if args.to in ("hamming", "usearch") else config.index_kind
+    source = "embedded" if to == "milvus" else "milvus"
+    target = replace(config, index_backend=to, index_kind=kind)
+    engine = await Engine.open(target)  # builds (or repairs) the target index from the database, logging progress
+    try:
+        db_ids = await engine.store.face_ids()
+        keys = await asyncio.to_thread(engine.index.keys)
+        index = engine.index
+        where = index.where if isinstance(index, MilvusIndex) else f"the {kind} index {target.index_path}"
+        if len(keys) != len(db_ids) or set(keys.tolist()) != set(db_ids.tolist()):
+            print(f"sightline: error: {where} holds {len(keys)} faces, the database {len(db_ids)}; nothing was switched",
+                  file=sys.stderr)
+            return 1
+        assert backend_of(index) == to
+    finally:
+        await engine.close()
+    note = ""
+    if not args.keep_old:
+        old = (MilvusIndex(config.milvus_uri, config.milvus_collection, config.milvus_token, timeout=config.milvus_timeout)
+               if source == "milvus" else None)
+        try:
+            await asyncio.to_thread(_drop_copy, old, config)
+            note = f"; the {source} copy was erased"
+        except EngineError as exc:
+            note = f"; the {source} copy could NOT be erased ({exc}): erase it by hand"
+    settings = {"SIGHTLINE_INDEX_BACKEND": to, **({"SIGHTLINE_INDEX_KIND": kind} if args.to != to else {})}
+    if args.env_file:
+        for key, value in settings.items():
+            set_env_line(args.env_file, key, value)
+    print(f"the gallery's {len(db_ids)} faces are in {where}{note}.")
+    shown = " ".join(f"{k}={v}" for k, v in settings.items())
+    if args.env_file:
+        print(f"{args.env_file}: {shown} written; restart the bot to switch over.")
+    elif config.index_backend == to and config.index_kind == kind:
+        print(f"{shown} is already set here: make sure the bot and every CLI use it too.")
+    else:
+        print(f"Switch over: set {shown} wherever the bot and the CLI get their settings "
+              "(.env, compose.yaml, the service unit), then restart the bot.")
+    return 0
+
+
+def _drop_copy(milvus: Any, config: Any) -> None:
+    """Erase an index backend's copy: the Milvus collection (`milvus`), or (None) the embedded index file
+    (overwritten first) and its sidecar."""
+    if milvus is not None:
+        try:
+            if milvus._call("collection check", lambda c: c.has_collection(milvus.collection, timeout=milvus.timeout)):
+                milvus._call("collection drop", lambda c: c.drop_collection(milvus.collection, timeout=milvus.slow_timeout))
+        finally:
+            milvus.close()
+        return
+    from engine.index import sidecar_path
+
+    for path in (Path(config.index_path), sidecar_path(config.index_path)):
+        if path.exists():
+            size = path.stat().st_size
+            with open(path, "r+b") as fh:  # a plain unlink leaves the blocks readable on disk until reused
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
 
 
 # -- config-docs -----------------------------------------------------------------------------------
