@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine import EngineConfig
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["hamming", "usearch"] = Field(
         "hamming", description="Search index: hamming (binary codes of every face scanned exhaustively, then re-ranked; "
-        "~6 ms of CPU over two threads at 1 M faces for 99.5 % of true matches, 264 B per face) or usearch "
+        "~4.3 ms of CPU over two threads at 1 M faces for 99.5 % of true matches, 264 B per face) or usearch "
         "(HNSW graph; 14 ms at 1 M for the same, 797 B per face). Changing it rebuilds the index (bench/RESULTS.md).",
     )
     index_candidates: int = Field(
@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     )
     index_backend: Literal["embedded", "milvus"] = Field(
         "embedded", description="Where the search index lives: embedded (in the process, of SIGHTLINE_INDEX_KIND, saved "
-        "in the data folder) or milvus (a collection on a Milvus server, for galleries beyond one machine). Switch "
-        "with `sightline index-migrate`.",
+        "in the data folder) or milvus (a collection on a Milvus server, for galleries beyond one machine); hamming "
+        "or usearch mean embedded of that kind. Switch with `sightline index-migrate`.",
     )
     milvus_uri: str = Field(
         "http://127.0.0.1:19530", description="Milvus server address (index_backend=milvus); `scripts/milvus start` "
@@ -150,6 +150,18 @@ class Settings(BaseSettings):
     # -- Logging ---------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_names_a_kind(cls, data: object) -> object:
+        """SIGHTLINE_INDEX_BACKEND=hamming|usearch is the embedded backend of that kind (the issue's spelling)."""
+        if isinstance(data, dict) and str(data.get("index_backend", "")).lower() in ("hamming", "usearch"):
+            backend = str(data["index_backend"]).lower()
+            kind = data.get("index_kind")
+            if kind is not None and str(kind).lower() != backend:
+                raise ValueError(f"SIGHTLINE_INDEX_BACKEND={backend} contradicts SIGHTLINE_INDEX_KIND={kind}")
+            data = {**data, "index_backend": "embedded", "index_kind": backend}
+        return data
 
     @field_validator("admins")
     @classmethod

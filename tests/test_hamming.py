@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import codes, hamming, integrity, projection
+from engine import codes, hamming, integrity, projection, scan
 from engine.hamming import MAGIC, HammingIndex, saved_keys
 from engine.index import UsearchIndex, read_sidecar
 
@@ -85,6 +87,26 @@ def test_search_finds_the_other_photo_through_codes_and_rerank(tmp_path: Path) -
     assert len(idx.search(photo[0], 5000)[0]) == 2000  # asking for more than the gallery returns it all
     empty = make(tmp_path / "e.idx", photo)
     assert len(empty.search(photo[0], 5)[0]) == 0
+    with pytest.raises(ValueError, match="64-d embedding"):
+        idx.search(photo[0][:32], 5)
+
+
+def test_a_query_is_encoded_and_projected_as_the_gallery_is(tmp_path: Path) -> None:
+    """The search's compiled query encoding (engine.scan) gives CodeModel.encode's bits and Projection.apply's vector."""
+    photo, again = faces(600, d=512)
+    idx = make(tmp_path / "q.idx", photo, bits=512, dims=192)
+    x = np.vstack([photo, again]).astype(np.float32)
+    y = np.empty(512, dtype=np.float32)
+    for v, want in zip(x, idx.code_model.encode(x), strict=True):
+        code = np.empty(64, dtype=np.uint8)
+        scan.encode_query(v, idx._mean, idx._weights, y, code)
+        margin = np.abs((v - idx.code_model.mean) @ idx.code_model.weights)
+        differ = np.unpackbits(code) != np.unpackbits(want)
+        assert (margin[differ] < 1e-5).all()  # only a sum within rounding of 0 may take the other sign
+        qs = np.empty(192, dtype=np.float32)
+        offset = scan.project_query(v, idx._basis, idx._centre, hamming.QUANT_SCALE, qs)
+        p = idx.projection.apply(v)
+        assert np.allclose(qs * hamming.QUANT_SCALE, p, atol=1e-5) and abs(offset - p @ idx._centre) < 1e-5
 
 
 def test_two_stage_codes_find_what_scanning_every_bit_finds(tmp_path: Path) -> None:
@@ -107,6 +129,7 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     one = make(tmp_path / "a.idx", photo, bits=128, candidates=300, threads=1, scan_bytes=8)  # 64-bit words, two stages
     two = make(tmp_path / "b.idx", photo, bits=128, candidates=300, threads=3, scan_bytes=8)
     two.split_min = 100  # split even this small gallery
+    two.chunk_min = 64  # in chunks of at least 64 codes: 79 at 5,000 (HammingIndex cuts a scan into ~CHUNKS of them)
     odd = make(tmp_path / "c.idx", photo, bits=24, candidates=300, threads=1)  # 3-byte codes: scanned byte by byte
     for idx in (one, two, odd):
         idx.add(np.arange(1, 5001), photo)
@@ -117,19 +140,26 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
         rest = (np.unpackbits(code[idx._scan_bytes :]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1)
         return first, first + rest
 
+    def kept(found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows a scan kept and their distances, chunk after chunk."""
+        rows, dist, counts = found
+        assert (counts >= 0).all() and (counts <= rows.shape[1]).all()
+        return (np.concatenate([rows[c, :k] for c, k in enumerate(counts)]),
+                np.concatenate([dist[c, :k] for c, k in enumerate(counts)]))
+
     for idx in (one, odd):
         for q in again[:50]:
             code = idx.code_model.encode(q)[0]
             first, full = distances(idx, code)
             for keep in (1, 300, 2000):
-                rows, d = idx._scan(code, keep, keep, 5000)
+                rows, d = kept(idx._scan(code, keep, keep, 5000))
                 # Every code within the threshold and no other, each once, at least `keep` of them, with its distance over
                 # all the bits: the threshold is the smallest that keeps `keep` (the sample is the whole gallery).
                 assert np.array_equal(d, full[rows]) and len(set(rows.tolist())) == len(rows) >= keep
                 t = first[rows].max()
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= t)) and (first < t).sum() < keep
                 if idx is one:  # the same rows when the scan is split over three threads
-                    rows2, d2 = two._scan(code, keep, keep, 5000)
+                    rows2, d2 = kept(two._scan(code, keep, keep, 5000))
                     assert np.array_equal(np.sort(rows2), np.sort(rows)) and np.array_equal(d2, full[rows2])
     # A gallery larger than the sample: the threshold is estimated, and raised when it kept too few.
     saved = hamming.SAMPLE, hamming.SAMPLE_RUNS
@@ -139,11 +169,36 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
             for q in again[:20]:
                 code = one.code_model.encode(q)[0]
                 first, full = distances(one, code)
-                rows, d = one._scan(code, keep, 10, 5000)
+                rows, d = kept(one._scan(code, keep, 10, 5000))
                 assert len(rows) >= max(10, (3 * keep) // 4) and np.array_equal(d, full[rows])
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= first[rows].max()))
     finally:
         hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
+    two.close()
+
+
+def test_a_search_does_not_wait_for_a_busy_scan_thread(tmp_path: Path) -> None:
+    """The scan's threads claim chunks in turn: when the other thread is busy (a loaded machine), the calling thread
+    scans every chunk itself and answers, the same as one thread does, instead of waiting for it."""
+    photo, again = faces(5000, d=128)
+    one = make(tmp_path / "a.idx", photo, bits=128, candidates=300, threads=1, scan_bytes=8)
+    two = make(tmp_path / "b.idx", photo, bits=128, candidates=300, threads=2, scan_bytes=8)
+    two.split_min, two.chunk_min = 100, 64
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    gate = threading.Event()
+    blocker = two._executor().submit(gate.wait, 60)  # the only scan thread, busy until the gate opens
+    try:
+        t0 = time.perf_counter()
+        for q in again[:20]:
+            (k1, s1), (k2, s2) = one.search(q, 10), two.search(q, 10)
+            assert np.array_equal(k1, k2) and np.array_equal(s1, s2)
+        assert time.perf_counter() - t0 < 30  # waiting for the busy thread would take 60 s
+    finally:
+        gate.set()
+    assert blocker.result() is True
+    for q in again[20:40]:  # and with the thread free again, the same answers
+        assert np.array_equal(one.search(q, 10)[0], two.search(q, 10)[0])
     two.close()
 
 
@@ -277,9 +332,10 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "from engine import scan\n"
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
-        "rows, dist = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int32)\n"
-        "k = scan.scan_under(codes, codes[1], codes[:, :0], codes[1, :0], 0, 0, 2, rows, dist)\n"
-        "print(type(scan.scan_under._cache).__name__, k, rows[0])\n"
+        "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
+        "counts = np.full(1, -1, dtype=np.int64)\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist, counts)\n"
+        "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])

@@ -296,6 +296,26 @@ def test_collection_names_are_per_data_dir(tmp_path: Path) -> None:
     assert milvus_collection_for(tmp_path / "a") != milvus_collection_for(tmp_path / "b")
 
 
+def test_backend_setting_also_names_the_embedded_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from bot.settings import Settings
+
+    monkeypatch.setenv("SIGHTLINE_BOT_TOKEN", "1:x")
+    for spelled, kind in (("usearch", "usearch"), ("hamming", "hamming")):
+        monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", spelled)
+        config = Settings().engine_config()
+        assert (config.index_backend, config.index_kind) == ("embedded", kind)
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "usearch")
+    monkeypatch.setenv("SIGHTLINE_INDEX_KIND", "hamming")
+    with pytest.raises(ValidationError, match="contradicts"):
+        Settings()
+    monkeypatch.setenv("SIGHTLINE_INDEX_BACKEND", "faiss")
+    monkeypatch.delenv("SIGHTLINE_INDEX_KIND")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 # -- operations: migration, doctor, stats, metrics, backup and restore ----------------------------------------
 def milvus_env(monkeypatch: pytest.MonkeyPatch, server: Any, data: Path, uri: str | None = None) -> str:
     collection = milvus_collection_for(data)
