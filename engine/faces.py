@@ -37,6 +37,13 @@ DET_BUCKETS = (320, 416, 512, 640)
 # its orientation (5.7% were tried in the others too), and turned copies were put upright 98.3% of the time
 # at 90/270 degrees and 93.7% at 180 (the detector's score alone does not tell: turned faces score up to 0.81).
 CONFIDENT_SCORE = 0.72
+# A turned copy replaces a photo in which an upright face was found (below CONFIDENT_SCORE) only when the detector
+# is surer of the turned copy's upright face by more than this. At a 320-px input an upside-down copy of an upright
+# face can outscore it by up to 0.067: 15 of the 2,254 calib photos were turned 180 degrees and embedded upside
+# down, raising the FMR 1e-5 threshold from 0.336 to 0.423. On half the calib photos plus those 15 (1,151 rows)
+# and their turned copies, 0.1 turns no upright photo (the 15 before); 90/270-degree copies are put upright as
+# before (1,114 vs 1,116 of 1,151), 180-degree ones less often (949 vs 1,072: some stay as sent).
+TURN_MARGIN = 0.1
 UPRIGHT_ROLL = 30.0
 ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 SAME_FACE_OVERLAP = 0.5  # two detections from overlapping tiles whose overlap covers half the smaller are one face
@@ -315,7 +322,8 @@ class FaceModel:
         """The first frame that holds a face, turned upright, with its faces (none found: frame 0, no faces).
 
         A frame whose faces are not confident (CONFIDENT_SCORE, UPRIGHT_ROLL) is also tried turned by 90, 180
-        and 270 degrees, and the orientation whose upright face the detector is surest of wins. With `retry`
+        and 270 degrees, and the orientation whose upright face the detector is surest of wins (by more than
+        TURN_MARGIN over an upright face found as given). With `retry`
         (queries), a photo in which none of that finds a face gets `retry_faces` on each frame as given.
         """
         for i, bgr in enumerate(frames):
@@ -327,6 +335,8 @@ class FaceModel:
                 turned = rotate(bgr, degrees)
                 tried.append((degrees, turned, self.detect_faces(turned, small_faces)))
             best = max(tried, key=lambda t: upright_score(t[2]))
+            if best[0] != 0 and upright_score(faces) > 0 and upright_score(best[2]) <= upright_score(faces) + TURN_MARGIN:
+                best = tried[0]  # an upright face as given, and no turn clearly surer of its own: keep the photo
             if upright_score(best[2]) > 0:
                 return Found(i, best[0], best[1], best[2])
             if faces:  # faces, but none upright in any orientation (a tilted head): keep the photo as given
