@@ -605,3 +605,16 @@ async def test_index_run_blames_the_server_not_the_files_when_milvus_stops_answe
     finally:
         engine.index.uri = milvus_server.uri
         await engine.close()
+
+
+def test_a_failed_call_is_logged_once_in_our_format_not_by_pymilvus(black_hole: str, capfd: pytest.CaptureFixture[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    index = MilvusIndex(black_hole, "t_quiet", timeout=1.0)
+    try:
+        with pytest.raises(IndexUnavailable, match="did not answer"):
+            index.stored_meta()
+    finally:
+        index.close()
+    err = capfd.readouterr().err
+    assert "[ERROR][" not in err and "RpcError" not in err, err  # pymilvus' own stderr handler, around our logging
+    assert "vector index: collection check failed" in caplog.text
