@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     det_retry_threshold: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="When a searched photo shows no face, look once more at this detector confidence and a coarser "
-        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor. 0 (the default) turns it off. 0.35 "
-        "finds a third of the faces missed on severely degraded photos, but their matches give more false leads and "
-        "the odds shown for them are too low (bench/RESULTS.md).",
+        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor and its hits use the calibration's "
+        "second-look class. 0 (the default) turns it off. 0.35 finds a third of the faces missed on severely degraded "
+        "photos, but even with that class their first hits are unlabelled strangers, never the person, and the class's "
+        "odds measured 2.3 times too low (bench/RESULTS.md).",
     )
     det_retry_size: int = Field(
         64, ge=32, le=1280, multiple_of=32,

@@ -34,10 +34,20 @@ FALLBACK_STRONG = 0.40
 # 0.284 -> 0.425 at FMR 1e-4 on severely degraded LFW probes).
 QUALITY_PAIRS = ("good-good", "good-poor", "poor-poor")
 
+# A probe face found only by the detector's second, less strict look (FaceModel.retry_faces) against any
+# gallery face: its own class, because such faces are the poorest of all (strangers reach 0.281 at a rate of
+# 3.9e-4 against them, 2.1e-4 for other poor faces; bench/RESULTS.md). The gallery never holds such faces:
+# enrolment never retries. A table without this class (built before it existed, or with the retry off) uses
+# its poor-poor table for these comparisons: stricter than good-poor, and its odds overstate rather than
+# understate how often strangers score this high (the second look's faces were measured below poor-poor's).
+SECOND_LOOK = "second-look"
+CLASSES = (*QUALITY_PAIRS, SECOND_LOOK)
 
-def pair_key(a_ok: bool, b_ok: bool) -> str:
-    """The quality class of a comparison of two faces (order does not matter)."""
-    return QUALITY_PAIRS[(not a_ok) + (not b_ok)]
+
+def pair_key(a_ok: bool, b_ok: bool, second_look: bool = False) -> str:
+    """The quality class of a comparison of two faces (order does not matter); `second_look`: one of them
+    was found only by the detector's second look (then SECOND_LOOK, whatever the qualities)."""
+    return SECOND_LOOK if second_look else QUALITY_PAIRS[(not a_ok) + (not b_ok)]
 
 
 def interpolate_fmr(scores: tuple[float, ...], fmr: tuple[float, ...], impostor_pairs: int, similarity: float) -> float:
@@ -103,16 +113,21 @@ class Calibration:
     pairs: dict[str, PairTable] = field(default_factory=dict)
     pairs_source: str = ""  # how the quality-class tables were made, when not in the same run as the rest
 
-    def table_for(self, probe_ok: bool | None, gallery_ok: bool | None) -> PairTable | None:
-        """The quality-class table for a comparison, or None (unknown qualities, or an older table)."""
+    def table_for(self, probe_ok: bool | None, gallery_ok: bool | None, second_look: bool = False) -> PairTable | None:
+        """The quality-class table for a comparison, or None (unknown qualities, or an older table).
+
+        A `second_look` probe (found only by the detector's retry) uses the SECOND_LOOK table, or poor-poor's
+        when the table has none (see SECOND_LOOK)."""
+        if second_look:
+            return self.pairs.get(SECOND_LOOK) or self.pairs.get("poor-poor")
         if probe_ok is None or gallery_ok is None:
             return None
         return self.pairs.get(pair_key(probe_ok, gallery_ok))
 
-    def thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
+    def thresholds(self, probe_ok: bool | None, gallery_ok: bool | None, second_look: bool = False) -> tuple[float, float]:
         """(possible, strong) band thresholds for a comparison: the class's own thresholds (same target FMRs),
         never below the overall ones, so quality-aware matching only ever asks more of poor comparisons."""
-        t = self.table_for(probe_ok, gallery_ok)
+        t = self.table_for(probe_ok, gallery_ok, second_look)
         if t is None:
             return self.threshold_possible, self.threshold_strong
         return max(self.threshold_possible, t.threshold_possible), max(self.threshold_strong, t.threshold_strong)
@@ -122,14 +137,15 @@ class Calibration:
         """The smallest false-match rate the table can vouch for: one impostor pair in all of them."""
         return 1.0 / max(self.impostor_pairs, 1)
 
-    def false_match_rate(self, similarity: float, probe_ok: bool | None = None, gallery_ok: bool | None = None) -> float:
+    def false_match_rate(self, similarity: float, probe_ok: bool | None = None, gallery_ok: bool | None = None,
+                         second_look: bool = False) -> float:
         """Share of impostor comparisons scoring at least `similarity` (interpolated in log space), from the
         table of the comparison's quality class when both qualities are given and the class was calibrated.
 
         Above the highest impostor score seen, no stranger was observed: the rate is then reported as
         half of `min_fmr` (the table cannot tell how much lower it really is; `describe` says so).
         """
-        t = self.table_for(probe_ok, gallery_ok)
+        t = self.table_for(probe_ok, gallery_ok, second_look)
         if t is not None:
             return t.false_match_rate(similarity)
         return interpolate_fmr(self.scores, self.fmr, self.impostor_pairs, similarity)
@@ -169,7 +185,7 @@ class Calibration:
             fmr_possible_interval=_opt_pair(data.get("fmr_possible_interval")),
             fmr_strong_interval=_opt_pair(data.get("fmr_strong_interval")),
             settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
-            pairs={k: PairTable.from_json(v) for k, v in (data.get("pairs") or {}).items() if k in QUALITY_PAIRS},
+            pairs={k: PairTable.from_json(v) for k, v in (data.get("pairs") or {}).items() if k in CLASSES},
             pairs_source=str(data.get("pairs_source", "")),
         )
 

@@ -43,8 +43,9 @@ class EngineConfig:
     pad_retry: bool = True  # when nothing is found, retry once on a padded image
     # A query photo in which nothing is found (any frame, any orientation) is detected once more at this
     # confidence and the coarser det_retry_size input; faces found only so are flagged poor (FaceModel.retry_faces).
-    # 0 (the default) turns it off: 0.35 finds a third of the faces missed on severe probes, but their hits raise
-    # false leads and the shown odds are too low for them (bench/RESULTS.md, "Photos with no face found").
+    # 0 (the default) turns it off: 0.35 finds a third of the faces missed on severe probes, but even with their own
+    # calibration class (calibration.SECOND_LOOK) their hits add false leads, never the person, and the class's odds
+    # measured 2.3x too low on eval's probes (bench/RESULTS.md, "Photos with no face found").
     det_retry_threshold: float = 0.0
     det_retry_size: int = 64
     small_face_side: int = 1280  # queries larger than this get a second detection pass at this input size

@@ -585,9 +585,9 @@ class Engine:
             raise
         cut = self.threshold_possible if threshold is None else threshold
         await self.catch_up()  # faces other processes added or erased since the last search
-        probe_ok = detected[chosen - 1].quality.ok
+        probe_ok, second_look = detected[chosen - 1].quality.ok, detected[chosen - 1].quality.second_look
         gallery = await asyncio.to_thread(len, self.index)  # Milvus: a call to the server (cached for a second)
-        hits = await self._hits(vec, top, cut, gallery, probe_ok, quality_aware=threshold is None)
+        hits = await self._hits(vec, top, cut, gallery, probe_ok, quality_aware=threshold is None, second_look=second_look)
         result = SearchResult(
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
@@ -640,16 +640,17 @@ class Engine:
         detected, chosen, vec, _, _ = await self._cpu(self._query_sync, image, face, "primary")
         return vec, detected[chosen - 1].quality
 
-    def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None) -> tuple[float, float]:
+    def band_thresholds(self, probe_ok: bool | None, gallery_ok: bool | None, second_look: bool = False) -> tuple[float, float]:
         """(possible, strong) for a comparison of a probe face and a gallery face of these qualities.
 
         With a calibration that has quality-class tables (`sightline calibrate`), a poor comparison must
-        score higher to reach the same false-match rate (engine/calibration.py, QUALITY_PAIRS); configured
-        thresholds (SIGHTLINE_THRESHOLD_*) apply to every class as they are.
+        score higher to reach the same false-match rate (engine/calibration.py, QUALITY_PAIRS), and a probe
+        found only by the detector's second look (`second_look`) has a class of its own (SECOND_LOOK);
+        configured thresholds (SIGHTLINE_THRESHOLD_*) apply to every class as they are.
         """
         possible, strong = self.threshold_possible, self.threshold_strong
         if self.calibration is not None:
-            p_cls, s_cls = self.calibration.thresholds(probe_ok, gallery_ok)
+            p_cls, s_cls = self.calibration.thresholds(probe_ok, gallery_ok, second_look)
             if self.config.threshold_possible is None:
                 possible = p_cls
             if self.config.threshold_strong is None:
@@ -658,7 +659,7 @@ class Engine:
 
     async def _hits(
         self, vec: np.ndarray, top: int, cut: float, gallery: int, probe_ok: bool | None = None, *,
-        quality_aware: bool = False,
+        quality_aware: bool = False, second_look: bool = False,
     ) -> list[Hit]:
         """Hits at or above `cut` (or, `quality_aware`, at or above each comparison's own "possible"
         threshold, which is never below `cut`), best first, one per gallery image."""
@@ -680,7 +681,7 @@ class Engine:
         for sim, r in scored:
             if sim < cut:
                 break
-            possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
+            possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok, second_look)
             if quality_aware and sim < possible:  # a poor comparison below its own class's threshold
                 continue
             if r.image_id in seen_images:  # one hit per gallery image: its best face
@@ -692,9 +693,9 @@ class Engine:
         groups = group_near_duplicates(np.stack([r.embedding for _, r in best]), near) if best else []
         for group in groups[:top]:
             sim, r = best[group[0]]
-            _possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok)
+            _possible, strong_at = self.band_thresholds(probe_ok, r.quality_ok, second_look)
             strong = sim >= strong_at and r.quality_ok
-            fmr = self.calibration.false_match_rate(sim, probe_ok, r.quality_ok) if self.calibration else None
+            fmr = self.calibration.false_match_rate(sim, probe_ok, r.quality_ok, second_look) if self.calibration else None
             hits.append(
                 Hit(
                     rank=len(hits) + 1, face_id=r.face_id, image_id=r.image_id, similarity=round(sim, 4),

@@ -185,12 +185,12 @@ class SearchSeen:
 SHOWN_RULES = ("overall", "quality")
 
 
-def first_shown(engine: Engine, hits: Sequence[Any], probe_ok: bool, identity: str) -> dict[str, str]:
+def first_shown(engine: Engine, hits: Sequence[Any], probe_ok: bool, identity: str, second_look: bool = False) -> dict[str, str]:
     """Per display rule, what the first hit an officer would see is (hits: best first, threshold -1)."""
     out = {}
     for rule in SHOWN_RULES:
         first = next((h for h in hits if h.similarity >= (
-            engine.threshold_possible if rule == "overall" else engine.band_thresholds(probe_ok, not h.low_quality)[0])),
+            engine.threshold_possible if rule == "overall" else engine.band_thresholds(probe_ok, not h.low_quality, second_look)[0])),
             None)
         out[rule] = ("none" if first is None else "mate" if first.subject == identity
                      else "stranger" if first.subject is not None else "unlabelled")
@@ -224,10 +224,12 @@ class Observations:
     degrade: str | None = None  # probes degraded at this level (engine/degrade.py); None: as they are
     degrade_seed: int = 0
     embedded_ok: list[bool] = field(default_factory=list)  # quality check passed, per embedding row
+    embedded_second: list[bool] = field(default_factory=list)  # found only by the detector's second look, per row
     # `sightline calibrate`: degraded copies of every photo (FIELD_SEED), for the quality-class tables
     field_embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, 512), np.float32))
     field_labels: list[str] = field(default_factory=list)
     field_ok: list[bool] = field(default_factory=list)
+    field_second: list[bool] = field(default_factory=list)  # found only by the detector's second look
     field_origin: list[str] = field(default_factory=list)  # rel path of the photo each copy came from
 
 
@@ -364,9 +366,9 @@ async def _enroll_gallery(
 
 async def _embed_probes(
     engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
-) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[bool, bool]]]:
     vecs: dict[str, np.ndarray] = {}
-    oks: dict[str, bool] = {}
+    oks: dict[str, tuple[bool, bool]] = {}  # (quality ok, second look)
 
     async def one(p: LabelledPhoto) -> None:
         try:
@@ -378,7 +380,7 @@ async def _embed_probes(
             if got is None:
                 obs.embed_failed[p.rel] = "no face"
             else:
-                vecs[p.rel], oks[p.rel] = got[0], got[1].ok
+                vecs[p.rel], oks[p.rel] = got[0], (got[1].ok, got[1].second_look)
         tick(1)
 
     await _each(list(plan.probes), concurrency, one)
@@ -389,7 +391,7 @@ async def _embed_field_copies(
     engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
 ) -> None:
     """Embed a degraded copy of every photo (level drawn per photo), in plan order."""
-    got: dict[str, tuple[np.ndarray, bool]] = {}
+    got: dict[str, tuple[np.ndarray, bool, bool]] = {}
 
     async def one(p: LabelledPhoto) -> None:
         level = degradation.draw_level(p.rel, FIELD_SEED)
@@ -400,21 +402,22 @@ async def _embed_field_copies(
         except (EngineError, OSError):
             face = None
         if face is not None:
-            got[p.rel] = (face[0], face[1].ok)
+            got[p.rel] = (face[0], face[1].ok, face[1].second_look)
         tick(1)
 
     photos = [*plan.gallery, *plan.probes]
     await _each(photos, concurrency, one)
     rows = [(p, got[p.rel]) for p in photos if p.rel in got]
-    obs.field_embeddings = np.stack([v for _, (v, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
+    obs.field_embeddings = np.stack([v for _, (v, _, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
     obs.field_labels = [p.identity for p, _ in rows]
-    obs.field_ok = [ok for _, (_, ok) in rows]
+    obs.field_ok = [ok for _, (_, ok, _) in rows]
+    obs.field_second = [second for _, (_, _, second) in rows]
     obs.field_origin = [p.rel for p, _ in rows]
 
 
 async def _read_gallery_embeddings(
     engine: Engine, plan: Plan, obs: Observations, image_identity: dict[int, str], probe_vecs: dict[str, np.ndarray],
-    probe_ok: dict[str, bool],
+    probe_ok: dict[str, tuple[bool, bool]],
 ) -> None:
     """The labelled (primary) faces' float32 embeddings as stored, then the probes', in plan order."""
     by_rel: dict[str, tuple[np.ndarray, bool]] = {}
@@ -423,20 +426,22 @@ async def _read_gallery_embeddings(
         for r in rows.values():
             if r.subject is not None and r.image_id in image_identity:
                 by_rel[r.source_url.removeprefix(SOURCE_PREFIX)] = (r.embedding, r.quality_ok)
-    vecs, labels, rels, oks = [], [], [], []
+    vecs, labels, rels, oks, seconds = [], [], [], [], []
     gallery_rels = {p.rel for p in plan.gallery}
     for p in (*plan.gallery, *plan.probes):
+        second = False  # enrolment never takes a second look
         if p.rel in gallery_rels:
             v, ok = by_rel.get(p.rel, (None, True))
         else:
-            v, ok = probe_vecs.get(p.rel), probe_ok.get(p.rel, True)
+            v, (ok, second) = probe_vecs.get(p.rel), probe_ok.get(p.rel, (True, False))
         if v is not None:
             vecs.append(v)
             labels.append(p.identity)
             rels.append(p.rel)
             oks.append(bool(ok))
+            seconds.append(bool(second))
     obs.embeddings = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, 512), np.float32)
-    obs.labels, obs.embedded, obs.embedded_ok = labels, rels, oks
+    obs.labels, obs.embedded, obs.embedded_ok, obs.embedded_second = labels, rels, oks, seconds
 
 
 async def _search_all(
@@ -466,7 +471,7 @@ async def _search_all(
             return
         rec.face_found, rec.faces = True, len(r.faces)
         rec.quality = r.faces[r.searched - 1].quality
-        rec.shown = first_shown(engine, r.hits, rec.quality.ok, p.identity)
+        rec.shown = first_shown(engine, r.hits, rec.quality.ok, p.identity, rec.quality.second_look)
         if r.hits:
             top = r.hits[0]
             rec.top_subject, rec.top_score, rec.top_face_id = top.subject, top.similarity, top.face_id
@@ -735,7 +740,8 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
     if "odds_check" in s:
         lines += ["## Odds by quality class", "",
                   "Each hit shows the false-match rate of its comparison's quality class (probe face good/poor x gallery "
-                  "face good/poor, from `sightline calibrate`). Measured here on this run's impostor pairs:", "",
+                  "face good/poor, from `sightline calibrate`; second-look: a probe face found only by the detector's second, "
+                  "less strict look, against any gallery face). Measured here on this run's impostor pairs:", "",
                   "| class | score | FMR shown | FMR measured | ratio | within 2x |", "|---|---|---|---|---|---|"]
         for c in s["odds_check"]:
             verdict = "not measurable (too few pairs)" if c["within_2x"] is None else ("yes" if c["within_2x"] else "**no**")
@@ -911,16 +917,21 @@ def build_calibration(
     source: str,
     rounds: int = 1000,
 ) -> Calibration:
-    """A score -> false-match-rate table from all impostor pairs, with band thresholds at the given FMRs."""
-    genuine, impostor = metrics.pair_scores(obs.embeddings, obs.labels)
+    """A score -> false-match-rate table from all impostor pairs, with band thresholds at the given FMRs.
+
+    Faces found only by the detector's second look are left out: they have a class of their own
+    (calibration.SECOND_LOOK, in `pairs`)."""
+    keep = [i for i in range(len(obs.labels)) if not (obs.embedded_second and obs.embedded_second[i])]
+    emb, labels = obs.embeddings[keep], [obs.labels[i] for i in keep]
+    genuine, impostor = metrics.pair_scores(emb, labels)
     n = len(impostor)
     if n == 0:
         raise ValueError("no impostor pairs: the set needs at least two identities with a face")
     grid, fmr = fmr_table(impostor)
     t_possible = _round_up(metrics.threshold_at_rate(impostor, possible_fmr))
     t_strong = _round_up(metrics.threshold_at_rate(impostor, strong_fmr))
-    tail_pairs = metrics.high_impostor_pairs(obs.embeddings, obs.labels, min(t_possible, t_strong) - 0.05)
-    boot = {name: metrics.bootstrap_fmr_interval(obs.labels, tail_pairs, t, rounds=rounds)
+    tail_pairs = metrics.high_impostor_pairs(emb, labels, min(t_possible, t_strong) - 0.05)
+    boot = {name: metrics.bootstrap_fmr_interval(labels, tail_pairs, t, rounds=rounds)
             for name, t in (("possible", t_possible), ("strong", t_strong))}
     return Calibration(
         model_sha256=obs.recognizer_sha256,
@@ -997,17 +1008,29 @@ def min_class_pairs(possible_fmr: float) -> int:
 
 
 def class_scores(obs: Observations) -> dict[str, np.ndarray]:
-    """Impostor scores per quality class (calibration.QUALITY_PAIRS) over the clean embeddings and, when
-    collected, the degraded copies (a copy is never paired with the photo it came from)."""
+    """Impostor scores per comparison class (calibration.CLASSES) over the clean embeddings and, when
+    collected, the degraded copies (a copy is never paired with the photo it came from).
+
+    Faces found only by the detector's second look form calibration.SECOND_LOOK, paired with every other
+    face (not with each other: a gallery never holds such faces); the quality classes leave them out."""
     emb = obs.embeddings
-    labels, ok, origin = list(obs.labels), list(obs.embedded_ok or [True] * len(obs.labels)), list(obs.embedded)
+    n = len(obs.labels)
+    labels, ok, origin = list(obs.labels), list(obs.embedded_ok or [True] * n), list(obs.embedded)
+    second = list(obs.embedded_second or [False] * n)
     if len(obs.field_embeddings):
         emb = np.concatenate([emb, obs.field_embeddings])
         labels += obs.field_labels
         ok += obs.field_ok
         origin += obs.field_origin
-    by = metrics.impostor_scores_by_class(emb, labels, ok, origin)
-    return {name: by[i] for i, name in enumerate(calib.QUALITY_PAIRS)}
+        second += obs.field_second or [False] * len(obs.field_labels)
+    look = np.asarray(second, dtype=bool)
+    rest = np.flatnonzero(~look)
+    by = metrics.impostor_scores_by_class(emb[rest], [labels[i] for i in rest], [ok[i] for i in rest], [origin[i] for i in rest])
+    out = {name: by[i] for i, name in enumerate(calib.QUALITY_PAIRS)}
+    out[calib.SECOND_LOOK] = metrics.impostor_scores_across(
+        emb[look], [labels[i] for i in np.flatnonzero(look)], [origin[i] for i in np.flatnonzero(look)],
+        emb[rest], [labels[i] for i in rest], [origin[i] for i in rest])
+    return out
 
 
 def pair_tables(obs: Observations, possible_fmr: float, strong_fmr: float) -> dict[str, calib.PairTable]:

@@ -440,6 +440,7 @@ class FaceModel:
             pitch=round(pitch, 1),
             ok=not warnings_,
             warnings=tuple(warnings_),
+            second_look=face.retried,
         )
 
     def thumbnail(self, bgr: np.ndarray, box: np.ndarray) -> bytes:

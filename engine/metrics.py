@@ -143,6 +143,21 @@ def impostor_scores_by_class(
     return {c: (np.concatenate(v) if v else empty) for c, v in out.items()}
 
 
+def impostor_scores_across(
+    a: np.ndarray, a_labels: Sequence[str], a_origin: Sequence[str], b: np.ndarray, b_labels: Sequence[str],
+    b_origin: Sequence[str],
+) -> np.ndarray:
+    """Impostor cosine scores of every row of `a` against every row of `b` (different labels; rows of equal
+    origin key, a degraded copy and the photo it came from, never paired)."""
+    if not len(a) or not len(b):
+        return np.empty(0, dtype=np.float32)
+    al, bl = np.asarray(a_labels), np.asarray(b_labels)
+    ao, bo = np.asarray(a_origin), np.asarray(b_origin)
+    sims = np.asarray(a, dtype=np.float32) @ np.asarray(b, dtype=np.float32).T
+    keep = (al[:, None] != bl[None, :]) & (ao[:, None] != bo[None, :])
+    return sims[keep]
+
+
 def high_impostor_pairs(
     embeddings: np.ndarray, labels: Sequence[str], floor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

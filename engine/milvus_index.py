@@ -165,17 +165,11 @@ class MilvusIndex:
         # Raised outside the handler, so it carries no context: pymilvus' own exceptions can be their own
         # cause (`raise ex from ex`), a loop for anything that walks the chain.
         logger.error("vector index: %s failed on %s: %s", what, self.where, reason)
-        with self._client_lock:  # reconnect next time: the channel may be broken
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        self.close()  # reconnect next time: the channel may be broken
         raise IndexUnavailable(f"the vector index server ({self.where}) did not answer the {what}: {reason}")
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the next call opens a new one)."""
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:

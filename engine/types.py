@@ -18,6 +18,7 @@ class Quality:
     pitch: float  # estimated head pitch from the landmarks, degrees
     ok: bool  # False when any of the checks below failed
     warnings: tuple[str, ...] = ()  # human-readable, e.g. "face is 38 px wide"
+    second_look: bool = False  # found only by the detector's second, less strict look (never ok; calibration.SECOND_LOOK)
 
 
 @dataclass(frozen=True, slots=True)

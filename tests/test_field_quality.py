@@ -55,7 +55,7 @@ def test_calibrate_builds_quality_class_tables(tmp_path: Path) -> None:
     t = calib.Calibration.load(out)
     assert t.pairs, "degraded copies must give at least one quality class a table"
     for name, table in t.pairs.items():
-        assert name in calib.QUALITY_PAIRS
+        assert name in calib.CLASSES
         assert all(b > a for a, b in zip(table.scores, table.scores[1:], strict=False))
         assert all(b <= a for a, b in zip(table.fmr, table.fmr[1:], strict=False))
         assert table.threshold_possible <= table.threshold_strong
@@ -123,7 +123,7 @@ async def test_hits_show_the_odds_of_their_quality_class(gallery_dir: Path) -> N
     """A severely degraded probe against the dev gallery: each hit's false-match rate is its class's."""
     sha = file_sha256(default_model_dir() / DEFAULT_RECOGNIZER)
     shipped = calib.for_model(sha)
-    assert shipped is not None and set(shipped.pairs) == set(calib.QUALITY_PAIRS)
+    assert shipped is not None and set(shipped.pairs) == set(calib.CLASSES)
     assert shipped.pairs["poor-poor"].threshold_possible > shipped.pairs["good-good"].threshold_possible
     engine = await Engine.open(EngineConfig(data_dir=gallery_dir, require_case=False))
     try:

@@ -43,7 +43,9 @@ code model takes effect by rebuilding the index, which the engine does at its ne
 
 Quality classes: every photo is also embedded once degraded (a moderate or severe field-quality recipe
 drawn per photo, see `eval --degrade`), and a table and thresholds are built per quality class of a
-comparison: good-good, good-poor, poor-poor (a face is poor when it fails the engine's quality checks).
+comparison: good-good, good-poor, poor-poor (a face is poor when it fails the engine's quality checks), and
+second-look: a probe face found only by the detector's second, less strict look (SIGHTLINE_DET_RETRY_*;
+built only when the retry is on) against any gallery face; a table without it uses poor-poor's for them.
 Hits then show the odds of their own class, and a poor comparison needs a higher score to be shown
 (never a lower one than the overall threshold). --no-field skips this.
 
@@ -216,8 +218,12 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
     for name, t in table.pairs.items():
         print(f"quality class {name}: {t.impostor_pairs:,} impostor pairs, possible >= {t.threshold_possible:.3f}, "
               f"strong >= {t.threshold_strong:.3f}")
-    if not args.no_field and len(table.pairs) < 3:
-        missing = sorted(set(calib.QUALITY_PAIRS) - set(table.pairs))
+    missing = [c for c in calib.QUALITY_PAIRS if c not in table.pairs]
+    if not args.no_field and missing:
         print(f"too few impostor pairs for quality class(es) {', '.join(missing)} (need {ev.min_class_pairs(args.possible_fmr):,}): "
               "hits of those classes show the overall odds")
+    if not args.no_field and calib.SECOND_LOOK not in table.pairs:
+        why = ("the detector retry is off (SIGHTLINE_DET_RETRY_THRESHOLD=0)" if args.settings.engine_config().det_retry_threshold <= 0
+               else f"too few impostor pairs (need {ev.min_class_pairs(args.possible_fmr):,})")
+        print(f"no {calib.SECOND_LOOK} class: {why}; faces found only by the detector's second look use poor-poor's table")
     return 0
