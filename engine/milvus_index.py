@@ -58,6 +58,13 @@ def _pymilvus() -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import pymilvus
+    # pymilvus logs to stderr through handlers of its own (gRPC dumps on every failed call), around the
+    # application's logging; every failure is logged once by `MilvusIndex._call` with what was being done.
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+        lib.setLevel(logging.CRITICAL)
     return pymilvus
 
 

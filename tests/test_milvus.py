@@ -585,3 +585,36 @@ def test_bot_index_and_forget_in_three_processes_on_one_collection(gallery_copy:
     while (left := ours(files_holding(milvus_server.storage_dir, secrets))) and time.monotonic() < deadline:
         time.sleep(2)
     assert not left, f"erased codes still in the server's storage: {left}"
+
+
+async def test_index_run_blames_the_server_not_the_files_when_milvus_stops_answering(
+    gallery_copy: Path, milvus_server: Any, black_hole: str
+) -> None:
+    from bot.cli.gallery import Item, Summary, ingest_one
+
+    engine = await Engine.open(milvus_config(gallery_copy, milvus_server, milvus_timeout=2.0))
+    try:
+        engine.index.uri = black_hole  # the server hangs from now on, in the middle of a `sightline index` run
+        engine.index.close()
+        summary = Summary()
+        photo = dev_identities()["Ariel_Sharon"][2]
+        await ingest_one(engine, Item(photo, "https://gallery.example/a.jpg"), "t", summary)
+        assert (summary.unreadable, summary.index_unavailable, summary.indexed) == (0, 1, 0)
+        assert summary.failures[0][1] == "index_unavailable"
+        assert "0 unreadable" in summary.line() and "1 not indexed because the index server did not answer" in summary.line()
+    finally:
+        engine.index.uri = milvus_server.uri
+        await engine.close()
+
+
+def test_a_failed_call_is_logged_once_in_our_format_not_by_pymilvus(black_hole: str, capfd: pytest.CaptureFixture[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    index = MilvusIndex(black_hole, "t_quiet", timeout=1.0)
+    try:
+        with pytest.raises(IndexUnavailable, match="did not answer"):
+            index.stored_meta()
+    finally:
+        index.close()
+    err = capfd.readouterr().err
+    assert "[ERROR][" not in err and "RpcError" not in err, err  # pymilvus' own stderr handler, around our logging
+    assert "vector index: collection check failed" in caplog.text

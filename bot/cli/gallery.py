@@ -19,7 +19,7 @@ from typing import Any
 
 from bot.cli import missing_gallery
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
-from engine.errors import is_damaged_database, is_disk_full
+from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
 
 from .manifest import ManifestError, read_manifest
 
@@ -158,6 +158,7 @@ class Summary:
     not_image: int = 0  # files that are not images (recognised by content, whatever their name)
     manifest_errors: int = 0  # manifest rows refused before any image was read
     invalid: int = 0  # labels the engine refused (a folder name used as subject, say)
+    index_unavailable: int = 0  # good files not enrolled because the index server (Milvus) did not answer
     errors: int = 0  # anything unexpected on one file (logged with its traceback)
     near_copies: int = 0  # indexed images that are near-identical copies of gallery images (shown as one hit)
     failures: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # path, reason, message, line
@@ -172,7 +173,9 @@ class Summary:
                  f"{self.no_face} with no face", f"{self.unreadable} unreadable"]
         for n, what in ((self.near_copies, "indexed as near-identical copies of gallery images"),
                         (self.not_image, "skipped (not an image)"), (self.manifest_errors, "manifest error(s)"),
-                        (self.invalid, "with labels refused"), (self.errors, "failed unexpectedly")):
+                        (self.invalid, "with labels refused"),
+                        (self.index_unavailable, "not indexed because the index server did not answer (run the same command again)"),
+                        (self.errors, "failed unexpectedly")):
             if n:
                 parts.append(f"{n} {what}")
         return "; ".join(parts)
@@ -304,6 +307,9 @@ def record_failure(summary: Summary, where: str, line: int | None, exc: Exceptio
     elif isinstance(exc, InvalidArgument):
         summary.invalid += 1
         summary.fail(where, "invalid_label", str(exc), line)
+    elif isinstance(exc, IndexUnavailable):  # the file is fine: the server is not
+        summary.index_unavailable += 1
+        summary.fail(where, "index_unavailable", str(exc), line)
     elif isinstance(exc, EngineError):
         summary.unreadable += 1
         summary.fail(where, type(exc).__name__, str(exc), line)
