@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bot.cli import main as cli_main
 from engine import Engine, EngineConfig
+from engine import calibration as calib
+from engine.config import DEFAULT_RECOGNIZER, default_model_dir
+from engine.faces import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -108,6 +112,28 @@ def gallery_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gallery")
     asyncio.run(build_gallery(path))
     return path
+
+
+def shipped_calibration() -> calib.Calibration:
+    """The calibration table shipped for the default recognizer (w600k_mbf.onnx); fails the test without one."""
+    sha = file_sha256(default_model_dir() / DEFAULT_RECOGNIZER)
+    t = calib.for_model(sha)
+    assert t is not None, f"no calibration table engine/calibration/{sha}.json for the default model"
+    return t
+
+
+def run_calibrate(tmp_path: Path, name: str, identities: int, per_identity: int, *extra: str) -> calib.Calibration:
+    """`sightline calibrate` on the first dev identities (loose target rates, FMR 0.1 and 0.05, that a few pairs
+    can measure), written to tmp_path/name; the table it wrote, checked to be monotone."""
+    out = tmp_path / name
+    code = cli_main(["--data-dir", str(tmp_path / "unused"), "calibrate", str(DEV), "--output", str(out),
+                     "--max-identities", str(identities), "--max-per-identity", str(per_identity),
+                     "--possible-fmr", "0.1", "--strong-fmr", "0.05", "--no-progress", *extra])
+    assert code == 0
+    t = calib.Calibration.load(out)
+    assert t.threshold_possible <= t.threshold_strong
+    assert all(b <= a for a, b in zip(t.fmr, t.fmr[1:], strict=False))
+    return t
 
 
 @pytest.fixture

@@ -9,23 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.cli import main
+from conftest import DEV, run_calibrate, shipped_calibration
 from engine import Engine, EngineConfig
 from engine import calibration as calib
 from engine.config import DEFAULT_RECOGNIZER, default_model_dir
-from engine.faces import file_sha256
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEV = SHARED / "faces" / "dev"
 
 
 @pytest.fixture(scope="module")
 def table() -> calib.Calibration:
     """The table shipped for the default recognizer (w600k_mbf.onnx)."""
-    sha = file_sha256(default_model_dir() / DEFAULT_RECOGNIZER)
-    t = calib.for_model(sha)
-    assert t is not None, f"no calibration table engine/calibration/{sha}.json for the default model"
-    return t
+    return shipped_calibration()
 
 
 def test_table_loads_for_the_default_model(table: calib.Calibration) -> None:
@@ -121,12 +114,5 @@ async def test_model_without_table_falls_back_and_says_so(
 
 
 def test_calibrate_command_writes_a_loadable_table(tmp_path: Path) -> None:
-    out = tmp_path / "table.json"
-    code = main(["--data-dir", str(tmp_path / "unused"), "calibrate", str(DEV), "--output", str(out),
-                 "--max-identities", "5", "--max-per-identity", "2",
-                 "--possible-fmr", "0.1", "--strong-fmr", "0.05", "--no-progress"])
-    assert code == 0
-    t = calib.Calibration.load(out)
+    t = run_calibrate(tmp_path, "table.json", 5, 2)
     assert (t.genuine_pairs, t.impostor_pairs) == (5, 10 * 9 // 2 - 5)  # 5 identities x 2 photos
-    assert t.threshold_possible <= t.threshold_strong
-    assert all(b <= a for a, b in zip(t.fmr, t.fmr[1:], strict=False))

@@ -11,14 +11,11 @@ import pytest
 from PIL import Image
 
 from bot.cli import main
+from conftest import DEV, run_calibrate, shipped_calibration
 from engine import Engine, EngineConfig
 from engine import calibration as calib
 from engine import degrade as degradation
-from engine.config import DEFAULT_RECOGNIZER, default_model_dir
-from engine.faces import file_sha256
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEV = SHARED / "faces" / "dev"
 PHOTO = DEV / "Colin_Powell" / "2.jpg"
 
 
@@ -47,12 +44,7 @@ def test_severe_is_smaller_and_worse_than_moderate() -> None:
 
 
 def test_calibrate_builds_quality_class_tables(tmp_path: Path) -> None:
-    out = tmp_path / "table.json"
-    code = main(["--data-dir", str(tmp_path / "unused"), "calibrate", str(DEV), "--output", str(out),
-                 "--max-identities", "12", "--max-per-identity", "3",
-                 "--possible-fmr", "0.1", "--strong-fmr", "0.05", "--no-progress"])
-    assert code == 0
-    t = calib.Calibration.load(out)
+    t = run_calibrate(tmp_path, "table.json", 12, 3)
     assert t.pairs, "degraded copies must give at least one quality class a table"
     for name, table in t.pairs.items():
         assert name in calib.CLASSES
@@ -70,11 +62,7 @@ def test_calibrate_builds_quality_class_tables(tmp_path: Path) -> None:
     assert t.false_match_rate(0.2, a_ok, b_ok) == table.false_match_rate(0.2)
     assert t.false_match_rate(0.2) == calib.interpolate_fmr(t.scores, t.fmr, t.impostor_pairs, 0.2)
     # Without the degraded copies there are no class tables (and the overall table is the same).
-    plain = tmp_path / "plain.json"
-    assert main(["--data-dir", str(tmp_path / "unused"), "calibrate", str(DEV), "--output", str(plain),
-                 "--max-identities", "12", "--max-per-identity", "3", "--possible-fmr", "0.1",
-                 "--strong-fmr", "0.05", "--no-progress", "--no-field"]) == 0
-    p = calib.Calibration.load(plain)
+    p = run_calibrate(tmp_path, "plain.json", 12, 3, "--no-field")
     assert not p.pairs and (p.scores, p.fmr) == (t.scores, t.fmr)
 
 
@@ -121,9 +109,8 @@ def test_eval_reports_false_leads_by_probe_quality(severe_report: dict) -> None:
 
 async def test_hits_show_the_odds_of_their_quality_class(gallery_dir: Path) -> None:
     """A severely degraded probe against the dev gallery: each hit's false-match rate is its class's."""
-    sha = file_sha256(default_model_dir() / DEFAULT_RECOGNIZER)
-    shipped = calib.for_model(sha)
-    assert shipped is not None and set(shipped.pairs) == set(calib.CLASSES)
+    shipped = shipped_calibration()
+    assert set(shipped.pairs) == set(calib.CLASSES)
     assert shipped.pairs["poor-poor"].threshold_possible > shipped.pairs["good-good"].threshold_possible
     engine = await Engine.open(EngineConfig(data_dir=gallery_dir, require_case=False))
     try:
