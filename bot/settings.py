@@ -65,12 +65,12 @@ class Settings(BaseSettings):
     recognizer_file: str | None = Field(None, description="Recognizer file name in the model folder.")
     det_size: int = Field(640, description="Detector input size in pixels (square).")
     det_retry_threshold: float = Field(
-        0.0, ge=0.0, lt=1.0,
+        0.35, ge=0.0, lt=1.0,
         description="When a searched photo shows no face, look once more at this detector confidence and a coarser "
-        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor and its hits use the calibration's "
-        "second-look class. 0 (the default) turns it off. 0.35 finds a third of the faces missed on severely degraded "
-        "photos, but even with that class their first hits are unlabelled strangers, never the person, and the class's "
-        "odds measured 2.3 times too low (bench/RESULTS.md).",
+        "input (SIGHTLINE_DET_RETRY_SIZE); a face found only so is flagged poor, its hits show the odds of the "
+        "calibration's second-look classes and are listed only at their strong threshold, and with none the answer says "
+        "the photo is too poor to search. 0.35 finds a third of the faces missed on severely degraded photos without "
+        "adding false leads (bench/RESULTS.md); 0 turns it off.",
     )
     det_retry_size: int = Field(
         64, ge=32, le=1280, multiple_of=32,

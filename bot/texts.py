@@ -583,14 +583,22 @@ def result_caption_short(t: Language, results: ResultSet, start: int, stop: int)
     return "\n".join([*search_header(t, results), more])
 
 
-def no_match(t: Language, case: str | None, gallery_faces: int, threshold: float, warnings: Sequence[str]) -> str:
-    """A search that found nothing above the threshold."""
-    lines = [
-        t.ngettext(
+def no_match(
+    t: Language, case: str | None, gallery_faces: int, threshold: float, warnings: Sequence[str], second_look: bool = False
+) -> str:
+    """A search that found nothing above the threshold; `second_look`: the searched face was found only by the
+    detector's second look, whose hits must clear a bar of their own (calibration.SECOND_LOOK), not `threshold`."""
+    if second_look:
+        first = t._("No match: a face was found, but the photo is too poor to search: "
+                    "no gallery face reached the bar for such faces.")
+    else:
+        first = t.ngettext(
             "No match: no gallery face scored above {percent} among {n} gallery face.",
             "No match: no gallery face scored above {percent} among {n} gallery faces.",
             gallery_faces,
-        ).format(percent=percent(t, threshold), n=t.number(gallery_faces)),
+        ).format(percent=percent(t, threshold), n=t.number(gallery_faces))
+    lines = [
+        first,
         t._("Case {case}.").format(case=shown(case)) if case else t._("No case."),
     ]
     warning = quality_warning(t, warnings)

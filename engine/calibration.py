@@ -34,20 +34,27 @@ FALLBACK_STRONG = 0.40
 # 0.284 -> 0.425 at FMR 1e-4 on severely degraded LFW probes).
 QUALITY_PAIRS = ("good-good", "good-poor", "poor-poor")
 
-# A probe face found only by the detector's second, less strict look (FaceModel.retry_faces) against any
-# gallery face: its own class, because such faces are the poorest of all (strangers reach 0.281 at a rate of
-# 3.9e-4 against them, 2.1e-4 for other poor faces; bench/RESULTS.md). The gallery never holds such faces:
-# enrolment never retries. A table without this class (built before it existed, or with the retry off) uses
-# its poor-poor table for these comparisons: stricter than good-poor, and its odds overstate rather than
-# understate how often strangers score this high (the second look's faces were measured below poor-poor's).
-SECOND_LOOK = "second-look"
-CLASSES = (*QUALITY_PAIRS, SECOND_LOOK)
+# A probe face found only by the detector's second, less strict look (FaceModel.retry_faces) against a gallery face
+# has classes of their own, by the gallery face's quality: such probe faces are the poorest of all, and how often
+# strangers reach a score against them depends on the gallery face far more than for other probes (measured on
+# severe probes, bench/RESULTS.md: against the good faces of clean gallery photos ~20x less often than against
+# other degraded faces). Both sides of the pair are what a search compares: `sightline calibrate` pairs the
+# second-look faces of its degraded copies with every face indexed from its gallery photos (labelled primaries
+# and unlabelled background faces), and `eval`'s odds check measures the same pairs. The gallery never holds
+# such faces: enrolment never retries. A table without these classes uses poor-poor's for them.
+SECOND_LOOK = "second-look"  # the prefix of both classes; tables of 2026-11-30 had one class of this name
+SECOND_LOOK_GOOD = "second-look/good"  # ... against a gallery face that passed the quality checks
+SECOND_LOOK_POOR = "second-look/poor"  # ... against a poor gallery face (most unlabelled background faces)
+SECOND_LOOK_CLASSES = (SECOND_LOOK_GOOD, SECOND_LOOK_POOR)
+CLASSES = (*QUALITY_PAIRS, *SECOND_LOOK_CLASSES)
 
 
 def pair_key(a_ok: bool, b_ok: bool, second_look: bool = False) -> str:
-    """The quality class of a comparison of two faces (order does not matter); `second_look`: one of them
-    was found only by the detector's second look (then SECOND_LOOK, whatever the qualities)."""
-    return SECOND_LOOK if second_look else QUALITY_PAIRS[(not a_ok) + (not b_ok)]
+    """The quality class of a comparison of two faces (order does not matter for the quality pairs);
+    `second_look`: face a, the probe's, was found only by the detector's second look, and b is the gallery's."""
+    if second_look:
+        return SECOND_LOOK_GOOD if b_ok else SECOND_LOOK_POOR
+    return QUALITY_PAIRS[(not a_ok) + (not b_ok)]
 
 
 def interpolate_fmr(scores: tuple[float, ...], fmr: tuple[float, ...], impostor_pairs: int, similarity: float) -> float:
@@ -116,21 +123,26 @@ class Calibration:
     def table_for(self, probe_ok: bool | None, gallery_ok: bool | None, second_look: bool = False) -> PairTable | None:
         """The quality-class table for a comparison, or None (unknown qualities, or an older table).
 
-        A `second_look` probe (found only by the detector's retry) uses the SECOND_LOOK table, or poor-poor's
-        when the table has none (see SECOND_LOOK)."""
+        A `second_look` probe (found only by the detector's retry) uses its second-look class by the gallery
+        face's quality (poor when unknown), or poor-poor's when the table has none (see SECOND_LOOK)."""
         if second_look:
-            return self.pairs.get(SECOND_LOOK) or self.pairs.get("poor-poor")
+            return self.pairs.get(pair_key(False, bool(gallery_ok), True)) or self.pairs.get("poor-poor")
         if probe_ok is None or gallery_ok is None:
             return None
         return self.pairs.get(pair_key(probe_ok, gallery_ok))
 
     def thresholds(self, probe_ok: bool | None, gallery_ok: bool | None, second_look: bool = False) -> tuple[float, float]:
         """(possible, strong) band thresholds for a comparison: the class's own thresholds (same target FMRs),
-        never below the overall ones, so quality-aware matching only ever asks more of poor comparisons."""
+        never below the overall ones, so quality-aware matching only ever asks more of poor comparisons.
+
+        A `second_look` probe's hit is shown only at its class's *strong* threshold, and is never strong (the
+        second value is infinite): no such probe's mate reached even the class's "possible" score on severe
+        probes, while strangers' background faces did (bench/RESULTS.md), so below it a hit is a false lead."""
         t = self.table_for(probe_ok, gallery_ok, second_look)
-        if t is None:
-            return self.threshold_possible, self.threshold_strong
-        return max(self.threshold_possible, t.threshold_possible), max(self.threshold_strong, t.threshold_strong)
+        possible, strong = self.threshold_possible, self.threshold_strong
+        if t is not None:
+            possible, strong = max(possible, t.threshold_possible), max(strong, t.threshold_strong)
+        return (strong, math.inf) if second_look else (possible, strong)
 
     @property
     def min_fmr(self) -> float:

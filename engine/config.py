@@ -42,11 +42,11 @@ class EngineConfig:
     max_side: int = 1920  # images are downscaled to this long side before detection
     pad_retry: bool = True  # when nothing is found, retry once on a padded image
     # A query photo in which nothing is found (any frame, any orientation) is detected once more at this
-    # confidence and the coarser det_retry_size input; faces found only so are flagged poor (FaceModel.retry_faces).
-    # 0 (the default) turns it off: 0.35 finds a third of the faces missed on severe probes, but even with their own
-    # calibration class (calibration.SECOND_LOOK) their hits add false leads, never the person, and the class's odds
-    # measured 2.3x too low on eval's probes (bench/RESULTS.md, "Photos with no face found").
-    det_retry_threshold: float = 0.0
+    # confidence and the coarser det_retry_size input; faces found only so are flagged poor (FaceModel.retry_faces),
+    # shown the odds of their own calibration classes (calibration.SECOND_LOOK) and listed only at the class's strong
+    # threshold. 0.35 finds a third of the faces missed on severe probes without adding false leads or losing named
+    # rank-1 (bench/RESULTS.md, "Photos with no face found"); 0 turns it off.
+    det_retry_threshold: float = 0.35
     det_retry_size: int = 64
     small_face_side: int = 1280  # queries larger than this get a second detection pass at this input size
     small_face_pass: bool = True  # for faces too small for det_size (search only; enrolment skips it)

@@ -231,6 +231,13 @@ class Observations:
     field_ok: list[bool] = field(default_factory=list)
     field_second: list[bool] = field(default_factory=list)  # found only by the detector's second look
     field_origin: list[str] = field(default_factory=list)  # rel path of the photo each copy came from
+    field_seed: list[int] = field(default_factory=list)  # the degradation seed of each copy (FIELD_SEEDS)
+    # Every face indexed from the gallery photos (labelled primaries and unlabelled background faces alike): what
+    # a search compares a probe with, for the second-look classes
+    gallery_embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, 512), np.float32))
+    gallery_ok: list[bool] = field(default_factory=list)
+    gallery_identity: list[str] = field(default_factory=list)  # the identity of the photo the face is in
+    gallery_origin: list[str] = field(default_factory=list)  # rel path of that photo
 
 
 async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
@@ -241,7 +248,11 @@ async def read_probe(obs: Observations, p: LabelledPhoto) -> bytes:
     return await asyncio.to_thread(degradation.degrade, data, obs.degrade, p.rel, obs.degrade_seed)
 
 
-FIELD_SEED = 1  # calibration's degraded copies; eval's probes default to seed 0, so the two never share recipes
+# Calibration's degraded copies: one per photo and seed. The quality classes use the first seed's copies; the
+# second-look class pools all of them (the retry fires on ~1 photo in 15, too few for one seed's sample).
+# eval's probes default to seed 0, so the two never share recipes.
+FIELD_SEEDS = (1, 2, 3)
+FIELD_SEED = FIELD_SEEDS[0]
 
 
 async def primary_face(engine: Engine, image: bytes) -> tuple[np.ndarray, Quality] | None:
@@ -264,9 +275,11 @@ async def primary_embedding(engine: Engine, image: bytes) -> np.ndarray | None:
     return np.asarray(vec, dtype=np.float32)
 
 
-def steps(plan: Plan, searches: bool = True, field_copies: bool = False) -> int:
+def steps(plan: Plan, searches: bool = True, field_copies: bool = False, field_seeds: Sequence[int] = FIELD_SEEDS) -> int:
     """How many engine calls `collect` makes (for a progress bar)."""
-    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0) + (plan.photos if field_copies else 0)
+    copies = plan.photos + sum(degradation.draw_level(p.rel, seed) == "severe"
+                               for seed in field_seeds[1:] for p in (*plan.gallery, *plan.probes))
+    return len(plan.gallery) + len(plan.probes) + (plan.photos if searches else 0) + (copies if field_copies else 0)
 
 
 def config_summary(config: EngineConfig) -> dict[str, Any]:
@@ -288,13 +301,14 @@ async def collect(
     degrade: str | None = None,
     degrade_seed: int = 0,
     field_copies: bool = False,
+    field_seeds: Sequence[int] = FIELD_SEEDS,
 ) -> Observations:
     """Enroll the plan's gallery and run its searches in a temporary engine; return what was seen.
 
     With `degrade` ("moderate" or "severe", see engine/degrade.py) every probe is degraded reproducibly
     (by its relative path and `degrade_seed`) before it is embedded or searched; gallery photos stay clean.
-    With `field_copies` (calibration), every photo is also embedded once degraded (moderate or severe,
-    drawn per photo with FIELD_SEED), for the quality-class false-match tables.
+    With `field_copies` (calibration), every photo is also embedded degraded once per seed of `field_seeds`
+    (moderate or severe, drawn per photo and seed), for the quality-class false-match tables.
     """
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -315,8 +329,9 @@ async def collect(
             obs.gallery_faces, obs.gallery_flagged = stats.faces, stats.flagged_faces
             probe_vecs, probe_ok = await _embed_probes(engine, plan, obs, tick, concurrency)
             await _read_gallery_embeddings(engine, plan, obs, image_identity, probe_vecs, probe_ok)
+            await _read_gallery_faces(engine, obs, image_identity)
             if field_copies:
-                await _embed_field_copies(engine, plan, obs, tick, concurrency)
+                await _embed_field_copies(engine, plan, obs, tick, concurrency, field_seeds)
             if searches:
                 await _search_all(engine, plan, obs, image_identity, tick, concurrency)
                 await _check_consistency(engine, obs, probe_vecs)
@@ -388,31 +403,36 @@ async def _embed_probes(
 
 
 async def _embed_field_copies(
-    engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int
+    engine: Engine, plan: Plan, obs: Observations, tick: Callable[[int], None], concurrency: int, seeds: Sequence[int]
 ) -> None:
-    """Embed a degraded copy of every photo (level drawn per photo), in plan order."""
-    got: dict[str, tuple[np.ndarray, bool, bool]] = {}
+    """Embed a degraded copy of every photo per seed (level drawn per photo and seed; past the first seed, only the
+    severe ones), in seed then plan order."""
+    got: dict[tuple[int, str], tuple[np.ndarray, bool, bool]] = {}
 
-    async def one(p: LabelledPhoto) -> None:
-        level = degradation.draw_level(p.rel, FIELD_SEED)
+    async def one(item: tuple[int, LabelledPhoto]) -> None:
+        seed, p = item
+        level = degradation.draw_level(p.rel, seed)
         try:
             data = await asyncio.to_thread(p.path.read_bytes)
-            data = await asyncio.to_thread(degradation.degrade, data, level, p.rel, FIELD_SEED)
+            data = await asyncio.to_thread(degradation.degrade, data, level, p.rel, seed)
             face = await primary_face(engine, data)
         except (EngineError, OSError):
             face = None
         if face is not None:
-            got[p.rel] = (face[0], face[1].ok, face[1].second_look)
+            got[seed, p.rel] = (face[0], face[1].ok, face[1].second_look)
         tick(1)
 
-    photos = [*plan.gallery, *plan.probes]
-    await _each(photos, concurrency, one)
-    rows = [(p, got[p.rel]) for p in photos if p.rel in got]
-    obs.field_embeddings = np.stack([v for _, (v, _, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
-    obs.field_labels = [p.identity for p, _ in rows]
-    obs.field_ok = [ok for _, (_, ok, _) in rows]
-    obs.field_second = [second for _, (_, _, second) in rows]
-    obs.field_origin = [p.rel for p, _ in rows]
+    # Past the first seed only the second-look classes use the copies, and the retry never fires on moderate ones.
+    items = [(seed, p) for k, seed in enumerate(seeds) for p in (*plan.gallery, *plan.probes)
+             if k == 0 or degradation.draw_level(p.rel, seed) == "severe"]
+    await _each(items, concurrency, one)
+    rows = [(seed, p, got[seed, p.rel]) for seed, p in items if (seed, p.rel) in got]
+    obs.field_embeddings = np.stack([v for _, _, (v, _, _) in rows]).astype(np.float32) if rows else obs.field_embeddings
+    obs.field_labels = [p.identity for _, p, _ in rows]
+    obs.field_ok = [ok for _, _, (_, ok, _) in rows]
+    obs.field_second = [second for _, _, (_, _, second) in rows]
+    obs.field_origin = [p.rel for _, p, _ in rows]
+    obs.field_seed = [seed for seed, _, _ in rows]
 
 
 async def _read_gallery_embeddings(
@@ -442,6 +462,22 @@ async def _read_gallery_embeddings(
             seconds.append(bool(second))
     obs.embeddings = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, 512), np.float32)
     obs.labels, obs.embedded, obs.embedded_ok, obs.embedded_second = labels, rels, oks, seconds
+
+
+async def _read_gallery_faces(engine: Engine, obs: Observations, image_identity: dict[int, str]) -> None:
+    """Every face indexed from the gallery photos, with its quality and its photo's identity, in face id order."""
+    vecs, oks, idents, origins = [], [], [], []
+    async for ids, _vecs in engine.store.iter_embeddings():
+        rows = await engine.store.faces_by_ids(ids.tolist())
+        for fid in sorted(rows):
+            r = rows[fid]
+            if r.image_id in image_identity:
+                vecs.append(r.embedding)
+                oks.append(bool(r.quality_ok))
+                idents.append(image_identity[r.image_id])
+                origins.append(r.source_url.removeprefix(SOURCE_PREFIX))
+    obs.gallery_embeddings = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, 512), np.float32)
+    obs.gallery_ok, obs.gallery_identity, obs.gallery_origin = oks, idents, origins
 
 
 async def _search_all(
@@ -740,12 +776,14 @@ def report_markdown(obs: Observations, s: dict[str, Any], worst: int) -> str:
     if "odds_check" in s:
         lines += ["## Odds by quality class", "",
                   "Each hit shows the false-match rate of its comparison's quality class (probe face good/poor x gallery "
-                  "face good/poor, from `sightline calibrate`; second-look: a probe face found only by the detector's second, "
-                  "less strict look, against any gallery face). Measured here on this run's impostor pairs:", "",
+                  "face good/poor, from `sightline calibrate`; second-look/good and /poor: a probe face found only by the detector's "
+                  "second, less strict look, against a good or poor face of a gallery photo). Measured here on this run's impostor "
+                  "pairs:", "",
                   "| class | score | FMR shown | FMR measured | ratio | within 2x |", "|---|---|---|---|---|---|"]
         for c in s["odds_check"]:
             verdict = "not measurable (too few pairs)" if c["within_2x"] is None else ("yes" if c["within_2x"] else "**no**")
-            lines.append(f"| {c['class']} ({c['pairs']:,} pairs) | {c['score']:.3f} | {c['shown_fmr']:.1e} | "
+            table = "" if c.get("table", c["class"]) == c["class"] else f", {c['table']}'s table"
+            lines.append(f"| {c['class']} ({c['pairs']:,} pairs{table}) | {c['score']:.3f} | {c['shown_fmr']:.1e} | "
                          f"{c['observed_fmr']:.1e} | {c['ratio']:.2f} | {verdict} |")
         lines.append("")
     if "calibration_check" in s:
@@ -959,15 +997,18 @@ MIN_EXPECTED_PAIRS = 10  # below this many expected impostor pairs a rate is noi
 
 
 def odds_check(obs: Observations) -> list[dict[str, Any]]:
-    """Per quality class: at the scores where the class's table says FMR 1e-2 ... 1e-5 (what a hit shows),
+    """Per quality class: at the scores where the table its hits show says FMR 1e-2 ... 1e-5,
     the false-match rate measured on this run's impostor pairs, their ratio, and whether it is within a
     factor of 2 (None when fewer than MIN_EXPECTED_PAIRS pairs are expected: not measurable here)."""
     assert obs.calibration is not None
+    cal = obs.calibration
     out = []
     for name, imp in class_scores(obs).items():
-        table = obs.calibration.pairs.get(name)
+        # A second-look class without a table of its own is shown poor-poor's odds (Calibration.table_for): check those.
+        table = cal.table_for(False, name == calib.SECOND_LOOK_GOOD, True) if name in calib.SECOND_LOOK_CLASSES else cal.pairs.get(name)
         if table is None or len(imp) == 0:
             continue
+        shown_as = name if cal.pairs.get(name) is table else next((k for k, v in cal.pairs.items() if v is table), name)
         for target in ODDS_CHECK_FMRS:
             grid_fmr = np.asarray(table.fmr)
             at = np.flatnonzero(grid_fmr <= target)
@@ -978,8 +1019,8 @@ def odds_check(obs: Observations) -> list[dict[str, Any]]:
             seen = metrics.share_at_or_above(imp, score)
             measurable = shown * len(imp) >= MIN_EXPECTED_PAIRS
             ratio = seen / shown if shown > 0 else math.inf
-            out.append({"class": name, "score": score, "shown_fmr": shown, "observed_fmr": seen, "pairs": int(len(imp)),
-                        "ratio": ratio, "within_2x": (0.5 <= ratio <= 2.0) if measurable else None})
+            out.append({"class": name, "table": shown_as, "score": score, "shown_fmr": shown, "observed_fmr": seen,
+                        "pairs": int(len(imp)), "ratio": ratio, "within_2x": (0.5 <= ratio <= 2.0) if measurable else None})
     return out
 
 
@@ -1008,28 +1049,36 @@ def min_class_pairs(possible_fmr: float) -> int:
 
 
 def class_scores(obs: Observations) -> dict[str, np.ndarray]:
-    """Impostor scores per comparison class (calibration.CLASSES) over the clean embeddings and, when
-    collected, the degraded copies (a copy is never paired with the photo it came from).
+    """Impostor scores per comparison class (calibration.CLASSES).
 
-    Faces found only by the detector's second look form calibration.SECOND_LOOK, paired with every other
-    face (not with each other: a gallery never holds such faces); the quality classes leave them out."""
-    emb = obs.embeddings
+    Quality pairs: all pairs of the clean embeddings and, when collected, the degraded copies of the first seed
+    (FIELD_SEED; a copy is never paired with the photo it came from). Second-look classes: each face found only
+    by the detector's second look (eval's probes; calibrate's copies of every seed) against every face indexed
+    from the gallery photos of other identities, by that gallery face's quality: the comparisons a search makes
+    (calibration.SECOND_LOOK). The quality pairs leave the second-look faces out."""
     n = len(obs.labels)
+    emb = obs.embeddings
     labels, ok, origin = list(obs.labels), list(obs.embedded_ok or [True] * n), list(obs.embedded)
     second = list(obs.embedded_second or [False] * n)
+    pooled = [True] * n  # rows the quality pairs use
     if len(obs.field_embeddings):
+        m = len(obs.field_labels)
         emb = np.concatenate([emb, obs.field_embeddings])
         labels += obs.field_labels
         ok += obs.field_ok
         origin += obs.field_origin
-        second += obs.field_second or [False] * len(obs.field_labels)
+        second += obs.field_second or [False] * m
+        pooled += [s == FIELD_SEED for s in obs.field_seed] if obs.field_seed else [True] * m
     look = np.asarray(second, dtype=bool)
-    rest = np.flatnonzero(~look)
+    rest = np.flatnonzero(~look & np.asarray(pooled, dtype=bool))
     by = metrics.impostor_scores_by_class(emb[rest], [labels[i] for i in rest], [ok[i] for i in rest], [origin[i] for i in rest])
     out = {name: by[i] for i, name in enumerate(calib.QUALITY_PAIRS)}
-    out[calib.SECOND_LOOK] = metrics.impostor_scores_across(
-        emb[look], [labels[i] for i in np.flatnonzero(look)], [origin[i] for i in np.flatnonzero(look)],
-        emb[rest], [labels[i] for i in rest], [origin[i] for i in rest])
+    probes = np.flatnonzero(look)
+    g_ok = np.asarray(obs.gallery_ok, dtype=bool)
+    for name, side in ((calib.SECOND_LOOK_GOOD, np.flatnonzero(g_ok)), (calib.SECOND_LOOK_POOR, np.flatnonzero(~g_ok))):
+        out[name] = metrics.impostor_scores_across(
+            emb[probes], [labels[i] for i in probes], [origin[i] for i in probes],
+            obs.gallery_embeddings[side], [obs.gallery_identity[i] for i in side], [obs.gallery_origin[i] for i in side])
     return out
 
 

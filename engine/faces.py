@@ -354,7 +354,7 @@ class FaceModel:
     def retry_faces(self, bgr: np.ndarray) -> list[RawFace]:
         """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`.
 
-        For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0, the default).
+        For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0; default 0.35).
         SCRFD enlarges a small photo to fill its 320-px input, and a small, blurred, noisy face enlarged 4x looks
         unlike the faces it learned; detected near its own size (a 64-px input) at confidence 0.35, it finds a
         third of the faces the normal pass missed on severely degraded calib probes, and 4 on 2,198 face-free

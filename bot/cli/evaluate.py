@@ -41,11 +41,13 @@ faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table 
 face, engine/codes.py) as <sha256>.codes.npz. A new projection or
 code model takes effect by rebuilding the index, which the engine does at its next start.
 
-Quality classes: every photo is also embedded once degraded (a moderate or severe field-quality recipe
-drawn per photo, see `eval --degrade`), and a table and thresholds are built per quality class of a
-comparison: good-good, good-poor, poor-poor (a face is poor when it fails the engine's quality checks), and
-second-look: a probe face found only by the detector's second, less strict look (SIGHTLINE_DET_RETRY_*;
-built only when the retry is on) against any gallery face; a table without it uses poor-poor's for them.
+Quality classes: every photo is also embedded degraded, once per seed (a moderate or severe field-quality
+recipe drawn per photo and seed, see `eval --degrade`), and a table and thresholds are built per quality class of a
+comparison: good-good, good-poor, poor-poor (a face is poor when it fails the engine's quality checks; from the
+copies of the first seed), and second-look/good and second-look/poor: a probe face found only by the detector's
+second, less strict look (SIGHTLINE_DET_RETRY_*; built only when the retry is on; from the copies of seeds
+{', '.join(map(str, ev.FIELD_SEEDS))}) against every face indexed from the gallery photos (the first photo of
+each identity, as eval enrols them), good or poor; a table without them uses poor-poor's for them.
 Hits then show the odds of their own class, and a poor comparison needs a higher score to be shown
 (never a lower one than the overall threshold). --no-field skips this.
 
@@ -222,8 +224,10 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.no_field and missing:
         print(f"too few impostor pairs for quality class(es) {', '.join(missing)} (need {ev.min_class_pairs(args.possible_fmr):,}): "
               "hits of those classes show the overall odds")
-    if not args.no_field and calib.SECOND_LOOK not in table.pairs:
+    lacking = [c for c in calib.SECOND_LOOK_CLASSES if c not in table.pairs]
+    if not args.no_field and lacking:
         why = ("the detector retry is off (SIGHTLINE_DET_RETRY_THRESHOLD=0)" if args.settings.engine_config().det_retry_threshold <= 0
                else f"too few impostor pairs (need {ev.min_class_pairs(args.possible_fmr):,})")
-        print(f"no {calib.SECOND_LOOK} class: {why}; faces found only by the detector's second look use poor-poor's table")
+        print(f"no {' or '.join(lacking)} class: {why}; those comparisons of faces found only by the detector's second look "
+              "use poor-poor's table")
     return 0

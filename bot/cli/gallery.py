@@ -375,7 +375,10 @@ def search_text(result: SearchResult) -> str:
     searched = result.faces[result.searched - 1]
     if not searched.quality.ok:
         lines.append("this photo is poor: treat any match as a weak lead")
-    if not result.hits:
+    if not result.hits and searched.quality.second_look:
+        lines.append(f"no match: a face was found, but the photo is too poor to search: none of the {result.gallery_faces} "
+                     "gallery faces reached the bar for such faces")
+    elif not result.hits:
         lines.append(f"no match above the threshold ({result.threshold:.3f}) in {result.gallery_faces} gallery faces")
     else:
         lines.append("matches (leads, not identifications):")

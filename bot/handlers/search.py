@@ -231,7 +231,8 @@ async def _search_and_reply(
     results = ResultSet.of(result, account.user_id, case, chat_id, message_id)
     if not result.hits:
         await context.bot.send_message(
-            chat_id, texts.no_match(context.t, results.case, result.gallery_faces, result.threshold, results.warnings),
+            chat_id, texts.no_match(context.t, results.case, result.gallery_faces, result.threshold, results.warnings,
+                                    second_look=result.faces[result.searched - 1].quality.second_look),
             reply_parameters=quoting(message_id),
         )
         return True
