@@ -5,7 +5,9 @@ PTB lets a bot bring its own `telegram.request.BaseRequest` (docs.python-telegra
 against 0.5 ms for aiohttp (a dependency already: the health and webhook server), and a search makes ~5 calls
 (getUpdates, getFile, the download, sendChatAction, sendPhoto). Behaviour follows `HTTPXRequest`: HTTP/1.1
 keep-alive connections from a bounded pool, the same default timeouts, PTB's User-Agent, form-encoded parameters
-(multipart when a file is uploaded), proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY, certificates from certifi,
+(multipart when a file is uploaded), an HTTP proxy from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY unless NO_PROXY names
+the host (read once per host; aiohttp's own `trust_env` would also read ~/.netrc on a worker thread for every
+call), certificates from certifi,
 timeouts raised as `TimedOut` and transport failures as `NetworkError` (their text never carries the URL,
 which holds the bot token).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,7 +56,7 @@ class AiohttpRequest(BaseRequest):
     `pool_timeout` bounds the wait for a free connection (aiohttp counts it in its `connect` timeout).
     """
 
-    __slots__ = ("_connect", "_media_write", "_pool", "_pool_size", "_read", "_session", "_write")
+    __slots__ = ("_connect", "_media_write", "_pool", "_pool_size", "_proxies", "_read", "_session", "_write")
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class AiohttpRequest(BaseRequest):
         self._read, self._write, self._connect, self._pool = read_timeout, write_timeout, connect_timeout, pool_timeout
         self._media_write = media_write_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     @property
     def read_timeout(self) -> float | None:
@@ -78,8 +82,18 @@ class AiohttpRequest(BaseRequest):
         """Open the session (in the running event loop)."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=_ssl_context())
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True,
-                                                  headers={"User-Agent": self.USER_AGENT})
+            self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": self.USER_AGENT})
+            self._proxies.clear()
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy the environment sets for this URL's scheme and host (None: connect directly)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname or "")
+        if key not in self._proxies:
+            proxies = urllib.request.getproxies_environment()
+            bypass = bool(key[1]) and urllib.request.proxy_bypass_environment(key[1], proxies)
+            self._proxies[key] = None if bypass else proxies.get(key[0]) or proxies.get("all")
+        return self._proxies[key]
 
     async def shutdown(self) -> None:
         """Close the session and its connections."""
@@ -122,7 +136,7 @@ class AiohttpRequest(BaseRequest):
                 form.add_field(name, content, filename=filename, content_type=mimetype)
             body = form
         try:
-            async with self._session.request(method, url, data=body, timeout=timeout) as response:
+            async with self._session.request(method, url, data=body, timeout=timeout, proxy=self._proxy_for(url)) as response:
                 return response.status, await response.read()
         except TimeoutError as exc:  # aiohttp's timeouts are asyncio.TimeoutError (TimeoutError since 3.11)
             raise TimedOut(_redacted(f"aiohttp.{type(exc).__name__}: {exc}", url)) from None

@@ -110,3 +110,21 @@ async def test_not_initialized_refuses_and_shutdown_twice_is_harmless() -> None:
     await request.initialize()
     await request.shutdown()
     await request.shutdown()
+
+
+async def test_the_proxy_from_the_environment_is_used_unless_no_proxy_names_the_host(
+    fake: FakeBotAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake answers as the proxy: the Bot API's host does not exist, so only a proxied call can succeed.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{fake.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with Bot(fake.token, base_url="http://api.telegram.invalid/bot", base_file_url="http://api.telegram.invalid/file/bot",
+                   request=AiohttpRequest(), get_updates_request=AiohttpRequest(connection_pool_size=1)) as bot:
+        assert (await bot.send_message(5, "through the proxy")).text == "through the proxy"
+    monkeypatch.setenv("NO_PROXY", "telegram.invalid")
+    bot = Bot(fake.token, base_url="http://api.telegram.invalid/bot", request=AiohttpRequest(),
+              get_updates_request=AiohttpRequest(connection_pool_size=1))
+    with pytest.raises(NetworkError):
+        await bot.initialize()  # getMe, straight to a host that does not exist
+    await bot.shutdown()
