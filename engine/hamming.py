@@ -38,7 +38,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,9 +47,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import fsmodes, integrity, scan
+from . import integrity, scan
 from .codes import CodeModel, fallback
-from .index import TEMP_SUFFIX, SharedLock, publish_index, read_sidecar, remove_stale_temporaries, sidecar_path
+from .index import SharedLock, read_sidecar, save_atomically, sidecar_path
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAGIC = b"SLHAMM01"
-FORMAT = 1
+FORMAT = 2  # 2: codes with a lead (engine.codes), rows 64-byte aligned in memory; files of format 1 are rebuilt
 DEFAULT_CANDIDATES = 1000
 _GROW = 1.25  # capacity grows by a quarter: at most 25 % headroom counts against the memory budget
 _MIN_CAPACITY = 1024
@@ -68,8 +67,10 @@ _MIN_CAPACITY = 1024
 # (~0.3). (A finer scale, 254, clipped the largest components and cost up to 0.02.)
 QUANT_SCALE = 127.0
 SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
-SCAN_BYTES = 32  # the scan reads 256 bits per face (4 words: engine.scan unrolls that case)
-DEFAULT_PREFILTER = 10_000  # two-stage codes: the scan keeps about this many nearest (~1.2x, ties included) for all the bits
+SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
+DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
+LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
+ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least
 SAMPLE = 16_384  # codes sampled (in SAMPLE_RUNS runs) to choose the scan's threshold distance
@@ -91,8 +92,8 @@ class HammingIndex:
         projection: Projection | None = None,
         candidates: int = DEFAULT_CANDIDATES,
         threads: int = 2,
-        prefilter: int = DEFAULT_PREFILTER,
-        scan_bytes: int = SCAN_BYTES,
+        prefilter: int | None = None,
+        scan_bytes: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.projection = projection
@@ -118,18 +119,20 @@ class HammingIndex:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._n = 0
-        # The scan reads the first SCAN_BYTES of each code (`_codes`); longer codes keep the rest in `_codes2`, which
-        # only re-ranks the scan's `prefilter` nearest (two-stage: the cost of a 256-bit scan, the recall of more bits).
-        self._scan_bytes = min(scan_bytes, self.code_model.nbytes)
-        self.prefilter = max(int(prefilter), self.candidates)
+        # The scan reads the first `scan_bytes` of each code (`_codes`: the code model's lead, else SCAN_BYTES); longer codes
+        # keep the rest in `_codes2`, which only re-ranks the scan's `prefilter` nearest (two-stage: the cost of a short
+        # scan, the recall of more bits).
+        lead = self.code_model.lead // 8
+        self._scan_bytes = min(scan_bytes or lead or SCAN_BYTES, self.code_model.nbytes)
+        default = LEAD_PREFILTER if lead and self._scan_bytes == lead else DEFAULT_PREFILTER
+        self.prefilter = max(int(prefilter or default), self.candidates)
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
         _warm_kernels()
 
     # -- storage -----------------------------------------------------------------------------
     def _arrays(self, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (np.zeros(capacity, dtype=np.int64), np.zeros((capacity, self._scan_bytes), dtype=np.uint8),
-                np.zeros((capacity, self.code_model.nbytes - self._scan_bytes), dtype=np.uint8),
-                np.zeros((capacity, self.ndim), dtype=np.int8))
+        return (_zeros((capacity,), np.int64), _zeros((capacity, self._scan_bytes), np.uint8),
+                _zeros((capacity, self.code_model.nbytes - self._scan_bytes), np.uint8), _zeros((capacity, self.ndim), np.int8))
 
     @property
     def _all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -409,13 +412,8 @@ class HammingIndex:
         """
         import xxhash
 
-        fsmodes.private_dir(self.path.parent)
-        remove_stale_temporaries(self.path)
-        # mkstemp: owner-only (0600) from the start
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
-        tmp = Path(tmp_name)
-        digest = xxhash.xxh3_128()
-        try:
+        def write(fd: int, tmp: Path) -> dict[str, object]:  # (mkstemp: owner-only, 0600, from the start)
+            digest = xxhash.xxh3_128()
             with self._lock.shared():  # searches go on; adds and removals wait
                 n = self._n
                 header = json.dumps(self._header(n), sort_keys=True).encode()
@@ -430,12 +428,10 @@ class HammingIndex:
                         fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            meta = {**self._header(n), "gallery_id": self.gallery_id,
+            return {**self._header(n), "gallery_id": self.gallery_id,
                     "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}", **(state or {})}
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        publish_index(tmp, self.path, meta)
+
+        save_atomically(self.path, write)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
@@ -500,6 +496,15 @@ class HammingIndex:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
                 self._pool = None
+
+
+def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """np.zeros(shape, dtype) starting on an ALIGN-byte boundary (numpy's large buffers start 16 bytes into a page): a
+    view into a buffer ALIGN bytes longer, whose extra bytes never hold data."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.zeros(size + ALIGN, dtype=np.uint8)
+    skip = -buf.ctypes.data % ALIGN
+    return buf[skip : skip + size].view(dtype).reshape(shape)
 
 
 @dataclass(slots=True)

@@ -155,6 +155,15 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
                     rows[k] = i
                     dist[k] = d
                 k += 1
+    elif w == 2:  # 128-bit lead codes (the shipped code model's: engine.codes)
+        q0, q1 = q[0], q[1]
+        for i in range(np.uint64(a), np.uint64(b)):
+            d = _popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1)
+            if d <= t:
+                if k < cap:
+                    rows[k] = i
+                    dist[k] = d
+                k += 1
     elif w == 3:  # 192-bit scans (bench/search.py --scan-bits 192)
         q0, q1, q2_0 = q[0], q[1], q[2]
         for i in range(np.uint64(a), np.uint64(b)):
@@ -175,7 +184,16 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
                     dist[k] = d
                 k += 1
     w2 = codes2.shape[1]
-    if w2 == 4 and k <= cap:  # the default's second 256 bits: unrolled, inline
+    if w2 == 8 and k <= cap:  # the 512 bits after a lead code (one cache line per row): unrolled
+        r0, r1, r2, r3, r4, r5, r6, r7 = q2[0], q2[1], q2[2], q2[3], q2[4], q2[5], q2[6], q2[7]
+        for m in range(k):
+            if m + PREFETCH < k:
+                _prefetch(codes2, rows[m + PREFETCH])
+            i = np.uint64(rows[m])
+            dist[m] += (_popcount(codes2[i, 0] ^ r0) + _popcount(codes2[i, 1] ^ r1) + _popcount(codes2[i, 2] ^ r2)
+                        + _popcount(codes2[i, 3] ^ r3) + _popcount(codes2[i, 4] ^ r4) + _popcount(codes2[i, 5] ^ r5)
+                        + _popcount(codes2[i, 6] ^ r6) + _popcount(codes2[i, 7] ^ r7))
+    elif w2 == 4 and k <= cap:  # the second 256 bits of a code without a lead: unrolled, inline
         r0, r1, r2, r3 = q2[0], q2[1], q2[2], q2[3]
         for m in range(k):
             if m + PREFETCH < k:

@@ -195,7 +195,7 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         basis_note = (f"\nindex projection written to {basis_path} (the top {dims} of {basis.directions.shape[0]} "
                       f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
     try:
-        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean + random rotation)")
+        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean + random rotation)", lead=codes.LEAD)
     except ValueError as exc:
         basis_note += f"\nno index code model written: {exc}"
     else:
