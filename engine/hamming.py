@@ -107,13 +107,12 @@ class HammingIndex:
         self._centre = (m @ projection.basis if projection is not None else m).astype(np.float32)
         # what a query is encoded and projected with (engine.scan.encode_query, project_query: contiguous float32)
         self._mean = np.ascontiguousarray(self.code_model.mean, dtype=np.float32)
-        self._weights = np.ascontiguousarray(self.code_model.weights, dtype=np.float32)
         self._basis = np.ascontiguousarray(projection.basis, dtype=np.float32) if projection is not None else None
         self.candidates = max(1, int(candidates))
         self.threads = max(1, int(threads))
         self.split_min = SPLIT_MIN
         self.chunk_min = CHUNK_MIN
-        self._spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # scan buffers for reuse (_buffers)
+        self._spare: list[tuple[np.ndarray, ...]] = []  # scan buffers for reuse (_buffers)
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
         self._pool: ThreadPoolExecutor | None = None
@@ -126,6 +125,8 @@ class HammingIndex:
         self._scan_bytes = min(scan_bytes or lead or SCAN_BYTES, self.code_model.nbytes)
         default = LEAD_PREFILTER if lead and self._scan_bytes == lead else DEFAULT_PREFILTER
         self.prefilter = max(int(prefilter or default), self.candidates)
+        # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
+        self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
         _warm_kernels()
 
@@ -230,7 +231,9 @@ class HammingIndex:
             raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
         x = np.ascontiguousarray(x.reshape(-1))
         code = np.empty(self.code_model.nbytes, dtype=np.uint8)
-        scan.encode_query(x, self._mean, self._weights, np.empty(self.code_model.bits, dtype=np.float32), code)
+        sb = self._scan_bytes
+        y = np.empty(self.code_model.bits, dtype=np.float32)
+        scan.encode_query(x, self._mean, self._weights[0], y[: sb * 8], code[:sb])  # the scanned bits first
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
@@ -239,7 +242,11 @@ class HammingIndex:
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
             keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
             job = self._start_scan(code, keep, want, n)
-            # while the other threads scan: the re-rank needs the projected query only at the end
+            # while the other threads scan: the query's other bits (the second stage waits for them: job.ready), then
+            # its projection (the re-rank needs it only at the end)
+            if len(code) > sb:
+                scan.encode_query(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:])
+                job.ready[0] = 1
             if self._basis is not None:
                 qs = np.empty(self.ndim, dtype=np.float32)
                 offset = np.float32(scan.project_query(x, self._basis, self._centre, QUANT_SCALE, qs))
@@ -250,7 +257,7 @@ class HammingIndex:
             best = np.empty(want, dtype=np.int64)
             sims = np.empty(want, dtype=np.float32)
             k = scan.select_rerank(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, sims)
-            self._spare.append((rows, dist, counts))
+            self._spare.append(job.buffers)
             sims = sims[:k]
             c = min(count, k)
             top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
@@ -265,7 +272,8 @@ class HammingIndex:
 
     def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int) -> _ScanJob:
         """Choose the threshold and set the other threads scanning (shared lock held): the rows among the first n
-        whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D) will be kept.
+        whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D; the bytes after the
+        scanned ones may be written later, until the job's `ready` is set or _finish_scan is called) will be kept.
 
         The threshold is the smallest that keeps ~MARGIN x `keep` codes in a sample (SAMPLE codes in 16 runs spread
         over the gallery; exact when the gallery is no larger), all the codes at it included; if the scan kept fewer
@@ -290,17 +298,19 @@ class HammingIndex:
             expect = float(hist[: t + 1].sum() * scale)
         chunk = max(self.chunk_min, -(-n // CHUNKS))
         job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), t, bits, enough,
-                       min(chunk, int(chunk * expect / n * 1.5) + 256))
+                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.zeros(1, dtype=np.int64))
         self._launch(job)
         return job
 
     def _launch(self, job: _ScanJob) -> None:
         """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
         codes, q, codes2, q2 = job.arrays
-        rows, dist, counts = self._buffers(job.chunks, job.cap)
+        rows, dist, scanned, counts = job.buffers = self._buffers(job.chunks, job.cap)
+        scanned.fill(-1)
         counts.fill(-1)
-        # a fresh counter per scan: a thread that starts after its scan was finished by the others claims nothing
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, counts)
+        # fresh counters per scan: a thread that starts after its scan was finished by the others claims nothing
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(2, dtype=np.int64), rows, dist, scanned, counts,
+                    job.ready)
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
@@ -310,9 +320,11 @@ class HammingIndex:
 
     def _finish_scan(self, job: _ScanJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scan on this thread until no chunk is left, wait for a chunk another thread is still scanning (if any),
-        widen the threshold or the buffers and scan again when needed (rare); shared lock held."""
+        widen the threshold or the buffers and scan again when needed (rare); shared lock held. The query's code must be
+        complete (its second-stage bits written)."""
+        job.ready[0] = 1
         while True:
-            *_, rows, dist, counts = job.args
+            rows, dist, _, counts = job.buffers
             scan.scan_chunks(*job.args)
             if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan)
                 for f in job.futures:
@@ -323,29 +335,30 @@ class HammingIndex:
                     f.cancel()
             most = int(counts.max())
             if most > job.cap:  # a chunk kept more than its buffers hold: again, with room for all
-                self._spare.append((rows, dist, counts))
+                self._spare.append(job.buffers)
                 job.cap = most
             elif int(counts.sum()) < job.enough and job.t < job.bits:
-                self._spare.append((rows, dist, counts))
+                self._spare.append(job.buffers)
                 job.t += 1  # the sample misjudged the tail (rare): widen and scan again
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
             self._launch(job)
 
-    def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and (chunks,) counts: they hold row
-        numbers and distances, nothing of a face; one set per concurrent search."""
+    def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
+        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and two (chunks,) counts (scanned, and
+        complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a face; one set per
+        concurrent search."""
         while self._spare:
             try:
-                rows, dist, counts = self._spare.pop()
+                rows, dist, scanned, counts = self._spare.pop()
             except IndexError:  # another search took the last one
                 break
             if rows.shape[0] == chunks and rows.shape[1] >= cap:
-                return rows, dist, counts
+                return rows, dist, scanned, counts
         cap = max(cap, 1)
         return (np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32),
-                np.empty(chunks, dtype=np.int64))
+                np.empty(chunks, dtype=np.int64), np.empty(chunks, dtype=np.int64))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -519,7 +532,9 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
+    ready: np.ndarray  # (1,) int64: set once the query's second-stage bits are written (engine.scan.scan_chunks)
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments
+    buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned and counts (HammingIndex._buffers)
     futures: list[Future[int]] = field(default_factory=list)
 
 

@@ -109,7 +109,8 @@ def test_a_query_is_encoded_and_projected_as_the_gallery_is(tmp_path: Path) -> N
     y = np.empty(512, dtype=np.float32)
     for v, want in zip(x, idx.code_model.encode(x), strict=True):
         code = np.empty(64, dtype=np.uint8)
-        scan.encode_query(v, idx._mean, idx._weights, y, code)
+        scan.encode_query(v, idx._mean, idx._weights[0], y[:256], code[:32])  # the scanned bits, then the others
+        scan.encode_query(v, idx._mean, idx._weights[1], y[256:], code[32:])
         margin = np.abs((v - idx.code_model.mean) @ idx.code_model.weights)
         differ = np.unpackbits(code) != np.unpackbits(want)
         assert (margin[differ] < 1e-5).all()  # only a sum within rounding of 0 may take the other sign
@@ -404,8 +405,9 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
         "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
-        "counts = np.full(1, -1, dtype=np.int64)\n"
-        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist, counts)\n"
+        "scanned, counts, ready = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.ones(1, dtype=np.int64)\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(2, dtype=np.int64), rows, dist,"
+        " scanned, counts, ready)\n"
         "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
