@@ -475,6 +475,11 @@ def code_model(name: str) -> codes.CodeModel:
     x = common.real_embeddings().vectors
     if name == "pca-random":
         return codes.fit(x, 256, rotation="random", source="centred PCA 256 + random rotation")
+    if name == "lead192":  # a 192-bit lead of the top directions, then the shipped model's 512 bits (run with --prefilter 10000)
+        shipped = code_model("shipped")
+        lead = codes.fit(x, 512, lead=192).weights[:, :192]
+        return codes.CodeModel(shipped.mean, np.ascontiguousarray(np.hstack([lead, shipped.body().weights])),
+                               "192-bit lead of the top 192 centred directions + the shipped 512 bits", 192)
     if name in ("random256", "random512"):
         bits = int(name[6:])
         return codes.CodeModel(x.mean(0), codes.random_rotation(512, bits), f"centred random rotation, {bits} bits")
@@ -605,8 +610,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="hamming: candidates re-ranked per search (EngineConfig.index_candidates); a comma list sweeps it")
     ap.add_argument("--codes", default="shipped",
                     help="hamming: code model(s), a comma list measured in turn (the final line is for the first): shipped "
-                    "(engine/calibration, centred PCA 256 + ITQ), pca-random (centred PCA 256 + a random rotation), "
-                    "random256 / random512 (centred random rotation of all 512 dims); all fitted on the calib embeddings")
+                    "(engine/calibration: a 128-bit lead of the top 128 centred directions, then 512 random-rotation bits), "
+                    "lead192 (a 192-bit lead, then the same 512 bits), pca-random (centred PCA 256 + a random rotation), "
+                    "random256 / random512 (centred random rotation of all 512 dims: random512 is the layout before the lead "
+                    "code); all fitted on the calib embeddings")
     ap.add_argument("--timed-queries", type=int, default=300,
                     help="hamming: single queries timed per candidates value (recall is scored on all --queries)")
     ap.add_argument("--scan-bits", type=int, default=0,

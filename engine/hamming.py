@@ -4,22 +4,24 @@ Why not a graph: at 1 M face-like vectors HNSW needs ef 1024 (14 ms) to find 99 
 because every identity is an isolated pair of points the graph reaches only by a wide search
 (bench/RESULTS.md). An exhaustive scan has no such blind spots. Each face is kept as
 
-- a 512-bit sign code of (embedding - mean) @ W (engine.codes: a random rotation of the centred space), split
-  into the 256 bits the scan reads (32 bytes) and the other 256 (32 bytes),
+- its sign code of (embedding - mean) @ W (engine.codes), split into the bits the scan reads and the rest: with the
+  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a random
+  rotation of the centred space (64 bytes, `_codes2`); without a lead (the fallback model) the first 256 bits of 512
+  and the other 256 (32 + 32 bytes),
 - its projection (engine.projection, 192-d by default), centred and quantised to int8, for re-ranking
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
 - its face id (8 bytes),
 
-in four numpy arrays: 264 bytes per face. A search computes the query's code, estimates from a sample of
-16,384 codes the Hamming distance (over the first 256 bits) under which ~1.2 x `prefilter` (10,000) codes
-lie, scans the first 256 bits of every code against it (engine.scan's compiled kernel, in ~64 chunks that
-`threads` threads claim in turn: they finish within one chunk of each other, and a thread the machine starts late
-finds less or nothing to do; the query's projection is computed while the other threads scan), ranks the codes
-kept (every one at or under that distance) by the distance of all 512 bits, re-ranks
-the best `candidates` (1,000) by their projected cosine and returns the best `count`. Every stage reads the
-index's own arrays in place: no copy of a face's bits or vector is made. The engine then re-scores those
-exactly from SQLite. (At 1 M face-like vectors: 99.6 % of the true mates in those 40, against 98.6 % for the
-best 256-bit code alone; bench/RESULTS.md.)
+in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
+encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which
+~1.2 x `prefilter` codes lie (30,000 after a lead, else 10,000), scans those bits of every code against it
+(engine.scan's compiled kernel, in ~64 chunks that `threads` threads claim in turn: they finish within one chunk of
+each other, and a thread the machine starts late finds less or nothing to do), meanwhile encodes the query's other
+bits and projects it, adds the other bits' distance for the codes kept (the second stage: scattered reads, one cache
+line each, chunk by chunk on both threads once every chunk is claimed), re-ranks the best `candidates` (1,000) by
+all the bits by their projected cosine and returns the best `count`. Every stage reads the index's own arrays in
+place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
+face-like vectors: 99.6-99.7 % of the true mates in the best 10; bench/RESULTS.md, issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
