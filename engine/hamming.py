@@ -18,7 +18,7 @@ encodes the query's scanned bits, estimates from a sample of 16,384 codes the Ha
 (engine.scan's compiled kernel, in ~64 chunks that `threads` threads claim in turn: they finish within one chunk of
 each other, and a thread the machine starts late finds less or nothing to do), meanwhile encodes the query's other
 bits and projects it, adds the other bits' distance for the codes kept (the second stage: scattered reads, one cache
-line each, chunk by chunk on both threads once every chunk is claimed), re-ranks the best `candidates` (1,000) by
+line each: each thread's own chunks once every chunk is claimed), re-ranks the best `candidates` (1,000) by
 all the bits by their projected cosine and returns the best `count`. Every stage reads the index's own arrays in
 place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
 face-like vectors: 99.6-99.7 % of the true mates in the best 10; bench/RESULTS.md, issue 15.)
@@ -307,16 +307,17 @@ class HammingIndex:
     def _launch(self, job: _ScanJob) -> None:
         """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
         codes, q, codes2, q2 = job.arrays
-        rows, dist, scanned, counts = job.buffers = self._buffers(job.chunks, job.cap)
+        rows, dist, scanned, taken, counts = job.buffers = self._buffers(job.chunks, job.cap)
         scanned.fill(-1)
+        taken.fill(0)
         counts.fill(-1)
-        # fresh counters per scan: a thread that starts after its scan was finished by the others claims nothing
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(2, dtype=np.int64), rows, dist, scanned, counts,
-                    job.ready)
+        # a fresh counter per scan: a thread that starts after its scan was finished by the others claims nothing
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, scanned, taken,
+                    counts, job.ready)
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
-            job.futures = [pool.submit(scan.scan_chunks, *job.args) for _ in range(helpers)]
+            job.futures = [pool.submit(scan.scan_chunks, *job.args, 0) for _ in range(helpers)]
         else:
             job.futures = []
 
@@ -326,9 +327,9 @@ class HammingIndex:
         complete (its second-stage bits written)."""
         job.ready[0] = 1
         while True:
-            rows, dist, _, counts = job.buffers
-            scan.scan_chunks(*job.args)
-            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan)
+            rows, dist, *_, counts = job.buffers
+            scan.scan_chunks(*job.args, 1)
+            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan and second stage)
                 for f in job.futures:
                     if not f.cancel():
                         f.result()
@@ -348,19 +349,19 @@ class HammingIndex:
             self._launch(job)
 
     def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
-        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and two (chunks,) counts (scanned, and
-        complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a face; one set per
-        concurrent search."""
+        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and three (chunks,) counters (scanned,
+        taken for the second stage, complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a
+        face; one set per concurrent search."""
         while self._spare:
             try:
-                rows, dist, scanned, counts = self._spare.pop()
+                rows, dist, scanned, taken, counts = self._spare.pop()
             except IndexError:  # another search took the last one
                 break
             if rows.shape[0] == chunks and rows.shape[1] >= cap:
-                return rows, dist, scanned, counts
+                return rows, dist, scanned, taken, counts
         cap = max(cap, 1)
         return (np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32),
-                np.empty(chunks, dtype=np.int64), np.empty(chunks, dtype=np.int64))
+                *(np.empty(chunks, dtype=np.int64) for _ in range(3)))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -536,7 +537,7 @@ class _ScanJob:
     cap: int  # rows each chunk's buffers hold
     ready: np.ndarray  # (1,) int64: set once the query's second-stage bits are written (engine.scan.scan_chunks)
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments
-    buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned and counts (HammingIndex._buffers)
+    buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
     futures: list[Future[int]] = field(default_factory=list)
 
 

@@ -237,22 +237,37 @@ def _second_stage(codes2, q2, rows, dist, k):  # type: ignore[no-untyped-def]
 
 
 @_kernel(boundscheck=False)
-def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, counts, ready):  # type: ignore[no-untyped-def]
+def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts):  # type: ignore[no-untyped-def]
+    """The second stage of scanned chunk c, unless another thread has taken it (taken[c]); returns 1 if done here."""
+    if _fetch_add(taken, c, 1) != 0:
+        return 0
+    k = _load(scanned, c)
+    if k <= rows.shape[1]:
+        _second_stage(codes2, q2, rows[c], dist[c], k)
+    _publish(counts, c, k)
+    return 1
+
+
+@_kernel(boundscheck=False)
+def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, taken, counts, ready, sweep):  # type: ignore[no-untyped-def]
     """Scan the first n codes in chunks of `chunk` rows, claimed one at a time from the shared counter claim[0] (so
     every thread that calls this with the same arguments takes the next unscanned chunk until none is left: the
     threads finish within one chunk of each other whenever each started, and a thread that starts late - the machine
     is busy - finds less or nothing left). Chunk c's kept rows and distances (see _scan_range) go to rows[c] and
-    dist[c], then their number to scanned[c] (published last: >= 0 means the chunk is scanned).
+    dist[c], then their number to counts[c] (published last: a count >= 0 means the chunk is complete; more than
+    rows.shape[1] means its buffers were too small).
 
-    Then the second stage (codes2, q2: see _second_stage), chunk by chunk from the counter claim[1], once every chunk has
-    been claimed for the scan and only when ready[0] is set: the caller encodes the query's other bits (q2) while the
-    other threads scan, and sets ready[0] when q2 is written; a thread that finds it unset leaves the second stage to
-    the caller. A chunk another thread is still scanning is waited for (at most one chunk's scan). Each chunk's count
-    goes to counts[c] when it is complete (published last; more than rows.shape[1] means its buffers were too small and
-    no second stage was done). Returns how many chunks this call scanned or finished."""
+    With a second stage (codes2, q2: see _second_stage) the count goes to scanned[c] first; once no chunk is left to
+    scan, each thread adds the second stage to the chunks it scanned, if ready[0] is set: the caller encodes the
+    query's other bits (q2) while the other threads scan and sets ready[0] once they are written, before it joins
+    the scan. A thread that finds it unset leaves its chunks to the caller, which (`sweep`) then takes every scanned
+    chunk no thread has taken (taken[c], claimed atomically). No thread ever waits for another: a chunk still being
+    scanned is finished by its scanner, which by then sees ready[0] set. Then counts[c] is published as above.
+    Returns how many chunks this call scanned or finished."""
     nchunks = counts.shape[0]
-    cap = rows.shape[1]
     second = codes2.shape[1] > 0
+    mine = np.empty(nchunks, np.int64)
+    m = 0
     done = 0
     while True:
         c = _fetch_add(claim, 0, 1)
@@ -261,21 +276,23 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, c
         a = c * chunk
         b = min(n, a + chunk)
         k = _scan_range(codes, q, t, a, b, rows[c], dist[c])
-        _publish(counts if not second else scanned, c, k)
-        done += 1
+        if second:
+            _publish(scanned, c, k)
+            mine[m] = c
+            m += 1
+        else:
+            _publish(counts, c, k)
+            done += 1
     if not second or _load(ready, 0) == 0:
-        return done
-    while True:
-        c = _fetch_add(claim, 1, 1)
-        if c >= nchunks:
-            return done
-        k = _load(scanned, c)
-        while k < 0:  # another thread is scanning it
-            k = _load(scanned, c)
-        if k <= cap:
-            _second_stage(codes2, q2, rows[c], dist[c], k)
-        _publish(counts, c, k)
-        done += 1
+        return done + m
+    for j in range(m):
+        _finish_chunk(codes2, q2, mine[j], rows, dist, scanned, taken, counts)
+    done += m
+    if sweep:
+        for c in range(nchunks):
+            if _load(scanned, c) >= 0 and _load(taken, c) == 0:
+                done += _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts)
+    return done
 
 
 @_kernel(boundscheck=False, fastmath=True)
@@ -395,9 +412,9 @@ def warm() -> None:
         threshold_for(hist, 1.5, 2.0)
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
-        scanned, counts = np.full(2, -1, dtype=np.int64), np.full(2, -1, dtype=np.int64)
-        scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(2, dtype=np.int64), rows2, dist2, scanned, counts,
-                    np.ones(1, dtype=np.int64))
+        scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
+        scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(1, dtype=np.int64), rows2, dist2, scanned, taken, counts,
+                    np.ones(1, dtype=np.int64), 1)
         select_rerank(rows2, dist2, counts, 2, width * 16, np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32),
                       np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
     z4 = np.zeros(4, dtype=np.float32)

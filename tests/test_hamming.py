@@ -195,6 +195,34 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     two.close()
 
 
+def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path: Path) -> None:
+    """The query's second-stage bits are written while the threads scan: a thread that finishes its scan before they are
+    (ready unset) leaves its chunks, and the caller then finishes every one of them; with ready set, each thread finishes
+    its own. Either way every chunk gets the distance over all the bits, as one thread computes it."""
+    photo, again = faces(5000, d=128)
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    idx = HammingIndex(tmp_path / "d.idx", ndim=128, code_model=codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128),
+                       candidates=300, threads=1)
+    idx.chunk_min = 64
+    idx.add(np.arange(1, 5001), photo)
+    for q in again[:10]:
+        code = idx.code_model.encode(q)[0]
+        full = ((np.unpackbits(code[:16]) != np.unpackbits(idx._codes[:5000], axis=1)).sum(1)
+                + (np.unpackbits(code[16:]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1))
+        for early in (True, False):
+            job = idx._start_scan(code, 600, 600, 5000)
+            rows, dist, scanned, taken, counts = job.buffers
+            job.ready[0] = 0 if early else 1
+            scan.scan_chunks(*job.args, 0)  # another thread's call: it scans every chunk
+            assert (scanned >= 0).all() and ((counts < 0).all() if early else (counts >= 0).all())
+            job.ready[0] = 1
+            scan.scan_chunks(*job.args, 1)  # the caller's: nothing left to scan; it finishes the chunks left to it
+            assert (counts == scanned).all() and (taken == 1).all()
+            kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
+            assert np.array_equal(np.concatenate([dist[c, :k] for c, k in enumerate(counts)]), full[kept])
+
+
 def test_a_search_does_not_wait_for_a_busy_scan_thread(tmp_path: Path) -> None:
     """The scan's threads claim chunks in turn: when the other thread is busy (a loaded machine), the calling thread
     scans every chunk itself and answers, the same as one thread does, instead of waiting for it."""
@@ -406,8 +434,8 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
         "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
         "scanned, counts, ready = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.ones(1, dtype=np.int64)\n"
-        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(2, dtype=np.int64), rows, dist,"
-        " scanned, counts, ready)\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist,"
+        " scanned, np.zeros(1, dtype=np.int64), counts, ready, 1)\n"
         "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
