@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    func: Callable[[argparse.Namespace], int | Awaitable[int]],
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """Add sub-command `name` (help, description and the rest as argparse takes them), run by `func(args)`."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def load_settings(args: argparse.Namespace) -> Any:
     """Settings from the environment, with command-line overrides applied."""
     from bot.settings import Settings

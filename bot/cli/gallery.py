@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.cli import missing_gallery
+from bot.cli import add_command, missing_gallery
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
 
@@ -58,8 +58,8 @@ async def open_engine(args: argparse.Namespace, *, create: bool = False) -> Asyn
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the gallery sub-commands."""
-    p = sub.add_parser(
-        "index",
+    p = add_command(
+        sub, "index", cmd_index,
         help="add a folder of images or a manifest to the gallery",
         description="Add images to the gallery. SOURCE is a folder (every file under it is read and recognised by "
         "content: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP, whatever its name) or a manifest (.csv or .jsonl with "
@@ -79,10 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
-    p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser(
-        "search",
+    p = add_command(
+        sub, "search", cmd_search,
         help="search the gallery for a face in a photo",
         description="Find the faces in PHOTO, search the gallery for one of them (by default the primary face), "
         "and print the matches above the threshold. The photo is read into memory and never stored.",
@@ -92,10 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--face", type=int, help="search face N of the photo (numbered left to right)")
     p.add_argument("--case", help="case reference the search is made for (recorded in the audit log)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser(
-        "forget",
+    p = add_command(
+        sub, "forget", cmd_forget,
         help="erase a subject, a source link or an image from the gallery for good",
         description="Remove images with all their faces, thumbnails and index entries. The database is "
         "overwritten (secure_delete) and the index rewritten so nothing recoverable remains. The audit log "
@@ -106,22 +104,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--source-url", help="every image with this source link")
     g.add_argument("--image", metavar="SHA256", help="the image with this SHA-256")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_forget)
 
-    p = sub.add_parser("stats", help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
+    p = add_command(sub, "stats", cmd_stats, help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser(
-        "purge",
+    p = add_command(
+        sub, "purge", cmd_purge,
         help="erase expired gallery images (and audit entries past retention)",
         description="Erase every gallery image whose expires_at has passed, and audit entries older than "
         "SIGHTLINE_AUDIT_RETENTION_DAYS (the chain stays verifiable). The running bot does this daily.",
     )
-    p.set_defaults(func=cmd_purge)
 
-    p = sub.add_parser(
-        "migrate-labels",
+    p = add_command(
+        sub, "migrate-labels", cmd_migrate_labels,
         help="normalise the stored subjects, source links, notes and case references of an existing gallery",
         description="Bring labels stored before label checking to what enrolment accepts today: Unicode NFC (so a "
         "name typed as macOS writes it can be found and erased however it is typed), line breaks and tabs as spaces, "
@@ -130,7 +125,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--dry-run", action="store_true", help="only report what would change")
     p.add_argument("--json", action="store_true", help="print the changes as JSON")
-    p.set_defaults(func=cmd_migrate_labels)
 
 
 # -- index --------------------------------------------------------------------------------------
