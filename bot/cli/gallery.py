@@ -21,7 +21,7 @@ from bot.cli import add_command, missing_gallery
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
 
-from .manifest import ManifestError, read_manifest
+from .manifest import Item, ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -129,18 +129,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 # -- index --------------------------------------------------------------------------------------
 @dataclass
-class Item:
-    """One file to ingest (its labels already checked for a manifest row)."""
-
-    path: Path
-    source_url: str
-    subject: str | None = None
-    expires_at: str | None = None
-    notes: str | None = None
-    line: int | None = None  # the manifest line it comes from
-
-
-@dataclass
 class Summary:
     """What an ingest run did: one count per outcome, and every file or row that did not go in."""
 
@@ -219,7 +207,7 @@ async def cmd_index(args: argparse.Namespace) -> int:
         for err in row_errors:
             summary.manifest_errors += 1
             summary.fail(err.path, "manifest", err.message, err.line)
-        items = [Item(r.path, r.source_url, r.subject, r.expires_at, r.notes, r.line) for r in rows]
+        items = rows
     else:
         items = list(iter_folder(source, args))
     if not items and not summary.failures:
