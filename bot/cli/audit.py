@@ -36,14 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    v = add_command(asub, "verify", cmd_verify, help="check the whole chain; exit 1 and name the first broken entry")
+    v = add_command(asub, "verify", cmd_verify, help="check the whole chain; exit 1 and name the first broken entry",
+                    description="Check every entry's hash and its link to the entry before, and the chain against the audit "
+                    "head file (SIGHTLINE_AUDIT_HEAD_FILE, default DATA_DIR/audit-head.log): a changed, deleted or reordered "
+                    "entry, or a log cut short, is found. Prints the head; exits 1 naming the first broken entry.")
     v.add_argument("--expect-head", help="also require the chain to end at this hash (from an earlier `audit head`)")
-    e = add_command(asub, "export", cmd_export, help="export entries as JSON lines or CSV for an oversight body")
+    e = add_command(asub, "export", cmd_export, help="export entries as JSON lines or CSV for an oversight body",
+                    description="Write the audit entries (all, or those the filters select; filters combine) as JSON lines "
+                    f"or CSV with the columns {', '.join(EXPORT_FIELDS)}, for an oversight body.")
     _filters(e)
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     e.add_argument("--out", type=Path, help="write to this file instead of standard output")
-    add_command(asub, "head", cmd_head, help="print the chain head (last entry's number and hash) to record elsewhere")
-    t = add_command(asub, "tail", cmd_tail, help="show the last N entries")
+    add_command(asub, "head", cmd_head, help="print the chain head (last entry's number and hash) to record elsewhere",
+                description="Print the last entry's number and hash. Record it somewhere else too (a ticket, a letter to "
+                "the oversight body): `audit verify --expect-head HASH` then shows that no entry up to it was changed.")
+    t = add_command(asub, "tail", cmd_tail, help="show the last N entries", description="Show the last N audit entries.")
     t.add_argument("n", nargs="?", type=int, default=20, help="how many (default 20)")
 
     r = add_command(

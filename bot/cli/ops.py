@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sub, "run", cmd_run,
         help="run the Telegram bot",
         description="Run the bot until interrupted: long polling by default, or a webhook behind your HTTPS proxy "
-        "(SIGHTLINE_MODE=webhook). Both serve /healthz and /metrics on SIGHTLINE_HTTP_HOST:SIGHTLINE_HTTP_PORT.",
+        "(SIGHTLINE_MODE=webhook). Both serve /healthz and /metrics on SIGHTLINE_HTTP_HOST:SIGHTLINE_HTTP_PORT. Needs "
+        "SIGHTLINE_TELEGRAM_TOKEN (from @BotFather) and SIGHTLINE_ADMINS (your numeric Telegram id); without a token it "
+        "says how to get one. Exits 1 with one line if the Bot API cannot be reached.",
     )
 
     p = add_command(
@@ -295,7 +297,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 
     if args.check:
         ok, message = configdoc.compare(args.check)
-        print(message, file=sys.stdout if ok else sys.stderr)
+        print(message if ok else f"sightline: error: {message}", file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     if args.write:
         try:
