@@ -140,3 +140,13 @@ def test_stats_shows_a_lookup_time_not_the_first_call_warm_up(tmp_path: Path) ->
                           timeout=240, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["index_latency_ms"] < 100
+
+
+@pytest.mark.parametrize("n", ["2", "-2"])
+def test_audit_tail_shows_the_last_entries_however_the_count_is_typed(tmp_path: Path, n: str) -> None:
+    """`audit tail -2` (the Unix habit) printed the whole log: SQLite reads LIMIT -2 as no limit."""
+    data = gallery_copy(tmp_path / "data")
+    code, everything, err = cli("--data-dir", str(data), "audit", "tail", "1000")
+    assert code == 0 and len(everything.splitlines()) > 2, err
+    code, out, err = cli("--data-dir", str(data), "audit", "tail", n)
+    assert code == 0 and out.splitlines() == everything.splitlines()[-2:], err

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 description="Print the last entry's number and hash. Record it somewhere else too (a ticket, a letter to "
                 "the oversight body): `audit verify --expect-head HASH` then shows that no entry up to it was changed.")
     t = add_command(asub, "tail", cmd_tail, help="show the last N entries", description="Show the last N audit entries.")
-    t.add_argument("n", nargs="?", type=int, default=20, help="how many (default 20)")
+    t.add_argument("n", nargs="?", type=entry_count, default=20, help="how many (default 20; -5 as for `tail` means 5)")
 
     r = add_command(
         sub, "report", cmd_report,
@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--out", type=Path, help="write to this file instead of standard output")
     r.add_argument("--lang", default="en", help="language of the report: en (default) or one of SIGHTLINE_LANGUAGES, "
                    "e.g. fr, nl, de; numbers and dates follow its locale")
+
+
+def entry_count(text: str) -> int:
+    """A number of entries for `audit tail`: `-5`, as Unix `tail -5` is typed, means 5 (SQLite reads LIMIT -5 as no
+    limit, which printed the whole log)."""
+    return abs(int(text))
 
 
 def report_language(args: argparse.Namespace) -> Language | None:
