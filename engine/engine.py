@@ -726,7 +726,9 @@ class Engine:
                                                  sha256=sha256 or None)
         if not image_ids:
             what = "subject" if subject else "source link" if source_url else "image"
-            raise NotFound(f"no {what} {given[0]!r} in the gallery")
+            near = await self.store.subjects_like(subject) if subject else []
+            hint = f"; did you mean {' or '.join(map(repr, near))}? (a subject is matched exactly)" if near else ""
+            raise NotFound(f"no {what} {given[0]!r} in the gallery{hint}")
         by = "subject" if subject else "source_url" if source_url else "sha256"
         async with self._write:
             removal = await self.store.delete_images(

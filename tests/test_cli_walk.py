@@ -150,3 +150,12 @@ def test_audit_tail_shows_the_last_entries_however_the_count_is_typed(tmp_path: 
     assert code == 0 and len(everything.splitlines()) > 2, err
     code, out, err = cli("--data-dir", str(data), "audit", "tail", n)
     assert code == 0 and out.splitlines() == everything.splitlines()[-2:], err
+
+
+def test_forget_of_a_name_typed_differently_names_the_stored_one_and_erases_nothing(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")  # holds Colin_Powell, Hugo_Chavez, George_W_Bush
+    code, _, err = cli("--data-dir", str(data), "forget", "--subject", "colin powell", "--yes")
+    assert code == 1 and "no subject 'colin powell' in the gallery; did you mean 'Colin_Powell'?" in err, err
+    code, _, err = cli("--data-dir", str(data), "forget", "--subject", "100%", "--yes")  # LIKE's wildcards are escaped
+    assert code == 1 and "did you mean" not in err, err
+    assert subjects(data).count("Colin_Powell") == 1
