@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,26 @@ def embedding_problem(blob: bytes | None, crc: int | None) -> str | None:
     if abs(norm - 1.0) > NORM_TOLERANCE:
         return f"its embedding has length {norm:.4g}, not 1"
     return None
+
+
+def embedding_problems(blobs: Sequence[bytes | None], crcs: Sequence[int | None]) -> list[str | None]:
+    """`embedding_problem` of each (blob, crc), the vector checks done for all rows at once (a search re-scores
+    ~40 rows on the event loop: 0.5 ms of CPU one by one, 0.2 ms together)."""
+    out: list[str | None] = [None] * len(blobs)
+    whole = []
+    for i, (blob, crc) in enumerate(zip(blobs, crcs, strict=True)):
+        if blob is None or len(blob) != EMBEDDING_BYTES or (crc is not None and zlib.crc32(blob) != crc):
+            out[i] = embedding_problem(blob, crc)
+        else:
+            whole.append(i)
+    if whole:
+        vectors = np.frombuffer(b"".join(blobs[i] for i in whole), dtype=np.float32).reshape(len(whole), -1)  # type: ignore[misc]
+        finite = np.isfinite(vectors).all(axis=1)
+        wide = vectors.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+        for k in np.flatnonzero(~finite | (np.abs(norms - 1.0) > NORM_TOLERANCE)):
+            out[whole[k]] = embedding_problem(blobs[whole[k]], crcs[whole[k]])
+    return out
 
 
 def clamp_similarity(sim: float) -> float:

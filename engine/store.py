@@ -259,14 +259,16 @@ class MetadataStore:
         finally:
             await self.conn.close()
 
+    # One hop to aiosqlite's thread per query: `async with conn.execute() as cur: await cur.fetchone()` took three
+    # (execute, fetch, close), ~80 us of CPU each; a search makes ~10 such queries (bench/RESULTS.md, issue 15).
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        async with self.conn.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return row
+        """The first row of a query that returns at most one (by key, an aggregate, LIMIT 1), or None."""
+        rows = await self.conn.execute_fetchall(sql, args)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self.conn.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        """Every row of a query."""
+        return list(await self.conn.execute_fetchall(sql, args))
 
     @asynccontextmanager
     async def _transaction(self, operation: str) -> AsyncIterator[None]:
@@ -399,8 +401,8 @@ class MetadataStore:
             ids,
         )
         out = {}
-        for r in rows:
-            problem = integrity.embedding_problem(r[10], r[11])
+        problems = integrity.embedding_problems([r[10] for r in rows], [r[11] for r in rows])
+        for r, problem in zip(rows, problems, strict=True):
             if problem:
                 self._report(DamagedFace(r[0], r[1], problem))
                 continue

@@ -82,8 +82,9 @@ class Call:
 class FakeBotAPI:
     """The fake server. `await start()`, point the bot at `base_url`/`base_file_url`, push updates, assert."""
 
-    def __init__(self, token: str = "123456:TEST-fake-token-for-the-bot-api") -> None:
+    def __init__(self, token: str = "123456:TEST-fake-token-for-the-bot-api", *, max_poll_wait: float = MAX_POLL_WAIT) -> None:
         self.token = token
+        self.max_poll_wait = max_poll_wait  # longest a getUpdates call waits (Telegram: the bot's timeout, up to 50 s)
         self.calls: list[Call] = []
         self.files: dict[str, bytes] = {}
         self.file_sizes: dict[str, int] = {}  # what getFile reports (may differ from the real bytes, to test limits)
@@ -172,7 +173,7 @@ class FakeBotAPI:
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
-        wait = min(float(params.get("timeout") or 0), MAX_POLL_WAIT)
+        wait = min(float(params.get("timeout") or 0), self.max_poll_wait)
         deadline = time.monotonic() + wait
         async with self._changed:
             while True:

@@ -142,3 +142,26 @@ async def test_migration_adds_checksums_and_a_gallery_id_to_an_old_database(tmp_
         assert await store.get_meta("schema_version") == "2"
     finally:
         await store.close()
+
+
+def test_checking_rows_together_finds_what_checking_each_finds() -> None:
+    """A search checks its ~40 candidates at once (integrity.embedding_problems): the same verdicts, the same words."""
+    from engine.integrity import embedding_problem, embedding_problems
+
+    rng = np.random.default_rng(3)
+    unit = [v / np.linalg.norm(v) for v in rng.normal(size=(12, 512)).astype(np.float32)]
+    blobs: list[bytes | None] = [v.tobytes() for v in unit]
+    crcs: list[int | None] = [zlib.crc32(b) for b in blobs if b is not None]
+    nan, inf = unit[1].copy(), unit[2].copy()
+    nan[7], inf[0] = np.nan, np.inf
+    blobs[1], crcs[1] = nan.tobytes(), None  # non-finite, no checksum to catch it
+    blobs[2], crcs[2] = inf.tobytes(), zlib.crc32(inf.tobytes())  # non-finite with a matching checksum
+    blobs[3], crcs[3] = (unit[3] * 1.01).tobytes(), None  # not unit length
+    crcs[4] = (crcs[4] or 0) ^ 1  # checksum mismatch
+    blobs[5] = (blobs[5] or b"")[:-4]  # short
+    blobs[6], crcs[6] = None, None  # missing
+    blobs[7], crcs[7] = bytes(2048), None  # zeros
+    one_by_one = [embedding_problem(b, c) for b, c in zip(blobs, crcs, strict=True)]
+    assert embedding_problems(blobs, crcs) == one_by_one
+    assert [p is None for p in one_by_one] == [True] + [False] * 7 + [True] * 4
+    assert embedding_problems([], []) == []
