@@ -55,7 +55,7 @@ import common  # noqa: E402  (bench/ is not a package)
 
 from engine import calibration, codes, projection, scan  # noqa: E402
 from engine.config import DEFAULT_RECOGNIZER, EngineConfig  # noqa: E402
-from engine.hamming import DEFAULT_PREFILTER, SCAN_BYTES, HammingIndex  # noqa: E402
+from engine.hamming import HammingIndex  # noqa: E402
 from engine.images import file_sha256  # noqa: E402
 from engine.index import UsearchIndex, auto_expansion, sidecar_path  # noqa: E402
 from engine.projection import Projection  # noqa: E402
@@ -434,6 +434,30 @@ def single_queries(index: UsearchIndex | HammingIndex, queries: np.ndarray, k: i
     return rows, wall, cpu
 
 
+def query_row(index: UsearchIndex | HammingIndex, data: Dataset, truth: np.ndarray, truth_sim: np.ndarray,
+              args: argparse.Namespace, timed: int | None = None, threads: int = 1) -> dict[str, object]:
+    """Mate recall (k=10 and k=--fetch, and of the mates shown at --threshold) and recall@10 over every query, with the
+    wall and CPU latency of those single queries; with `timed`, a HammingIndex's recall is measured on one thread (the
+    same results: the split only changes who scans what; on a busy machine a split query waits for its second thread to be
+    scheduled) and the latency of the first `timed` queries again, with its scan split over `threads`."""
+    if timed is not None and isinstance(index, HammingIndex):
+        index.threads = 1
+    found, times, cpu_times = single_queries(index, data.queries, 10)
+    found_f, times_f, _ = single_queries(index, data.queries, args.fetch)
+    if timed is not None and isinstance(index, HammingIndex):
+        index.threads = threads
+        _, times, cpu_times = single_queries(index, data.queries[:timed], 10)
+        _, times_f, _ = single_queries(index, data.queries[:timed], args.fetch)
+    lat, lat_cpu, lat_f = (common.percentiles_ms(t) for t in (times, cpu_times, times_f))
+    return {
+        "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_p50_ms": lat_cpu["p50"], "cpu_p99_ms": lat_cpu["p99"],
+        "mate_recall": mate_recall(found, truth, data.gallery_ident, data.query_ident), "recall10": recall_at(found, truth),
+        f"p50_k{args.fetch}_ms": lat_f["p50"], f"p99_k{args.fetch}_ms": lat_f["p99"],
+        f"mate_recall_k{args.fetch}": mate_recall(found_f, truth, data.gallery_ident, data.query_ident),
+        "mate_recall_shown": mate_recall(found_f, truth, data.gallery_ident, data.query_ident, truth_sim, args.threshold),
+    }
+
+
 def shown_threshold() -> float:
     """The engine's "possible" threshold for the installed recognizer (its calibration table, else the fallback)."""
     from engine.images import file_sha256
@@ -451,6 +475,11 @@ def code_model(name: str) -> codes.CodeModel:
     x = common.real_embeddings().vectors
     if name == "pca-random":
         return codes.fit(x, 256, rotation="random", source="centred PCA 256 + random rotation")
+    if name == "lead192":  # a 192-bit lead of the top directions, then the shipped model's 512 bits (run with --prefilter 10000)
+        shipped = code_model("shipped")
+        lead = codes.fit(x, 512, lead=192).weights[:, :192]
+        return codes.CodeModel(shipped.mean, np.ascontiguousarray(np.hstack([lead, shipped.body().weights])),
+                               "192-bit lead of the top 192 centred directions + the shipped 512 bits", 192)
     if name in ("random256", "random512"):
         bits = int(name[6:])
         return codes.CodeModel(x.mean(0), codes.random_rotation(512, bits), f"centred random rotation, {bits} bits")
@@ -458,14 +487,14 @@ def code_model(name: str) -> codes.CodeModel:
 
 
 def hamming_index(path: Path, proj: Projection | None, candidates: int, threads: int, codes_name: str = "shipped",
-                  scan_bytes: int = SCAN_BYTES, prefilter: int = DEFAULT_PREFILTER) -> HammingIndex:
+                  scan_bytes: int = 0, prefilter: int = 0) -> HammingIndex:
     """The engine's HammingIndex for the default recognizer, as Engine.open makes it (other scan widths: --scan-bits)."""
     return HammingIndex(path, code_model=code_model(codes_name), projection=proj, candidates=candidates, threads=threads,
-                        scan_bytes=scan_bytes, prefilter=prefilter)
+                        scan_bytes=scan_bytes or None, prefilter=prefilter or None)
 
 
-def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str, scan_bytes: int = SCAN_BYTES,
-                       prefilter: int = DEFAULT_PREFILTER) -> dict[str, float]:
+def probe_hamming_load(path: str, dims: int, basis: str, threads: int, codes_name: str, scan_bytes: int = 0,
+                       prefilter: int = 0) -> dict[str, float]:
     """Start-up cost in a fresh process: HammingIndex.load(), RSS delta, keys()."""
     proj = index_projection(common.real_embeddings(), dims, basis) if dims else None
     with common.Stopwatch() as t_warm:
@@ -502,7 +531,7 @@ def hamming_bench(
                 f"mates in exact top-10 per query {mates_in_top10:.2f} ({visible_mates:.1%} at cosine >= {args.threshold:g})")
     finals: list[dict[str, object]] = []
     for codes_name in str(args.codes).split(","):
-        spec = [n, args.seed, args.pca, args.basis, codes_name] + ([args.scan_bits] if args.scan_bits != SCAN_BYTES * 8 else [])
+        spec = [n, args.seed, args.pca, args.basis, codes_name] + ([args.scan_bits] if args.scan_bits else [])
         path = common.cache_dir() / f"hamming-n{n}-{common.stable_hash(spec)}.idx"
         index = hamming_index(path, proj, cands[0], args.scan_threads, codes_name, args.scan_bits // 8, args.prefilter)
         gc.collect()
@@ -530,34 +559,18 @@ def hamming_bench(
                     f"{startup['kernels_s']:.2f} s after the index is made (numba; on a thread of their own in the engine)")
         for c in cands:
             index.candidates = c
-            # Recall over every query on one thread (the same results: the split only changes who scans what; on a
-            # busy machine a split query waits for its second thread to be scheduled), then the timing of
-            # --timed-queries single queries with the engine's split.
-            index.threads = 1
-            found, _, _ = single_queries(index, data.queries, 10)
-            found_f, _, _ = single_queries(index, data.queries, args.fetch)
-            index.threads = args.scan_threads
-            _, times, cpu_times = single_queries(index, data.queries[: args.timed_queries], 10)
-            _, times_f, _ = single_queries(index, data.queries[: args.timed_queries], args.fetch)
-            lat, lat_cpu, lat_f = (common.percentiles_ms(t) for t in (times, cpu_times, times_f))
-            row: dict[str, object] = {
-                "codes": codes_name, "candidates": c, "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_p50_ms": lat_cpu["p50"],
-                "mate_recall": mate_recall(found, truth, data.gallery_ident, data.query_ident),
-                "recall10": recall_at(found, truth),
-                f"p50_k{args.fetch}_ms": lat_f["p50"], f"p99_k{args.fetch}_ms": lat_f["p99"],
-                f"mate_recall_k{args.fetch}": mate_recall(found_f, truth, data.gallery_ident, data.query_ident),
-                "mate_recall_shown": mate_recall(found_f, truth, data.gallery_ident, data.query_ident, truth_sim,
-                                                 args.threshold),
-                "load1": common.load_avg()[0],
-            }
+            row: dict[str, object] = {"codes": codes_name, "candidates": c,
+                                      **query_row(index, data, truth, truth_sim, args, args.timed_queries, args.scan_threads),
+                                      "load1": common.load_avg()[0]}
             common.emit("  " + common.kv_line(row))
             logger.info("%s", common.kv_line(row))
             finals.append({
                 "index": "hamming", "n": n, "codes": codes_name, "bits": index.code_model.bits, "ndim": index.ndim,
-                "candidates": c, "scan_threads": args.scan_threads, "scan_bits": args.scan_bits, "prefilter": args.prefilter,
-                "p50_ms": lat["p50"], "p99_ms": lat["p99"],
-                "cpu_p50_ms": lat_cpu["p50"], "mate_recall": row["mate_recall"], "recall10": row["recall10"],
-                f"p50_k{args.fetch}_ms": lat_f["p50"], f"mate_recall_k{args.fetch}": row[f"mate_recall_k{args.fetch}"],
+                "candidates": c, "scan_threads": args.scan_threads, "scan_bits": index._scan_bytes * 8,
+                "prefilter": index.prefilter,
+                "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"],
+                "cpu_p50_ms": row["cpu_p50_ms"], "mate_recall": row["mate_recall"], "recall10": row["recall10"],
+                f"p50_k{args.fetch}_ms": row[f"p50_k{args.fetch}_ms"], f"mate_recall_k{args.fetch}": row[f"mate_recall_k{args.fetch}"],
                 "mate_recall_shown": row["mate_recall_shown"], "bytes_per_face": bpf,
                 "rss_per_face": startup["load_rss_delta"] / n, "file_per_face": file_bytes / n, "build_s": t_build.s,
                 "save_s": t_save.s, "load_s": startup["load_s"], "kernels_s": startup["kernels_s"],
@@ -597,14 +610,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="hamming: candidates re-ranked per search (EngineConfig.index_candidates); a comma list sweeps it")
     ap.add_argument("--codes", default="shipped",
                     help="hamming: code model(s), a comma list measured in turn (the final line is for the first): shipped "
-                    "(engine/calibration, centred PCA 256 + ITQ), pca-random (centred PCA 256 + a random rotation), "
-                    "random256 / random512 (centred random rotation of all 512 dims); all fitted on the calib embeddings")
+                    "(engine/calibration: a 128-bit lead of the top 128 centred directions, then 512 random-rotation bits), "
+                    "lead192 (a 192-bit lead, then the same 512 bits), pca-random (centred PCA 256 + a random rotation), "
+                    "random256 / random512 (centred random rotation of all 512 dims: random512 is the layout before the lead "
+                    "code); all fitted on the calib embeddings")
     ap.add_argument("--timed-queries", type=int, default=300,
                     help="hamming: single queries timed per candidates value (recall is scored on all --queries)")
-    ap.add_argument("--scan-bits", type=int, default=SCAN_BYTES * 8,
-                    help="hamming: bits of each code the exhaustive scan reads (a multiple of 8; the rest rank what it keeps)")
-    ap.add_argument("--prefilter", type=int, default=DEFAULT_PREFILTER,
-                    help="hamming: about how many codes the scan keeps for the second stage (HammingIndex.prefilter)")
+    ap.add_argument("--scan-bits", type=int, default=0,
+                    help="hamming: bits of each code the exhaustive scan reads (a multiple of 8; the rest rank what it keeps); "
+                    "0: the code model's lead (128 for the shipped model), else 256")
+    ap.add_argument("--prefilter", type=int, default=0,
+                    help="hamming: about how many codes the scan keeps for the second stage (HammingIndex.prefilter); 0: the "
+                    "index's default for its scan (30,000 after a lead, else 10,000)")
     ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
                     help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")
@@ -738,25 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     for ef in efs:
         index.expansion_search = ef
         raw.expansion_search = ef
-        found, times, cpu_times = single_queries(index, data.queries, 10)
-        found_f, times_f, _ = single_queries(index, data.queries, args.fetch)
-        lat = common.percentiles_ms(times)
-        lat_cpu = common.percentiles_ms(cpu_times)
-        lat_f = common.percentiles_ms(times_f)
+        row = query_row(index, data, truth, truth_sim, args)
         with common.Stopwatch() as t_batch:
             raw.search(data.queries, 10, threads=0)
-        rows_out.append({
-            "ef": ef,
-            "p50_ms": lat["p50"], "p99_ms": lat["p99"], "cpu_p50_ms": lat_cpu["p50"], "cpu_p99_ms": lat_cpu["p99"],
-            "mate_recall": mate_recall(found, truth, data.gallery_ident, data.query_ident),
-            "recall10": recall_at(found, truth),
-            f"p50_k{args.fetch}_ms": lat_f["p50"], f"p99_k{args.fetch}_ms": lat_f["p99"],
-            f"mate_recall_k{args.fetch}": mate_recall(found_f, truth, data.gallery_ident, data.query_ident),
-            "mate_recall_shown": mate_recall(found_f, truth, data.gallery_ident, data.query_ident, truth_sim,
-                                             args.threshold),
-            "batch_qps": len(data.queries) / t_batch.s,
-            "load1": common.load_avg()[0],
-        })
+        rows_out.append({"ef": ef, **row, "batch_qps": len(data.queries) / t_batch.s, "load1": common.load_avg()[0]})
         logger.info("ef=%d: %s", ef, common.kv_line(rows_out[-1]))
 
     n = args.n

@@ -19,6 +19,15 @@ logger = logging.getLogger(__name__)
 
 TABLES = Path(__file__).with_name("calibration")
 
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to an npz file (numpy's format: no pickled objects) atomically: a temporary name, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    tmp.replace(path)
+
 # `sightline calibrate` chooses the band thresholds at these false-match rates per comparison.
 DEFAULT_POSSIBLE_FMR = 1e-4
 DEFAULT_STRONG_FMR = 1e-5

@@ -1,10 +1,14 @@
 """Binary sign codes of face embeddings: the first stage of HammingIndex.
 
 A face becomes `bits` sign bits of (embedding - mean) @ W, W a rotation of the centred embedding space; two faces'
-Hamming distance then tracks the angle between them (Charikar's SimHash). The default model has 512 bits from a
-random rotation: HammingIndex scans the first 256 of every face and re-ranks the nearest 10,000 by all 512, which
-at 1 M face-like vectors kept 99.6 % of the true mates in the 1,000 candidates it re-ranks (bench/RESULTS.md,
-issue 15). Learned alternatives were measured and lost: the top 256 centred principal directions with an ITQ
+Hamming distance then tracks the angle between them (Charikar's SimHash). The shipped model has 128 + 512 bits: a
+short *lead* code of the top 128 centred principal directions turned by a random rotation, which HammingIndex scans
+for every face (16 bytes: half the memory traffic of a 256-bit scan), then 512 bits of a random rotation of the whole
+centred space, which rank only the ~36,000 codes the scan keeps. At 1 M face-like vectors that kept 99.7 % of the
+true mates in the best 10 (bench/RESULTS.md, issue 15, "A 128-bit lead code"), against 99.5 % for the model before
+it (512 random bits, the first 256 scanned): the top directions carry the most of a face's identity per bit, the
+random ones rank the rest evenly. Without a lead (`lead=0`: the fallback, models fitted before it) the index scans
+the first 256 bits. Learned alternatives were measured and lost: the top 256 centred principal directions with an ITQ
 rotation (Gong & Lazebnik, "Iterative quantization", CVPR 2011; `rotation="itq"`) kept 98.6 %, the same with a
 random rotation 99.1 % (300 queries) - fitted on 2,254 calibration faces, the learned directions describe that set
 rather than the next million faces.
@@ -23,21 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import TABLES
+from .calibration import TABLES, save_npz
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".codes.npz"
 DEFAULT_BITS = 512
+LEAD = 128  # lead bits `sightline calibrate` fits (bench/RESULTS.md, issue 15: 128 of the top directions)
 
 
 @dataclass(frozen=True)
 class CodeModel:
-    """x -> packbits((x - mean) @ weights > 0): `bits` sign bits per face, packed 8 to a byte."""
+    """x -> packbits((x - mean) @ weights > 0): `bits` sign bits per face, packed 8 to a byte; the first `lead` bits (a
+    multiple of 64, or 0) are a short code of their own for the index's exhaustive scan (see the module docstring)."""
 
     mean: np.ndarray  # (d,) float32
     weights: np.ndarray  # (d, bits) float32
     source: str
+    lead: int = 0
 
     @property
     def bits(self) -> int:
@@ -52,7 +59,15 @@ class CodeModel:
     def key(self) -> str:
         """Identifies the model: a saved index built with another key is rebuilt."""
         h = hashlib.sha256(np.ascontiguousarray(self.mean).tobytes() + np.ascontiguousarray(self.weights).tobytes())
+        if self.lead:  # (models without a lead keep the key they had before leads existed)
+            h.update(f"lead {self.lead}".encode())
         return f"{self.bits}:{h.hexdigest()[:16]}"
+
+    def body(self) -> CodeModel:
+        """The code without its lead bits (what a Milvus BIN index holds: engine.milvus_index)."""
+        if not self.lead:
+            return self
+        return CodeModel(self.mean, np.ascontiguousarray(self.weights[:, self.lead :]), self.source)
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """(n, d) or (d,) embeddings -> (n, bits / 8) uint8 codes."""
@@ -61,12 +76,8 @@ class CodeModel:
 
     def save(self, path: Path) -> None:
         """Write the model (numpy's npz: no pickled objects)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, mean=self.mean.astype(np.float32), weights=self.weights.astype(np.float32),
-                     source=np.array(self.source))
-        tmp.replace(path)
+        save_npz(path, mean=self.mean.astype(np.float32), weights=self.weights.astype(np.float32),
+                 source=np.array(self.source), lead=np.array(self.lead))
 
     @classmethod
     def load(cls, path: Path) -> CodeModel:
@@ -75,9 +86,11 @@ class CodeModel:
             mean = np.asarray(z["mean"], dtype=np.float32)
             weights = np.asarray(z["weights"], dtype=np.float32)
             source = str(z["source"])
-        if mean.ndim != 1 or weights.ndim != 2 or weights.shape[0] != len(mean) or weights.shape[1] % 8:
+            lead = int(z["lead"]) if "lead" in z.files else 0  # (files written before leads existed: none)
+        if (mean.ndim != 1 or weights.ndim != 2 or weights.shape[0] != len(mean) or weights.shape[1] % 8
+                or lead % 64 or not 0 <= lead < weights.shape[1]):
             raise ValueError(f"{path}: not a code model")
-        return cls(mean, weights, source)
+        return cls(mean, weights, source, lead)
 
 
 def random_rotation(d: int, bits: int, seed: int = 15) -> np.ndarray:
@@ -88,22 +101,27 @@ def random_rotation(d: int, bits: int, seed: int = 15) -> np.ndarray:
 
 
 def fit(embeddings: np.ndarray, bits: int = DEFAULT_BITS, source: str = "", iterations: int = 50,
-        rotation: str = "random", seed: int = 15) -> CodeModel:
+        rotation: str = "random", seed: int = 15, lead: int = 0) -> CodeModel:
     """Fit a code model on (n, d) L2-normalised embeddings: the mean, the top `bits` centred principal
     directions, then a random rotation of them (with bits = d: a random rotation of the centred space), or with
-    `rotation="itq"` one learned by ITQ.
+    `rotation="itq"` one learned by ITQ; with `lead`, those bits follow a lead code of the top `lead` directions
+    turned by a random rotation of their own (`sightline calibrate` fits lead=LEAD, bits=512).
 
-    Raises ValueError with fewer than `bits` embeddings or `bits` not a multiple of 8 or above d.
+    Raises ValueError with fewer than `bits` embeddings, `bits` not a multiple of 8 or above d, or `lead` not a
+    multiple of 64 or above d.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or not 0 < bits <= x.shape[1] or bits % 8:
         raise ValueError(f"bits must be a multiple of 8 up to the embedding's {x.shape[-1]} dimensions, not {bits}")
-    if len(x) < bits:
-        raise ValueError(f"need at least {bits} embeddings to fit {bits}-bit codes")
+    if lead % 64 or not 0 <= lead <= x.shape[1]:
+        raise ValueError(f"lead must be a multiple of 64 up to the embedding's {x.shape[1]} dimensions, not {lead}")
+    if len(x) < max(bits, lead):
+        raise ValueError(f"need at least {max(bits, lead)} embeddings to fit {bits}-bit codes")
     mean = x.mean(axis=0)
     centred = x - mean
     w, v = np.linalg.eigh(centred.T @ centred / len(x))
-    pca = v[:, np.argsort(w)[::-1][:bits]]
+    order = np.argsort(w)[::-1]
+    pca = v[:, order[:bits]]
     r = random_rotation(bits, bits, seed).astype(np.float64)
     if rotation == "itq":
         y = centred @ pca
@@ -113,7 +131,10 @@ def fit(embeddings: np.ndarray, bits: int = DEFAULT_BITS, source: str = "", iter
             r = u @ vt
     elif rotation != "random":
         raise ValueError(f"rotation must be itq or random, not {rotation!r}")
-    return CodeModel(mean.astype(np.float32), (pca @ r).astype(np.float32), source or f"{rotation} on {len(x)} faces")
+    weights = pca @ r
+    if lead:
+        weights = np.concatenate([v[:, order[:lead]] @ random_rotation(lead, lead, seed).astype(np.float64), weights], axis=1)
+    return CodeModel(mean.astype(np.float32), weights.astype(np.float32), source or f"{rotation} on {len(x)} faces", lead)
 
 
 def fallback(d: int, bits: int = DEFAULT_BITS) -> CodeModel:
@@ -126,7 +147,8 @@ def path_for(model_sha256: str) -> Path:
 
 
 def for_model(model_sha256: str, d: int = 512, bits: int = DEFAULT_BITS) -> CodeModel:
-    """The shipped code model for a recognition model, or the random fallback (with a warning)."""
+    """The shipped code model for a recognition model (its lead, if it has one, then `bits` bits), or the random
+    fallback (with a warning)."""
     path = path_for(model_sha256)
     if path.is_file():
         try:
@@ -134,10 +156,11 @@ def for_model(model_sha256: str, d: int = 512, bits: int = DEFAULT_BITS) -> Code
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("code model %s is unreadable (%s): using a random rotation", path, exc)
         else:
-            if model.weights.shape[0] == d and model.bits >= bits:
-                return CodeModel(model.mean, np.ascontiguousarray(model.weights[:, :bits]), model.source)
+            if model.weights.shape[0] == d and model.bits - model.lead >= bits:
+                return CodeModel(model.mean, np.ascontiguousarray(model.weights[:, : model.lead + bits]), model.source,
+                                 model.lead)
             logger.warning("code model %s is for %d-d embeddings and %d bits, not %d and %d: using a random rotation",
-                           path, model.weights.shape[0], model.bits, d, bits)
+                           path, model.weights.shape[0], model.bits - model.lead, d, bits)
     else:
         logger.warning("no code model for model %s: the index uses a random rotation (fewer mates per candidate); "
                        "`sightline calibrate` fits one", model_sha256[:12])

@@ -880,7 +880,7 @@ def make_index(config: EngineConfig, model_sha256: str) -> UsearchIndex | Hammin
                            connectivity=config.index_connectivity, expansion_add=config.index_expansion_add,
                            expansion_search=config.index_expansion_search, projection=proj,
                            timeout=config.milvus_timeout, index_type=config.milvus_index,
-                           code_model=codes.for_model(model_sha256) if config.milvus_index.startswith("BIN") else None)
+                           code_model=codes.for_model(model_sha256).body() if config.milvus_index.startswith("BIN") else None)
     if config.index_backend != "embedded":
         raise InvalidArgument(f"index_backend must be embedded or milvus, not {config.index_backend!r}")
     if config.index_kind == "usearch":

@@ -4,22 +4,24 @@ Why not a graph: at 1 M face-like vectors HNSW needs ef 1024 (14 ms) to find 99 
 because every identity is an isolated pair of points the graph reaches only by a wide search
 (bench/RESULTS.md). An exhaustive scan has no such blind spots. Each face is kept as
 
-- a 512-bit sign code of (embedding - mean) @ W (engine.codes: a random rotation of the centred space), split
-  into the 256 bits the scan reads (32 bytes) and the other 256 (32 bytes),
+- its sign code of (embedding - mean) @ W (engine.codes), split into the bits the scan reads and the rest: with the
+  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a random
+  rotation of the centred space (64 bytes, `_codes2`); without a lead (the fallback model) the first 256 bits of 512
+  and the other 256 (32 + 32 bytes),
 - its projection (engine.projection, 192-d by default), centred and quantised to int8, for re-ranking
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
 - its face id (8 bytes),
 
-in four numpy arrays: 264 bytes per face. A search computes the query's code, estimates from a sample of
-16,384 codes the Hamming distance (over the first 256 bits) under which ~1.2 x `prefilter` (10,000) codes
-lie, scans the first 256 bits of every code against it (engine.scan's compiled kernel, in ~64 chunks that
-`threads` threads claim in turn: they finish within one chunk of each other, and a thread the machine starts late
-finds less or nothing to do; the query's projection is computed while the other threads scan), ranks the codes
-kept (every one at or under that distance) by the distance of all 512 bits, re-ranks
-the best `candidates` (1,000) by their projected cosine and returns the best `count`. Every stage reads the
-index's own arrays in place: no copy of a face's bits or vector is made. The engine then re-scores those
-exactly from SQLite. (At 1 M face-like vectors: 99.6 % of the true mates in those 40, against 98.6 % for the
-best 256-bit code alone; bench/RESULTS.md.)
+in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
+encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which
+~1.2 x `prefilter` codes lie (30,000 after a lead, else 10,000), scans those bits of every code against it
+(engine.scan's compiled kernel, in ~64 chunks that `threads` threads claim in turn: they finish within one chunk of
+each other, and a thread the machine starts late finds less or nothing to do), meanwhile encodes the query's other
+bits and projects it, adds the other bits' distance for the codes kept (the second stage: scattered reads, one cache
+line each: each thread's own chunks once every chunk is claimed), re-ranks the best `candidates` (1,000) by
+all the bits by their projected cosine and returns the best `count`. Every stage reads the index's own arrays in
+place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
+face-like vectors: 99.6-99.7 % of the true mates in the best 10; bench/RESULTS.md, issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -38,7 +40,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,9 +49,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import fsmodes, integrity, scan
+from . import integrity, scan
 from .codes import CodeModel, fallback
-from .index import TEMP_SUFFIX, SharedLock, publish_index, read_sidecar, remove_stale_temporaries, sidecar_path
+from .index import SharedLock, read_sidecar, save_atomically, sidecar_path
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAGIC = b"SLHAMM01"
-FORMAT = 1
+FORMAT = 2  # 2: codes with a lead (engine.codes), rows 64-byte aligned in memory; files of format 1 are rebuilt
 DEFAULT_CANDIDATES = 1000
 _GROW = 1.25  # capacity grows by a quarter: at most 25 % headroom counts against the memory budget
 _MIN_CAPACITY = 1024
@@ -68,8 +69,10 @@ _MIN_CAPACITY = 1024
 # (~0.3). (A finer scale, 254, clipped the largest components and cost up to 0.02.)
 QUANT_SCALE = 127.0
 SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
-SCAN_BYTES = 32  # the scan reads 256 bits per face (4 words: engine.scan unrolls that case)
-DEFAULT_PREFILTER = 10_000  # two-stage codes: the scan keeps about this many nearest (~1.2x, ties included) for all the bits
+SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
+DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
+LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
+ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least
 SAMPLE = 16_384  # codes sampled (in SAMPLE_RUNS runs) to choose the scan's threshold distance
@@ -91,8 +94,8 @@ class HammingIndex:
         projection: Projection | None = None,
         candidates: int = DEFAULT_CANDIDATES,
         threads: int = 2,
-        prefilter: int = DEFAULT_PREFILTER,
-        scan_bytes: int = SCAN_BYTES,
+        prefilter: int | None = None,
+        scan_bytes: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.projection = projection
@@ -106,30 +109,33 @@ class HammingIndex:
         self._centre = (m @ projection.basis if projection is not None else m).astype(np.float32)
         # what a query is encoded and projected with (engine.scan.encode_query, project_query: contiguous float32)
         self._mean = np.ascontiguousarray(self.code_model.mean, dtype=np.float32)
-        self._weights = np.ascontiguousarray(self.code_model.weights, dtype=np.float32)
         self._basis = np.ascontiguousarray(projection.basis, dtype=np.float32) if projection is not None else None
         self.candidates = max(1, int(candidates))
         self.threads = max(1, int(threads))
         self.split_min = SPLIT_MIN
         self.chunk_min = CHUNK_MIN
-        self._spare: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # scan buffers for reuse (_buffers)
+        self._spare: list[tuple[np.ndarray, ...]] = []  # scan buffers for reuse (_buffers)
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._n = 0
-        # The scan reads the first SCAN_BYTES of each code (`_codes`); longer codes keep the rest in `_codes2`, which
-        # only re-ranks the scan's `prefilter` nearest (two-stage: the cost of a 256-bit scan, the recall of more bits).
-        self._scan_bytes = min(scan_bytes, self.code_model.nbytes)
-        self.prefilter = max(int(prefilter), self.candidates)
+        # The scan reads the first `scan_bytes` of each code (`_codes`: the code model's lead, else SCAN_BYTES); longer codes
+        # keep the rest in `_codes2`, which only re-ranks the scan's `prefilter` nearest (two-stage: the cost of a short
+        # scan, the recall of more bits).
+        lead = self.code_model.lead // 8
+        self._scan_bytes = min(scan_bytes or lead or SCAN_BYTES, self.code_model.nbytes)
+        default = LEAD_PREFILTER if lead and self._scan_bytes == lead else DEFAULT_PREFILTER
+        self.prefilter = max(int(prefilter or default), self.candidates)
+        # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
+        self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
         _warm_kernels()
 
     # -- storage -----------------------------------------------------------------------------
     def _arrays(self, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (np.zeros(capacity, dtype=np.int64), np.zeros((capacity, self._scan_bytes), dtype=np.uint8),
-                np.zeros((capacity, self.code_model.nbytes - self._scan_bytes), dtype=np.uint8),
-                np.zeros((capacity, self.ndim), dtype=np.int8))
+        return (_zeros((capacity,), np.int64), _zeros((capacity, self._scan_bytes), np.uint8),
+                _zeros((capacity, self.code_model.nbytes - self._scan_bytes), np.uint8), _zeros((capacity, self.ndim), np.int8))
 
     @property
     def _all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -227,7 +233,9 @@ class HammingIndex:
             raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
         x = np.ascontiguousarray(x.reshape(-1))
         code = np.empty(self.code_model.nbytes, dtype=np.uint8)
-        scan.encode_query(x, self._mean, self._weights, np.empty(self.code_model.bits, dtype=np.float32), code)
+        sb = self._scan_bytes
+        y = np.empty(self.code_model.bits, dtype=np.float32)
+        scan.encode_query(x, self._mean, self._weights[0], y[: sb * 8], code[:sb])  # the scanned bits first
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
@@ -236,7 +244,11 @@ class HammingIndex:
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
             keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
             job = self._start_scan(code, keep, want, n)
-            # while the other threads scan: the re-rank needs the projected query only at the end
+            # while the other threads scan: the query's other bits (the second stage waits for them: job.ready), then
+            # its projection (the re-rank needs it only at the end)
+            if len(code) > sb:
+                scan.encode_query(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:])
+                job.ready[0] = 1
             if self._basis is not None:
                 qs = np.empty(self.ndim, dtype=np.float32)
                 offset = np.float32(scan.project_query(x, self._basis, self._centre, QUANT_SCALE, qs))
@@ -247,7 +259,7 @@ class HammingIndex:
             best = np.empty(want, dtype=np.int64)
             sims = np.empty(want, dtype=np.float32)
             k = scan.select_rerank(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, sims)
-            self._spare.append((rows, dist, counts))
+            self._spare.append(job.buffers)
             sims = sims[:k]
             c = min(count, k)
             top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
@@ -262,7 +274,8 @@ class HammingIndex:
 
     def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int) -> _ScanJob:
         """Choose the threshold and set the other threads scanning (shared lock held): the rows among the first n
-        whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D) will be kept.
+        whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D; the bytes after the
+        scanned ones may be written later, until the job's `ready` is set or _finish_scan is called) will be kept.
 
         The threshold is the smallest that keeps ~MARGIN x `keep` codes in a sample (SAMPLE codes in 16 runs spread
         over the gallery; exact when the gallery is no larger), all the codes at it included; if the scan kept fewer
@@ -287,31 +300,36 @@ class HammingIndex:
             expect = float(hist[: t + 1].sum() * scale)
         chunk = max(self.chunk_min, -(-n // CHUNKS))
         job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), t, bits, enough,
-                       min(chunk, int(chunk * expect / n * 1.5) + 256))
+                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.zeros(1, dtype=np.int64))
         self._launch(job)
         return job
 
     def _launch(self, job: _ScanJob) -> None:
         """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
         codes, q, codes2, q2 = job.arrays
-        rows, dist, counts = self._buffers(job.chunks, job.cap)
+        rows, dist, scanned, taken, counts = job.buffers = self._buffers(job.chunks, job.cap)
+        scanned.fill(-1)
+        taken.fill(0)
         counts.fill(-1)
         # a fresh counter per scan: a thread that starts after its scan was finished by the others claims nothing
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, counts)
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, scanned, taken,
+                    counts, job.ready)
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
-            job.futures = [pool.submit(scan.scan_chunks, *job.args) for _ in range(helpers)]
+            job.futures = [pool.submit(scan.scan_chunks, *job.args, 0) for _ in range(helpers)]
         else:
             job.futures = []
 
     def _finish_scan(self, job: _ScanJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scan on this thread until no chunk is left, wait for a chunk another thread is still scanning (if any),
-        widen the threshold or the buffers and scan again when needed (rare); shared lock held."""
+        widen the threshold or the buffers and scan again when needed (rare); shared lock held. The query's code must be
+        complete (its second-stage bits written)."""
+        job.ready[0] = 1
         while True:
-            *_, rows, dist, counts = job.args
-            scan.scan_chunks(*job.args)
-            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan)
+            rows, dist, *_, counts = job.buffers
+            scan.scan_chunks(*job.args, 1)
+            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan and second stage)
                 for f in job.futures:
                     if not f.cancel():
                         f.result()
@@ -320,29 +338,30 @@ class HammingIndex:
                     f.cancel()
             most = int(counts.max())
             if most > job.cap:  # a chunk kept more than its buffers hold: again, with room for all
-                self._spare.append((rows, dist, counts))
+                self._spare.append(job.buffers)
                 job.cap = most
             elif int(counts.sum()) < job.enough and job.t < job.bits:
-                self._spare.append((rows, dist, counts))
+                self._spare.append(job.buffers)
                 job.t += 1  # the sample misjudged the tail (rare): widen and scan again
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
             self._launch(job)
 
-    def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and (chunks,) counts: they hold row
-        numbers and distances, nothing of a face; one set per concurrent search."""
+    def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
+        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and three (chunks,) counters (scanned,
+        taken for the second stage, complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a
+        face; one set per concurrent search."""
         while self._spare:
             try:
-                rows, dist, counts = self._spare.pop()
+                rows, dist, scanned, taken, counts = self._spare.pop()
             except IndexError:  # another search took the last one
                 break
             if rows.shape[0] == chunks and rows.shape[1] >= cap:
-                return rows, dist, counts
+                return rows, dist, scanned, taken, counts
         cap = max(cap, 1)
         return (np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32),
-                np.empty(chunks, dtype=np.int64))
+                *(np.empty(chunks, dtype=np.int64) for _ in range(3)))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -409,13 +428,8 @@ class HammingIndex:
         """
         import xxhash
 
-        fsmodes.private_dir(self.path.parent)
-        remove_stale_temporaries(self.path)
-        # mkstemp: owner-only (0600) from the start
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
-        tmp = Path(tmp_name)
-        digest = xxhash.xxh3_128()
-        try:
+        def write(fd: int, tmp: Path) -> dict[str, object]:  # (mkstemp: owner-only, 0600, from the start)
+            digest = xxhash.xxh3_128()
             with self._lock.shared():  # searches go on; adds and removals wait
                 n = self._n
                 header = json.dumps(self._header(n), sort_keys=True).encode()
@@ -430,12 +444,10 @@ class HammingIndex:
                         fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            meta = {**self._header(n), "gallery_id": self.gallery_id,
+            return {**self._header(n), "gallery_id": self.gallery_id,
                     "checksum": f"{integrity.CHECKSUM_ALGO}:{digest.hexdigest()}", **(state or {})}
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        publish_index(tmp, self.path, meta)
+
+        save_atomically(self.path, write)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
@@ -502,6 +514,15 @@ class HammingIndex:
                 self._pool = None
 
 
+def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """np.zeros(shape, dtype) starting on an ALIGN-byte boundary (numpy's large buffers start 16 bytes into a page): a
+    view into a buffer ALIGN bytes longer, whose extra bytes never hold data."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.zeros(size + ALIGN, dtype=np.uint8)
+    skip = -buf.ctypes.data % ALIGN
+    return buf[skip : skip + size].view(dtype).reshape(shape)
+
+
 @dataclass(slots=True)
 class _ScanJob:
     """One search's scan in progress: what HammingIndex._start_scan chose and launched, for _finish_scan."""
@@ -514,7 +535,9 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
+    ready: np.ndarray  # (1,) int64: set once the query's second-stage bits are written (engine.scan.scan_chunks)
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments
+    buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
     futures: list[Future[int]] = field(default_factory=list)
 
 

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -216,24 +216,19 @@ class UsearchIndex:
         cannot trip over each other's file), fsynced, then renamed over the old one. Temporary files left by
         a save that was killed are deleted first: they may hold vectors of faces erased since.
         """
-        fsmodes.private_dir(self.path.parent)
-        remove_stale_temporaries(self.path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+
+        def write(fd: int, tmp: Path) -> dict[str, object]:
+            os.close(fd)
             # Saving only reads: searches go on meanwhile (shared lock); adds and removals wait.
             with self._lock.shared():
                 self._index.save(str(tmp))
             fsmodes.make_private(tmp)  # usearch creates it with the umask's mode
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            meta = {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
+            return {"projection": self.projection_key, "ndim": self.ndim, "dtype": self.dtype,
                     **integrity.sidecar_fields(tmp, self.gallery_id), **(state or {})}
-        except BaseException:  # a full disk leaves the previous file whole and no partial one beside it
-            tmp.unlink(missing_ok=True)
-            raise
-        publish_index(tmp, self.path, meta)
+
+        save_atomically(self.path, write)
 
     def stored_state(self) -> dict[str, object]:
         """What the saved index's sidecar records now ({} when there is none); another process may have saved."""
@@ -325,6 +320,24 @@ class UsearchIndex:
 
 
 TEMP_SUFFIX = ".tmp"
+
+
+def save_atomically(path: Path, write: Callable[[int, Path], Mapping[str, object]]) -> None:
+    """Save an index file of any kind (call it under the save lock): delete temporary files a killed save left (they
+    may hold faces erased since), make a fresh owner-only temporary file in the same folder (tempfile.mkstemp: never a
+    fixed name, so two writers cannot trip over each other's file), let `write(fd, tmp)` fill and fsync it and return
+    the sidecar's fields, then publish_index it. When `write` raises (a full disk) the temporary file is removed: the
+    previous file stays whole and no partial one is left beside it."""
+    fsmodes.private_dir(path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        meta = write(fd, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish_index(tmp, path, meta)
 
 
 def publish_index(tmp: Path, path: Path, meta: Mapping[str, object]) -> None:

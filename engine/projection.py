@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import TABLES
+from .calibration import TABLES, save_npz
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +73,8 @@ class Basis:
 
     def save(self, path: Path) -> None:
         """Write the basis (numpy's npz: no pickled objects)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, directions=self.directions.astype(np.float32), energy=self.energy.astype(np.float64),
-                     model_sha256=np.array(self.model_sha256), source=np.array(self.source),
-                     samples=np.array(self.samples))
-        tmp.replace(path)
+        save_npz(path, directions=self.directions.astype(np.float32), energy=self.energy.astype(np.float64),
+                 model_sha256=np.array(self.model_sha256), source=np.array(self.source), samples=np.array(self.samples))
 
     @classmethod
     def load(cls, path: Path) -> Basis:

@@ -77,17 +77,35 @@ def _prefetch(typingctx, arr, i):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _fetch_add(typingctx, arr, v):  # type: ignore[no-untyped-def]
-    """Atomically add v to arr[0] (1-D int64) and return the value before (LLVM atomicrmw add, seq_cst): how the
+def _fetch_add(typingctx, arr, i, v):  # type: ignore[no-untyped-def]
+    """Atomically add v to arr[i] (1-D int64) and return the value before (LLVM atomicrmw add, seq_cst): how the
     threads of one scan claim its chunks without a lock."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64 and isinstance(v, types.Integer)):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+            and isinstance(i, types.Integer) and isinstance(v, types.Integer)):
         return None
-    sig = types.int64(arr, v)
+    sig = types.int64(arr, i, v)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         ary = context.make_array(signature.args[0])(context, builder, args[0])
-        val = context.cast(builder, args[1], signature.args[1], types.int64)
-        return builder.atomic_rmw("add", ary.data, val, "seq_cst")
+        idx = context.cast(builder, args[1], signature.args[1], types.int64)
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", builder.gep(ary.data, [idx]), val, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _load(typingctx, arr, i):  # type: ignore[no-untyped-def]
+    """arr[i] (1-D int64) as an atomic load (seq_cst): read afresh each time, and every store its writer made before
+    publishing it (_publish) is visible."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64 and isinstance(i, types.Integer)):
+        return None
+    sig = types.int64(arr, i)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.load_atomic(builder.gep(ary.data, [idx]), "seq_cst", 8)
 
     return sig, codegen
 
@@ -136,11 +154,10 @@ def sample_histogram(codes, q, n, blocks, block, hist):  # type: ignore[no-untyp
 
 
 @_kernel(boundscheck=False)
-def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-untyped-def]
-    """Rows i in [a, b) whose scanned code (codes[i]) is within Hamming distance t of q, written to rows, with their
-    distance over all the bits (codes[i] to q plus codes2[i] to q2: the second stage, read only for the rows kept, after
-    the scan: inside it, the scattered reads stalled the stream, 5.2 against 3.5 + 0.55 ms at 1 M) written to dist, up to
-    the buffers' length; returns how many rows there are (more than the buffers hold means: call again, larger)."""
+def _scan_range(codes, q, t, a, b, rows, dist):  # type: ignore[no-untyped-def]
+    """Rows i in [a, b) whose scanned code (codes[i]) is within Hamming distance t of q, written to rows with that distance
+    to dist, up to the buffers' length; returns how many rows there are (more than the buffers hold means: call again,
+    larger)."""
     w = codes.shape[1]
     cap = rows.shape[0]
     k = 0
@@ -150,6 +167,15 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
         for i in range(np.uint64(a), np.uint64(b)):
             d = (_popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1)
                  + _popcount(codes[i, 2] ^ q2_0) + _popcount(codes[i, 3] ^ q3))
+            if d <= t:
+                if k < cap:
+                    rows[k] = i
+                    dist[k] = d
+                k += 1
+    elif w == 2:  # 128-bit lead codes (the shipped code model's: engine.codes)
+        q0, q1 = q[0], q[1]
+        for i in range(np.uint64(a), np.uint64(b)):
+            d = _popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1)
             if d <= t:
                 if k < cap:
                     rows[k] = i
@@ -174,8 +200,24 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
                     rows[k] = i
                     dist[k] = d
                 k += 1
+    return k
+
+
+@_kernel(boundscheck=False)
+def _second_stage(codes2, q2, rows, dist, k):  # type: ignore[no-untyped-def]
+    """dist[m] += the Hamming distance of codes2[rows[m]] to q2 for m < k: the rest of the bits, read only for the rows a
+    scan kept, after it (inside the scan loop the scattered reads stalled the stream: 5.2 against 3.5 + 0.55 ms at 1 M)."""
     w2 = codes2.shape[1]
-    if w2 == 4 and k <= cap:  # the default's second 256 bits: unrolled, inline
+    if w2 == 8:  # the 512 bits after a lead code (one cache line per row): unrolled
+        r0, r1, r2, r3, r4, r5, r6, r7 = q2[0], q2[1], q2[2], q2[3], q2[4], q2[5], q2[6], q2[7]
+        for m in range(k):
+            if m + PREFETCH < k:
+                _prefetch(codes2, rows[m + PREFETCH])
+            i = np.uint64(rows[m])
+            dist[m] += (_popcount(codes2[i, 0] ^ r0) + _popcount(codes2[i, 1] ^ r1) + _popcount(codes2[i, 2] ^ r2)
+                        + _popcount(codes2[i, 3] ^ r3) + _popcount(codes2[i, 4] ^ r4) + _popcount(codes2[i, 5] ^ r5)
+                        + _popcount(codes2[i, 6] ^ r6) + _popcount(codes2[i, 7] ^ r7))
+    elif w2 == 4:  # the second 256 bits of a code without a lead: unrolled
         r0, r1, r2, r3 = q2[0], q2[1], q2[2], q2[3]
         for m in range(k):
             if m + PREFETCH < k:
@@ -183,7 +225,7 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
             i = np.uint64(rows[m])
             dist[m] += (_popcount(codes2[i, 0] ^ r0) + _popcount(codes2[i, 1] ^ r1)
                         + _popcount(codes2[i, 2] ^ r2) + _popcount(codes2[i, 3] ^ r3))
-    elif w2 and k <= cap:
+    elif w2:
         for m in range(k):
             if m + PREFETCH < k:
                 _prefetch(codes2, rows[m + PREFETCH])
@@ -192,28 +234,65 @@ def _scan_range(codes, q, codes2, q2, t, a, b, rows, dist):  # type: ignore[no-u
             for j in range(w2):
                 d += _popcount(codes2[i, j] ^ q2[j])
             dist[m] += d
-    return k
 
 
 @_kernel(boundscheck=False)
-def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, counts):  # type: ignore[no-untyped-def]
+def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts):  # type: ignore[no-untyped-def]
+    """The second stage of scanned chunk c, unless another thread has taken it (taken[c]); returns 1 if done here."""
+    if _fetch_add(taken, c, 1) != 0:
+        return 0
+    k = _load(scanned, c)
+    if k <= rows.shape[1]:
+        _second_stage(codes2, q2, rows[c], dist[c], k)
+    _publish(counts, c, k)
+    return 1
+
+
+@_kernel(boundscheck=False)
+def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, taken, counts, ready, sweep):  # type: ignore[no-untyped-def]
     """Scan the first n codes in chunks of `chunk` rows, claimed one at a time from the shared counter claim[0] (so
     every thread that calls this with the same arguments takes the next unscanned chunk until none is left: the
     threads finish within one chunk of each other whenever each started, and a thread that starts late - the machine
     is busy - finds less or nothing left). Chunk c's kept rows and distances (see _scan_range) go to rows[c] and
     dist[c], then their number to counts[c] (published last: a count >= 0 means the chunk is complete; more than
-    rows.shape[1] means its buffers were too small). Returns how many chunks this call scanned."""
+    rows.shape[1] means its buffers were too small).
+
+    With a second stage (codes2, q2: see _second_stage) the count goes to scanned[c] first; once no chunk is left to
+    scan, each thread adds the second stage to the chunks it scanned, if ready[0] is set: the caller encodes the
+    query's other bits (q2) while the other threads scan and sets ready[0] once they are written, before it joins
+    the scan. A thread that finds it unset leaves its chunks to the caller, which (`sweep`) then takes every scanned
+    chunk no thread has taken (taken[c], claimed atomically). No thread ever waits for another: a chunk still being
+    scanned is finished by its scanner, which by then sees ready[0] set. Then counts[c] is published as above.
+    Returns how many chunks this call scanned or finished."""
     nchunks = counts.shape[0]
+    second = codes2.shape[1] > 0
+    mine = np.empty(nchunks, np.int64)
+    m = 0
     done = 0
     while True:
-        c = _fetch_add(claim, 1)
+        c = _fetch_add(claim, 0, 1)
         if c >= nchunks:
-            return done
+            break
         a = c * chunk
         b = min(n, a + chunk)
-        k = _scan_range(codes, q, codes2, q2, t, a, b, rows[c], dist[c])
-        _publish(counts, c, k)
-        done += 1
+        k = _scan_range(codes, q, t, a, b, rows[c], dist[c])
+        if second:
+            _publish(scanned, c, k)
+            mine[m] = c
+            m += 1
+        else:
+            _publish(counts, c, k)
+            done += 1
+    if not second or _load(ready, 0) == 0:
+        return done + m
+    for j in range(m):
+        _finish_chunk(codes2, q2, mine[j], rows, dist, scanned, taken, counts)
+    done += m
+    if sweep:
+        for c in range(nchunks):
+            if _load(scanned, c) >= 0 and _load(taken, c) == 0:
+                done += _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts)
+    return done
 
 
 @_kernel(boundscheck=False, fastmath=True)
@@ -333,8 +412,9 @@ def warm() -> None:
         threshold_for(hist, 1.5, 2.0)
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
-        counts = np.full(2, -1, dtype=np.int64)
-        scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(1, dtype=np.int64), rows2, dist2, counts)
+        scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
+        scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(1, dtype=np.int64), rows2, dist2, scanned, taken, counts,
+                    np.ones(1, dtype=np.int64), 1)
         select_rerank(rows2, dist2, counts, 2, width * 16, np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32),
                       np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
     z4 = np.zeros(4, dtype=np.float32)

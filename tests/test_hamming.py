@@ -29,8 +29,8 @@ def faces(n: int, d: int = 64, rank: int = 16, seed: int = 3) -> tuple[np.ndarra
     return photo, again
 
 
-def make(path: Path, gallery: np.ndarray, bits: int = 32, dims: int = 24, **kw: object) -> HammingIndex:
-    model = codes.fit(gallery, bits)
+def make(path: Path, gallery: np.ndarray, bits: int = 32, dims: int = 24, lead: int = 0, **kw: object) -> HammingIndex:
+    model = codes.fit(gallery, bits, lead=lead)
     proj = projection.fit(gallery, "m", "test").projection(dims)
     return HammingIndex(path, ndim=gallery.shape[1], code_model=model, projection=proj, **kw)  # type: ignore[arg-type]
 
@@ -72,6 +72,16 @@ def test_code_model_file_round_trip_and_fallback(tmp_path: Path, monkeypatch: py
     assert other.key == codes.fallback(64, 32).key != model.key
     codes.path_for("abc").write_bytes(b"not a zip")
     assert codes.for_model("abc", d=64, bits=32).key == other.key
+    # A model with a lead code (what `sightline calibrate` ships): it comes back with its lead, and without it is the
+    # model it was before (a Milvus BIN collection of those codes keeps its key).
+    led = codes.fit(photo, 32, lead=64)
+    assert led.bits == 96 and led.lead == 64 and led.key != model.key and led.body().key == model.key
+    led.save(codes.path_for("abc"))
+    again = codes.for_model("abc", d=64, bits=32)
+    assert again.lead == 64 and again.key == led.key and np.array_equal(again.encode(photo), led.encode(photo))
+    assert np.array_equal(again.encode(photo)[:, 8:], model.encode(photo))
+    with pytest.raises(ValueError, match="lead"):
+        codes.fit(photo, 32, lead=32)
 
 
 def test_search_finds_the_other_photo_through_codes_and_rerank(tmp_path: Path) -> None:
@@ -99,7 +109,8 @@ def test_a_query_is_encoded_and_projected_as_the_gallery_is(tmp_path: Path) -> N
     y = np.empty(512, dtype=np.float32)
     for v, want in zip(x, idx.code_model.encode(x), strict=True):
         code = np.empty(64, dtype=np.uint8)
-        scan.encode_query(v, idx._mean, idx._weights, y, code)
+        scan.encode_query(v, idx._mean, idx._weights[0], y[:256], code[:32])  # the scanned bits, then the others
+        scan.encode_query(v, idx._mean, idx._weights[1], y[256:], code[32:])
         margin = np.abs((v - idx.code_model.mean) @ idx.code_model.weights)
         differ = np.unpackbits(code) != np.unpackbits(want)
         assert (margin[differ] < 1e-5).all()  # only a sum within rounding of 0 may take the other sign
@@ -131,8 +142,15 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     two.split_min = 100  # split even this small gallery
     two.chunk_min = 64  # in chunks of at least 64 codes: 79 at 5,000 (HammingIndex cuts a scan into ~CHUNKS of them)
     odd = make(tmp_path / "c.idx", photo, bits=24, candidates=300, threads=1)  # 3-byte codes: scanned byte by byte
-    for idx in (one, two, odd):
+    # The shipped layout: a 128-bit lead (2 words) scanned, then 512 bits (8 words, one cache line) for the rows kept.
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    led = HammingIndex(tmp_path / "d.idx", ndim=128, code_model=codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128),
+                       projection=projection.fit(photo, "m", "test").projection(24), candidates=300, threads=1)
+    assert led._codes.shape[1] == 16 and led._codes2.shape[1] == 64 and led.prefilter == hamming.LEAD_PREFILTER
+    for idx in (one, two, odd, led):
         idx.add(np.arange(1, 5001), photo)
+    assert all(a.ctypes.data % hamming.ALIGN == 0 for a in led._all)  # rows on cache lines: a 64-byte code is one line
 
     def distances(idx: HammingIndex, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every face's distance over the scanned bits and over all of them, counted bit by bit."""
@@ -147,7 +165,7 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
         return (np.concatenate([rows[c, :k] for c, k in enumerate(counts)]),
                 np.concatenate([dist[c, :k] for c, k in enumerate(counts)]))
 
-    for idx in (one, odd):
+    for idx in (one, odd, led):
         for q in again[:50]:
             code = idx.code_model.encode(q)[0]
             first, full = distances(idx, code)
@@ -175,6 +193,34 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     finally:
         hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
     two.close()
+
+
+def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path: Path) -> None:
+    """The query's second-stage bits are written while the threads scan: a thread that finishes its scan before they are
+    (ready unset) leaves its chunks, and the caller then finishes every one of them; with ready set, each thread finishes
+    its own. Either way every chunk gets the distance over all the bits, as one thread computes it."""
+    photo, again = faces(5000, d=128)
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    idx = HammingIndex(tmp_path / "d.idx", ndim=128, code_model=codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128),
+                       candidates=300, threads=1)
+    idx.chunk_min = 64
+    idx.add(np.arange(1, 5001), photo)
+    for q in again[:10]:
+        code = idx.code_model.encode(q)[0]
+        full = ((np.unpackbits(code[:16]) != np.unpackbits(idx._codes[:5000], axis=1)).sum(1)
+                + (np.unpackbits(code[16:]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1))
+        for early in (True, False):
+            job = idx._start_scan(code, 600, 600, 5000)
+            rows, dist, scanned, taken, counts = job.buffers
+            job.ready[0] = 0 if early else 1
+            scan.scan_chunks(*job.args, 0)  # another thread's call: it scans every chunk
+            assert (scanned >= 0).all() and ((counts < 0).all() if early else (counts >= 0).all())
+            job.ready[0] = 1
+            scan.scan_chunks(*job.args, 1)  # the caller's: nothing left to scan; it finishes the chunks left to it
+            assert (counts == scanned).all() and (taken == 1).all()
+            kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
+            assert np.array_equal(np.concatenate([dist[c, :k] for c, k in enumerate(counts)]), full[kept])
 
 
 def test_a_search_does_not_wait_for_a_busy_scan_thread(tmp_path: Path) -> None:
@@ -224,7 +270,7 @@ def row_bytes(idx: HammingIndex, keys: list[int]) -> list[bytes]:
 def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> None:
     photo, _ = faces(3000, d=128)
     path = tmp_path / "g.idx"
-    idx = make(path, photo, bits=128, dims=32, scan_bytes=8)  # two-stage: scanned and second-stage code bytes
+    idx = make(path, photo, bits=64, dims=32, lead=64)  # two-stage: scanned (lead) and second-stage code bytes
     assert idx._codes.shape[1] == 8 and idx._codes2.shape[1] == 8
     idx.add(np.arange(1, 1501), photo[:1500])
     idx.add(np.arange(1501, 3001), photo[1500:])  # the arrays grew: their old buffers were zeroed
@@ -245,7 +291,7 @@ def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> N
         assert idx.search(photo[k - 1], 1)[0][0] == k
     for k in gone:
         assert k not in idx.search(photo[k - 1], 50)[0]
-    again = make(path, photo, bits=128, dims=32, scan_bytes=8)
+    again = make(path, photo, bits=64, dims=32, lead=64)
     assert again.load() and len(again) == 2995 and set(again.keys().tolist()) == set(idx.keys().tolist())
     idx.reset()
     assert len(idx) == 0 and not any(s in b"".join(a.tobytes() for a in idx._all) for s in secrets)
@@ -285,7 +331,31 @@ def test_load_refuses_other_formats_models_and_damaged_files(tmp_path: Path, cap
     path.write_bytes(good)
     assert not UsearchIndex(path, ndim=64).load()
     header = json.loads(good[12 : 12 + int.from_bytes(good[8:12], "little")])
-    assert header["count"] == 400 and header["format"] == 1
+    assert header["count"] == 400 and header["format"] == hamming.FORMAT == 2
+
+
+def as_format_1(path: Path) -> None:
+    """Turn a saved HammingIndex file into one of format 1 (the layout before lead codes), its sidecar consistent."""
+    from engine.index import write_sidecar
+
+    data = path.read_bytes()
+    size = int.from_bytes(data[8:12], "little")
+    header = data[12 : 12 + size].replace(b'"format": 2', b'"format": 1')
+    assert len(header) == size and header != data[12 : 12 + size]
+    path.write_bytes(data[:12] + header + data[12 + size :])
+    write_sidecar(path, {**read_sidecar(path), "format": 1, "checksum": integrity.file_checksum(path)})
+
+
+def test_a_file_of_format_1_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    photo, _ = faces(400)
+    path = tmp_path / "g.idx"
+    idx = make(path, photo)
+    idx.add(np.arange(1, 401), photo)
+    idx.save()
+    assert make(path, photo).load()
+    as_format_1(path)
+    caplog.clear()
+    assert not make(path, photo).load() and "built with format 1, not 2" in caplog.text
 
 
 async def test_engine_rebuilds_on_an_index_format_change_and_says_so(gallery_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -320,6 +390,36 @@ async def test_engine_rebuilds_on_an_index_format_change_and_says_so(gallery_cop
     assert "consistent with the database" in caplog.text and "rebuil" not in caplog.text
 
 
+async def test_engine_rebuilds_an_index_file_of_format_1_and_says_so(gallery_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An index file the previous version wrote (format 1: no lead code) is rebuilt from the database at start-up, with
+    progress in the log, and answers as before."""
+    import logging
+
+    from conftest import dev_identities, make_config
+    from engine import Engine
+
+    caplog.set_level(logging.INFO)
+    probe = dev_identities()["Colin_Powell"][1].read_bytes()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        assert isinstance(engine.index, HammingIndex) and engine.index.code_model.lead == 128  # the shipped model
+        before = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    as_format_1(gallery_copy / "gallery.usearch")
+    caplog.clear()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        assert len(engine.index) == len(await engine.store.face_ids())
+        after = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    assert after == before and after
+    log = caplog.text
+    assert "built with format 1, not 2" in log and "building the HammingIndex index from the database's" in log
+    assert "index rebuilt" in log and read_sidecar(gallery_copy / "gallery.usearch")["format"] == 2
+
+
 def test_scan_kernels_work_where_numba_cannot_cache() -> None:
     """A read-only install with no writable home: numba refuses cache=True there, so the kernels compile in-process."""
     import subprocess
@@ -333,8 +433,9 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
         "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
-        "counts = np.full(1, -1, dtype=np.int64)\n"
-        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist, counts)\n"
+        "scanned, counts, ready = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.ones(1, dtype=np.int64)\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist,"
+        " scanned, np.zeros(1, dtype=np.int64), counts, ready, 1)\n"
         "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -38,8 +38,8 @@ The shipped table was made with:  sightline calibrate /work/shared/faces/calib
 
 It also fits the index projection (the principal directions of the same embeddings; the index searches
 faces projected to SIGHTLINE_INDEX_DIMS of them) and writes it beside the table as
-<sha256>.projection.npz, and the index's code model (the mean and a random rotation: 512 sign bits per
-face, engine/codes.py) as <sha256>.codes.npz. A new projection or
+<sha256>.projection.npz, and the index's code model (the mean, a 128-bit lead code of the top directions
+the index scans, then a random rotation: 512 sign bits per face; engine/codes.py) as <sha256>.codes.npz. A new projection or
 code model takes effect by rebuilding the index, which the engine does at its next start.
 
 Quality classes: every photo is also embedded once degraded (a moderate or severe field-quality recipe
@@ -194,13 +194,15 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         basis_note = (f"\nindex projection written to {basis_path} (the top {dims} of {basis.directions.shape[0]} "
                       f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
     try:
-        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean + random rotation)")
+        code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean, a lead code of the top directions, then a "
+                               "random rotation)", lead=codes.LEAD)
     except ValueError as exc:
         basis_note += f"\nno index code model written: {exc}"
     else:
         codes_path = out.with_name(out.stem + codes.SUFFIX)
         code_model.save(codes_path)
-        basis_note += f"\nindex code model written to {codes_path} ({code_model.bits}-bit sign codes)"
+        basis_note += (f"\nindex code model written to {codes_path} ({code_model.lead}-bit lead + "
+                       f"{code_model.bits - code_model.lead}-bit sign codes)")
     if args.report:
         summary = ev.summarise(obs)
         ev.write_report(obs, summary, args.report)
