@@ -218,9 +218,24 @@ def run_webhook(settings: Settings, application: BotApplication) -> int:
     return asyncio.run(web.run_webhook(settings, application, allowed_updates=ALLOWED_UPDATES))
 
 
+class GivingUpQuietly(logging.Filter):
+    """python-telegram-bot logs a network loop that gives up (the start-up getMe when the Bot API does not answer)
+    with a full traceback; `run` then says what failed in one line. Keep its line, drop the traceback (shown with -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Strip the traceback of PTB's "Network Retry Loop ... Aborting." record unless debug logging is on."""
+        if record.exc_info and "Aborting." in str(record.msg) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def run(settings: Settings) -> int:
     """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    telegram_ext = logging.getLogger("telegram.ext")  # the logger of PTB's network retry loop (telegram/ext/_utils)
+    if not any(isinstance(f, GivingUpQuietly) for f in telegram_ext.filters):
+        telegram_ext.addFilter(GivingUpQuietly())
     try:
         application = build_application(settings)
     except (MissingToken, BadLanguages) as exc:

@@ -294,6 +294,16 @@ class FittingBot(ExtBot[None]):
     rest as a message, and a button answer is cut to 200. Each such event is logged as a warning.
     """
 
+    async def initialize(self) -> None:
+        """PTB's initialize (open the request sessions, then getMe); when getMe fails (the Bot API does not answer),
+        close the sessions again before raising: PTB leaves them open, and aiohttp then logs "Unclosed client session"
+        after our one-line error."""
+        try:
+            await super().initialize()
+        except BaseException:
+            await self.shutdown()
+            raise
+
     async def send_message(self, chat_id: Any, text: str, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
         """sendMessage, split into several messages when the text is too long."""
         if args or utf16_len(text) <= TEXT_LIMIT or kwargs.get("parse_mode"):

@@ -255,6 +255,10 @@ def _write_backup(config: EngineConfig, out: Path) -> dict[str, Any]:
 def verify_backup(src: Path) -> dict[str, Any]:
     """Check a backup folder: manifest, sizes and SHA-256 of its files, the database's integrity and counts."""
     src = Path(src)
+    if not src.exists():
+        raise BackupError(f"{src} does not exist: give the folder `sightline backup` wrote")
+    if not src.is_dir():
+        raise BackupError(f"{src} is a file: a backup is the folder `sightline backup` wrote")
     try:
         manifest = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -65,6 +65,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def looks_like_image(path: Path) -> bool:
+    """Whether the file holds an image Pillow recognises, by its content whatever its name (a manifest does not); reads
+    only the header. A format we do not accept still counts, so that it is refused as an image, with its format named."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                return True
+    except Image.DecompressionBombError:  # an image, and far too big: refused as one
+        return True
+    except OSError:  # UnidentifiedImageError (not an image) is an OSError too
+        return False
+
+
 def working_scale(width: int, height: int, max_side: int) -> float:
     """Working pixels per original pixel (<= 1) for an image of this size.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -506,6 +507,15 @@ class MetadataStore:
         else:
             raise ValueError("nothing to find")
         return sorted(int(r[0]) for r in rows)
+
+    async def subjects_like(self, subject: str, limit: int = 5) -> list[str]:
+        """Stored subjects that differ from `subject` only in case (ASCII letters) or in a space, `_` or `-` between
+        words: what an operator probably meant when `subject` is not found. Scans the images (an error path only)."""
+        pattern = re.sub(r"[\s_\-]", "_", subject.replace("\\", "\\\\").replace("%", "\\%"))
+        rows = await self._all(
+            "SELECT DISTINCT subject FROM images WHERE subject LIKE ? ESCAPE '\\' LIMIT ?", (pattern, limit)
+        )
+        return [str(r[0]) for r in rows if r[0] != subject]
 
     async def expired_images(self, now: str) -> list[int]:
         """Ids of images whose expiry has passed."""

@@ -56,6 +56,14 @@ def png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+async def two_face_chooser(bot: BotHarness) -> tuple[int, Call]:
+    """A new officer sends a photo of two faces (PAIR side by side); the officer and the bot's face chooser."""
+    officer = new_user_id()
+    await bot.allow(officer)
+    bot.fake.send_photo(officer, side_by_side(*PAIR))
+    return officer, await bot.fake.wait_for("sendPhoto", chat_id=officer)
+
+
 def push_message(fake: FakeBotAPI, user_id: int, **content: Any) -> dict[str, Any]:
     """A user's private message with arbitrary content (sticker, video, album photo...), queued."""
     message = fake.user_message(user_id, **content)
@@ -240,11 +248,8 @@ async def test_no_case_refusal_quotes_the_photo(bot: BotHarness) -> None:
 
 async def test_an_officer_at_the_limit_pressing_face_buttons(start_bot: StartBot, bot_engine: Engine) -> None:
     bot = await start_bot(rate_limit_per_hour=1)
-    officer = new_user_id()
-    await bot.allow(officer)
+    officer, chooser = await two_face_chooser(bot)
     fake = bot.fake
-    fake.send_photo(officer, side_by_side(*PAIR))
-    chooser = await fake.wait_for("sendPhoto", chat_id=officer)
     first, second = (b["callback_data"] for b in chooser.buttons)
     mark = fake.press(officer, chooser.message, first)  # paid by the photo
     assert "Barack_Obama" in (await fake.wait_for("sendPhoto", chat_id=officer, since=mark)).text
@@ -276,11 +281,8 @@ async def test_forged_button_data_gets_one_quiet_answer(bot: BotHarness, data: s
 async def test_a_forged_face_number_costs_no_search(start_bot: StartBot) -> None:
     """Face 7 of a two-face photo (an old client, a forged button): "not in the photo", and no search taken."""
     bot = await start_bot(rate_limit_per_hour=2)
-    officer = new_user_id()
-    await bot.allow(officer)
+    officer, chooser = await two_face_chooser(bot)
     fake = bot.fake
-    fake.send_photo(officer, side_by_side(*PAIR))
-    chooser = await fake.wait_for("sendPhoto", chat_id=officer)
     first, second = (b["callback_data"] for b in chooser.buttons)
     mark = fake.press(officer, chooser.message, first)
     await fake.wait_for("sendPhoto", chat_id=officer, since=mark)
@@ -293,12 +295,10 @@ async def test_a_forged_face_number_costs_no_search(start_bot: StartBot) -> None
 
 
 async def test_someone_elses_buttons(bot: BotHarness) -> None:
-    owner, other = new_user_id(), new_user_id()
-    await bot.allow(owner)
+    other = new_user_id()
     await bot.allow(other)
+    owner, chooser = await two_face_chooser(bot)
     fake = bot.fake
-    fake.send_photo(owner, side_by_side(*PAIR))
-    chooser = await fake.wait_for("sendPhoto", chat_id=owner)
     mark = fake.press(other, chooser.message, chooser.buttons[0]["callback_data"])
     assert (await fake.wait_for("answerCallbackQuery", since=mark)).params["text"] == texts.not_your_button(EN)
     mark = fake.press(owner, chooser.message, chooser.buttons[0]["callback_data"])
@@ -307,11 +307,8 @@ async def test_someone_elses_buttons(bot: BotHarness) -> None:
 
 
 async def test_a_revoked_officer_pressing_old_buttons(bot: BotHarness, bot_engine: Engine) -> None:
-    officer = new_user_id()
-    await bot.allow(officer)
+    officer, chooser = await two_face_chooser(bot)
     fake = bot.fake
-    fake.send_photo(officer, side_by_side(*PAIR))
-    chooser = await fake.wait_for("sendPhoto", chat_id=officer)
     assert (await bot.command(BOT_ADMIN, f"/revoke {officer}")).text == texts.revoked(officer)
     mark = fake.press(officer, chooser.message, chooser.buttons[0]["callback_data"])
     answer = await fake.wait_for("answerCallbackQuery", since=mark)
@@ -324,10 +321,7 @@ async def test_a_revoked_officer_pressing_old_buttons(bot: BotHarness, bot_engin
 
 async def test_an_expired_face_button(start_bot: StartBot) -> None:
     bot = await start_bot(photo_ttl_seconds=1)
-    officer = new_user_id()
-    await bot.allow(officer)
-    bot.fake.send_photo(officer, side_by_side(*PAIR))
-    chooser = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+    officer, chooser = await two_face_chooser(bot)
     await asyncio.sleep(1.3)
     mark = bot.fake.press(officer, chooser.message, chooser.buttons[0]["callback_data"])
     assert "no longer in memory" in (await bot.fake.wait_for("answerCallbackQuery", since=mark)).params["text"]

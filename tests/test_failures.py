@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -203,3 +204,24 @@ def _enrolled(data: Path) -> int:
             conn.close()
     except sqlite3.Error:
         return 0
+
+
+@pytest.mark.parametrize("api", ["refused", "silent"])
+def test_the_bot_fails_in_one_clear_line_when_the_bot_api_does_not_answer(tmp_path: Path, api: str) -> None:
+    """`sightline run` with a token, against a Bot API address where nothing listens (refused) or where a server takes
+    the connection and never answers (silent): it gives up within a minute, says so, and prints no traceback."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        if api == "silent":
+            server.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+        else:
+            server.close()  # nothing listens on the port: connections are refused
+        started = time.monotonic()
+        proc = run("--data-dir", str(tmp_path / "data"), "run", SIGHTLINE_TELEGRAM_TOKEN="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345",
+                   SIGHTLINE_ADMINS="1", SIGHTLINE_TELEGRAM_API_URL=f"http://127.0.0.1:{port}/bot", SIGHTLINE_HTTP_PORT="0")
+    assert time.monotonic() - started < 90, "it took too long to give up"
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "  File " not in proc.stderr, proc.stderr
+    assert f"ERROR bot.app: cannot talk to Telegram at http://127.0.0.1:{port}/bot" in proc.stderr.splitlines()[-1], proc.stderr
+    assert "123456:ABC" not in proc.stderr  # the token is never logged

@@ -452,42 +452,14 @@ async def test_the_officer_is_told_when_the_index_server_hangs(
 
 
 # -- many processes on one collection --------------------------------------------------------------------------
-SEARCHER = """
-import asyncio, json, sys, time
-from dataclasses import replace
-from pathlib import Path
-from bot.settings import Settings
-
-async def main(out: str, stop: str, probes: list[str]) -> None:
-    from engine import Engine
-    engine = await Engine.open(replace(Settings().engine_config(), require_case=False))  # settings from the environment
-    photos = [(p, Path(p).read_bytes()) for p in probes]
-    try:
-        with open(out, "a") as fh:
-            print(json.dumps({"ready": time.time()}), file=fh, flush=True)
-            while not Path(stop).exists():
-                for name, photo in photos:
-                    r = await engine.search(photo, actor="bot", top=10, threshold=0.0)
-                    hits = [[h.face_id, h.image_sha256, h.subject] for h in r.hits]
-                    print(json.dumps({"t": time.time(), "probe": name, "hits": hits}), file=fh, flush=True)
-    finally:
-        await engine.close()
-
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
-"""
-
-
 def test_bot_index_and_forget_in_three_processes_on_one_collection(gallery_copy: Path, tmp_path: Path,
                                                                    milvus_server: Any) -> None:
     """A searching engine (the bot's part), `sightline index` and `sightline forget` at once, each its own process on
     one Milvus collection: no answer shows an erased face after forget returned, another process's new faces are
     found within seconds, and afterwards the collection holds exactly the database's faces and no erased code."""
-    import hashlib
     import sqlite3
-    import subprocess
-    import sys
 
-    from test_many_processes import CLI, ERASED, commit_times
+    from procs import CLI, ERASED, assert_searches_kept_up, index_and_forget_while_searching, more_photos
 
     from conftest import ROOT
 
@@ -522,60 +494,9 @@ def test_bot_index_and_forget_in_three_processes_on_one_collection(gallery_copy:
         return [p for p in paths if not (p.split("/")[0].endswith("_log") and p.split("/")[1] != cid)]
 
     assert erased_ids and ours(files_holding(milvus_server.storage_dir, secrets))
-    ids = dev_identities()
-    photos = [p for n in [n for n in sorted(ids) if n != ERASED][:8] for p in ids[n][1:3]]
-    manifest = tmp_path / "more.csv"
-    manifest.write_text("path,source_url,subject\n" + "".join(f"{p},https://more.example/{i},{p.parent.name}\n"
-                                                               for i, p in enumerate(photos)))
-    targets = {p.as_posix(): p for p in photos[-2:]}
-    shas = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in targets.items()}
-    log, stop = tmp_path / "searches.jsonl", tmp_path / "stop"
-    searcher = subprocess.Popen([sys.executable, "-c", SEARCHER, str(log), str(stop), str(ids[ERASED][1]), *targets],
-                                cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    indexer = None
-    try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
-            assert searcher.poll() is None, searcher.stderr.read().decode() if searcher.stderr else ""
-            time.sleep(0.1)
-        indexer = subprocess.Popen([*CLI, "index", str(manifest), "--no-progress"], cwd=ROOT, env=env,
-                                   stderr=subprocess.PIPE)
-        while time.monotonic() < deadline:  # the erasure starts once the ingest is under way
-            with sqlite3.connect(data / "sightline.sqlite3", timeout=5) as db:
-                if db.execute("SELECT count(*) FROM images WHERE source_url LIKE 'https://more.example/%'").fetchone()[0]:
-                    break
-            time.sleep(0.1)
-        forget = subprocess.run([*CLI, "forget", "--subject", ERASED, "--yes"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=180)
-        forgotten_at = time.time()
-        assert forget.returncode == 0, forget.stderr
-        seen: dict[str, float] = {}
-        while indexer.poll() is None and time.monotonic() < deadline + 120:
-            commit_times(data / "sightline.sqlite3", shas, seen)
-            time.sleep(0.05)
-        assert indexer.returncode == 0, indexer.stderr.read().decode() if indexer.stderr else ""
-        commit_times(data / "sightline.sqlite3", shas, seen)
-        assert set(seen) == set(targets)
-        until = time.monotonic() + 20
-        while time.monotonic() < until:  # until the searcher has found the last faces
-            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            if {r["probe"] for r in records if "probe" in r and any(h[1] == shas.get(r["probe"]) for h in r["hits"])} >= set(targets):
-                break
-            time.sleep(0.2)
-    finally:
-        stop.touch()
-        searcher.wait(timeout=120)
-        if indexer is not None and indexer.poll() is None:
-            indexer.kill()
-            indexer.wait()
-    assert searcher.returncode == 0, searcher.stderr.read().decode() if searcher.stderr else ""
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip() and "probe" in line]
-    late = [r for r in records if r["t"] > forgotten_at]
-    assert late and not [r for r in late if any(h[0] in erased_ids or h[2] == ERASED for h in r["hits"])]
-    for name, sha in shas.items():
-        first = min((r["t"] for r in records if r["probe"] == name and any(h[1] == sha for h in r["hits"])), default=None)
-        assert first is not None, f"the searcher never found {name}, committed by `sightline index`"
-        assert first - seen[name] < 10, f"found {first - seen[name]:.1f} s after it was committed"
+    manifest, shas = more_photos(tmp_path, 8, slice(1, 3), targets=2)
+    log, forgotten_at, seen = index_and_forget_while_searching(CLI, data, env, manifest, shas, tmp_path)  # settings from env
+    assert_searches_kept_up(log, forgotten_at, erased_ids, shas, seen)
     with sqlite3.connect(data / "sightline.sqlite3") as db:
         db_ids = sorted(r[0] for r in db.execute("SELECT id FROM faces"))
     index = MilvusIndex(milvus_server.uri, collection)

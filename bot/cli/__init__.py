@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -36,15 +37,15 @@ Settings come from environment variables SIGHTLINE_* (see README, "Configuration
 
 logger = logging.getLogger("sightline")
 
+DATA_DIR_HELP = "folder of the database and index (default: SIGHTLINE_DATA_DIR or index_data/)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="sightline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="folder of the database and index (default: SIGHTLINE_DATA_DIR or index_data/)"
-    )
+    parser.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -55,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    return parser
+
+
+def add_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    func: Callable[[argparse.Namespace], int | Awaitable[int]],
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """Add sub-command `name` (help, description and the rest as argparse takes them), run by `func(args)`."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=func)
+    # The global options also after the command (`sightline stats --data-dir D`), as operators type them; left out,
+    # they keep what was given before the command.
+    parser.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
     return parser
 
 
@@ -98,7 +115,7 @@ def missing_gallery(args: argparse.Namespace) -> str | None:
         source = f"the default index_data/ of the current folder {Path.cwd()}"
     return (
         f"no gallery at {db.parent.absolute()} ({source}; it holds no {db.name}). Nothing was created. "
-        "Point the command at your gallery with --data-dir DIR (before the command) or SIGHTLINE_DATA_DIR=DIR"
+        "Point the command at your gallery with --data-dir DIR or SIGHTLINE_DATA_DIR=DIR"
     )
 
 
@@ -158,6 +175,8 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
             else:
                 print(f"sightline: error: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `sightline audit export | head`: the reader has
+            return 128 + signal.SIGPIPE  # all it wanted; end quietly, as `cat` does
         if isinstance(exc, KeyboardInterrupt):
             print("sightline: interrupted", file=sys.stderr)
             return 130
@@ -176,6 +195,23 @@ def _run(func: Callable[[argparse.Namespace], int | Awaitable[int]], args: argpa
         logger.debug("unexpected error", exc_info=exc)
         print(f"sightline: error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether whoever reads our standard output has gone (a closed pipe); if so, point it at /dev/null so that the
+    interpreter's last flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))  # a pipe with no reader left (Linux, macOS)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture), no poll (Windows)
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 def _first(group: BaseException) -> BaseException:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.cli import missing_gallery
+from bot.cli import add_command, missing_gallery
 from bot.i18n import ENGLISH, Language, LanguageError, Languages
 from engine import AuditEntry, InvalidArgument, StorageError, fsmodes, labels
 from engine.audit import HeadLog
@@ -36,22 +36,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    v = asub.add_parser("verify", help="check the whole chain; exit 1 and name the first broken entry")
+    v = add_command(asub, "verify", cmd_verify, help="check the whole chain; exit 1 and name the first broken entry",
+                    description="Check every entry's hash and its link to the entry before, and the chain against the audit "
+                    "head file (SIGHTLINE_AUDIT_HEAD_FILE, default DATA_DIR/audit-head.log): a changed, deleted or reordered "
+                    "entry, or a log cut short, is found. Prints the head; exits 1 naming the first broken entry.")
     v.add_argument("--expect-head", help="also require the chain to end at this hash (from an earlier `audit head`)")
-    v.set_defaults(func=cmd_verify)
-    e = asub.add_parser("export", help="export entries as JSON lines or CSV for an oversight body")
+    e = add_command(asub, "export", cmd_export, help="export entries as JSON lines or CSV for an oversight body",
+                    description="Write the audit entries (all, or those the filters select; filters combine) as JSON lines "
+                    f"or CSV with the columns {', '.join(EXPORT_FIELDS)}, for an oversight body.")
     _filters(e)
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     e.add_argument("--out", type=Path, help="write to this file instead of standard output")
-    e.set_defaults(func=cmd_export)
-    h = asub.add_parser("head", help="print the chain head (last entry's number and hash) to record elsewhere")
-    h.set_defaults(func=cmd_head)
-    t = asub.add_parser("tail", help="show the last N entries")
-    t.add_argument("n", nargs="?", type=int, default=20, help="how many (default 20)")
-    t.set_defaults(func=cmd_tail)
+    add_command(asub, "head", cmd_head, help="print the chain head (last entry's number and hash) to record elsewhere",
+                description="Print the last entry's number and hash. Record it somewhere else too (a ticket, a letter to "
+                "the oversight body): `audit verify --expect-head HASH` then shows that no entry up to it was changed.")
+    t = add_command(asub, "tail", cmd_tail, help="show the last N entries", description="Show the last N audit entries.")
+    t.add_argument("n", nargs="?", type=entry_count, default=20, help="how many (default 20; -5 as for `tail` means 5)")
 
-    r = sub.add_parser(
-        "report",
+    r = add_command(
+        sub, "report", cmd_report,
         help="write an oversight summary: searches per user and case, hit rates, erasures, chain head",
         description="A short Markdown summary for an oversight body over a period (default: the last 30 days).",
     )
@@ -60,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--out", type=Path, help="write to this file instead of standard output")
     r.add_argument("--lang", default="en", help="language of the report: en (default) or one of SIGHTLINE_LANGUAGES, "
                    "e.g. fr, nl, de; numbers and dates follow its locale")
-    r.set_defaults(func=cmd_report)
+
+
+def entry_count(text: str) -> int:
+    """A number of entries for `audit tail`: `-5`, as Unix `tail -5` is typed, means 5 (SQLite reads LIMIT -5 as no
+    limit, which printed the whole log)."""
+    return abs(int(text))
 
 
 def report_language(args: argparse.Namespace) -> Language | None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.cli import add_command
 from engine import calibration as calib
 from engine import codes, projection
 from engine import degrade as degradation
@@ -60,8 +61,8 @@ Default thresholds: FMR {calib.DEFAULT_POSSIBLE_FMR:g} (possible) and {calib.DEF
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `eval` and `calibrate`."""
-    p = sub.add_parser(
-        "eval",
+    p = add_command(
+        sub, "eval", cmd_eval,
         help="measure accuracy end to end on a labelled folder (rank-1/5, FNIR@FPIR, TAR@FAR)",
         description=EVAL_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,10 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "a recipe drawn per photo (downscale, blur, noise, grey, low light, heavy JPEG); see engine/degrade.py")
     p.add_argument("--degrade-seed", type=int, default=0, help="seed of the per-photo recipes (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "calibrate",
+    p = add_command(
+        sub, "calibrate", cmd_calibrate,
         help="build the score -> false-match-rate table and band thresholds from a labelled folder",
         description=CALIBRATE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,7 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical)")
     p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_calibrate)
 
 
 def _plan(args: argparse.Namespace) -> ev.Plan | None:

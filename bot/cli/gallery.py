@@ -14,14 +14,16 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.cli import missing_gallery
-from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, labels
+from bot.cli import add_command, missing_gallery
+from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
+from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
 
-from .manifest import ManifestError, read_manifest
+from .manifest import Item, ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +60,21 @@ async def open_engine(args: argparse.Namespace, *, create: bool = False) -> Asyn
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the gallery sub-commands."""
-    p = sub.add_parser(
-        "index",
+    p = add_command(
+        sub, "index", cmd_index,
         help="add a folder of images or a manifest to the gallery",
         description="Add images to the gallery. SOURCE is a folder (every file under it is read and recognised by "
-        "content: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP, whatever its name) or a manifest (.csv or .jsonl with "
-        "columns path, source_url, subject, expires_at, notes; paths relative to the manifest). Every file that does "
+        "content: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP, whatever its name), one image, or a manifest (.csv or "
+        ".jsonl with columns path, source_url, subject, expires_at, notes; paths relative to the manifest; the folder "
+        "options --subject, --subject-from-folder, --source-prefix and --expires-at are refused with one). Every file that does "
         "not go in is counted in the summary and listed in the report with its reason. "
         "Every face of every image is indexed; a subject labels the image's "
         "primary face. Images already in the gallery (same SHA-256) are skipped, so a run can be resumed.",
     )
-    p.add_argument("source", type=Path, help="a folder of images, or a .csv/.jsonl manifest")
-    p.add_argument("--subject-from-folder", action="store_true", help="label each image with its folder's name")
-    p.add_argument("--subject", help="label every image of a folder with this subject")
+    p.add_argument("source", type=Path, help="a folder of images, one image, or a .csv/.jsonl manifest")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--subject-from-folder", action="store_true", help="label each image with its folder's name")
+    g.add_argument("--subject", help="label every image of a folder with this subject")
     p.add_argument("--source-prefix", help="source link = this prefix + the path relative to SOURCE (default: the file's absolute path)")
     p.add_argument("--expires-at", help="ISO date after which the images are purged (folder mode)")
     p.add_argument("--report", type=Path, help="CSV of the images that failed (default: DATA_DIR/ingest-report-<time>.csv)")
@@ -79,23 +83,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
-    p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser(
-        "search",
+    p = add_command(
+        sub, "search", cmd_search,
         help="search the gallery for a face in a photo",
         description="Find the faces in PHOTO, search the gallery for one of them (by default the primary face), "
         "and print the matches above the threshold. The photo is read into memory and never stored.",
     )
-    p.add_argument("photo", type=Path, help="the query photo (JPEG, PNG, WebP or HEIC)")
+    p.add_argument("photo", type=Path, help="the query photo (JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF or BMP)")
     p.add_argument("--top", type=int, default=5, help="how many matches at most (default 5)")
     p.add_argument("--face", type=int, help="search face N of the photo (numbered left to right)")
-    p.add_argument("--case", help="case reference the search is made for (recorded in the audit log)")
+    p.add_argument("--case", help="case reference the search is made for (recorded in the audit log); required unless "
+                   "SIGHTLINE_REQUIRE_CASE=false")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser(
-        "forget",
+    p = add_command(
+        sub, "forget", cmd_forget,
         help="erase a subject, a source link or an image from the gallery for good",
         description="Remove images with all their faces, thumbnails and index entries. The database is "
         "overwritten (secure_delete) and the index rewritten so nothing recoverable remains. The audit log "
@@ -106,22 +109,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--source-url", help="every image with this source link")
     g.add_argument("--image", metavar="SHA256", help="the image with this SHA-256")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_forget)
 
-    p = sub.add_parser("stats", help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
+    p = add_command(sub, "stats", cmd_stats, help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser(
-        "purge",
+    p = add_command(
+        sub, "purge", cmd_purge,
         help="erase expired gallery images (and audit entries past retention)",
         description="Erase every gallery image whose expires_at has passed, and audit entries older than "
         "SIGHTLINE_AUDIT_RETENTION_DAYS (the chain stays verifiable). The running bot does this daily.",
     )
-    p.set_defaults(func=cmd_purge)
 
-    p = sub.add_parser(
-        "migrate-labels",
+    p = add_command(
+        sub, "migrate-labels", cmd_migrate_labels,
         help="normalise the stored subjects, source links, notes and case references of an existing gallery",
         description="Bring labels stored before label checking to what enrolment accepts today: Unicode NFC (so a "
         "name typed as macOS writes it can be found and erased however it is typed), line breaks and tabs as spaces, "
@@ -130,22 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--dry-run", action="store_true", help="only report what would change")
     p.add_argument("--json", action="store_true", help="print the changes as JSON")
-    p.set_defaults(func=cmd_migrate_labels)
 
 
 # -- index --------------------------------------------------------------------------------------
-@dataclass
-class Item:
-    """One file to ingest (its labels already checked for a manifest row)."""
-
-    path: Path
-    source_url: str
-    subject: str | None = None
-    expires_at: str | None = None
-    notes: str | None = None
-    line: int | None = None  # the manifest line it comes from
-
-
 @dataclass
 class Summary:
     """What an ingest run did: one count per outcome, and every file or row that did not go in."""
@@ -192,21 +179,51 @@ def display_path(path: Path) -> str:
 
 
 def iter_folder(root: Path, args: argparse.Namespace) -> Iterator[Item]:
-    """Every file under a folder, in a stable order: images are recognised by content, so none is left out by name."""
-    for path in sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: os.fsencode(p)):
-        rel = display_path(path.relative_to(root))
+    """Every file under a folder (or the one image `root`), in a stable order: images are recognised by content, so
+    none is left out by name. --subject-from-folder labels an image with the name of the folder it is in."""
+    files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: os.fsencode(p))
+    for path in files:
+        rel = display_path(path.relative_to(root) if path != root else Path(path.name))
         source = f"{args.source_prefix.rstrip('/')}/{rel}" if args.source_prefix else display_path(path.resolve())
         subject = args.subject or (path.parent.name if args.subject_from_folder and path.parent != root else None)
         yield Item(path, source, subject, args.expires_at)
 
 
-def fail_early(args: argparse.Namespace, message: str, code: int = 2, reason: str = "error") -> int:
-    """Report an error that stops the command: a line on stderr, or a JSON object on stdout with --json."""
+def fail_early(args: argparse.Namespace, message: str, code: int = 2, reason: str = "error", kind: str = "InvalidArgument") -> int:
+    """Report an error that stops the command: a line on stderr, or with --json a JSON object on stdout shaped as the
+    engine's errors are ({"error": {"type", "reason", "message"}}; `kind` is the type)."""
     if getattr(args, "json", False):
-        print(json.dumps({"error": {"reason": reason, "message": message}}, ensure_ascii=False))
+        print(json.dumps({"error": {"type": kind, "reason": reason, "message": message}}, ensure_ascii=False))
     else:
         print(f"sightline: error: {message}", file=sys.stderr)
     return code
+
+
+FOLDER_OPTIONS = {"subject": "--subject", "subject_from_folder": "--subject-from-folder", "source_prefix": "--source-prefix",
+                  "expires_at": "--expires-at"}
+
+
+def folder_options_problem(args: argparse.Namespace, manifest: bool) -> str | None:
+    """What is wrong with the labels given on the command line, checked once before any file is read; None if nothing.
+
+    A manifest names each row's labels, so the folder options would be ignored: they are refused instead."""
+    if manifest:
+        given = [flag for name, flag in FOLDER_OPTIONS.items() if getattr(args, name)]
+        if given:
+            return (f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a folder; {display_path(args.source)} is a "
+                    "manifest, whose columns subject, source_url and expires_at label each row: put the values there")
+        return None
+    try:
+        labels.subject(args.subject)
+    except InvalidArgument as exc:
+        return f"--subject: {exc}"
+    try:
+        expires = normalize_expiry(args.expires_at)
+    except InvalidArgument as exc:
+        return f"--expires-at: {exc}"
+    if expires is not None and datetime.fromisoformat(expires) <= datetime.now(UTC):
+        return f"--expires-at {args.expires_at} is in the past: the images would never be searchable"
+    return None
 
 
 async def cmd_index(args: argparse.Namespace) -> int:
@@ -215,17 +232,20 @@ async def cmd_index(args: argparse.Namespace) -> int:
 
     source: Path = args.source
     if not source.exists():
-        return fail_early(args, f"{display_path(source)} does not exist", reason="not_found")
+        return fail_early(args, f"{display_path(source)} does not exist", reason="not_found", kind="NotFound")
+    manifest = source.is_file() and not images.looks_like_image(source)
+    if problem := folder_options_problem(args, manifest):
+        return fail_early(args, problem, reason="invalid")
     summary = Summary()
-    if source.is_file():
+    if manifest:
         try:
             rows, row_errors = read_manifest(source)
         except (ManifestError, OSError) as exc:
-            return fail_early(args, f"bad manifest: {exc}", reason="manifest")
+            return fail_early(args, f"bad manifest: {exc}", reason="manifest", kind="ManifestError")
         for err in row_errors:
             summary.manifest_errors += 1
             summary.fail(err.path, "manifest", err.message, err.line)
-        items = [Item(r.path, r.source_url, r.subject, r.expires_at, r.notes, r.line) for r in rows]
+        items = rows
     else:
         items = list(iter_folder(source, args))
     if not items and not summary.failures:
@@ -401,11 +421,11 @@ async def cmd_search(args: argparse.Namespace) -> int:
     """Search and print."""
     photo: Path = args.photo
     if not photo.is_file():
-        return fail_early(args, f"{display_path(photo)} is not a file", reason="not_found")
+        return fail_early(args, f"{display_path(photo)} is not a file", reason="not_found", kind="NotFound")
     if args.settings.require_case and not (args.case or "").strip():
         return fail_early(
             args, "every search needs a case reference: add --case REF "
-            "(or set SIGHTLINE_REQUIRE_CASE=false where your policy allows it)", reason="case_required",
+            "(or set SIGHTLINE_REQUIRE_CASE=false where your policy allows it)", reason="case_required", kind="CaseRequired",
         )
     data = photo.read_bytes()
     async with open_engine(args) as engine:

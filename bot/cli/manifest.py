@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 from engine import InvalidArgument, labels
 from engine.engine import normalize_expiry
 
-FIELDS = ("path", "source_url", "subject", "expires_at", "notes")
 DELIMITERS = (",", ";", "\t", "|")
 DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "bars"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -32,15 +31,18 @@ class ManifestError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
-    """One valid manifest row: an image to ingest with its labels."""
+class Item:
+    """One file to ingest with its labels, already checked: a valid manifest row, or a file of a folder."""
 
-    line: int
     path: Path
     source_url: str
     subject: str | None = None
     expires_at: str | None = None
     notes: str | None = None
+    line: int | None = None  # the manifest line it comes from
+
+
+FIELDS = tuple(f.name for f in fields(Item) if f.name != "line")  # a manifest's columns: path, source_url, subject, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +74,14 @@ def decode_text(data: bytes, name: str) -> str:
         ) from None
 
 
-def read_manifest(path: Path, now: datetime | None = None) -> tuple[list[Row], list[RowError]]:
+def read_manifest(path: Path, now: datetime | None = None) -> tuple[list[Item], list[RowError]]:
     """The valid rows of a manifest and the errors of the others; raises ManifestError, OSError."""
     text = decode_text(path.read_bytes(), str(path))
     first = next((line.lstrip() for line in text.splitlines() if line.strip()), "")
     if not first:
         raise ManifestError(f"{path}: the manifest is empty")
     records = _jsonl(text) if path.suffix.lower() in JSONL_SUFFIXES or first.startswith("{") else _csv(text, path)
-    rows: list[Row] = []
+    rows: list[Item] = []
     errors: list[RowError] = []
     base = path.parent
     for line, record in records:
@@ -184,7 +186,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def validate(line: int, record: dict[str, Any], base: Path, now: datetime) -> Row:
+def validate(line: int, record: dict[str, Any], base: Path, now: datetime) -> Item:
     """One manifest row checked as the engine will check it; raises InvalidArgument with what is wrong."""
     for key in FIELDS:
         value = record.get(key)
@@ -201,4 +203,4 @@ def validate(line: int, record: dict[str, Any], base: Path, now: datetime) -> Ro
     expires = normalize_expiry(record.get("expires_at"))
     if expires is not None and datetime.fromisoformat(expires) <= now:
         raise InvalidArgument(f"expires_at {record.get('expires_at', '').strip()} is in the past: the image would never be searchable")
-    return Row(line, p, source, labels.subject(record.get("subject")), expires, labels.notes(record.get("notes")))
+    return Item(p, source, labels.subject(record.get("subject")), expires, labels.notes(record.get("notes")), line)

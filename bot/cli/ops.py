@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.cli import add_command
 from engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -18,16 +19,17 @@ logger = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the operations sub-commands."""
-    p = sub.add_parser(
-        "run",
+    p = add_command(
+        sub, "run", cmd_run,
         help="run the Telegram bot",
         description="Run the bot until interrupted: long polling by default, or a webhook behind your HTTPS proxy "
-        "(SIGHTLINE_MODE=webhook). Both serve /healthz and /metrics on SIGHTLINE_HTTP_HOST:SIGHTLINE_HTTP_PORT.",
+        "(SIGHTLINE_MODE=webhook). Both serve /healthz and /metrics on SIGHTLINE_HTTP_HOST:SIGHTLINE_HTTP_PORT. Needs "
+        "SIGHTLINE_TELEGRAM_TOKEN (from @BotFather) and SIGHTLINE_ADMINS (your numeric Telegram id); without a token it "
+        "says how to get one. Exits 1 with one line if the Bot API cannot be reached.",
     )
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "doctor",
+    p = add_command(
+        sub, "doctor", cmd_doctor,
         help="check that this machine can run the bot",
         description="Check the settings, the face models, the data directory (writable, and owner-only: no file "
         "readable by other accounts), the database, the audit chain (against its head file), the index (its gallery id "
@@ -48,20 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="another file or folder holding Sightline data (backups, eval reports, audit exports) whose modes to check; "
         "repeatable",
     )
-    p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser(
-        "backup",
+    p = add_command(
+        sub, "backup", cmd_backup,
         help="copy the database and index to a new folder, safely while the bot runs",
         description="Take a consistent copy of the data directory into DEST (a new or empty folder): the database "
         "through SQLite's online backup (the running bot keeps writing), the index file, and manifest.json with "
         "counts and SHA-256 of each file. The copy holds biometric data: keep it as safe as the original.",
     )
     p.add_argument("dest", type=Path, help="folder to create for the backup")
-    p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser(
-        "restore",
+    p = add_command(
+        sub, "restore", cmd_restore,
         help="restore a backup into the data directory (bot stopped)",
         description="Verify the backup in SRC (manifest, SHA-256 of each file, SQLite integrity_check), copy it into "
         "the data directory, then open the engine so the index is reconciled with the database. Refuses a data "
@@ -69,10 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("src", type=Path, help="a folder written by `sightline backup`")
     p.add_argument("--force", action="store_true", help="replace the database and index already in the data directory")
-    p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser(
-        "index-migrate",
+    p = add_command(
+        sub, "index-migrate", cmd_index_migrate,
         help="copy the gallery's vectors into the other index backend (embedded or Milvus) and remove the old copy",
         description="Build the index of backend TO (embedded: a file in the data folder, of SIGHTLINE_INDEX_KIND or "
         "the kind named: hamming or usearch; milvus: the Milvus collection "
@@ -88,10 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "SIGHTLINE_INDEX_KIND) in this dotenv file (e.g. .env)")
     p.add_argument("--keep-old", action="store_true", help="leave the old backend's copy in place (not recommended: "
                    "faces erased later stay in it)")
-    p.set_defaults(func=cmd_index_migrate)
 
-    p = sub.add_parser(
-        "config-docs",
+    p = add_command(
+        sub, "config-docs", cmd_config_docs,
         help="print the configuration reference (Markdown), or check/update it in a file",
         description="Print the table of every SIGHTLINE_* setting, generated from bot/settings.py. With --check FILE, "
         "compare it with the block between the markers in FILE and exit 1 if they differ; with --write FILE, "
@@ -100,7 +98,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's configuration block is stale")
     g.add_argument("--write", type=Path, metavar="FILE", help="regenerate FILE's configuration block in place")
-    p.set_defaults(func=cmd_config_docs)
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -300,7 +297,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 
     if args.check:
         ok, message = configdoc.compare(args.check)
-        print(message, file=sys.stdout if ok else sys.stderr)
+        print(message if ok else f"sightline: error: {message}", file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     if args.write:
         try:

@@ -1,0 +1,161 @@
+"""What a new operator types while following the README, carelessly: options after the command, one photo instead
+of a folder, folder options with a manifest, a subject with a line break, a past expiry, output piped into `head`,
+a backup path that is wrong, `--help` of every command. The real `sightline` CLI, models, SQLite and index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_ops_support import QUERY, REPO, cli, gallery_copy
+
+from bot.cli import build_parser
+from conftest import DEV
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+OBAMA = DEV / "Barack_Obama" / "2.jpg"
+
+
+def subjects(data: Path) -> list[str | None]:
+    """The subject of every image in the gallery at `data`."""
+    with sqlite3.connect(data / "sightline.sqlite3") as db:
+        return [r[0] for r in db.execute("SELECT subject FROM images ORDER BY id")]
+
+
+def every_command(parser: argparse.ArgumentParser, prefix: str = "sightline") -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (sub-)command's parser below `parser`, with its full name."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [(f"{prefix} {name}", sub), *every_command(sub, f"{prefix} {name}")]
+    return found
+
+
+def test_every_command_explains_itself_in_its_help() -> None:
+    commands = every_command(build_parser())
+    assert len(commands) >= 20
+    unexplained = [name for name, p in commands if len(p.description or "") < 30]
+    assert not unexplained, f"--help shows no description for: {unexplained}"
+    run = dict(commands)["sightline run"].format_help()
+    assert "SIGHTLINE_TELEGRAM_TOKEN" in run and "SIGHTLINE_ADMINS" in run  # what it needs to start
+
+
+def test_global_options_work_after_the_command_too(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    code, out, err = cli("stats", "--data-dir", str(data))
+    assert code == 0 and "faces           3" in out, err
+    code, out, err = cli("--data-dir", str(tmp_path / "nowhere"), "audit", "verify", "--data-dir", str(data))
+    assert code == 0 and "audit chain OK" in out, err  # after the command wins, as it was typed last
+    code, _, err = cli("--data-dir", str(tmp_path / "nowhere"), "stats")
+    assert code == 1 and "no gallery at" in err  # before the command still counts when it is not repeated
+
+
+def test_one_photo_is_indexed_whatever_its_name(tmp_path: Path) -> None:
+    """`sightline index photo.jpg` indexes that photo; it used to be read as a manifest ("line 1 is not UTF-8")."""
+    data = tmp_path / "data"
+    code, out, err = cli("--data-dir", str(data), "index", str(OBAMA), "--subject-from-folder", "--no-progress")
+    assert code == 0 and "indexed 1 image(s)" in out, out + err
+    assert subjects(data) == ["Barack_Obama"]  # its folder's name
+    named = tmp_path / "export.csv"  # recognised by content, as in a folder
+    named.write_bytes((DEV / "Tony_Blair" / "2.jpg").read_bytes())
+    code, out, err = cli("--data-dir", str(data), "index", str(named), "--subject", "Tony Blair", "--no-progress")
+    assert code == 0 and "indexed 1 image(s)" in out, out + err
+    assert subjects(data) == ["Barack_Obama", "Tony Blair"]
+    code, out, err = cli("--data-dir", str(data), "search", str(DEV / "Tony_Blair" / "3.jpg"), "--case", "C-1", "--json")
+    assert code == 0 and json.loads(out)["hits"][0]["subject"] == "Tony Blair", err
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    (["--subject", "Ann\nSmith"], "--subject: the subject contains a line break"),
+    (["--expires-at", "2020-01-01"], "--expires-at 2020-01-01 is in the past"),
+    (["--expires-at", "31/12/2030"], "--expires-at: expires_at '31/12/2030' is not an ISO date"),
+])
+def test_a_bad_folder_option_stops_the_run_before_any_file(tmp_path: Path, options: list[str], needle: str) -> None:
+    """One clear error up front, not the same refusal for each of a thousand photos."""
+    data = tmp_path / "data"
+    code, out, err = cli("--data-dir", str(data), "index", str(DEV / "Tony_Blair"), *options, "--json")
+    assert code == 2, out + err
+    error = json.loads(out)["error"]
+    assert error["type"] == "InvalidArgument" and error["message"].startswith(needle), error
+    assert not data.exists()  # nothing was read, nothing created
+
+
+def test_folder_options_with_a_manifest_are_refused_not_ignored(tmp_path: Path) -> None:
+    manifest = tmp_path / "gallery.csv"
+    manifest.write_text(f"path,source_url\n{OBAMA},https://records.example/1\n", encoding="utf-8")
+    data = tmp_path / "data"
+    code, _, err = cli("--data-dir", str(data), "index", str(manifest), "--subject", "Someone", "--expires-at", "2030-01-01")
+    assert code == 2 and "--subject, --expires-at are for a folder" in err and "is a manifest" in err, err
+    assert not data.exists()
+    with pytest.raises(SystemExit) as stop:  # argparse: the two ways of naming a subject exclude each other
+        cli("--data-dir", str(data), "index", str(DEV / "Tony_Blair"), "--subject", "A", "--subject-from-folder")
+    assert stop.value.code == 2
+
+
+def test_errors_in_json_mode_always_name_their_type(tmp_path: Path) -> None:
+    """README: with --json, errors are {"error": {"type", "reason", "message"}}, the early ones too."""
+    code, out, _ = cli("--data-dir", str(tmp_path), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json")
+    assert code == 2 and json.loads(out)["error"] == {
+        "type": "NotFound", "reason": "not_found", "message": f"{tmp_path / 'missing.jpg'} is not a file"}
+    code, out, _ = cli("--data-dir", str(tmp_path), "search", str(QUERY), "--json")
+    assert code == 2 and json.loads(out)["error"]["type"] == "CaseRequired"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,url\nx,y\n", encoding="utf-8")
+    code, out, _ = cli("--data-dir", str(tmp_path), "index", str(bad), "--json")
+    assert code == 2 and json.loads(out)["error"]["type"] == "ManifestError"
+
+
+def test_output_piped_into_a_reader_that_stops_ends_quietly(tmp_path: Path) -> None:
+    """`sightline audit export | head -1`: the reader leaves early; no "BrokenPipeError" line, the shell's 141."""
+    data = gallery_copy(tmp_path / "data")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.run([str(SIGHTLINE), "--data-dir", str(data), "audit", "export"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=240, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write)
+    assert proc.returncode == 128 + signal.SIGPIPE and proc.stderr == "", proc.stderr
+
+
+def test_restore_from_a_wrong_path_says_what_is_wrong(tmp_path: Path) -> None:
+    code, _, err = cli("--data-dir", str(tmp_path / "data"), "restore", str(tmp_path / "no-such-backup"))
+    assert code == 1 and "no-such-backup does not exist" in err, err
+    code, _, err = cli("--data-dir", str(tmp_path / "data"), "restore", str(QUERY))
+    assert code == 1 and "2.jpg is a file: a backup is the folder `sightline backup` wrote" in err, err
+
+
+def test_stats_shows_a_lookup_time_not_the_first_call_warm_up(tmp_path: Path) -> None:
+    """A fresh process's first index lookup also loads the scan kernels (~0.7 s); stats reports a real lookup."""
+    data = gallery_copy(tmp_path / "data")
+    proc = subprocess.run([str(SIGHTLINE), "--data-dir", str(data), "stats", "--json"], capture_output=True, text=True,
+                          timeout=240, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["index_latency_ms"] < 100
+
+
+@pytest.mark.parametrize("n", ["2", "-2"])
+def test_audit_tail_shows_the_last_entries_however_the_count_is_typed(tmp_path: Path, n: str) -> None:
+    """`audit tail -2` (the Unix habit) printed the whole log: SQLite reads LIMIT -2 as no limit."""
+    data = gallery_copy(tmp_path / "data")
+    code, everything, err = cli("--data-dir", str(data), "audit", "tail", "1000")
+    assert code == 0 and len(everything.splitlines()) > 2, err
+    code, out, err = cli("--data-dir", str(data), "audit", "tail", n)
+    assert code == 0 and out.splitlines() == everything.splitlines()[-2:], err
+
+
+def test_forget_of_a_name_typed_differently_names_the_stored_one_and_erases_nothing(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")  # holds Colin_Powell, Hugo_Chavez, George_W_Bush
+    code, _, err = cli("--data-dir", str(data), "forget", "--subject", "colin powell", "--yes")
+    assert code == 1 and "no subject 'colin powell' in the gallery; did you mean 'Colin_Powell'?" in err, err
+    code, _, err = cli("--data-dir", str(data), "forget", "--subject", "100%", "--yes")  # LIKE's wildcards are escaped
+    assert code == 1 and "did you mean" not in err, err
+    assert subjects(data).count("Colin_Powell") == 1
