@@ -159,3 +159,28 @@ def test_forget_of_a_name_typed_differently_names_the_stored_one_and_erases_noth
     code, _, err = cli("--data-dir", str(data), "forget", "--subject", "100%", "--yes")  # LIKE's wildcards are escaped
     assert code == 1 and "did you mean" not in err, err
     assert subjects(data).count("Colin_Powell") == 1
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["index", "photos", "--concurrency", "0"], "0 is out of range: give 1 to 64"),
+    (["index", "photos", "--concurrency", "-5"], "-5 is out of range: give 1 to 64"),
+    (["index", "photos", "--concurrency", "100000"], "100000 is out of range: give 1 to 64"),
+    (["index", "photos", "--concurrency", "four"], "'four' is not a whole number"),
+    (["index", "photos", "--save-every", "0"], "give a positive number"),
+    (["index", "photos", "--save-every", "nan"], "give a positive number"),
+    (["search", "p.jpg", "--top", "0"], "0 is out of range: give 1 to 100"),
+    (["eval", "faces", "--worst", "-1"], "-1 is out of range"),
+    (["eval", "faces", "--max-identities", "0"], "0 is out of range"),
+])
+def test_numbers_out_of_range_are_usage_errors(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+
+
+def test_numbers_in_range_are_taken() -> None:
+    args = build_parser().parse_args(["index", "photos", "--concurrency", "64", "--save-every", "2.5"])
+    assert (args.concurrency, args.save_every) == (64, 2.5)
+    assert build_parser().parse_args(["search", "p.jpg", "--top", "100"]).top == 100

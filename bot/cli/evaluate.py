@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command
+from bot.cli import add_command, int_in
 from engine import calibration as calib
 from engine import codes, projection
 from engine import degrade as degradation
@@ -69,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("dir", type=Path, help="labelled folder: DIR/<identity>/<n>.jpg, optional LABELS.csv")
     p.add_argument("--out", type=Path, default=Path("eval-report"), help="report folder (default ./eval-report)")
-    p.add_argument("--worst", type=int, default=24, help="misses shown in worst_misses.png (default 24)")
-    p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical): a quick run")
-    p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
+    p.add_argument("--worst", type=int_in(0, 500), default=24, help="misses shown in worst_misses.png (default 24)")
+    p.add_argument("--max-identities", type=int_in(1, 10**9), help="only the first N identities (alphabetical): a quick run")
+    p.add_argument("--max-per-identity", type=int_in(1, 10**9), help="only the first K photos of each identity")
     p.add_argument("--degrade", choices=degradation.LEVELS,
                    help="degrade every probe (gallery photos stay clean) like a CCTV still or a photo of a screen: "
                         "a recipe drawn per photo (downscale, blur, noise, grey, low light, heavy JPEG); see engine/degrade.py")
@@ -93,8 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--report", type=Path, help="also write a verification report (DET, histograms) here")
     p.add_argument("--no-field", action="store_true",
                    help="skip the degraded copies: no per-quality-class tables (hits then show the overall odds)")
-    p.add_argument("--max-identities", type=int, help="only the first N identities (alphabetical)")
-    p.add_argument("--max-per-identity", type=int, help="only the first K photos of each identity")
+    p.add_argument("--max-identities", type=int_in(1, 10**9), help="only the first N identities (alphabetical)")
+    p.add_argument("--max-per-identity", type=int_in(1, 10**9), help="only the first K photos of each identity")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command, missing_gallery
+from bot.cli import add_command, int_in, missing_gallery, seconds
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
 from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--source-prefix", help="source link = this prefix + the path relative to SOURCE (default: the file's absolute path)")
     p.add_argument("--expires-at", help="ISO date after which the images are purged (folder mode)")
     p.add_argument("--report", type=Path, help="CSV of the images that failed (default: DATA_DIR/ingest-report-<time>.csv)")
-    p.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default 4)")
-    p.add_argument("--save-every", type=float, default=SAVE_EVERY_S, metavar="SECONDS",
+    p.add_argument("--concurrency", type=int_in(1, 64), default=4, help="images in flight at once, 1 to 64 (default 4)")
+    p.add_argument("--save-every", type=seconds, default=SAVE_EVERY_S, metavar="SECONDS",
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "and print the matches above the threshold. The photo is read into memory and never stored.",
     )
     p.add_argument("photo", type=Path, help="the query photo (JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF or BMP)")
-    p.add_argument("--top", type=int, default=5, help="how many matches at most (default 5)")
+    p.add_argument("--top", type=int_in(1, 100), default=5, help="how many matches at most, 1 to 100 (default 5)")
     p.add_argument("--face", type=int, help="search face N of the photo (numbered left to right)")
     p.add_argument("--case", help="case reference the search is made for (recorded in the audit log); required unless "
                    "SIGHTLINE_REQUIRE_CASE=false")
