@@ -9,13 +9,17 @@ keep-alive connections from a bounded pool, the same default timeouts, PTB's Use
 the host (read once per host; aiohttp's own `trust_env` would also read ~/.netrc on a worker thread for every
 call), certificates from certifi,
 timeouts raised as `TimedOut` and transport failures as `NetworkError` (their text never carries the URL,
-which holds the bot token).
+which holds the bot token, nor a proxy's user and password). Like HTTPXRequest it never follows a redirect (a
+Bot API that answers 3xx would otherwise get the photo re-sent wherever it points), its timeouts bound each wait
+(a slow 20 MB download that keeps moving completes), and an answer over MAX_RESPONSE_BYTES is refused while it
+arrives, not after it is all in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import urllib.request
 from typing import Any
@@ -28,6 +32,15 @@ from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
 logger = logging.getLogger(__name__)
+
+# The longest answer read: the Bot API serves files of at most 20 MB (bot.telegram_io.DOWNLOAD_LIMIT), a JSON
+# answer is far smaller; past this a call fails as it arrives instead of filling memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# One call's upper bound on top of the per-wait timeouts: a 20 MB download at 70 KB/s still fits.
+LONGEST_CALL_S = 300.0
+_CHUNK = 256 * 1024
+_BOT_PATH = re.compile(r"/bot[^/\s'\"]+")  # /bot<token>, raw or percent-encoded
+_USERINFO = re.compile(r"(//)[^/@\s'\"]+@")  # scheme://user:password@host
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -45,15 +58,16 @@ def _redacted(text: str, url: str) -> str:
     for secret in (url, path):
         if secret:
             text = text.replace(secret, "<url>")
-    return text
+    return _USERINFO.sub(r"\1<user>@", _BOT_PATH.sub("/bot<token>", text))
 
 
 class AiohttpRequest(BaseRequest):
     """A `BaseRequest` over one aiohttp ClientSession (created on `initialize`, closed on `shutdown`).
 
-    Timeouts are in seconds (None: no limit), with HTTPXRequest's defaults. aiohttp has no write timeout of its
-    own: `write_timeout` (or `media_write_timeout` for uploads) is added to the others to bound the whole call.
-    `pool_timeout` bounds the wait for a free connection (aiohttp counts it in its `connect` timeout).
+    Timeouts are in seconds (None: no limit), with HTTPXRequest's defaults, and bound each wait: `read_timeout`
+    each read of the answer, `connect_timeout` the connection, `pool_timeout` the wait for a free connection
+    (aiohttp counts it in its `connect` timeout). aiohttp has no write timeout of its own: the whole call is
+    bounded by the larger of the four timeouts' sum and LONGEST_CALL_S (so a stalled upload ends too).
     """
 
     __slots__ = ("_connect", "_media_write", "_pool", "_pool_size", "_proxies", "_read", "_session", "_write")
@@ -123,7 +137,7 @@ class AiohttpRequest(BaseRequest):
         write = default_write if isinstance(write_timeout, DefaultValue) else write_timeout
         parts = (read, write, connect, pool)
         timeout = aiohttp.ClientTimeout(
-            total=None if any(p is None for p in parts) else sum(p for p in parts if p is not None),
+            total=None if any(p is None for p in parts) else max(LONGEST_CALL_S, sum(p for p in parts if p is not None)),
             connect=None if connect is None or pool is None else connect + pool,
             sock_connect=connect, sock_read=read,
         )
@@ -136,8 +150,17 @@ class AiohttpRequest(BaseRequest):
                 form.add_field(name, content, filename=filename, content_type=mimetype)
             body = form
         try:
-            async with self._session.request(method, url, data=body, timeout=timeout, proxy=self._proxy_for(url)) as response:
-                return response.status, await response.read()
+            async with self._session.request(method, url, data=body, timeout=timeout, proxy=self._proxy_for(url),
+                                             allow_redirects=False) as response:
+                if (response.content_length or 0) > MAX_RESPONSE_BYTES:
+                    raise NetworkError(f"the Bot API's answer is {response.content_length} bytes, over {MAX_RESPONSE_BYTES}: refused")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise NetworkError(f"the Bot API's answer is over {MAX_RESPONSE_BYTES} bytes: refused")
+                    chunks.append(chunk)
+                return response.status, b"".join(chunks)
         except TimeoutError as exc:  # aiohttp's timeouts are asyncio.TimeoutError (TimeoutError since 3.11)
             raise TimedOut(_redacted(f"aiohttp.{type(exc).__name__}: {exc}", url)) from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:

@@ -128,3 +128,108 @@ async def test_the_proxy_from_the_environment_is_used_unless_no_proxy_names_the_
     with pytest.raises(NetworkError):
         await bot.initialize()  # getMe, straight to a host that does not exist
     await bot.shutdown()
+
+
+async def serve(handler: object) -> tuple[web.AppRunner, int]:
+    """An aiohttp server on 127.0.0.1 answering every path with `handler`; (runner, port)."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    hits: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"ok": True, "result": True})
+
+    other, other_port = await serve(elsewhere)
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other_port}/stolen")
+
+    runner, port = await serve(moved)
+    request = AiohttpRequest()
+    await request.initialize()
+    try:
+        status, _ = await request.do_request(f"http://127.0.0.1:{port}/bot1:T/sendPhoto", "POST",
+                                             read_timeout=2, write_timeout=2, connect_timeout=2, pool_timeout=1)
+        assert status == 307 and hits == []  # the photo is not re-sent to where the redirect points
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+        await other.cleanup()
+
+
+async def test_a_slow_download_that_keeps_moving_completes() -> None:
+    # 12 pieces 0.25 s apart: 3 s in all, longer than the four timeouts' sum (4 x 0.5 s), each wait shorter than one.
+    piece = b"\xab" * 100_000
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 12 * len(piece)
+        await response.prepare(request)
+        for _ in range(12):
+            await response.write(piece)
+            await asyncio.sleep(0.25)
+        return response
+
+    runner, port = await serve(drip)
+    request = AiohttpRequest(read_timeout=0.5, write_timeout=0.5, connect_timeout=0.5, pool_timeout=0.5)
+    await request.initialize()
+    try:
+        status, body = await request.do_request(f"http://127.0.0.1:{port}/file/bot1:T/photo.jpg", "GET")
+        assert status == 200 and body == piece * 12
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_answer_too_large_is_refused_as_it_arrives(declared: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bot.aiohttp_request.MAX_RESPONSE_BYTES", 1_000_000)
+    sent: list[int] = []
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if declared:
+            response.content_length = 50_000_000
+        await response.prepare(request)
+        try:
+            for _ in range(500):  # 50 MB if it were all read
+                await response.write(b"\x00" * 100_000)
+                sent.append(1)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return response
+
+    runner, port = await serve(flood)
+    request = AiohttpRequest()
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError, match="over 1000000"):
+            await request.do_request(f"http://127.0.0.1:{port}/file/bot1:T/big.jpg", "GET")
+        assert len(sent) < 500  # stopped before the whole answer was sent
+    finally:
+        await request.shutdown()
+        await runner.cleanup()
+
+
+async def test_a_proxy_password_never_reaches_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secretpw@127.0.0.1:99999")  # a port aiohttp refuses: InvalidURL
+    monkeypatch.setenv("HTTP_PROXY", "http://user:secretpw@127.0.0.1:99999")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    token = "987654:SECRET tok"  # percent-encoded in the URL aiohttp reports
+    bot = Bot(token, base_url="http://api.telegram.invalid/bot", request=AiohttpRequest(),
+              get_updates_request=AiohttpRequest(connection_pool_size=1))
+    with pytest.raises(NetworkError) as caught:
+        await bot.initialize()
+    text = str(caught.value)
+    assert "secretpw" not in text and "SECRET" not in text and "987654" not in text, text
+    await bot.shutdown()
