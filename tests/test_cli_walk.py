@@ -171,6 +171,8 @@ def test_forget_of_a_name_typed_differently_names_the_stored_one_and_erases_noth
     (["search", "p.jpg", "--top", "0"], "0 is out of range: give 1 to 100"),
     (["eval", "faces", "--worst", "-1"], "-1 is out of range"),
     (["eval", "faces", "--max-identities", "0"], "0 is out of range"),
+    (["index", ""], "an empty path"),  # index "$DIR" with DIR unset: not the current folder
+    (["index", "  "], "an empty path"),
 ])
 def test_numbers_out_of_range_are_usage_errors(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:

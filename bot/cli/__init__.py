@@ -91,6 +91,14 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def given_path(text: str) -> Path:
+    """An argparse type: a path that is not empty (an unset shell variable, `"$DIR"`, would otherwise mean the current
+    folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a folder, an image or a manifest")
+    return Path(text)
+
+
 def seconds(text: str) -> float:
     """An argparse type: a positive number of seconds."""
     try:

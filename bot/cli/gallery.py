@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command, int_in, missing_gallery, seconds
+from bot.cli import add_command, given_path, int_in, missing_gallery, seconds
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
 from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Every face of every image is indexed; a subject labels the image's "
         "primary face. Images already in the gallery (same SHA-256) are skipped, so a run can be resumed.",
     )
-    p.add_argument("source", type=Path, help="a folder of images, one image, or a .csv/.jsonl manifest")
+    p.add_argument("source", type=given_path, help="a folder of images, one image, or a .csv/.jsonl manifest")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--subject-from-folder", action="store_true", help="label each image with its folder's name")
     g.add_argument("--subject", help="label every image of a folder with this subject")
