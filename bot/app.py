@@ -20,9 +20,9 @@ from telegram.ext import (
     TypeHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from bot import jobs, menus, texts, web
-from bot.aiohttp_request import AiohttpRequest
 from bot.context import ENGINE_KEY, SERVICES_KEY, BotContext, Services
 from bot.handlers import access, audit, case, confirm, enroll, errors, forget, language, search, users
 from bot.handlers import help as guide
@@ -55,9 +55,9 @@ def build_application(settings: Settings, engine: Engine | None = None) -> BotAp
         token,
         base_url=settings.telegram_api_url,
         base_file_url=settings.telegram_file_url,
-        # PTB's HTTPXRequest, on aiohttp: a quarter of the CPU per Bot API call (bot/aiohttp_request.py)
-        request=AiohttpRequest(connection_pool_size=256),  # the pool ApplicationBuilder would give
-        get_updates_request=AiohttpRequest(connection_pool_size=1),
+        # PTB's own HTTP client, with the pools and timeouts ApplicationBuilder would give (tests/test_bot_request.py)
+        request=HTTPXRequest(connection_pool_size=256),
+        get_updates_request=HTTPXRequest(connection_pool_size=1),
         rate_limiter=RetryingRateLimiter(),
         # Every reply quotes the message it answers (albums: which answer is whose), even if that was deleted.
         defaults=Defaults(do_quote=True, allow_sending_without_reply=True),
@@ -218,24 +218,43 @@ def run_webhook(settings: Settings, application: BotApplication) -> int:
     return asyncio.run(web.run_webhook(settings, application, allowed_updates=ALLOWED_UPDATES))
 
 
-class GivingUpQuietly(logging.Filter):
-    """python-telegram-bot logs a network loop that gives up (the start-up getMe when the Bot API does not answer)
-    with a full traceback; `run` then says what failed in one line. Keep its line, drop the traceback (shown with -v)."""
+class QuietNetworkRecords(logging.Filter):
+    """python-telegram-bot's own records of a Bot API that does not answer, made one line each (tracebacks with -v).
+
+    * "Network Retry Loop (...) ... Aborting" (start-up gave up: no answer, or the token refused): dropped, since `run`
+      then says in one line what failed and what to do;
+    * "Error while calling `get_updates` one more time ..." (stopping while Telegram is unreachable): one line with
+      the cause instead of a traceback.
+    Errors of the polling loop itself reach `bot.handlers.errors.on_error`, which logs them in one line too.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Strip the traceback of PTB's "Network Retry Loop ... Aborting." record unless debug logging is on."""
-        if record.exc_info and "Aborting." in str(record.msg) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        """False for PTB's give-up record; its last-getUpdates record shortened; other records untouched."""
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        text = record.getMessage()
+        if text.startswith("Network Retry Loop") and "Aborting" in text:
+            return False
+        if record.exc_info and text.startswith("Error while calling `get_updates` one more time"):
+            error = record.exc_info[1]
+            record.msg = "could not mark the last updates read while stopping (%s: %s): Telegram may deliver them again"
+            record.args = (type(error).__name__, error)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"  # nothing is lost that Telegram keeps
             record.exc_info = None
             record.exc_text = None
         return True
 
 
+QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater")  # PTB's network retry loop (telegram/ext/_utils) and Updater
+
+
 def run(settings: Settings) -> int:
     """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    telegram_ext = logging.getLogger("telegram.ext")  # the logger of PTB's network retry loop (telegram/ext/_utils)
-    if not any(isinstance(f, GivingUpQuietly) for f in telegram_ext.filters):
-        telegram_ext.addFilter(GivingUpQuietly())
+    for name in QUIETED_LOGGERS:
+        ptb = logging.getLogger(name)
+        if not any(isinstance(f, QuietNetworkRecords) for f in ptb.filters):
+            ptb.addFilter(QuietNetworkRecords())
     try:
         application = build_application(settings)
     except (MissingToken, BadLanguages) as exc:

@@ -295,9 +295,9 @@ class FittingBot(ExtBot[None]):
     """
 
     async def initialize(self) -> None:
-        """PTB's initialize (open the request sessions, then getMe); when getMe fails (the Bot API does not answer),
-        close the sessions again before raising: PTB leaves them open, and aiohttp then logs "Unclosed client session"
-        after our one-line error."""
+        """PTB's initialize (open the HTTP clients, then getMe); when getMe fails (the Bot API does not answer, or
+        refuses the token), close the clients again before raising: PTB leaves them open, with any keep-alive
+        connection to the server."""
         try:
             await super().initialize()
         except BaseException:

@@ -7,6 +7,7 @@ real, small tmpfs and so need root (CI runs as root).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -224,4 +225,69 @@ def test_the_bot_fails_in_one_clear_line_when_the_bot_api_does_not_answer(tmp_pa
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "  File " not in proc.stderr, proc.stderr
     assert f"ERROR bot.app: cannot talk to Telegram at http://127.0.0.1:{port}/bot" in proc.stderr.splitlines()[-1], proc.stderr
+    assert error_lines(proc.stderr) == [proc.stderr.splitlines()[-1]], proc.stderr  # PTB's "Aborting." line is not shown
     assert "123456:ABC" not in proc.stderr  # the token is never logged
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The log lines at ERROR or above (tracebacks would show as lines starting with spaces, checked apart)."""
+    return [line for line in stderr.splitlines() if " ERROR " in line or " CRITICAL " in line]
+
+
+async def test_a_refused_token_is_one_line_without_the_token(tmp_path: Path) -> None:
+    from fakebotapi import FakeBotAPI
+
+    fake = await FakeBotAPI().start()  # it knows another token: every call answers 401
+    token = "123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345"
+    try:
+        proc = await asyncio.to_thread(run, "--data-dir", str(tmp_path / "data"), "run", SIGHTLINE_TELEGRAM_TOKEN=token,
+                                       SIGHTLINE_ADMINS="1", SIGHTLINE_TELEGRAM_API_URL=fake.base_url, SIGHTLINE_HTTP_PORT="0")
+    finally:
+        await fake.stop()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "ABCdef" not in proc.stderr, proc.stderr
+    assert error_lines(proc.stderr) == [proc.stderr.splitlines()[-1]], proc.stderr  # PTB's own give-up line is not shown
+    assert "ERROR bot.app: Telegram rejected the bot token" in proc.stderr.splitlines()[-1]
+
+
+async def test_a_bot_api_that_goes_away_while_running_is_one_warning_a_poll(tmp_path: Path) -> None:
+    """The Bot API stops answering under a running bot: each failed poll is one warning line (no traceback, no token),
+    and the bot still stops cleanly on SIGINT, saying in one line that it could not mark the last updates read."""
+    from fakebotapi import FakeBotAPI
+
+    fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), "--data-dir", str(tmp_path / "data"), "run", cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
+             "SIGHTLINE_TELEGRAM_TOKEN": fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
+             "SIGHTLINE_TELEGRAM_API_URL": fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": fake.base_file_url},
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def until(text: str) -> None:
+        while not any(text in line for line in lines):
+            line = await proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, "\n".join(lines)
+            lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    try:
+        await asyncio.wait_for(until("Application started"), TIMEOUT_S)
+        await fake.stop()  # Telegram goes away: getUpdates is refused from now on
+        await asyncio.wait_for(until("cannot fetch updates from Telegram"), 60)
+        await asyncio.wait_for(until("cannot fetch updates from Telegram (NetworkError"), 60)
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.stderr.read(), 90)
+        lines.extend(rest.decode(errors="replace").splitlines())
+        assert await proc.wait() == 0, "\n".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = "\n".join(lines)
+    polls = [line for line in lines if "cannot fetch updates from Telegram" in line]
+    assert len(polls) >= 1 and all(" WARNING bot.handlers.errors: " in line for line in polls), stderr
+    assert "Traceback" not in stderr and "  File " not in stderr and "ABCdef" not in stderr, stderr
+    assert error_lines(stderr) == [], stderr
+    assert any("could not mark the last updates read while stopping (NetworkError" in line for line in lines), stderr

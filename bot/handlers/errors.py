@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from telegram import Update
-from telegram.error import Forbidden, TelegramError
+from telegram.error import Conflict, Forbidden, NetworkError, TelegramError
 
 from bot import texts
 from bot.context import BotContext
@@ -25,11 +25,19 @@ def _language(update: Update, context: BotContext) -> Language:
 
 
 async def on_error(update: object, context: BotContext) -> None:
-    """Log every unexpected exception with its traceback, count it, and tell the user we failed."""
+    """Log every unexpected exception with its traceback, count it, and tell the user we failed.
+
+    A failed poll for updates (Telegram unreachable, a proxy's 5xx, another instance polling) is expected operation,
+    not a bug: one warning line, counted, no traceback (PTB's Updater retries with growing pauses up to 30 s).
+    """
     error = context.error
     what = f"update {update.update_id}" if isinstance(update, Update) else "a job or the updater"
     if isinstance(error, Forbidden):  # the user blocked the bot: nobody to apologise to
         logger.info("cannot reach the user while handling %s: %s", what, error)
+        return
+    if update is None and isinstance(error, NetworkError | Conflict):  # getUpdates failed: PTB's Updater polls again
+        logger.warning("cannot fetch updates from Telegram (%s: %s); polling again", type(error).__name__, error)
+        context.metrics.error("telegram")
         return
     logger.error("unhandled error while handling %s", what, exc_info=error)
     kind = "engine" if isinstance(error, EngineError) else "telegram" if isinstance(error, TelegramError) else "unhandled"
