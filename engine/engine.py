@@ -113,6 +113,7 @@ class Engine:
         self.lookups = 0  # index searches this engine made, their total seconds and the last one's ms (stats, /metrics)
         self.lookup_seconds = 0.0
         self.lookup_last_ms: float | None = None
+        self.probe_last_ms: float | None = None  # stats' own timed lookup, when no search has given one (not counted)
         if config.threshold_possible is not None:
             self.threshold_possible = config.threshold_possible
         elif calibration is not None:
@@ -189,16 +190,20 @@ class Engine:
             finally:
                 self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _lookup(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """`self.index.search`, timed for stats and /metrics (a worker thread; any backend)."""
+    def _lookup(self, vector: np.ndarray, count: int, *, probe: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """`self.index.search`, timed for stats and /metrics (a worker thread; any backend). A `probe` (stats timing a
+        lookup when nothing has searched yet) is timed apart: /metrics counts searches only."""
         started = time.perf_counter()
         try:
             return self.index.search(vector, count)
         finally:
             seconds = time.perf_counter() - started
-            self.lookups += 1
-            self.lookup_seconds += seconds
-            self.lookup_last_ms = seconds * 1000
+            if probe:
+                self.probe_last_ms = seconds * 1000
+            else:
+                self.lookups += 1
+                self.lookup_seconds += seconds
+                self.lookup_last_ms = seconds * 1000
 
     async def _cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound work on the engine's thread pool, off the event loop."""
@@ -712,11 +717,13 @@ class Engine:
         return await self.store.thumbnail(face_id)
 
     # -- erasure and retention ---------------------------------------------------------------
-    async def forget(
-        self, *, subject: str | None = None, source_url: str | None = None, sha256: str | None = None,
-        actor: str = "cli",
-    ) -> Erasure:
-        """Remove images (and all their faces) by subject, source link or content hash, for good."""
+    async def images_to_forget(
+        self, *, subject: str | None = None, source_url: str | None = None, sha256: str | None = None
+    ) -> tuple[int, ...]:
+        """Ids of the images `forget` with these arguments would erase (nothing changes): what to confirm first.
+
+        Raises InvalidArgument unless exactly one is given, NotFound (with the stored subject it was perhaps meant
+        to be) when nothing matches."""
         # However the name was typed (NFD from macOS, spaces around it), it is looked up as it is stored.
         subject, source_url, sha256 = (labels.normalize(v) if isinstance(v, str) else v for v in (subject, source_url, sha256))
         given = [v for v in (subject, source_url, sha256) if v]
@@ -729,6 +736,16 @@ class Engine:
             near = await self.store.subjects_like(subject) if subject else []
             hint = f"; did you mean {' or '.join(map(repr, near))}? (a subject is matched exactly)" if near else ""
             raise NotFound(f"no {what} {given[0]!r} in the gallery{hint}")
+        return tuple(image_ids)
+
+    async def forget(
+        self, *, subject: str | None = None, source_url: str | None = None, sha256: str | None = None,
+        actor: str = "cli",
+    ) -> Erasure:
+        """Remove images (and all their faces) by subject, source link or content hash, for good."""
+        image_ids = await self.images_to_forget(subject=subject, source_url=source_url, sha256=sha256)
+        subject, source_url, sha256 = (labels.normalize(v) if isinstance(v, str) else v for v in (subject, source_url, sha256))
+        given = [v for v in (subject, source_url, sha256) if v]
         by = "subject" if subject else "source_url" if source_url else "sha256"
         async with self._write:
             removal = await self.store.delete_images(
@@ -852,11 +869,11 @@ class Engine:
         db_bytes = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
         index = self.index
         ef, memory = await asyncio.to_thread(lambda: (index.ef, index.memory_bytes()))
-        if self.lookup_last_ms is None and c["faces"]:  # lookups, so that the latency is known: the second one's, as a
-            probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)  # process's first also loads the scan kernels (numba) and
-            probe[0] = 1.0  # pages: `sightline stats` showed 700 ms for a 1.4 ms lookup
+        if self.lookup_last_ms is None and self.probe_last_ms is None and c["faces"]:  # probes, so that the latency is
+            probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)  # known: the second one's, as a process's first also loads
+            probe[0] = 1.0  # the scan kernels (numba) and pages: `sightline stats` showed 700 ms for a 1.4 ms lookup
             for _ in range(2):
-                await self._cpu(self._lookup, probe, 10)
+                await self._cpu(self._lookup, probe, 10, probe=True)
         return Stats(
             images=c["images"], faces=c["faces"], subjects=c["subjects"], labelled_faces=c["labelled_faces"],
             flagged_faces=c["flagged_faces"], users=c["users"], audit_entries=c["audit_entries"],
@@ -864,7 +881,7 @@ class Engine:
             index_dims=self.index.ndim, index_ef=ef, index_memory_bytes=memory,
             index_backend=backend_of(index), index_kind=kind_of(index),
             index_where=index.where if isinstance(index, MilvusIndex) else str(self.config.index_path),
-            index_latency_ms=self.lookup_last_ms,
+            index_latency_ms=self.lookup_last_ms if self.lookup_last_ms is not None else self.probe_last_ms,
         )
 
 

@@ -65,6 +65,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# File name endings of the formats above (and their usual variants): a file named so is meant as an image, and one
+# that is not is reported as such; a file with another name is an image only if its content says so.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".heic", ".heif", ".hif", ".avif",
+                            ".gif", ".tif", ".tiff", ".bmp", ".dib", ".mpo"})
+
+
+def named_as_image(path: Path) -> bool:
+    """Whether the file's name ends as an image's does (IMAGE_SUFFIXES, any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def looks_like_image(path: Path) -> bool:
     """Whether the file holds an image Pillow recognises, by its content whatever its name (a manifest does not); reads
     only the header. A format we do not accept still counts, so that it is refused as an image, with its format named."""

@@ -64,8 +64,9 @@ async def test_enroll_by_caption_and_by_reply_then_forget(bot: BotHarness, bot_e
     assert reply.text == "Erased for good (subject Temp Person): 2 image(s), 2 face(s)."
     reply = await confirmed(bot, f"/forget image {sha.upper()}")
     assert reply.text.endswith(": 1 image(s), 1 face(s).")
-    reply = await confirmed(bot, "/forget source https://records.example/temp/1")
+    reply = await bot.command(BOT_ADMIN, "/forget source https://records.example/temp/1")  # gone already: said at once,
     assert reply.text.startswith("Not found: no source link") and "records.example/temp/1" in reply.text
+    assert not reply.buttons  # with no Confirm button to press first
     assert (await bot_engine.stats()).images == before
     forgets = [e.details for e in await bot_engine.audit_tail(10) if e.action == "forget"]
     assert [(d["by"], d["images"]) for d in forgets[-2:]] == [("subject", 2), ("sha256", 1)]

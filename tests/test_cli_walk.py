@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -95,9 +96,9 @@ def test_folder_options_with_a_manifest_are_refused_not_ignored(tmp_path: Path) 
     code, _, err = cli("--data-dir", str(data), "index", str(manifest), "--subject", "Someone", "--expires-at", "2030-01-01")
     assert code == 2 and "--subject, --expires-at are for a folder" in err and "is a manifest" in err, err
     assert not data.exists()
-    with pytest.raises(SystemExit) as stop:  # argparse: the two ways of naming a subject exclude each other
-        cli("--data-dir", str(data), "index", str(DEV / "Tony_Blair"), "--subject", "A", "--subject-from-folder")
-    assert stop.value.code == 2
+    # argparse: the two ways of naming a subject exclude each other
+    code, _, err = cli("--data-dir", str(data), "index", str(DEV / "Tony_Blair"), "--subject", "A", "--subject-from-folder")
+    assert code == 2 and "not allowed with argument" in err, err
 
 
 def test_errors_in_json_mode_always_name_their_type(tmp_path: Path) -> None:
@@ -186,3 +187,110 @@ def test_numbers_in_range_are_taken() -> None:
     args = build_parser().parse_args(["index", "photos", "--concurrency", "64", "--save-every", "2.5"])
     assert (args.concurrency, args.save_every) == (64, 2.5)
     assert build_parser().parse_args(["search", "p.jpg", "--top", "100"]).top == 100
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["search", "p.jpg", "--top", "0", "--json"], "0 is out of range: give 1 to 100"),
+    (["search", "--json"], "the following arguments are required: photo"),
+    (["stats", "--bogus", "--json"], "unrecognized arguments: --bogus"),  # the top-level parser's own error
+    (["index", "photos", "--concurrency", "x", "--js"], "'x' is not a whole number"),  # --json abbreviated, as argparse takes it
+    (["forget", "--subject", "x", "--json"], "unrecognized arguments: --json"),  # no --json here, but JSON was asked for
+    (["audit", "tail", "99999999999999999999", "--json"], "99999999999999999999 is out of range: give 0 to 1000000000"),
+])
+def test_usage_errors_with_json_are_one_json_object(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """README: with --json, errors are JSON on standard output; argparse's usage errors too (exit 2, nothing on stderr)."""
+    from bot.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and err == "", err
+    assert len(out.splitlines()) == 1, out
+    error = json.loads(out)["error"]
+    assert error["type"] == "UsageError" and error["reason"] == "usage", error
+    assert says in error["message"] and error["usage"].startswith("usage: sightline"), error
+
+
+def test_usage_errors_without_json_stay_argparse_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    assert main(["search", "p.jpg", "--top", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: sightline search") and "0 is out of range: give 1 to 100" in err, err
+
+
+@pytest.mark.parametrize("n", ["99999999999999999999", "-99999999999999999999", "1000000001"])
+def test_audit_tail_of_a_huge_count_is_a_usage_error_naming_the_range(n: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed "OverflowError: Python int too large to convert to SQLite INTEGER"."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["audit", "tail", n])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{n.lstrip('-')} is out of range: give 0 to 1000000000" in err and "Overflow" not in err, err
+
+
+def test_forget_of_an_unknown_subject_says_so_without_asking(tmp_path: Path) -> None:
+    """It asked "Erase every image of 'Nobody'...? [y/N]" (or, with no terminal, asked for --yes) before finding out."""
+    data = gallery_copy(tmp_path / "data")
+    code, out, err = cli("--data-dir", str(data), "forget", "--subject", "Nobody")  # no --yes, and no terminal here
+    assert code == 1 and "no subject 'Nobody' in the gallery" in err and "--yes" not in err and "Erase" not in out, err
+    code, _, err = cli("--data-dir", str(data), "forget", "--subject", "Colin_Powell")  # a real one: still asks first
+    assert code == 2 and "pass --yes" in err, err
+    assert subjects(data).count("Colin_Powell") == 1
+
+
+def forget_on_a_terminal(data: Path, answer: bytes, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`sightline forget ARGV` with a real terminal (a pseudo-terminal) as its input, typing `answer`."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(SIGHTLINE), "--data-dir", str(data), "forget", *argv], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        os.close(follower)
+        os.write(leader, answer)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        os.close(leader)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_forget_on_a_terminal_asks_only_for_what_exists_and_says_how_much(tmp_path: Path) -> None:
+    data = gallery_copy(tmp_path / "data")
+    unknown = forget_on_a_terminal(data, b"y\n", "--subject", "Nobody")
+    assert unknown.returncode == 1 and "Erase" not in unknown.stdout and "no subject 'Nobody'" in unknown.stderr, unknown
+    known = forget_on_a_terminal(data, b"y\n", "--subject", "Colin_Powell")
+    assert known.returncode == 0, known.stderr
+    assert "Erase the 1 image(s) of subject 'Colin_Powell'" in known.stdout and "erased 1 image(s)" in known.stdout, known
+    assert "Colin_Powell" not in subjects(data)
+
+
+def test_a_non_image_named_like_a_photo_is_not_an_image_not_a_bad_manifest(tmp_path: Path) -> None:
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not an image at all\n", encoding="utf-8")
+    code, out, err = cli("--data-dir", str(tmp_path / "data"), "index", str(fake), "--json")
+    summary = json.loads(out)
+    assert code == 1 and summary["not_image"] == 1 and summary["manifest_errors"] == 0, out
+    assert [(f["path"], f["reason"]) for f in summary["failures"]] == [(str(fake), "not_image")]
+    code, out, err = cli("--data-dir", str(tmp_path / "data"), "index", str(fake), "--no-progress")
+    assert code == 1 and "1 skipped (not an image)" in out and "manifest" not in err + out, err
+
+
+def test_a_folder_s_other_files_are_ignored_not_counted_as_skipped_images(tmp_path: Path) -> None:
+    """Only files named as images (.jpg, .png, …) or holding one (whatever the name) are candidates; a folder's
+    LABELS.csv, README.md or .DS_Store are not images the run skipped. -v lists them."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(DEV / "Colin_Powell" / "1.jpg", folder / "colin.jpg")
+    shutil.copy(DEV / "Tony_Blair" / "1.jpg", folder / "IMG_0001")  # no extension: found by its content
+    (folder / "broken.jpg").write_bytes(b"\x00 not a jpeg")  # named as a photo: reported, the run goes on
+    (folder / "LABELS.csv").write_text("path,subject\ncolin.jpg,Colin_Powell\n", encoding="utf-8")
+    (folder / "README.md").write_text("# photos\n", encoding="utf-8")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    code, out, err = cli("--data-dir", str(tmp_path / "data"), "index", str(folder), "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["indexed"] == 2 and summary["not_image"] == 1 and summary["ignored"] == 3, out
+    assert [f["reason"] for f in summary["failures"]] == ["not_image"] and summary["failures"][0]["path"].endswith("broken.jpg")
+    code, out, err = cli("-v", "--data-dir", str(tmp_path / "data"), "index", str(folder), "--no-progress")
+    assert code == 0 and "2 already in the gallery" in out and "1 skipped (not an image)" in out, out
+    assert "3 file(s) ignored" in err and "LABELS.csv" in err and "README.md" in err, err

@@ -174,12 +174,13 @@ async def test_folder_of_every_kind_indexes_the_good_and_reports_each_bad(
     bad = {
         "strip.png": (encode(Image.new("RGB", (4000, 3), (90, 90, 90))), "degenerate"),
         "cut.jpg": ((DEV / "Barack_Obama" / "3.jpg").read_bytes()[:3000], "corrupt"),
-        "README.md": (b"# not a photo\n", "not_image"),
+        "notes.jpg": (b"# not a photo\n", "not_image"),  # named as a photo: reported (a README.md beside it is left out)
         "grey.webp": (encode(Image.new("RGB", (300, 300), (128, 128, 128)), "WEBP"), "no_face"),
         "empty.jpg": (b"", "empty"),
     }
     for name, (data, _) in bad.items():
         (folder / name).write_bytes(data)
+    (folder / "README.md").write_bytes(b"# not a photo\n")  # neither named nor made as an image: not a candidate
     report = tmp_path / "report.csv"
     code = await cli(["--data-dir", str(tmp_path / "data"), "index", str(folder), "--no-progress", "--json",
                       "--report", str(report)])
@@ -189,6 +190,7 @@ async def test_folder_of_every_kind_indexes_the_good_and_reports_each_bad(
     reasons = {Path(f["path"]).name: f["reason"] for f in out["failures"]}
     assert reasons == {name: reason for name, (_, reason) in bad.items()}
     assert out["not_image"] == 1 and out["no_face"] == 1 and out["unreadable"] == 3 and out["errors"] == 0
+    assert out["ignored"] == 1
     lines = report.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + len(bad)
     with sqlite3.connect(tmp_path / "data" / "sightline.sqlite3") as db:

@@ -148,6 +148,33 @@ async def test_metrics_exposes_the_bots_metrics(engine: Engine) -> None:
     assert any(name == "process_resident_memory_bytes" for name, _ in samples)
 
 
+async def test_stats_probe_lookups_are_not_counted_as_searches(tmp_path: Path) -> None:
+    """`stats` (the admin's /stats) times two probe lookups of its own when nothing has searched yet; /metrics counted
+    them as index searches, so an idle bot seemed to be searching."""
+    engine = await Engine.open(engine_config(gallery_copy(tmp_path / "data")))
+    s = settings()
+    runner = await start_http(s, engine, metrics=Metrics())
+
+    async def lookups() -> tuple[float, float]:
+        _, _, body = await get(f"http://127.0.0.1:{s.http_port}/metrics")
+        samples = {sample.name: sample.value for family in text_string_to_metric_families(body) for sample in family.samples
+                   if sample.labels.get("backend") == "embedded"}
+        return samples["sightline_index_lookups_total"], samples["sightline_index_lookup_seconds_total"]
+
+    try:
+        stats = await engine.stats()
+        assert stats.index_latency_ms is not None and stats.index_latency_ms > 0  # the probe still times a lookup
+        assert await lookups() == (0.0, 0.0)
+        await engine.search(QUERY.read_bytes(), actor="test", case="T-1")
+        count, seconds = await lookups()
+        assert count >= 1 and seconds > 0  # a real search is counted
+        await engine.stats()
+        assert (await lookups())[0] == count
+    finally:
+        await stop_http(runner)
+        await engine.close()
+
+
 def test_metrics_of_keeps_one_instance_per_application() -> None:
     a, b = app_without_network(), app_without_network()
     assert Metrics.of(a) is Metrics.of(a)

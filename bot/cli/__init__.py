@@ -13,9 +13,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -40,9 +41,38 @@ logger = logging.getLogger("sightline")
 DATA_DIR_HELP = "folder of the database and index (default: SIGHTLINE_DATA_DIR or index_data/)"
 
 
+# Whether the command line being parsed asks for JSON (--json): its usage errors are then JSON too.
+_json_usage_errors: ContextVar[bool] = ContextVar("json_usage_errors", default=False)
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether `argv` holds --json (or an abbreviation argparse would take for it) before any `--`."""
+    for token in argv:
+        if token == "--":
+            return False
+        if len(token) >= 3 and "--json".startswith(token):
+            return True
+    return False
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (and, through `add_subparsers`, every sub-command's). A usage error is argparse's text on
+    standard error, exit 2; when the command line asks for --json, it is one JSON object on standard output instead,
+    shaped as every other --json error: {"error": {"type": "UsageError", "reason": "usage", "message", "usage"}}."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error and exit 2 (SystemExit)."""
+        if not _json_usage_errors.get():
+            super().error(message)
+        error = {"type": "UsageError", "reason": "usage", "message": f"{self.prog}: {message}",
+                 "usage": self.format_usage().strip()}
+        print(json.dumps({"error": error}, ensure_ascii=False))
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sightline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
@@ -170,7 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     """Parse, configure logging, run the command; errors a user can cause become one line and exit 1."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    asked = _json_usage_errors.set(wants_json(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a usage error (already reported) or --help: its exit code, for in-process callers too
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    finally:
+        _json_usage_errors.reset(asked)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -178,7 +214,11 @@ def _main(argv: list[str] | None) -> int:
         settings = load_settings(args)
     except ValidationError as exc:
         errors = "; ".join(f"SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        print(f"sightline: bad setting: {errors}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": {"type": "BadSetting", "reason": "settings", "message": f"bad setting: {errors}"}},
+                             ensure_ascii=False))
+        else:
+            print(f"sightline: bad setting: {errors}", file=sys.stderr)
         return 2
     # The bot logs every event; one-shot commands only show warnings unless asked (-v).
     level = "DEBUG" if args.verbose else settings.log_level if args.command == "run" else "WARNING"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command, missing_gallery
+from bot.cli import add_command, int_in, missing_gallery
 from bot.i18n import ENGLISH, Language, LanguageError, Languages
 from engine import AuditEntry, InvalidArgument, StorageError, fsmodes, labels
 from engine.audit import HeadLog
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 description="Print the last entry's number and hash. Record it somewhere else too (a ticket, a letter to "
                 "the oversight body): `audit verify --expect-head HASH` then shows that no entry up to it was changed.")
     t = add_command(asub, "tail", cmd_tail, help="show the last N entries", description="Show the last N audit entries.")
-    t.add_argument("n", nargs="?", type=entry_count, default=20, help="how many (default 20; -5 as for `tail` means 5)")
+    t.add_argument("n", nargs="?", type=entry_count, default=20, help=f"how many, 0 to {MAX_TAIL:,} (default 20; -5 as for `tail` means 5)")
 
     r = add_command(
         sub, "report", cmd_report,
@@ -65,10 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "e.g. fr, nl, de; numbers and dates follow its locale")
 
 
+MAX_TAIL = 1_000_000_000  # entries `audit tail` shows at most (SQLite's LIMIT takes 64-bit numbers only)
+
+
 def entry_count(text: str) -> int:
-    """A number of entries for `audit tail`: `-5`, as Unix `tail -5` is typed, means 5 (SQLite reads LIMIT -5 as no
-    limit, which printed the whole log)."""
-    return abs(int(text))
+    """A number of entries for `audit tail`, 0 to MAX_TAIL: `-5`, as Unix `tail -5` is typed, means 5 (SQLite reads
+    LIMIT -5 as no limit, which printed the whole log); past the range, a usage error that names it."""
+    return int_in(0, MAX_TAIL)(text.strip().removeprefix("-"))
 
 
 def report_language(args: argparse.Namespace) -> Language | None:

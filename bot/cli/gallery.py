@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -63,8 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = add_command(
         sub, "index", cmd_index,
         help="add a folder of images or a manifest to the gallery",
-        description="Add images to the gallery. SOURCE is a folder (every file under it is read and recognised by "
-        "content: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP, whatever its name), one image, or a manifest (.csv or "
+        description="Add images to the gallery. SOURCE is a folder (every file under it named as an image, .jpg, .png, "
+        ".heic, ..., or holding one whatever its name: JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF, BMP; other files, such as "
+        "a LABELS.csv or README.md beside the photos, are left out and named with -v), one image, or a manifest (.csv or "
         ".jsonl with columns path, source_url, subject, expires_at, notes; paths relative to the manifest; the folder "
         "options --subject, --subject-from-folder, --source-prefix and --expires-at are refused with one). Every file that does "
         "not go in is counted in the summary and listed in the report with its reason. "
@@ -148,6 +149,7 @@ class Summary:
     index_unavailable: int = 0  # good files not enrolled because the index server (Milvus) did not answer
     errors: int = 0  # anything unexpected on one file (logged with its traceback)
     near_copies: int = 0  # indexed images that are near-identical copies of gallery images (shown as one hit)
+    ignored: int = 0  # a folder's files that are not images by name or content (LABELS.csv, README.md): not counted above
     failures: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # path, reason, message, line
 
     def fail(self, path: str, reason: str, message: str, line: int | None = None) -> None:
@@ -178,15 +180,25 @@ def display_path(path: Path) -> str:
     return labels.scrub(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
-def iter_folder(root: Path, args: argparse.Namespace) -> Iterator[Item]:
-    """Every file under a folder (or the one image `root`), in a stable order: images are recognised by content, so
-    none is left out by name. --subject-from-folder labels an image with the name of the folder it is in."""
+def folder_items(root: Path, args: argparse.Namespace) -> tuple[list[Item], list[Path]]:
+    """The image files under a folder (or the one image `root`), in a stable order, and the other files, left out.
+
+    A file is an image to index when its name says so (images.IMAGE_SUFFIXES: one that is not an image is then
+    reported as such) or its content does, whatever its name (IMG_0001, a .dat from a camera); any other file (a
+    LABELS.csv, README.md, .DS_Store beside the photos) is not an image anyone meant to index, and is left out
+    without counting as a skipped image. --subject-from-folder labels an image with the name of its folder."""
     files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: os.fsencode(p))
+    items: list[Item] = []
+    ignored: list[Path] = []
     for path in files:
+        if path != root and not images.named_as_image(path) and not images.looks_like_image(path):
+            ignored.append(path)
+            continue
         rel = display_path(path.relative_to(root) if path != root else Path(path.name))
         source = f"{args.source_prefix.rstrip('/')}/{rel}" if args.source_prefix else display_path(path.resolve())
         subject = args.subject or (path.parent.name if args.subject_from_folder and path.parent != root else None)
-        yield Item(path, source, subject, args.expires_at)
+        items.append(Item(path, source, subject, args.expires_at))
+    return items, ignored
 
 
 def fail_early(args: argparse.Namespace, message: str, code: int = 2, reason: str = "error", kind: str = "InvalidArgument") -> int:
@@ -233,7 +245,8 @@ async def cmd_index(args: argparse.Namespace) -> int:
     source: Path = args.source
     if not source.exists():
         return fail_early(args, f"{display_path(source)} does not exist", reason="not_found", kind="NotFound")
-    manifest = source.is_file() and not images.looks_like_image(source)
+    # One file is a manifest unless it is an image by name or content: a photo.jpg that is not one is a bad image.
+    manifest = source.is_file() and not images.named_as_image(source) and not images.looks_like_image(source)
     if problem := folder_options_problem(args, manifest):
         return fail_early(args, problem, reason="invalid")
     summary = Summary()
@@ -247,9 +260,15 @@ async def cmd_index(args: argparse.Namespace) -> int:
             summary.fail(err.path, "manifest", err.message, err.line)
         items = rows
     else:
-        items = list(iter_folder(source, args))
+        items, ignored = folder_items(source, args)
+        summary.ignored = len(ignored)
+        if ignored:
+            logger.info("%d file(s) ignored: not images by name or content", len(ignored))
+            for path in ignored:
+                logger.debug("ignored (not an image by name or content): %s", display_path(path))
     if not items and not summary.failures:
-        return fail_early(args, f"no files found in {display_path(source)}", code=1, reason="empty")
+        also = f" ({summary.ignored} other file(s), none an image by name or content)" if summary.ignored else ""
+        return fail_early(args, f"no images found in {display_path(source)}{also}", code=1, reason="empty")
     actor = cli_actor()
     if items:
         async with open_engine(args, create=True) as engine:
@@ -436,18 +455,24 @@ async def cmd_search(args: argparse.Namespace) -> int:
 
 # -- forget / stats / purge ---------------------------------------------------------------------
 async def cmd_forget(args: argparse.Namespace) -> int:
-    """Erase images for good."""
-    what = args.subject or args.source_url or args.image
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("sightline: error: forget erases for good and asks first, but there is no terminal to ask on: "
-                  "pass --yes to confirm (nothing erased)", file=sys.stderr)
-            return 2
-        answer = input(f"Erase every image of {what!r} with its faces, for good? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing erased")
-            return 1
+    """Erase images for good: first find them (an unknown subject is said at once), then confirm, then erase."""
+    what = "subject" if args.subject else "source link" if args.source_url else "image"
+    value = args.subject or args.source_url or args.image
     async with open_engine(args) as engine:
+        found = await engine.images_to_forget(subject=args.subject, source_url=args.source_url, sha256=args.image)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"sightline: error: forget erases for good and asks first, but there is no terminal to ask on: "
+                      f"pass --yes to confirm the {len(found)} image(s) of {what} {value!r} (nothing erased)", file=sys.stderr)
+                return 2
+            question = f"Erase the {len(found)} image(s) of {what} {value!r} with their faces, for good? [y/N] "
+            try:  # on this thread, not a worker's: Ctrl-C must interrupt the question (the CLI has no other task)
+                answer = input(question)
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing erased")
+                return 1
         erasure = await engine.forget(
             subject=args.subject, source_url=args.source_url, sha256=args.image, actor=cli_actor()
         )

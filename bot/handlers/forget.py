@@ -16,6 +16,7 @@ from bot.telegram_io import command_argument
 from engine import EngineError
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+KEYWORD = {"subject": "subject", "source": "source_url", "image": "sha256"}  # /forget's word -> Engine.forget's argument
 
 
 @admin_only
@@ -34,6 +35,11 @@ async def on_forget(update: Update, context: BotContext) -> None:
     if not valid:
         await message.reply_text(texts.USAGE["forget"])
         return
+    try:  # nothing to erase is said at once, not after the admin confirmed
+        await context.engine.images_to_forget(**{KEYWORD[what]: value.lower() if what == "image" else value})
+    except EngineError as exc:
+        await message.reply_text(texts.for_error(exc))
+        return
     await ask_confirmation(message, context, Confirmation(context.account.user_id, "forget", (what, value)),
                            texts.confirm_forget(what, value), texts.CONFIRM_FORGET)
 
@@ -42,12 +48,7 @@ async def execute(message: Message, context: BotContext, what: str, value: str) 
     """Erase, after the admin confirmed, and say what went."""
     actor = context.account.actor
     try:
-        if what == "subject":
-            erasure = await context.engine.forget(subject=value, actor=actor)
-        elif what == "source":
-            erasure = await context.engine.forget(source_url=value, actor=actor)
-        else:
-            erasure = await context.engine.forget(sha256=value.lower(), actor=actor)
+        erasure = await context.engine.forget(**{KEYWORD[what]: value.lower() if what == "image" else value}, actor=actor)
     except EngineError as exc:
         await message.reply_text(texts.for_error(exc))
         return
