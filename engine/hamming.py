@@ -77,6 +77,7 @@ CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim 
 CHUNK_MIN = 16_384  # codes per chunk at least
 SAMPLE = 16_384  # codes sampled (in SAMPLE_RUNS runs) to choose the scan's threshold distance
 SAMPLE_RUNS = 16
+SPINS = 200_000  # rounds (~1-2 ns each) the calling thread spins for another's last chunk before it blocks (scan.wait_chunks)
 MARGIN = 1.2  # the threshold aims at this many times the codes to keep: one scan, rarely a second
 
 
@@ -115,6 +116,7 @@ class HammingIndex:
         self.split_min = SPLIT_MIN
         self.chunk_min = CHUNK_MIN
         self._spare: list[tuple[np.ndarray, ...]] = []  # scan buffers for reuse (_buffers)
+        self._word_views: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, codes, codes2) as the scan reads them (_words)
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
         self._pool: ThreadPoolExecutor | None = None
@@ -151,6 +153,7 @@ class HammingIndex:
             fresh[: self._n] = old[: self._n]
             old.fill(0)  # freed memory keeps its bytes: leave none of a face that is erased later
         self._keys, self._codes, self._codes2, self._vecs = new
+        self._word_views = None
 
     def _quantise(self, projected: np.ndarray) -> np.ndarray:
         """Projected unit vectors -> int8 of (v - centre) * QUANT_SCALE, clipped to +-127."""
@@ -232,10 +235,10 @@ class HammingIndex:
         if x.size != self.input_dim:
             raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
         x = np.ascontiguousarray(x.reshape(-1))
+        # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
         code = np.empty(self.code_model.nbytes, dtype=np.uint8)
         sb = self._scan_bytes
         y = np.empty(self.code_model.bits, dtype=np.float32)
-        scan.encode_query(x, self._mean, self._weights[0], y[: sb * 8], code[:sb])  # the scanned bits first
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
@@ -243,77 +246,92 @@ class HammingIndex:
             want = min(max(self.candidates, count), n)
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
             keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
-            job = self._start_scan(code, keep, want, n)
-            # while the other threads scan: the query's other bits (the second stage waits for them: job.ready), then
-            # its projection (the re-rank needs it only at the end)
-            if len(code) > sb:
-                scan.encode_query(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:])
-                job.ready[0] = 1
+            job = self._start_scan(code, keep, want, n, x, y)  # encodes the query's scanned bits first
+            # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
+            # stage waits for them), its projection, its share of the scan and the second stage, the selection and re-rank.
             if self._basis is not None:
-                qs = np.empty(self.ndim, dtype=np.float32)
-                offset = np.float32(scan.project_query(x, self._basis, self._centre, QUANT_SCALE, qs))
+                basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
             else:
-                qs = x / np.float32(QUANT_SCALE)
-                offset = np.float32(x @ self._centre)
-            rows, dist, counts = self._finish_scan(job)
-            best = np.empty(want, dtype=np.int64)
-            sims = np.empty(want, dtype=np.float32)
-            k = scan.select_rerank(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, sims)
+                basis, qs, offset = _NO_BASIS, x / np.float32(QUANT_SCALE), np.float32(x @ self._centre)
+            c = min(count, want)
+            keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
+            best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)
+            c, offset = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre, QUANT_SCALE,
+                                           qs, offset, job.args, SPINS if job.futures else 1, job.enough, job.bits,
+                                           self.code_model.bits, want, self._vecs, self._keys, count, best, cand, keys, sims)
+            if c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
+                rows, dist, counts = self._finish_scan(job)
+                srows, sdist, scounts = job.args[-1]
+                if self._codes2.shape[1] and int(scounts.sum()) >= want:  # (as finish_search chooses)
+                    rows, dist, counts = srows, sdist, scounts
+                c = scan.select_top(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
+                                    np.float32(offset), keys, sims)
             self._spare.append(job.buffers)
-            sims = sims[:k]
-            c = min(count, k)
-            top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
-            top = top[np.argsort(-sims[top], kind="stable")]
-            keys = self._keys[best[top]]  # (only the `count` read: 1,000 scattered reads cost ~0.09 ms)
-        return keys, sims[top] + offset
+        return keys[:c], sims[:c]
 
     def _scan(self, code: np.ndarray, keep: int, least: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """_start_scan then _finish_scan: the chunks' kept rows (chunks, cap) int64, their distances over all the
         bits (chunks, cap) int32 and how many each chunk kept (chunks,) int64; shared lock held."""
         return self._finish_scan(self._start_scan(code, keep, least, n))
 
-    def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int) -> _ScanJob:
+    def _words(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n rows of the scanned and the second-stage codes as engine.scan reads them (as_words), kept until
+        the arrays change (_reserve, load, reset drop them; n changes with add and remove)."""
+        cached = self._word_views
+        if cached is not None and cached[0] == n:
+            return cached[1], cached[2]
+        codes, codes2 = scan.as_words(self._codes[:n]), scan.as_words(self._codes2[:n])
+        self._word_views = (n, codes, codes2)
+        return codes, codes2
+
+    def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int, x: np.ndarray | None = None,
+                    y: np.ndarray | None = None) -> _ScanJob:
         """Choose the threshold and set the other threads scanning (shared lock held): the rows among the first n
         whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D; the bytes after the
-        scanned ones may be written later, until the job's `ready` is set or _finish_scan is called) will be kept.
+        scanned ones may be written later, until the job's READY counter is set or _finish_scan is called) will be kept.
 
         The threshold is the smallest that keeps ~MARGIN x `keep` codes in a sample (SAMPLE codes in 16 runs spread
         over the gallery; exact when the gallery is no larger), all the codes at it included; if the scan kept fewer
         than 3/4 of `keep` or than `least`, _finish_scan raises it and scans again (rare).
+
+        With the query's embedding x (and y, (bits,) float32 scratch) its scanned bits are first encoded into `code` here
+        (engine.scan.lead_threshold: the encoding and the sample in one call).
         """
         bits = self._scan_bytes * 8
-        codes = scan.as_words(self._codes[:n])
+        codes, codes2 = self._words(n)
         q = scan.query_words(code[: self._scan_bytes])
-        codes2 = scan.as_words(self._codes2[:n])
         q2 = scan.query_words(code[self._scan_bytes :])
         if keep >= n:
+            if x is not None:
+                scan.encode_query(x, self._mean, self._weights[0], y[: bits], code[: self._scan_bytes])
             t, enough, expect = bits, n, float(n)
         else:
             runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
-            hist = np.zeros(bits + 1, dtype=np.int64)
-            scan.sample_histogram(codes, q, n, runs, block, hist)
-            scale = n / (runs * block)
-            if runs == 1:  # the sample is the gallery: exact
-                t, enough = scan.threshold_for(hist, scale, float(keep)), keep
+            exact = runs == 1  # the sample is the gallery
+            want = float(keep) if exact else keep * MARGIN
+            hist = np.empty(bits + 1, dtype=np.int64)
+            if x is not None:
+                t, sampled = scan.lead_threshold(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes], codes, q, n,
+                                                 runs, block, want, hist)
             else:
-                t, enough = scan.threshold_for(hist, scale, keep * MARGIN), max(least, (3 * keep) // 4)
-            expect = float(hist[: t + 1].sum() * scale)
+                t, sampled = scan.sample_threshold(codes, q, n, runs, block, want, hist)
+            enough = keep if exact else max(least, (3 * keep) // 4)
+            expect = sampled * n / (runs * block)
         chunk = max(self.chunk_min, -(-n // CHUNKS))
-        job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), t, bits, enough,
-                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.zeros(1, dtype=np.int64))
+        job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), int(t), bits, enough,
+                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.array([0, 0, 0, -1, 0], dtype=np.int64))
+        job.counters[scan.QUOTA] = 3 * least // job.chunks + 1  # (see engine.scan._finish_chunk)
         self._launch(job)
         return job
 
     def _launch(self, job: _ScanJob) -> None:
         """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
         codes, q, codes2, q2 = job.arrays
-        rows, dist, scanned, taken, counts = job.buffers = self._buffers(job.chunks, job.cap)
+        rows, dist, scanned, taken, counts, *short = job.buffers = self._buffers(job.chunks, job.cap)
         scanned.fill(-1)
         taken.fill(0)
         counts.fill(-1)
-        # a fresh counter per scan: a thread that starts after its scan was finished by the others claims nothing
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, scanned, taken,
-                    counts, job.ready)
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, job.counters, rows, dist, scanned, taken, counts, tuple(short))
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
@@ -325,17 +343,16 @@ class HammingIndex:
         """Scan on this thread until no chunk is left, wait for a chunk another thread is still scanning (if any),
         widen the threshold or the buffers and scan again when needed (rare); shared lock held. The query's code must be
         complete (its second-stage bits written)."""
-        job.ready[0] = 1
+        job.counters[scan.READY] = 1
         while True:
-            rows, dist, *_, counts = job.buffers
+            rows, dist, _, _, counts, *_ = job.buffers
             scan.scan_chunks(*job.args, 1)
-            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan and second stage)
-                for f in job.futures:
-                    if not f.cancel():
-                        f.result()
-            else:  # every chunk is done: threads that have not started yet will find nothing to claim
-                for f in job.futures:
-                    f.cancel()
+            # another thread inside a chunk: spin for it (briefly), else block until its call returns; then no thread
+            # touches these buffers again and they may be reused
+            waited = bool(job.futures) and not scan.wait_chunks(counts, job.counters, SPINS)
+            for f in job.futures:
+                if not f.cancel() and waited:
+                    f.result()
             most = int(counts.max())
             if most > job.cap:  # a chunk kept more than its buffers hold: again, with room for all
                 self._spare.append(job.buffers)
@@ -346,22 +363,24 @@ class HammingIndex:
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
+            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA]], dtype=np.int64)  # fresh; the query's code is complete
             self._launch(job)
 
     def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
-        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and three (chunks,) counters (scanned,
-        taken for the second stage, complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a
-        face; one set per concurrent search."""
+        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances, three (chunks,) counters (scanned, taken
+        for the second stage, complete: engine.scan.scan_chunks), and the short lists' rows, distances and counts
+        (engine.scan._finish_chunk): they hold row numbers and distances, nothing of a face; one set per concurrent search."""
         while self._spare:
             try:
-                rows, dist, scanned, taken, counts = self._spare.pop()
+                found = self._spare.pop()
             except IndexError:  # another search took the last one
                 break
-            if rows.shape[0] == chunks and rows.shape[1] >= cap:
-                return rows, dist, scanned, taken, counts
+            if found[0].shape[0] == chunks and found[0].shape[1] >= cap:
+                return found
         cap = max(cap, 1)
         return (np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32),
-                *(np.empty(chunks, dtype=np.int64) for _ in range(3)))
+                *(np.empty(chunks, dtype=np.int64) for _ in range(3)),
+                np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32), np.empty(chunks, dtype=np.int64))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -400,6 +419,7 @@ class HammingIndex:
                 arr.fill(0)
             self._n = 0
             self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
+            self._word_views = None
 
     # -- persistence -------------------------------------------------------------------------
     @property
@@ -472,6 +492,7 @@ class HammingIndex:
                 arr.fill(0)
             self._keys, self._codes, self._codes2, self._vecs = loaded
             self._n = len(loaded[0])
+            self._word_views = None
         return True
 
     def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -514,6 +535,9 @@ class HammingIndex:
                 self._pool = None
 
 
+_NO_BASIS = np.zeros((0, 0), dtype=np.float32)  # (engine.scan.finish_search: no projection to apply)
+
+
 def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
     """np.zeros(shape, dtype) starting on an ALIGN-byte boundary (numpy's large buffers start 16 bytes into a page): a
     view into a buffer ALIGN bytes longer, whose extra bytes never hold data."""
@@ -535,8 +559,9 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
-    ready: np.ndarray  # (1,) int64: set once the query's second-stage bits are written (engine.scan.scan_chunks)
-    args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments
+    counters: np.ndarray  # (3,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written) and
+    # ACTIVE (threads inside the scan), engine.scan.scan_chunks
+    args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments (but `sweep`)
     buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
     futures: list[Future[int]] = field(default_factory=list)
 

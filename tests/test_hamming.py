@@ -212,13 +212,15 @@ def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path
                 + (np.unpackbits(code[16:]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1))
         for early in (True, False):
             job = idx._start_scan(code, 600, 600, 5000)
-            rows, dist, scanned, taken, counts = job.buffers
-            job.ready[0] = 0 if early else 1
+            rows, dist, scanned, taken, counts, *_ = job.buffers
+            job.counters[scan.READY] = 0 if early else 1
             scan.scan_chunks(*job.args, 0)  # another thread's call: it scans every chunk
             assert (scanned >= 0).all() and ((counts < 0).all() if early else (counts >= 0).all())
-            job.ready[0] = 1
+            assert scan.wait_chunks(counts, job.counters, 1000) == (0 if early else 1)  # chunks left unfinished: not done
+            job.counters[scan.READY] = 1
             scan.scan_chunks(*job.args, 1)  # the caller's: nothing left to scan; it finishes the chunks left to it
-            assert (counts == scanned).all() and (taken == 1).all()
+            assert (counts == scanned).all() and (taken == 1).all() and job.counters[scan.ACTIVE] == 0
+            assert scan.wait_chunks(counts, job.counters, 1) == 1
             kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
             assert np.array_equal(np.concatenate([dist[c, :k] for c, k in enumerate(counts)]), full[kept])
 
@@ -433,9 +435,10 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
         "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
-        "scanned, counts, ready = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.ones(1, dtype=np.int64)\n"
-        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist,"
-        " scanned, np.zeros(1, dtype=np.int64), counts, ready, 1)\n"
+        "scanned, counts = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64)\n"
+        "short = (rows.copy(), dist.copy(), counts.copy())\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.array([0, 1, 0, -1, 1]), rows, dist,"
+        " scanned, np.zeros(1, dtype=np.int64), counts, short, 1)\n"
         "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
