@@ -246,24 +246,25 @@ class HammingIndex:
             want = min(max(self.candidates, count), n)
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
             keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
-            job = self._start_scan(code, keep, want, n, x, y)  # encodes the query's scanned bits first
-            # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
-            # stage waits for them), its projection, its share of the scan and the second stage, the selection and re-rank.
             if self._basis is not None:
                 basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
             else:
                 basis, qs, offset = _NO_BASIS, x / np.float32(QUANT_SCALE), np.float32(x @ self._centre)
+            best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)  # the candidates, their int8 cosines
+            job = self._start_scan(code, keep, want, n, x, y, (self._vecs, qs, best, cand))  # encodes the query's scanned bits
+            # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
+            # stage waits for them), its projection, its share of the scan and the second stage, the selection, its share of
+            # the re-rank, the best `count`.
             c = min(count, want)
             keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
-            best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)
-            c, offset = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre, QUANT_SCALE,
-                                           qs, offset, job.args, SPINS if job.futures else 1, job.enough, job.bits,
-                                           self.code_model.bits, want, self._vecs, self._keys, count, best, cand, keys, sims)
-            if c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
+            c, offset, o = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre,
+                                              QUANT_SCALE, offset, job.args, job.enough, job.bits, self.code_model.bits, want,
+                                              self._keys, count, keys, sims)
+            if c == -3:  # another thread is inside a block of the re-rank: wait for it
+                self._join(job)
+                c = scan.top_answers(cand, best, o, self._keys, count, np.float32(offset), keys, sims)
+            elif c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
                 rows, dist, counts = self._finish_scan(job)
-                srows, sdist, scounts = job.args[-1]
-                if self._codes2.shape[1] and int(scounts.sum()) >= want:  # (as finish_search chooses)
-                    rows, dist, counts = srows, sdist, scounts
                 c = scan.select_top(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
                                     np.float32(offset), keys, sims)
             self._spare.append(job.buffers)
@@ -285,7 +286,7 @@ class HammingIndex:
         return codes, codes2
 
     def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int, x: np.ndarray | None = None,
-                    y: np.ndarray | None = None) -> _ScanJob:
+                    y: np.ndarray | None = None, rank: tuple[np.ndarray, ...] | None = None) -> _ScanJob:
         """Choose the threshold and set the other threads scanning (shared lock held): the rows among the first n
         whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D; the bytes after the
         scanned ones may be written later, until the job's READY counter is set or _finish_scan is called) will be kept.
@@ -295,47 +296,59 @@ class HammingIndex:
         than 3/4 of `keep` or than `least`, _finish_scan raises it and scans again (rare).
 
         With the query's embedding x (and y, (bits,) float32 scratch) its scanned bits are first encoded into `code` here
-        (engine.scan.lead_threshold: the encoding and the sample in one call).
+        (engine.scan.lead_threshold: the encoding and the sample in one call). With `rank` (the index's vectors, the
+        query's projection and the candidates' rows and cosines: engine.scan.rerank_blocks) the other threads join the
+        re-rank once their scan is done.
         """
         bits = self._scan_bytes * 8
         codes, codes2 = self._words(n)
         q = scan.query_words(code[: self._scan_bytes])
         q2 = scan.query_words(code[self._scan_bytes :])
-        if keep >= n:
-            if x is not None:
-                scan.encode_query(x, self._mean, self._weights[0], y[: bits], code[: self._scan_bytes])
-            t, enough, expect = bits, n, float(n)
-        else:
-            runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
-            exact = runs == 1  # the sample is the gallery
-            want = float(keep) if exact else keep * MARGIN
-            hist = np.empty(bits + 1, dtype=np.int64)
-            if x is not None:
-                t, sampled = scan.lead_threshold(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes], codes, q, n,
-                                                 runs, block, want, hist)
-            else:
-                t, sampled = scan.sample_threshold(codes, q, n, runs, block, want, hist)
-            enough = keep if exact else max(least, (3 * keep) // 4)
-            expect = sampled * n / (runs * block)
         chunk = max(self.chunk_min, -(-n // CHUNKS))
-        job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), int(t), bits, enough,
-                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.array([0, 0, 0, -1, 0], dtype=np.int64))
-        job.counters[scan.QUOTA] = 3 * least // job.chunks + 1  # (see engine.scan._finish_chunk)
+        chunks = -(-n // chunk)
+        sampled = keep < n
+        # The other threads are started first, to wait (spinning, engine.scan.helper_scan) for the threshold: their wake-up
+        # overlaps the encoding and the sample. So the buffers are sized before the sample: room for 3 x MARGIN x keep in
+        # all (the scan keeps ~1.2-1.8 x keep at 1 M: the 128-bit distances are coarse); a chunk that keeps more is
+        # scanned again with room for all (_finish_scan).
+        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled else bits, bits, n,
+                       min(chunk, int(chunk * (3 * MARGIN * keep if sampled else n) / n) + 256),
+                       np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1], dtype=np.int64),  # (engine.scan.CLAIM...)
+                       rank or _NO_RANK)
         self._launch(job)
+        if not sampled:
+            if x is not None:
+                scan.encode_query(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes])
+            return job
+        runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
+        exact = runs == 1  # the sample is the gallery
+        want = float(keep) if exact else keep * MARGIN
+        hist = np.empty(bits + 1, dtype=np.int64)
+        if x is not None:
+            t, _ = scan.lead_threshold(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes], codes, q, n, runs,
+                                       block, want, hist)
+        else:
+            t, _ = scan.sample_threshold(codes, q, n, runs, block, want, hist)
+        job.t = int(t)
+        job.enough = keep if exact else max(least, (3 * keep) // 4)
+        job.args = (*job.args[:4], job.t, *job.args[5:])
+        job.counters[scan.T] = job.t  # the other threads start scanning
         return job
 
     def _launch(self, job: _ScanJob) -> None:
-        """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
+        """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan);
+        they wait for the threshold when job.t < 0 (until it is written to job.counters[T])."""
         codes, q, codes2, q2 = job.arrays
         rows, dist, scanned, taken, counts, *short = job.buffers = self._buffers(job.chunks, job.cap)
         scanned.fill(-1)
         taken.fill(0)
         counts.fill(-1)
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, job.counters, rows, dist, scanned, taken, counts, tuple(short))
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, job.counters, rows, dist, scanned, taken, counts, tuple(short),
+                    job.rank, SPINS)
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
-            job.futures = [pool.submit(scan.scan_chunks, *job.args, 0) for _ in range(helpers)]
+            job.futures = [pool.submit(scan.helper_scan, *job.args, 0) for _ in range(helpers)]
         else:
             job.futures = []
 
@@ -349,10 +362,9 @@ class HammingIndex:
             scan.scan_chunks(*job.args, 1)
             # another thread inside a chunk: spin for it (briefly), else block until its call returns; then no thread
             # touches these buffers again and they may be reused
-            waited = bool(job.futures) and not scan.wait_chunks(counts, job.counters, SPINS)
-            for f in job.futures:
-                if not f.cancel() and waited:
-                    f.result()
+            if job.futures and not scan.wait_chunks(counts, job.counters, SPINS):
+                self._join(job)
+            job.counters[scan.RANKED] = 0  # (a helper waiting to join the re-rank: there is none in this path)
             most = int(counts.max())
             if most > job.cap:  # a chunk kept more than its buffers hold: again, with room for all
                 self._spare.append(job.buffers)
@@ -363,8 +375,16 @@ class HammingIndex:
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
-            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA]], dtype=np.int64)  # fresh; the query's code is complete
+            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA], -1, 0, 0, job.t], dtype=np.int64)  # fresh; code complete
             self._launch(job)
+
+    @staticmethod
+    def _join(job: _ScanJob) -> None:
+        """Block until the job's other threads have returned (or never start)."""
+        job.counters[scan.RANKED] = max(0, int(job.counters[scan.RANKED]))
+        for f in job.futures:
+            if not f.cancel():
+                f.result()
 
     def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
         """Reused (chunks, >= cap) buffers for a scan's kept rows and distances, three (chunks,) counters (scanned, taken
@@ -536,6 +556,7 @@ class HammingIndex:
 
 
 _NO_BASIS = np.zeros((0, 0), dtype=np.float32)  # (engine.scan.finish_search: no projection to apply)
+_NO_RANK = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
@@ -559,8 +580,9 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
-    counters: np.ndarray  # (3,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written) and
-    # ACTIVE (threads inside the scan), engine.scan.scan_chunks
+    counters: np.ndarray  # (8,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written),
+    # ACTIVE (threads inside the scan), ...: engine.scan.scan_chunks, _finish_chunk, rerank_blocks
+    rank: tuple[np.ndarray, ...]  # (vecs, q, best, sims) for the shared re-rank (engine.scan.rerank_blocks); best empty: none
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments (but `sweep`)
     buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
     futures: list[Future[int]] = field(default_factory=list)

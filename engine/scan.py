@@ -36,8 +36,9 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "encode_query", "finish_search", "lead_threshold", "project_query", "query_words", "warm", "rerank_int8",
-           "sample_histogram", "scan_chunks", "sample_threshold", "select_rerank", "select_top", "threshold_for", "wait_chunks"]
+__all__ = ["as_words", "encode_query", "finish_search", "helper_scan", "lead_threshold", "project_query", "query_words", "rerank_blocks",
+           "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank", "select_rows", "select_top",
+           "threshold_for", "top_answers", "wait_chunks", "warm"]
 
 
 @intrinsic
@@ -129,7 +130,8 @@ def _publish(typingctx, arr, i, v):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-CLAIM, READY, ACTIVE, BOUND, QUOTA = range(5)  # a scan job's shared counters (scan_chunks, _finish_chunk)
+CLAIM, READY, ACTIVE, BOUND, QUOTA, RANKED, RCLAIM, RDONE, T = range(9)  # a scan job's shared counters (scan_chunks, _finish_chunk,
+# rerank_blocks, helper_scan); HammingIndex makes them fresh per scan: [0, 0, 0, -1, quota, -1, 0, 0, t or -1]
 PREFETCH = 16  # rows ahead the second stage asks for (its reads are scattered: the hardware cannot guess them)
 
 
@@ -245,8 +247,8 @@ def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job, short)
     all the bits is at most job[BOUND] (all of them while it is < 0), so that the selection reads ~3 x `candidates` rows,
     not the ~50,000 the scan kept (0.25 ms at 1 M). job[BOUND] is set once, by the thread that finishes chunk 0, from
     that chunk's distances: the smallest distance under which job[QUOTA] of its rows lie (QUOTA ~ 3 x candidates /
-    chunks). Any bound gives the same answer: when the short lists hold fewer rows than the selection wants, it reads
-    the full ones (select_top's caller)."""
+    chunks). Any bound gives the same answer: chunks finished before it was set keep every row on their short lists, and
+    when the selection's cut over the short lists exceeds the bound it reads the full lists instead (finish_search)."""
     if _fetch_add(taken, c, 1) != 0:
         return 0
     k = _load(scanned, c)
@@ -285,7 +287,7 @@ def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job, short)
 
 
 @_kernel(boundscheck=False)
-def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, sweep):  # type: ignore[no-untyped-def]
+def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
     """Scan the first n codes in chunks of `chunk` rows, claimed one at a time from the shared counter job[CLAIM] (so
     every thread that calls this with the same arguments takes the next unscanned chunk until none is left: the
     threads finish within one chunk of each other whenever each started, and a thread that starts late - the machine
@@ -303,8 +305,10 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, tak
 
     job[ACTIVE] counts the calls inside the loop (up on entry, down as the last step): once every count is published and
     it is 0, no thread touches the buffers again (a call that enters later finds nothing to claim), so the caller may
-    reuse them (wait_chunks). job (5,) int64 is fresh per scan (see also _finish_chunk for BOUND and QUOTA, and `short`);
-    the buffers are reused. Returns how many chunks this call scanned or finished."""
+    reuse them (wait_chunks). job (8,) int64 is fresh per scan (see also _finish_chunk for BOUND and QUOTA, and `short`);
+    the buffers are reused. A helper (not `sweep`) with candidates to re-rank (rank = (vecs, q, best, sims), best
+    non-empty) then joins the re-rank (_join_rerank, up to `spins` rounds of waiting). Returns how many chunks this call
+    scanned or finished."""
     _fetch_add(job, ACTIVE, 1)
     nchunks = counts.shape[0]
     second = codes2.shape[1] > 0
@@ -339,7 +343,23 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, tak
                 if _load(scanned, c) >= 0 and _load(taken, c) == 0:
                     done += _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job, short)
     _fetch_add(job, ACTIVE, -1)
+    if not sweep and rank[2].shape[0] > 0:  # a helper: its share of the re-rank (fresh arrays per search, not these buffers)
+        _join_rerank(job, rank, spins)
     return done + m
+
+
+@_kernel(boundscheck=False)
+def helper_scan(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
+    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to `spins`
+    rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all)."""
+    if t < 0:
+        for _ in range(spins):
+            t = _load(job, T)
+            if t >= 0:
+                break
+        if t < 0:
+            return 0
+    return scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep)
 
 
 @_kernel(boundscheck=False)
@@ -359,10 +379,10 @@ def wait_chunks(counts, job, spins):  # type: ignore[no-untyped-def]
 
 
 @_kernel(boundscheck=False, fastmath=True)
-def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: ignore[no-untyped-def]
+def select_rows(rows, dist, counts, want, maxd, out, limit):  # type: ignore[no-untyped-def]
     """The `want` rows of the chunks' kept rows (rows[c, :counts[c]], see scan_chunks) with the smallest distance (ties
-    at the cut by position; all of them when fewer) into out, and each one's int8 cosine vecs[row] . q into sims
-    (read in place, as rerank_int8); returns how many. A counting selection: distances are integers <= maxd."""
+    at the cut by position; all of them when fewer) into out; returns how many, or -1 (nothing written) when the cut
+    distance would exceed `limit` (the short lists: _finish_chunk). A counting selection: distances are integers <= maxd."""
     hist = np.zeros(maxd + 2, np.int64)
     total_k = 0
     for c in range(counts.shape[0]):
@@ -378,6 +398,8 @@ def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: 
             total += hist[t]
             t += 1
         room = want - total  # how many of the rows at distance exactly t are taken
+        if t > limit:
+            return -1
     o = 0
     for c in range(counts.shape[0]):
         for m in range(counts[c]):
@@ -389,16 +411,57 @@ def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: 
                 out[o] = rows[c, m]
                 o += 1
                 room -= 1
-    rerank_int8(vecs, out, o, q, sims)
     return o
 
 
 @_kernel(boundscheck=False, fastmath=True)
-def select_top(rows, dist, counts, want, maxd, vecs, q, best, sims, keys, count, offset, out_keys, out_sims):  # type: ignore[no-untyped-def]
-    """select_rerank, then the `count` best of its candidates by similarity (ties by candidate order) into out_keys
-    (keys[row]) and out_sims (similarity + offset), best first; returns how many (min(count, candidates)). One call for
-    what numpy did in five (argpartition, argsort, two gathers, an add): ~0.1 ms of Python on caches the scan left cold."""
-    k = select_rerank(rows, dist, counts, want, maxd, vecs, q, best, sims)
+def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: ignore[no-untyped-def]
+    """select_rows, then each selected row's int8 cosine vecs[row] . q into sims (read in place, as rerank_int8)."""
+    o = select_rows(rows, dist, counts, want, maxd, out, maxd + 1)
+    rerank_int8(vecs, out, o, q, sims)
+    return o
+
+
+RANK_BLOCK = 64  # candidates per block of the shared re-rank (rerank_blocks)
+
+
+@_kernel(boundscheck=False, fastmath=True)
+def rerank_blocks(job, rank):  # type: ignore[no-untyped-def]
+    """The re-rank of a search's candidates shared by its threads: once the caller has published how many candidates
+    there are (job[RANKED] >= 0; rank = (vecs, q, best, sims)), claim blocks of RANK_BLOCK of them (job[RCLAIM]) and
+    re-rank each (rerank_int8 on its slice), then count it done (job[RDONE]). Each row read is a DRAM access in a page
+    of its own (~0.18 us at 1 M: 1,000 candidates cost 0.18 ms on one thread), so two threads halve it. Returns the
+    number of blocks done here."""
+    vecs, q, best, sims = rank
+    o = _load(job, RANKED)
+    done = 0
+    while True:
+        b = _fetch_add(job, RCLAIM, 1)
+        a = b * RANK_BLOCK
+        if a >= o:
+            break
+        e = min(o, a + RANK_BLOCK)
+        rerank_int8(vecs, best[a:], e - a, q, sims[a:])
+        _fetch_add(job, RDONE, 1)
+        done += 1
+    return done
+
+
+@_kernel(boundscheck=False)
+def _join_rerank(job, rank, spins):  # type: ignore[no-untyped-def]
+    """A helper thread's share of the re-rank (rerank_blocks) once its scan is done: it spins up to `spins` rounds for
+    the caller to publish the candidates (the caller is then finishing its own last chunk and the selection: ~0.02 ms),
+    else leaves them all to the caller."""
+    for _ in range(spins):
+        if _load(job, RANKED) >= 0:
+            return rerank_blocks(job, rank)
+    return 0
+
+
+@_kernel(boundscheck=False)
+def top_answers(sims, best, k, keys, count, offset, out_keys, out_sims):  # type: ignore[no-untyped-def]
+    """The `count` best of k re-ranked candidates (best[:k], sims[:k]) by similarity (ties by candidate order) into
+    out_keys (keys[row]) and out_sims (similarity + offset), best first; returns how many (min(count, k))."""
     c = min(count, k)
     if c * 8 >= k:
         order = np.argsort(-sims[:k], kind="mergesort")[:c]
@@ -424,6 +487,14 @@ def select_top(rows, dist, counts, want, maxd, vecs, q, best, sims, keys, count,
     return c
 
 
+@_kernel(boundscheck=False, fastmath=True)
+def select_top(rows, dist, counts, want, maxd, vecs, q, best, sims, keys, count, offset, out_keys, out_sims):  # type: ignore[no-untyped-def]
+    """select_rerank, then top_answers: one call for what numpy did in five (argpartition, argsort, two gathers, an add):
+    ~0.1 ms of Python on caches the scan left cold."""
+    k = select_rerank(rows, dist, counts, want, maxd, vecs, q, best, sims)
+    return top_answers(sims, best, k, keys, count, offset, out_keys, out_sims)
+
+
 @_kernel(boundscheck=False)
 def sample_threshold(codes, q, n, blocks, block, want, hist):  # type: ignore[no-untyped-def]
     """sample_histogram into a zeroed hist, then threshold_for with scale n / (blocks * block): returns the threshold and
@@ -445,40 +516,57 @@ def lead_threshold(x, mean, w, y, code, codes, q, n, blocks, block, want, hist):
 
 
 @_kernel(boundscheck=False)
-def finish_search(x, mean, w2, y2, code2, basis, centre, scale, qs, offset, scan_args, spins, enough, scan_bits, bits, want,
-                  vecs, keys, count, best, sims, out_keys, out_sims):  # type: ignore[no-untyped-def]
+def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_args, enough, scan_bits, bits, want, keys, count,
+                  out_keys, out_sims):  # type: ignore[no-untyped-def]
     """The calling thread's part of a search after the other threads were started on scan_args (scan_chunks' arguments
-    but `sweep`: codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts), in one call, so that it
-    needs neither Python nor the GIL until the answer (the other threads' returns then do not delay it): the query's
-    other bits (encode_query into code2, the second stage's q2; then job READY), its projection (project_query, when
-    basis has columns; else `offset` and qs as given), its share of the scan (scan_chunks with the sweep), the wait for
-    the other threads (wait_chunks), then select_top over all the bits' distances (maxd = `bits` of the whole code), from
-    the chunks' short lists when they hold at least `want` rows (_finish_chunk), else from every row kept.
+    but `sweep`: codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins), in one
+    call, so that it needs neither Python nor the GIL until the answer (the other threads' returns then do not delay
+    it): the query's other bits (encode_query into code2, the second stage's q2), its projection (project_query into
+    rank's q, when basis has columns; else `offset` and q as given), then job READY; its share of the scan (scan_chunks
+    with the sweep), the wait for the other threads (wait_chunks), the selection of `want` candidates by all the bits
+    (select_rows, maxd = `bits`) from the chunks' short lists when its cut is within their bound (_finish_chunk), else
+    from every row kept; the re-rank shared with the other threads (rerank_blocks) and the best `count` (top_answers).
 
-    Returns (answers, offset); answers < 0 when the caller must finish in Python (HammingIndex._finish_scan): -1 a
-    chunk's buffers were too small or fewer than `enough` rows were kept while t < scan_bits (the threshold can be
-    raised), -2 another thread
-    is still inside a chunk after `spins`."""
-    codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short = scan_args
+    Returns (answers, offset, candidates); answers < 0 when the caller must finish in Python (HammingIndex._finish_scan):
+    -1 a chunk's buffers were too small or fewer than `enough` rows were kept while t < scan_bits (the threshold can be
+    raised), -2 another thread is still inside a chunk after `spins` rounds, -3 in a block of the re-rank (the
+    `candidates` are selected; wait for the threads, then top_answers)."""
+    codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins = scan_args
+    vecs, qs, best, sims = rank
     if code2.shape[0] > 0:
         encode_query(x, mean, w2, y2, code2)
-    _publish(job, READY, 1)
     if basis.shape[1] > 0:
         offset = np.float32(project_query(x, basis, centre, scale, qs))
-    scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, 1)
+    _publish(job, READY, 1)
+    scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, 1)
     if wait_chunks(counts, job, spins) == 0:
-        return -2, offset
+        _publish(job, RANKED, 0)  # (a helper waiting to re-rank: nothing to do)
+        return -2, offset, 0
     total = 0
     for c in range(counts.shape[0]):
-        if counts[c] > rows.shape[1]:
-            return -1, offset
         total += counts[c]
-    if total < enough and t < scan_bits:
-        return -1, offset
+        if counts[c] > rows.shape[1]:
+            total = -1
+            break
+    if total < 0 or (total < enough and t < scan_bits):
+        _publish(job, RANKED, 0)
+        return -1, offset, 0
     srows, sdist, scounts = short
-    if codes2.shape[1] > 0 and scounts.sum() >= want:  # the short lists hold every row the selection can take
-        return select_top(srows, sdist, scounts, want, bits, vecs, qs, best, sims, keys, count, offset, out_keys, out_sims), offset
-    return select_top(rows, dist, counts, want, bits, vecs, qs, best, sims, keys, count, offset, out_keys, out_sims), offset
+    o = -1
+    if codes2.shape[1] > 0 and scounts.sum() >= want:
+        # Every row within job[BOUND] is on the short lists (and, from chunks finished before it was set, others): the
+        # selection from them is the selection from all the rows when its cut is within the bound.
+        bound = _load(job, BOUND)
+        o = select_rows(srows, sdist, scounts, want, bits, best, bound if bound >= 0 else bits + 1)
+    if o < 0:
+        o = select_rows(rows, dist, counts, want, bits, best, bits + 1)
+    _publish(job, RANKED, o)
+    rerank_blocks(job, rank)
+    blocks = (o + RANK_BLOCK - 1) // RANK_BLOCK
+    for _ in range(spins + 1):
+        if _load(job, RDONE) == blocks:
+            return top_answers(sims, best, o, keys, count, offset, out_keys, out_sims), offset, o
+    return -3, offset, o
 
 
 @_kernel(boundscheck=False, fastmath=True)
@@ -565,11 +653,13 @@ def warm() -> None:
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
         scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
-        job = np.array([0, 1, 0, -1, 1], dtype=np.int64)
+        job = np.array([0, 1, 0, -1, 1, -1, 0, 0, width * 8], dtype=np.int64)
         short = (rows2.copy(), dist2.copy(), counts.copy())
-        scan_chunks(codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, 1)
-        wait_chunks(counts, job, 10)
         vecs, qs = np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32)
+        rank = (vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        helper_scan(codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 0)
+        scan_chunks(codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 1)
+        wait_chunks(counts, job, 10)
         select_rerank(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
         select_top(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
                    np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
@@ -578,13 +668,14 @@ def warm() -> None:
         lead_threshold(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
                        codes, query_words(code[:width]), 4, 2, 2, 2.0, hist)
         for basis in (np.zeros((8, 3), dtype=np.float32), np.zeros((8, 0), dtype=np.float32)):
-            job = np.array([0, 0, 0, -1, 1], dtype=np.int64)
+            job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8], dtype=np.int64)
             scanned.fill(-1), taken.fill(0), counts.fill(-1)
-            args = (codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short)
+            args = (codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
             finish_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
-                          basis, np.zeros(3, dtype=np.float32), 127.0, qs, np.float32(0), args, 10, 1, width * 8, width * 16, 2, vecs,
-                          np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
-                          np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+                          basis, np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8, width * 16, 2,
+                          np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        top_answers(rank[3], rank[2], 2, np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64),
+                    np.zeros(4, dtype=np.float32))
     z4 = np.zeros(4, dtype=np.float32)
     rerank_int8(np.zeros((4, 3), dtype=np.int8), np.zeros(4, dtype=np.int64), 4, np.zeros(3, dtype=np.float32), z4)
     z = np.zeros(8, dtype=np.float32)
