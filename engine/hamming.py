@@ -13,15 +13,20 @@ because every identity is an isolated pair of points the graph reaches only by a
 - its face id (8 bytes),
 
 in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
-encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which
-~1.2 x `prefilter` codes lie (30,000 after a lead, else 10,000), scans those bits of every code against it
-(engine.scan's compiled kernel, in ~64 chunks that `threads` threads claim in turn: they finish within one chunk of
-each other, and a thread the machine starts late finds less or nothing to do), meanwhile encodes the query's other
-bits and projects it, adds the other bits' distance for the codes kept (the second stage: scattered reads, one cache
-line each: each thread's own chunks once every chunk is claimed), re-ranks the best `candidates` (1,000) by
-all the bits by their projected cosine and returns the best `count`. Every stage reads the index's own arrays in
-place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
-face-like vectors: 99.6-99.7 % of the true mates in the best 10; bench/RESULTS.md, issue 15.)
+starts the other scan thread(s) first (they spin, bounded, for the threshold: their wake-up overlaps what follows),
+encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which ~1.2 x
+`prefilter` codes lie (after a lead 30,000 or 3 % of the gallery if more, else 10,000), and scans those bits of every
+code against it (engine.scan's compiled kernels, in ~64 chunks that the threads claim in turn: they finish within one
+chunk of each other, and a thread the machine starts late finds less or nothing to do). Meanwhile the calling thread
+encodes the query's other bits and projects it; from then on each thread adds the other bits' distance to the codes it
+kept (the second stage: scattered reads, one cache line each) chunk by chunk, and lists the rows within a bound set
+from the first chunk (~3 x `candidates` in all) for the selection. The calling thread then selects the best
+`candidates` (1,000) by all the bits, the threads share their re-rank by projected int8 cosine (each row a DRAM
+access of its own), and the best `count` are returned: after the threads are started, the calling thread's part is
+one compiled call (engine.scan.finish_search), free of Python and the GIL. Every stage reads the index's own arrays
+in place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
+face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.2 ms on the idle machine; bench/RESULTS.md,
+issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -72,6 +77,9 @@ SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at le
 SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
 DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
 LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
+# ... or this share of the gallery when more: at 3 M faces 30,000 (1 %) found 99.11 % of the true mates in the top 10, 90,000
+# (3 %, as 30,000 is of 1 M) 99.50 % (bench/RESULTS.md, "Sixth session: the 2 ms target")
+LEAD_PREFILTER_SHARE = 0.03
 ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least
@@ -129,6 +137,8 @@ class HammingIndex:
         self._scan_bytes = min(scan_bytes or lead or SCAN_BYTES, self.code_model.nbytes)
         default = LEAD_PREFILTER if lead and self._scan_bytes == lead else DEFAULT_PREFILTER
         self.prefilter = max(int(prefilter or default), self.candidates)
+        # the default lead scan keeps a share of larger galleries (the prefilter is then a floor); a prefilter given is kept
+        self.prefilter_share = LEAD_PREFILTER_SHARE if default == LEAD_PREFILTER and not prefilter else 0.0
         # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
         self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
@@ -245,7 +255,7 @@ class HammingIndex:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             want = min(max(self.candidates, count), n)
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
-            keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
+            keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
             if self._basis is not None:
                 basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
             else:
