@@ -46,10 +46,12 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -127,7 +129,7 @@ class HammingIndex:
         self._word_views: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, codes, codes2) as the scan reads them (_words)
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _ScanThreads | None = None
         self._pool_lock = threading.Lock()
         self._n = 0
         # The scan reads the first `scan_bytes` of each code (`_codes`: the code model's lead, else SCAN_BYTES); longer codes
@@ -323,7 +325,7 @@ class HammingIndex:
         # scanned again with room for all (_finish_scan).
         job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled else bits, bits, n,
                        min(chunk, int(chunk * (3 * MARGIN * keep if sampled else n) / n) + 256),
-                       np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1], dtype=np.int64),  # (engine.scan.CLAIM...)
+                       np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1, 0, 0], dtype=np.int64),  # (scan.CLAIM...)
                        rank or _NO_RANK)
         self._launch(job)
         if not sampled:
@@ -358,9 +360,9 @@ class HammingIndex:
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
-            job.futures = [pool.submit(scan.helper_scan, *job.args, 0) for _ in range(helpers)]
-        else:
-            job.futures = []
+            for _ in range(helpers):
+                pool.put(scan.helper_scan, (*job.args, 0))
+        job.helpers = helpers
 
     def _finish_scan(self, job: _ScanJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scan on this thread until no chunk is left, wait for a chunk another thread is still scanning (if any),
@@ -372,7 +374,7 @@ class HammingIndex:
             scan.scan_chunks(*job.args, 1)
             # another thread inside a chunk: spin for it (briefly), else block until its call returns; then no thread
             # touches these buffers again and they may be reused
-            if job.futures and not scan.wait_chunks(counts, job.counters, SPINS):
+            if job.helpers and not scan.wait_chunks(counts, job.counters, SPINS):
                 self._join(job)
             job.counters[scan.RANKED] = 0  # (a helper waiting to join the re-rank: there is none in this path)
             most = int(counts.max())
@@ -385,16 +387,17 @@ class HammingIndex:
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
-            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA], -1, 0, 0, job.t], dtype=np.int64)  # fresh; code complete
+            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA], -1, 0, 0, job.t, 0, 0], dtype=np.int64)  # fresh
             self._launch(job)
 
     @staticmethod
     def _join(job: _ScanJob) -> None:
-        """Block until the job's other threads have returned (or never start)."""
+        """Block until the job's other threads have returned; those that have not started yet will return at once (rare:
+        a thread descheduled inside a chunk or a block of the re-rank)."""
         job.counters[scan.RANKED] = max(0, int(job.counters[scan.RANKED]))
-        for f in job.futures:
-            if not f.cancel():
-                f.result()
+        entered = int(scan.close_gate(job.counters))
+        while job.counters[scan.EXITED] < entered:
+            time.sleep(0.0001)
 
     def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
         """Reused (chunks, >= cap) buffers for a scan's kept rows and distances, three (chunks,) counters (scanned, taken
@@ -412,10 +415,10 @@ class HammingIndex:
                 *(np.empty(chunks, dtype=np.int64) for _ in range(3)),
                 np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32), np.empty(chunks, dtype=np.int64))
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> _ScanThreads:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan")
+                self._pool = _ScanThreads(self.threads - 1)
             return self._pool
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
@@ -561,7 +564,7 @@ class HammingIndex:
         """Stop the scan threads."""
         with self._pool_lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=False)
+                self._pool.shutdown()
                 self._pool = None
 
 
@@ -590,12 +593,56 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
-    counters: np.ndarray  # (8,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written),
+    counters: np.ndarray  # (11,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written),
     # ACTIVE (threads inside the scan), ...: engine.scan.scan_chunks, _finish_chunk, rerank_blocks
     rank: tuple[np.ndarray, ...]  # (vecs, q, best, sims) for the shared re-rank (engine.scan.rerank_blocks); best empty: none
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments (but `sweep`)
     buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
-    futures: list[Future[int]] = field(default_factory=list)
+    helpers: int = 0  # other threads started on it
+
+
+class _ScanThreads:
+    """The scan's other threads, fed through one queue.SimpleQueue: a put costs ~22 us when the previous scan has evicted
+    the caches, a ThreadPoolExecutor.submit 74 us (its Future, locks and thread-count check), on the search's critical
+    path (bench/RESULTS.md, "Sixth session: the 2 ms target"). Items carry no Future (the search tracks its threads
+    through its job's counters: engine.scan.helper_scan); `submit` makes one, for callers that want the result."""
+
+    def __init__(self, count: int) -> None:
+        self._queue: SimpleQueue[tuple[object, tuple[object, ...], Future[object] | None] | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"sightline-scan-{i}", daemon=True) for i in range(count)]
+        for th in self._threads:
+            th.start()
+
+    def put(self, fn: object, args: tuple[object, ...]) -> None:
+        """Run fn(*args) on the next free thread; its result is dropped."""
+        self._queue.put((fn, args, None))
+
+    def submit(self, fn: object, *args: object) -> Future[object]:
+        """Run fn(*args) on the next free thread; a Future of its result."""
+        future: Future[object] = Future()
+        self._queue.put((fn, args, future))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the threads end once the items queued before are done."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, future = item
+            if future is not None and not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)  # type: ignore[operator]
+            except BaseException as exc:  # (a kernel does not raise; a caller's submitted function may)
+                if future is None:
+                    logger.exception("scan thread: %r failed", fn)
+                else:
+                    future.set_exception(exc)
+            else:
+                if future is not None:
+                    future.set_result(result)
 
 
 @functools.cache

@@ -36,9 +36,9 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "encode_query", "finish_search", "helper_scan", "lead_threshold", "project_query", "query_words", "rerank_blocks",
-           "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank", "select_rows", "select_top",
-           "threshold_for", "top_answers", "wait_chunks", "warm"]
+__all__ = ["as_words", "close_gate", "encode_query", "finish_search", "helper_scan", "lead_threshold", "project_query",
+           "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank",
+           "select_rows", "select_top", "threshold_for", "top_answers", "wait_chunks", "warm"]
 
 
 @intrinsic
@@ -130,8 +130,9 @@ def _publish(typingctx, arr, i, v):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-CLAIM, READY, ACTIVE, BOUND, QUOTA, RANKED, RCLAIM, RDONE, T = range(9)  # a scan job's shared counters (scan_chunks, _finish_chunk,
-# rerank_blocks, helper_scan); HammingIndex makes them fresh per scan: [0, 0, 0, -1, quota, -1, 0, 0, t or -1]
+CLAIM, READY, ACTIVE, BOUND, QUOTA, RANKED, RCLAIM, RDONE, T, GATE, EXITED = range(11)  # a scan job's shared counters (scan_chunks,
+# _finish_chunk, rerank_blocks, helper_scan); HammingIndex makes them fresh per scan: [0, 0, 0, -1, quota, -1, 0, 0, t or -1, 0, 0]
+CLOSED = 1 << 40  # added to job[GATE] by close_gate: helpers that come later return at once
 PREFETCH = 16  # rows ahead the second stage asks for (its reads are scattered: the hardware cannot guess them)
 
 
@@ -351,15 +352,28 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, tak
 @_kernel(boundscheck=False)
 def helper_scan(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
     """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to `spins`
-    rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all)."""
+    rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all).
+    It passes job[GATE] first (returns at once if the caller has closed it: close_gate) and counts itself out in
+    job[EXITED] as its last step."""
+    if _fetch_add(job, GATE, 1) >= CLOSED:
+        return 0
+    done = 0
     if t < 0:
         for _ in range(spins):
             t = _load(job, T)
             if t >= 0:
                 break
-        if t < 0:
-            return 0
-    return scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep)
+    if t >= 0:
+        done = scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep)
+    _fetch_add(job, EXITED, 1)
+    return done
+
+
+@_kernel(boundscheck=False)
+def close_gate(job):  # type: ignore[no-untyped-def]
+    """Close job[GATE] (helper_scan calls that come later return at once); returns how many passed it before, for the
+    caller to wait until job[EXITED] reaches that."""
+    return _fetch_add(job, GATE, CLOSED)
 
 
 @_kernel(boundscheck=False)
@@ -653,13 +667,14 @@ def warm() -> None:
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
         scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
-        job = np.array([0, 1, 0, -1, 1, -1, 0, 0, width * 8], dtype=np.int64)
+        job = np.array([0, 1, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
         short = (rows2.copy(), dist2.copy(), counts.copy())
         vecs, qs = np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32)
         rank = (vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
         helper_scan(codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 0)
         scan_chunks(codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 1)
         wait_chunks(counts, job, 10)
+        close_gate(job)
         select_rerank(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
         select_top(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
                    np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
@@ -668,7 +683,7 @@ def warm() -> None:
         lead_threshold(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
                        codes, query_words(code[:width]), 4, 2, 2, 2.0, hist)
         for basis in (np.zeros((8, 3), dtype=np.float32), np.zeros((8, 0), dtype=np.float32)):
-            job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8], dtype=np.int64)
+            job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
             scanned.fill(-1), taken.fill(0), counts.fill(-1)
             args = (codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
             finish_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],

@@ -337,17 +337,22 @@ def test_a_helper_that_never_gets_its_threshold_leaves_without_touching_the_scan
     scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
     short = (rows.copy(), dist.copy(), counts.copy())
     none = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
-    job = np.array([0, 1, 0, -1, 1, -1, 0, 0, -1], dtype=np.int64)
+    job = np.array([0, 1, 0, -1, 1, -1, 0, 0, -1, 0, 0], dtype=np.int64)
     t0 = time.perf_counter()
     assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], -1, 8, 4, job, rows, dist, scanned, taken, counts,
                             short, none, 100_000, 0) == 0
     assert time.perf_counter() - t0 < 1.0
-    assert job.tolist() == [0, 1, 0, -1, 1, -1, 0, 0, -1] and (rows == 7).all() and (counts == -1).all()
+    assert job.tolist() == [0, 1, 0, -1, 1, -1, 0, 0, -1, 1, 1] and (rows == 7).all() and (counts == -1).all()  # in, out
     job[scan.T] = 128  # once it is written, the same call scans every chunk
     assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], -1, 8, 4, job, rows, dist, scanned, taken, counts,
                             short, none, 100_000, 0) == 2
-    assert counts.tolist() == [4, 4] and job[scan.ACTIVE] == 0
+    assert counts.tolist() == [4, 4] and job[scan.ACTIVE] == 0 and job[scan.EXITED] == 2
     assert scan.wait_chunks(counts, job, 1) == 1
+    assert scan.close_gate(job) == 2  # two calls passed the gate; one that comes now returns at once, touching nothing
+    counts.fill(-1)
+    assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], 128, 8, 4, job, rows, dist, scanned, taken, counts,
+                            short, none, 100_000, 0) == 0
+    assert (counts == -1).all() and job[scan.EXITED] == 2
 
 
 def test_adding_a_present_id_leaves_it_as_it_is(tmp_path: Path) -> None:
