@@ -47,6 +47,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -419,6 +420,7 @@ class HammingIndex:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = _ScanThreads(self.threads - 1)
+                weakref.finalize(self, self._pool.shutdown)  # (an index dropped without close: its threads end too)
             return self._pool
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
@@ -624,9 +626,11 @@ class _ScanThreads:
         return future
 
     def shutdown(self) -> None:
-        """Let the threads end once the items queued before are done."""
-        for _ in self._threads:
-            self._queue.put(None)
+        """Let the threads end once the items queued before are done (again: nothing more)."""
+        if self._threads:
+            for _ in self._threads:
+                self._queue.put(None)
+            self._threads = []
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
