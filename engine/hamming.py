@@ -13,15 +13,20 @@ because every identity is an isolated pair of points the graph reaches only by a
 - its face id (8 bytes),
 
 in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
-encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which
-~1.2 x `prefilter` codes lie (30,000 after a lead, else 10,000), scans those bits of every code against it
-(engine.scan's compiled kernel, in ~64 chunks that `threads` threads claim in turn: they finish within one chunk of
-each other, and a thread the machine starts late finds less or nothing to do), meanwhile encodes the query's other
-bits and projects it, adds the other bits' distance for the codes kept (the second stage: scattered reads, one cache
-line each: each thread's own chunks once every chunk is claimed), re-ranks the best `candidates` (1,000) by
-all the bits by their projected cosine and returns the best `count`. Every stage reads the index's own arrays in
-place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
-face-like vectors: 99.6-99.7 % of the true mates in the best 10; bench/RESULTS.md, issue 15.)
+starts the other scan thread(s) first (they spin, bounded, for the threshold: their wake-up overlaps what follows),
+encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which ~1.2 x
+`prefilter` codes lie (after a lead 30,000 or 3 % of the gallery if more, else 10,000), and scans those bits of every
+code against it (engine.scan's compiled kernels, in ~64 chunks that the threads claim in turn: they finish within one
+chunk of each other, and a thread the machine starts late finds less or nothing to do). Meanwhile the calling thread
+encodes the query's other bits and projects it; from then on each thread adds the other bits' distance to the codes it
+kept (the second stage: scattered reads, one cache line each) chunk by chunk, and lists the rows within a bound set
+from the first chunk (~3 x `candidates` in all) for the selection. The calling thread then selects the best
+`candidates` (1,000) by all the bits, the threads share their re-rank by projected int8 cosine (each row a DRAM
+access of its own), and the best `count` are returned: after the threads are started, the calling thread's part is
+one compiled call (engine.scan.finish_search), free of Python and the GIL. Every stage reads the index's own arrays
+in place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
+face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.2 ms on the idle machine; bench/RESULTS.md,
+issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -41,10 +46,13 @@ import json
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,11 +80,15 @@ SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at le
 SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
 DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
 LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
+# ... or this share of the gallery when more: at 3 M faces 30,000 (1 %) found 99.11 % of the true mates in the top 10, 90,000
+# (3 %, as 30,000 is of 1 M) 99.50 % (bench/RESULTS.md, "Sixth session: the 2 ms target")
+LEAD_PREFILTER_SHARE = 0.03
 ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least
 SAMPLE = 16_384  # codes sampled (in SAMPLE_RUNS runs) to choose the scan's threshold distance
 SAMPLE_RUNS = 16
+SPINS = 200_000  # rounds (~1-2 ns each) the calling thread spins for another's last chunk before it blocks (scan.wait_chunks)
 MARGIN = 1.2  # the threshold aims at this many times the codes to keep: one scan, rarely a second
 
 
@@ -115,9 +127,10 @@ class HammingIndex:
         self.split_min = SPLIT_MIN
         self.chunk_min = CHUNK_MIN
         self._spare: list[tuple[np.ndarray, ...]] = []  # scan buffers for reuse (_buffers)
+        self._word_views: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, codes, codes2) as the scan reads them (_words)
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _ScanThreads | None = None
         self._pool_lock = threading.Lock()
         self._n = 0
         # The scan reads the first `scan_bytes` of each code (`_codes`: the code model's lead, else SCAN_BYTES); longer codes
@@ -127,6 +140,8 @@ class HammingIndex:
         self._scan_bytes = min(scan_bytes or lead or SCAN_BYTES, self.code_model.nbytes)
         default = LEAD_PREFILTER if lead and self._scan_bytes == lead else DEFAULT_PREFILTER
         self.prefilter = max(int(prefilter or default), self.candidates)
+        # the default lead scan keeps a share of larger galleries (the prefilter is then a floor); a prefilter given is kept
+        self.prefilter_share = LEAD_PREFILTER_SHARE if default == LEAD_PREFILTER and not prefilter else 0.0
         # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
         self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
@@ -151,6 +166,7 @@ class HammingIndex:
             fresh[: self._n] = old[: self._n]
             old.fill(0)  # freed memory keeps its bytes: leave none of a face that is erased later
         self._keys, self._codes, self._codes2, self._vecs = new
+        self._word_views = None
 
     def _quantise(self, projected: np.ndarray) -> np.ndarray:
         """Projected unit vectors -> int8 of (v - centre) * QUANT_SCALE, clipped to +-127."""
@@ -232,110 +248,136 @@ class HammingIndex:
         if x.size != self.input_dim:
             raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
         x = np.ascontiguousarray(x.reshape(-1))
+        # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
         code = np.empty(self.code_model.nbytes, dtype=np.uint8)
         sb = self._scan_bytes
         y = np.empty(self.code_model.bits, dtype=np.float32)
-        scan.encode_query(x, self._mean, self._weights[0], y[: sb * 8], code[:sb])  # the scanned bits first
         with self._lock.shared():
             n = self._n
             if n == 0 or count < 1:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             want = min(max(self.candidates, count), n)
             # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
-            keep = min(max(self.prefilter, want), n) if self._codes2.shape[1] else want
-            job = self._start_scan(code, keep, want, n)
-            # while the other threads scan: the query's other bits (the second stage waits for them: job.ready), then
-            # its projection (the re-rank needs it only at the end)
-            if len(code) > sb:
-                scan.encode_query(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:])
-                job.ready[0] = 1
+            keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
             if self._basis is not None:
-                qs = np.empty(self.ndim, dtype=np.float32)
-                offset = np.float32(scan.project_query(x, self._basis, self._centre, QUANT_SCALE, qs))
+                basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
             else:
-                qs = x / np.float32(QUANT_SCALE)
-                offset = np.float32(x @ self._centre)
-            rows, dist, counts = self._finish_scan(job)
-            best = np.empty(want, dtype=np.int64)
-            sims = np.empty(want, dtype=np.float32)
-            k = scan.select_rerank(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, sims)
+                basis, qs, offset = _NO_BASIS, x / np.float32(QUANT_SCALE), np.float32(x @ self._centre)
+            best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)  # the candidates, their int8 cosines
+            job = self._start_scan(code, keep, want, n, x, y, (self._vecs, qs, best, cand))  # encodes the query's scanned bits
+            # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
+            # stage waits for them), its projection, its share of the scan and the second stage, the selection, its share of
+            # the re-rank, the best `count`.
+            c = min(count, want)
+            keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
+            c, offset, o = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre,
+                                              QUANT_SCALE, offset, job.args, job.enough, job.bits, self.code_model.bits, want,
+                                              self._keys, count, keys, sims)
+            if c == -3:  # another thread is inside a block of the re-rank: wait for it
+                self._join(job)
+                c = scan.top_answers(cand, best, o, self._keys, count, np.float32(offset), keys, sims)
+            elif c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
+                rows, dist, counts = self._finish_scan(job)
+                c = scan.select_top(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
+                                    np.float32(offset), keys, sims)
             self._spare.append(job.buffers)
-            sims = sims[:k]
-            c = min(count, k)
-            top = np.argpartition(-sims, c - 1)[:c] if c < k else np.arange(k)
-            top = top[np.argsort(-sims[top], kind="stable")]
-            keys = self._keys[best[top]]  # (only the `count` read: 1,000 scattered reads cost ~0.09 ms)
-        return keys, sims[top] + offset
+        return keys[:c], sims[:c]
 
     def _scan(self, code: np.ndarray, keep: int, least: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """_start_scan then _finish_scan: the chunks' kept rows (chunks, cap) int64, their distances over all the
         bits (chunks, cap) int32 and how many each chunk kept (chunks,) int64; shared lock held."""
         return self._finish_scan(self._start_scan(code, keep, least, n))
 
-    def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int) -> _ScanJob:
+    def _words(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n rows of the scanned and the second-stage codes as engine.scan reads them (as_words), kept until
+        the arrays change (_reserve, load, reset drop them; n changes with add and remove)."""
+        cached = self._word_views
+        if cached is not None and cached[0] == n:
+            return cached[1], cached[2]
+        codes, codes2 = scan.as_words(self._codes[:n]), scan.as_words(self._codes2[:n])
+        self._word_views = (n, codes, codes2)
+        return codes, codes2
+
+    def _start_scan(self, code: np.ndarray, keep: int, least: int, n: int, x: np.ndarray | None = None,
+                    y: np.ndarray | None = None, rank: tuple[np.ndarray, ...] | None = None) -> _ScanJob:
         """Choose the threshold and set the other threads scanning (shared lock held): the rows among the first n
         whose first `scan_bytes` of code are within it of the query's `code` (all its bytes, 1-D; the bytes after the
-        scanned ones may be written later, until the job's `ready` is set or _finish_scan is called) will be kept.
+        scanned ones may be written later, until the job's READY counter is set or _finish_scan is called) will be kept.
 
         The threshold is the smallest that keeps ~MARGIN x `keep` codes in a sample (SAMPLE codes in 16 runs spread
         over the gallery; exact when the gallery is no larger), all the codes at it included; if the scan kept fewer
         than 3/4 of `keep` or than `least`, _finish_scan raises it and scans again (rare).
+
+        With the query's embedding x (and y, (bits,) float32 scratch) its scanned bits are first encoded into `code` here
+        (engine.scan.lead_threshold: the encoding and the sample in one call). With `rank` (the index's vectors, the
+        query's projection and the candidates' rows and cosines: engine.scan.rerank_blocks) the other threads join the
+        re-rank once their scan is done.
         """
         bits = self._scan_bytes * 8
-        codes = scan.as_words(self._codes[:n])
+        codes, codes2 = self._words(n)
         q = scan.query_words(code[: self._scan_bytes])
-        codes2 = scan.as_words(self._codes2[:n])
         q2 = scan.query_words(code[self._scan_bytes :])
-        if keep >= n:
-            t, enough, expect = bits, n, float(n)
-        else:
-            runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
-            hist = np.zeros(bits + 1, dtype=np.int64)
-            scan.sample_histogram(codes, q, n, runs, block, hist)
-            scale = n / (runs * block)
-            if runs == 1:  # the sample is the gallery: exact
-                t, enough = scan.threshold_for(hist, scale, float(keep)), keep
-            else:
-                t, enough = scan.threshold_for(hist, scale, keep * MARGIN), max(least, (3 * keep) // 4)
-            expect = float(hist[: t + 1].sum() * scale)
         chunk = max(self.chunk_min, -(-n // CHUNKS))
-        job = _ScanJob((codes, q, codes2, q2), n, chunk, -(-n // chunk), t, bits, enough,
-                       min(chunk, int(chunk * expect / n * 1.5) + 256), np.zeros(1, dtype=np.int64))
+        chunks = -(-n // chunk)
+        sampled = keep < n
+        # The other threads are started first, to wait (spinning, engine.scan.helper_scan) for the threshold: their wake-up
+        # overlaps the encoding and the sample. So the buffers are sized before the sample: room for 3 x MARGIN x keep in
+        # all (the scan keeps ~1.2-1.8 x keep at 1 M: the 128-bit distances are coarse); a chunk that keeps more is
+        # scanned again with room for all (_finish_scan).
+        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled else bits, bits, n,
+                       min(chunk, int(chunk * (3 * MARGIN * keep if sampled else n) / n) + 256),
+                       np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1, 0, 0], dtype=np.int64),  # (scan.CLAIM...)
+                       rank or _NO_RANK)
         self._launch(job)
+        if not sampled:
+            if x is not None:
+                scan.encode_query(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes])
+            return job
+        runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
+        exact = runs == 1  # the sample is the gallery
+        want = float(keep) if exact else keep * MARGIN
+        hist = np.empty(bits + 1, dtype=np.int64)
+        if x is not None:
+            t, _ = scan.lead_threshold(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes], codes, q, n, runs,
+                                       block, want, hist)
+        else:
+            t, _ = scan.sample_threshold(codes, q, n, runs, block, want, hist)
+        job.t = int(t)
+        job.enough = keep if exact else max(least, (3 * keep) // 4)
+        job.args = (*job.args[:4], job.t, *job.args[5:])
+        job.counters[scan.T] = job.t  # the other threads start scanning
         return job
 
     def _launch(self, job: _ScanJob) -> None:
-        """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan)."""
+        """Buffers for the job's chunks and its other threads started on them (the calling thread joins in _finish_scan);
+        they wait for the threshold when job.t < 0 (until it is written to job.counters[T])."""
         codes, q, codes2, q2 = job.arrays
-        rows, dist, scanned, taken, counts = job.buffers = self._buffers(job.chunks, job.cap)
+        rows, dist, scanned, taken, counts, *short = job.buffers = self._buffers(job.chunks, job.cap)
         scanned.fill(-1)
         taken.fill(0)
         counts.fill(-1)
-        # a fresh counter per scan: a thread that starts after its scan was finished by the others claims nothing
-        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, np.zeros(1, dtype=np.int64), rows, dist, scanned, taken,
-                    counts, job.ready)
+        job.args = (codes, q, codes2, q2, job.t, job.n, job.chunk, job.counters, rows, dist, scanned, taken, counts, tuple(short),
+                    job.rank, SPINS)
         helpers = self.threads - 1 if job.n >= self.split_min * self.threads and job.chunks > 1 else 0
         if helpers:
             pool = self._executor()
-            job.futures = [pool.submit(scan.scan_chunks, *job.args, 0) for _ in range(helpers)]
-        else:
-            job.futures = []
+            for _ in range(helpers):
+                pool.put(scan.helper_scan, (*job.args, 0))
+        job.helpers = helpers
 
     def _finish_scan(self, job: _ScanJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scan on this thread until no chunk is left, wait for a chunk another thread is still scanning (if any),
         widen the threshold or the buffers and scan again when needed (rare); shared lock held. The query's code must be
         complete (its second-stage bits written)."""
-        job.ready[0] = 1
+        job.counters[scan.READY] = 1
         while True:
-            rows, dist, *_, counts = job.buffers
+            rows, dist, _, _, counts, *_ = job.buffers
             scan.scan_chunks(*job.args, 1)
-            if (counts < 0).any():  # another thread is inside a chunk: wait for it (at most one chunk's scan and second stage)
-                for f in job.futures:
-                    if not f.cancel():
-                        f.result()
-            else:  # every chunk is done: threads that have not started yet will find nothing to claim
-                for f in job.futures:
-                    f.cancel()
+            # another thread inside a chunk: spin for it (briefly), else block until its call returns; then no thread
+            # touches these buffers again and they may be reused
+            if job.helpers and not scan.wait_chunks(counts, job.counters, SPINS):
+                self._join(job)
+            job.counters[scan.RANKED] = 0  # (a helper waiting to join the re-rank: there is none in this path)
             most = int(counts.max())
             if most > job.cap:  # a chunk kept more than its buffers hold: again, with room for all
                 self._spare.append(job.buffers)
@@ -346,27 +388,39 @@ class HammingIndex:
                 job.cap = min(job.chunk, job.cap * 2)
             else:
                 return rows, dist, counts
+            job.counters = np.array([0, 1, 0, -1, job.counters[scan.QUOTA], -1, 0, 0, job.t, 0, 0], dtype=np.int64)  # fresh
             self._launch(job)
 
+    @staticmethod
+    def _join(job: _ScanJob) -> None:
+        """Block until the job's other threads have returned; those that have not started yet will return at once (rare:
+        a thread descheduled inside a chunk or a block of the re-rank)."""
+        job.counters[scan.RANKED] = max(0, int(job.counters[scan.RANKED]))
+        entered = int(scan.close_gate(job.counters))
+        while job.counters[scan.EXITED] < entered:
+            time.sleep(0.0001)
+
     def _buffers(self, chunks: int, cap: int) -> tuple[np.ndarray, ...]:
-        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances and three (chunks,) counters (scanned,
-        taken for the second stage, complete: engine.scan.scan_chunks): they hold row numbers and distances, nothing of a
-        face; one set per concurrent search."""
+        """Reused (chunks, >= cap) buffers for a scan's kept rows and distances, three (chunks,) counters (scanned, taken
+        for the second stage, complete: engine.scan.scan_chunks), and the short lists' rows, distances and counts
+        (engine.scan._finish_chunk): they hold row numbers and distances, nothing of a face; one set per concurrent search."""
         while self._spare:
             try:
-                rows, dist, scanned, taken, counts = self._spare.pop()
+                found = self._spare.pop()
             except IndexError:  # another search took the last one
                 break
-            if rows.shape[0] == chunks and rows.shape[1] >= cap:
-                return rows, dist, scanned, taken, counts
+            if found[0].shape[0] == chunks and found[0].shape[1] >= cap:
+                return found
         cap = max(cap, 1)
         return (np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32),
-                *(np.empty(chunks, dtype=np.int64) for _ in range(3)))
+                *(np.empty(chunks, dtype=np.int64) for _ in range(3)),
+                np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.int32), np.empty(chunks, dtype=np.int64))
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> _ScanThreads:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="sightline-scan")
+                self._pool = _ScanThreads(self.threads - 1)
+                weakref.finalize(self, self._pool.shutdown)  # (an index dropped without close: its threads end too)
             return self._pool
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
@@ -400,6 +454,7 @@ class HammingIndex:
                 arr.fill(0)
             self._n = 0
             self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
+            self._word_views = None
 
     # -- persistence -------------------------------------------------------------------------
     @property
@@ -472,6 +527,7 @@ class HammingIndex:
                 arr.fill(0)
             self._keys, self._codes, self._codes2, self._vecs = loaded
             self._n = len(loaded[0])
+            self._word_views = None
         return True
 
     def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -510,8 +566,12 @@ class HammingIndex:
         """Stop the scan threads."""
         with self._pool_lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=False)
+                self._pool.shutdown()
                 self._pool = None
+
+
+_NO_BASIS = np.zeros((0, 0), dtype=np.float32)  # (engine.scan.finish_search: no projection to apply)
+_NO_RANK = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
@@ -535,10 +595,58 @@ class _ScanJob:
     bits: int  # scanned bits: t never exceeds it
     enough: int  # rows the scan must keep, else t is raised
     cap: int  # rows each chunk's buffers hold
-    ready: np.ndarray  # (1,) int64: set once the query's second-stage bits are written (engine.scan.scan_chunks)
-    args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments
+    counters: np.ndarray  # (11,) int64, fresh per scan: CLAIM, READY (set once the query's second-stage bits are written),
+    # ACTIVE (threads inside the scan), ...: engine.scan.scan_chunks, _finish_chunk, rerank_blocks
+    rank: tuple[np.ndarray, ...]  # (vecs, q, best, sims) for the shared re-rank (engine.scan.rerank_blocks); best empty: none
+    args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments (but `sweep`)
     buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
-    futures: list[Future[int]] = field(default_factory=list)
+    helpers: int = 0  # other threads started on it
+
+
+class _ScanThreads:
+    """The scan's other threads, fed through one queue.SimpleQueue: a put costs ~22 us when the previous scan has evicted
+    the caches, a ThreadPoolExecutor.submit 74 us (its Future, locks and thread-count check), on the search's critical
+    path (bench/RESULTS.md, "Sixth session: the 2 ms target"). Items carry no Future (the search tracks its threads
+    through its job's counters: engine.scan.helper_scan); `submit` makes one, for callers that want the result."""
+
+    def __init__(self, count: int) -> None:
+        self._queue: SimpleQueue[tuple[object, tuple[object, ...], Future[object] | None] | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"sightline-scan-{i}", daemon=True) for i in range(count)]
+        for th in self._threads:
+            th.start()
+
+    def put(self, fn: object, args: tuple[object, ...]) -> None:
+        """Run fn(*args) on the next free thread; its result is dropped."""
+        self._queue.put((fn, args, None))
+
+    def submit(self, fn: object, *args: object) -> Future[object]:
+        """Run fn(*args) on the next free thread; a Future of its result."""
+        future: Future[object] = Future()
+        self._queue.put((fn, args, future))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the threads end once the items queued before are done (again: nothing more)."""
+        if self._threads:
+            for _ in self._threads:
+                self._queue.put(None)
+            self._threads = []
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, future = item
+            if future is not None and not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)  # type: ignore[operator]
+            except BaseException as exc:  # (a kernel does not raise; a caller's submitted function may)
+                if future is None:
+                    logger.exception("scan thread: %r failed", fn)
+                else:
+                    future.set_exception(exc)
+            else:
+                if future is not None:
+                    future.set_result(result)
 
 
 @functools.cache

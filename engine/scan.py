@@ -36,8 +36,9 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "encode_query", "project_query", "query_words", "warm", "rerank_int8", "sample_histogram", "scan_chunks",
-           "select_rerank", "threshold_for"]
+__all__ = ["as_words", "close_gate", "encode_query", "finish_search", "helper_scan", "lead_threshold", "project_query",
+           "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank",
+           "select_rows", "select_top", "threshold_for", "top_answers", "wait_chunks", "warm"]
 
 
 @intrinsic
@@ -129,6 +130,9 @@ def _publish(typingctx, arr, i, v):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+CLAIM, READY, ACTIVE, BOUND, QUOTA, RANKED, RCLAIM, RDONE, T, GATE, EXITED = range(11)  # a scan job's shared counters (scan_chunks,
+# _finish_chunk, rerank_blocks, helper_scan); HammingIndex makes them fresh per scan: [0, 0, 0, -1, quota, -1, 0, 0, t or -1, 0, 0]
+CLOSED = 1 << 40  # added to job[GATE] by close_gate: helpers that come later return at once
 PREFETCH = 16  # rows ahead the second stage asks for (its reads are scattered: the hardware cannot guess them)
 
 
@@ -237,40 +241,84 @@ def _second_stage(codes2, q2, rows, dist, k):  # type: ignore[no-untyped-def]
 
 
 @_kernel(boundscheck=False)
-def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts):  # type: ignore[no-untyped-def]
-    """The second stage of scanned chunk c, unless another thread has taken it (taken[c]); returns 1 if done here."""
+def _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job, short):  # type: ignore[no-untyped-def]
+    """The second stage of scanned chunk c, unless another thread has taken it (taken[c]); returns 1 if done here.
+
+    Then the chunk's short list (short = (srows, sdist, scounts), as rows, dist, counts): its rows whose distance over
+    all the bits is at most job[BOUND] (all of them while it is < 0), so that the selection reads ~3 x `candidates` rows,
+    not the ~50,000 the scan kept (0.25 ms at 1 M). job[BOUND] is set once, by the thread that finishes chunk 0, from
+    that chunk's distances: the smallest distance under which job[QUOTA] of its rows lie (QUOTA ~ 3 x candidates /
+    chunks). Any bound gives the same answer: chunks finished before it was set keep every row on their short lists, and
+    when the selection's cut over the short lists exceeds the bound it reads the full lists instead (finish_search)."""
     if _fetch_add(taken, c, 1) != 0:
         return 0
     k = _load(scanned, c)
+    srows, sdist, scounts = short
+    s = 0
     if k <= rows.shape[1]:
-        _second_stage(codes2, q2, rows[c], dist[c], k)
+        rc, dc = rows[c], dist[c]
+        _second_stage(codes2, q2, rc, dc, k)
+        if c == 0:
+            quota = _load(job, QUOTA)
+            bound = -1
+            if quota < k:  # else the chunk has too few rows to judge by: every row stays on the short lists
+                hist = np.zeros(4097, np.int64)  # (distances over all the bits: the larger ones are never counted)
+                for m in range(k):
+                    if dc[m] < 4097:
+                        hist[dc[m]] += 1
+                total = 0
+                bound = 0
+                while bound < 4096 and total + hist[bound] < quota:
+                    total += hist[bound]
+                    bound += 1
+            _publish(job, BOUND, bound)
+        bound = _load(job, BOUND)
+        if bound < 0:
+            bound = 1 << 30
+        sr, sd = srows[c], sdist[c]
+        for m in range(k):
+            d = dc[m]
+            if d <= bound:
+                sr[s] = rc[m]
+                sd[s] = d
+                s += 1
+    scounts[c] = s
     _publish(counts, c, k)
     return 1
 
 
 @_kernel(boundscheck=False)
-def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, taken, counts, ready, sweep):  # type: ignore[no-untyped-def]
-    """Scan the first n codes in chunks of `chunk` rows, claimed one at a time from the shared counter claim[0] (so
+def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
+    """Scan the first n codes in chunks of `chunk` rows, claimed one at a time from the shared counter job[CLAIM] (so
     every thread that calls this with the same arguments takes the next unscanned chunk until none is left: the
     threads finish within one chunk of each other whenever each started, and a thread that starts late - the machine
     is busy - finds less or nothing left). Chunk c's kept rows and distances (see _scan_range) go to rows[c] and
     dist[c], then their number to counts[c] (published last: a count >= 0 means the chunk is complete; more than
     rows.shape[1] means its buffers were too small).
 
-    With a second stage (codes2, q2: see _second_stage) the count goes to scanned[c] first; once no chunk is left to
-    scan, each thread adds the second stage to the chunks it scanned, if ready[0] is set: the caller encodes the
-    query's other bits (q2) while the other threads scan and sets ready[0] once they are written, before it joins
-    the scan. A thread that finds it unset leaves its chunks to the caller, which (`sweep`) then takes every scanned
-    chunk no thread has taken (taken[c], claimed atomically). No thread ever waits for another: a chunk still being
-    scanned is finished by its scanner, which by then sees ready[0] set. Then counts[c] is published as above.
-    Returns how many chunks this call scanned or finished."""
+    With a second stage (codes2, q2: see _second_stage) the count goes to scanned[c] first; the caller encodes the
+    query's other bits (q2) while the other threads scan and sets job[READY] once they are written, before it joins
+    the scan. From then on each thread adds the second stage to the chunks it scanned as soon as it has scanned them
+    (so the threads share the second stage as they share the scan); a thread that finds no chunk left while it is
+    unset leaves its chunks to the caller, which (`sweep`) then takes every scanned chunk no thread has taken
+    (taken[c], claimed atomically). No thread ever waits for another: a chunk still being scanned is finished by its
+    scanner, which by then sees job[READY] set. Then counts[c] is published as above.
+
+    job[ACTIVE] counts the calls inside the loop (up on entry, down as the last step): once every count is published and
+    it is 0, no thread touches the buffers again (a call that enters later finds nothing to claim), so the caller may
+    reuse them (wait_chunks). job (8,) int64 is fresh per scan (see also _finish_chunk for BOUND and QUOTA, and `short`);
+    the buffers are reused. A helper (not `sweep`) with candidates to re-rank (rank = (vecs, q, best, sims), best
+    non-empty) then joins the re-rank (_join_rerank, up to `spins` rounds of waiting). Returns how many chunks this call
+    scanned or finished."""
+    _fetch_add(job, ACTIVE, 1)
     nchunks = counts.shape[0]
     second = codes2.shape[1] > 0
     mine = np.empty(nchunks, np.int64)
-    m = 0
+    m = 0  # chunks this call scanned
+    f = 0  # ... of which it has finished (the second stage added)
     done = 0
     while True:
-        c = _fetch_add(claim, 0, 1)
+        c = _fetch_add(job, CLAIM, 1)
         if c >= nchunks:
             break
         a = c * chunk
@@ -280,26 +328,75 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, claim, rows, dist, scanned, t
             _publish(scanned, c, k)
             mine[m] = c
             m += 1
+            if _load(job, READY) != 0:
+                while f < m:
+                    _finish_chunk(codes2, q2, mine[f], rows, dist, scanned, taken, counts, job, short)
+                    f += 1
         else:
             _publish(counts, c, k)
             done += 1
-    if not second or _load(ready, 0) == 0:
-        return done + m
-    for j in range(m):
-        _finish_chunk(codes2, q2, mine[j], rows, dist, scanned, taken, counts)
-    done += m
-    if sweep:
-        for c in range(nchunks):
-            if _load(scanned, c) >= 0 and _load(taken, c) == 0:
-                done += _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts)
+    if second and _load(job, READY) != 0:
+        while f < m:
+            _finish_chunk(codes2, q2, mine[f], rows, dist, scanned, taken, counts, job, short)
+            f += 1
+        if sweep:
+            for c in range(nchunks):
+                if _load(scanned, c) >= 0 and _load(taken, c) == 0:
+                    done += _finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job, short)
+    _fetch_add(job, ACTIVE, -1)
+    if not sweep and rank[2].shape[0] > 0:  # a helper: its share of the re-rank (fresh arrays per search, not these buffers)
+        _join_rerank(job, rank, spins)
+    return done + m
+
+
+@_kernel(boundscheck=False)
+def helper_scan(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
+    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to `spins`
+    rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all).
+    It passes job[GATE] first (returns at once if the caller has closed it: close_gate) and counts itself out in
+    job[EXITED] as its last step."""
+    if _fetch_add(job, GATE, 1) >= CLOSED:
+        return 0
+    done = 0
+    if t < 0:
+        for _ in range(spins):
+            t = _load(job, T)
+            if t >= 0:
+                break
+    if t >= 0:
+        done = scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep)
+    _fetch_add(job, EXITED, 1)
     return done
 
 
+@_kernel(boundscheck=False)
+def close_gate(job):  # type: ignore[no-untyped-def]
+    """Close job[GATE] (helper_scan calls that come later return at once); returns how many passed it before, for the
+    caller to wait until job[EXITED] reaches that."""
+    return _fetch_add(job, GATE, CLOSED)
+
+
+@_kernel(boundscheck=False)
+def wait_chunks(counts, job, spins):  # type: ignore[no-untyped-def]
+    """Spin until every chunk's count is published and no thread is inside scan_chunks (job[ACTIVE] == 0), at most `spins`
+    rounds (~1 ns each: bounded, so a thread the machine has descheduled is then waited for by blocking instead);
+    returns 1 when both hold. The calling thread's wait for another's last chunk: no lock, no wake-up of a sleeping
+    thread (a Future's result costs ~0.1 ms of hand-offs and the GIL)."""
+    nchunks = counts.shape[0]
+    c = 0
+    for _ in range(spins):
+        while c < nchunks and _load(counts, c) >= 0:
+            c += 1
+        if c == nchunks and _load(job, ACTIVE) == 0:
+            return 1
+    return 0
+
+
 @_kernel(boundscheck=False, fastmath=True)
-def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: ignore[no-untyped-def]
+def select_rows(rows, dist, counts, want, maxd, out, limit):  # type: ignore[no-untyped-def]
     """The `want` rows of the chunks' kept rows (rows[c, :counts[c]], see scan_chunks) with the smallest distance (ties
-    at the cut by position; all of them when fewer) into out, and each one's int8 cosine vecs[row] . q into sims
-    (read in place, as rerank_int8); returns how many. A counting selection: distances are integers <= maxd."""
+    at the cut by position; all of them when fewer) into out; returns how many, or -1 (nothing written) when the cut
+    distance would exceed `limit` (the short lists: _finish_chunk). A counting selection: distances are integers <= maxd."""
     hist = np.zeros(maxd + 2, np.int64)
     total_k = 0
     for c in range(counts.shape[0]):
@@ -315,6 +412,8 @@ def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: 
             total += hist[t]
             t += 1
         room = want - total  # how many of the rows at distance exactly t are taken
+        if t > limit:
+            return -1
     o = 0
     for c in range(counts.shape[0]):
         for m in range(counts[c]):
@@ -326,8 +425,162 @@ def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: 
                 out[o] = rows[c, m]
                 o += 1
                 room -= 1
+    return o
+
+
+@_kernel(boundscheck=False, fastmath=True)
+def select_rerank(rows, dist, counts, want, maxd, vecs, q, out, sims):  # type: ignore[no-untyped-def]
+    """select_rows, then each selected row's int8 cosine vecs[row] . q into sims (read in place, as rerank_int8)."""
+    o = select_rows(rows, dist, counts, want, maxd, out, maxd + 1)
     rerank_int8(vecs, out, o, q, sims)
     return o
+
+
+RANK_BLOCK = 64  # candidates per block of the shared re-rank (rerank_blocks)
+
+
+@_kernel(boundscheck=False, fastmath=True)
+def rerank_blocks(job, rank):  # type: ignore[no-untyped-def]
+    """The re-rank of a search's candidates shared by its threads: once the caller has published how many candidates
+    there are (job[RANKED] >= 0; rank = (vecs, q, best, sims)), claim blocks of RANK_BLOCK of them (job[RCLAIM]) and
+    re-rank each (rerank_int8 on its slice), then count it done (job[RDONE]). Each row read is a DRAM access in a page
+    of its own (~0.18 us at 1 M: 1,000 candidates cost 0.18 ms on one thread), so two threads halve it. Returns the
+    number of blocks done here."""
+    vecs, q, best, sims = rank
+    o = _load(job, RANKED)
+    done = 0
+    while True:
+        b = _fetch_add(job, RCLAIM, 1)
+        a = b * RANK_BLOCK
+        if a >= o:
+            break
+        e = min(o, a + RANK_BLOCK)
+        rerank_int8(vecs, best[a:], e - a, q, sims[a:])
+        _fetch_add(job, RDONE, 1)
+        done += 1
+    return done
+
+
+@_kernel(boundscheck=False)
+def _join_rerank(job, rank, spins):  # type: ignore[no-untyped-def]
+    """A helper thread's share of the re-rank (rerank_blocks) once its scan is done: it spins up to `spins` rounds for
+    the caller to publish the candidates (the caller is then finishing its own last chunk and the selection: ~0.02 ms),
+    else leaves them all to the caller."""
+    for _ in range(spins):
+        if _load(job, RANKED) >= 0:
+            return rerank_blocks(job, rank)
+    return 0
+
+
+@_kernel(boundscheck=False)
+def top_answers(sims, best, k, keys, count, offset, out_keys, out_sims):  # type: ignore[no-untyped-def]
+    """The `count` best of k re-ranked candidates (best[:k], sims[:k]) by similarity (ties by candidate order) into
+    out_keys (keys[row]) and out_sims (similarity + offset), best first; returns how many (min(count, k))."""
+    c = min(count, k)
+    if c * 8 >= k:
+        order = np.argsort(-sims[:k], kind="mergesort")[:c]
+    else:  # few of many: insertion into the best c so far
+        order = np.empty(c, np.int64)
+        filled = 0
+        for m in range(k):
+            s = sims[m]
+            if filled == c:
+                if s <= sims[order[c - 1]]:
+                    continue
+                j = c - 1
+            else:
+                j = filled
+                filled += 1
+            while j > 0 and sims[order[j - 1]] < s:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = m
+    for j in range(c):
+        out_keys[j] = keys[best[order[j]]]
+        out_sims[j] = sims[order[j]] + offset
+    return c
+
+
+@_kernel(boundscheck=False, fastmath=True)
+def select_top(rows, dist, counts, want, maxd, vecs, q, best, sims, keys, count, offset, out_keys, out_sims):  # type: ignore[no-untyped-def]
+    """select_rerank, then top_answers: one call for what numpy did in five (argpartition, argsort, two gathers, an add):
+    ~0.1 ms of Python on caches the scan left cold."""
+    k = select_rerank(rows, dist, counts, want, maxd, vecs, q, best, sims)
+    return top_answers(sims, best, k, keys, count, offset, out_keys, out_sims)
+
+
+@_kernel(boundscheck=False)
+def sample_threshold(codes, q, n, blocks, block, want, hist):  # type: ignore[no-untyped-def]
+    """sample_histogram into a zeroed hist, then threshold_for with scale n / (blocks * block): returns the threshold and
+    the number of sampled codes at or under it."""
+    hist[:] = 0
+    sample_histogram(codes, q, n, blocks, block, hist)
+    scale = n / (blocks * block)
+    t = threshold_for(hist, scale, want)
+    return t, hist[: t + 1].sum()
+
+
+@_kernel(boundscheck=False)
+def lead_threshold(x, mean, w, y, code, codes, q, n, blocks, block, want, hist):  # type: ignore[no-untyped-def]
+    """encode_query(x, mean, w, y, code), then sample_threshold with the query's scanned words q (the same memory as
+    code, as query_words views it): one call before the scan starts."""
+    encode_query(x, mean, w, y, code)
+    _publish(hist, 0, 0)  # (an atomic store: the code's bytes are written before q is read through the other view)
+    return sample_threshold(codes, q, n, blocks, block, want, hist)
+
+
+@_kernel(boundscheck=False)
+def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_args, enough, scan_bits, bits, want, keys, count,
+                  out_keys, out_sims):  # type: ignore[no-untyped-def]
+    """The calling thread's part of a search after the other threads were started on scan_args (scan_chunks' arguments
+    but `sweep`: codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins), in one
+    call, so that it needs neither Python nor the GIL until the answer (the other threads' returns then do not delay
+    it): the query's other bits (encode_query into code2, the second stage's q2), its projection (project_query into
+    rank's q, when basis has columns; else `offset` and q as given), then job READY; its share of the scan (scan_chunks
+    with the sweep), the wait for the other threads (wait_chunks), the selection of `want` candidates by all the bits
+    (select_rows, maxd = `bits`) from the chunks' short lists when its cut is within their bound (_finish_chunk), else
+    from every row kept; the re-rank shared with the other threads (rerank_blocks) and the best `count` (top_answers).
+
+    Returns (answers, offset, candidates); answers < 0 when the caller must finish in Python (HammingIndex._finish_scan):
+    -1 a chunk's buffers were too small or fewer than `enough` rows were kept while t < scan_bits (the threshold can be
+    raised), -2 another thread is still inside a chunk after `spins` rounds, -3 in a block of the re-rank (the
+    `candidates` are selected; wait for the threads, then top_answers)."""
+    codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins = scan_args
+    vecs, qs, best, sims = rank
+    if code2.shape[0] > 0:
+        encode_query(x, mean, w2, y2, code2)
+    if basis.shape[1] > 0:
+        offset = np.float32(project_query(x, basis, centre, scale, qs))
+    _publish(job, READY, 1)
+    scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, 1)
+    if wait_chunks(counts, job, spins) == 0:
+        _publish(job, RANKED, 0)  # (a helper waiting to re-rank: nothing to do)
+        return -2, offset, 0
+    total = 0
+    for c in range(counts.shape[0]):
+        total += counts[c]
+        if counts[c] > rows.shape[1]:
+            total = -1
+            break
+    if total < 0 or (total < enough and t < scan_bits):
+        _publish(job, RANKED, 0)
+        return -1, offset, 0
+    srows, sdist, scounts = short
+    o = -1
+    if codes2.shape[1] > 0 and scounts.sum() >= want:
+        # Every row within job[BOUND] is on the short lists (and, from chunks finished before it was set, others): the
+        # selection from them is the selection from all the rows when its cut is within the bound.
+        bound = _load(job, BOUND)
+        o = select_rows(srows, sdist, scounts, want, bits, best, bound if bound >= 0 else bits + 1)
+    if o < 0:
+        o = select_rows(rows, dist, counts, want, bits, best, bits + 1)
+    _publish(job, RANKED, o)
+    rerank_blocks(job, rank)
+    blocks = (o + RANK_BLOCK - 1) // RANK_BLOCK
+    for _ in range(spins + 1):
+        if _load(job, RDONE) == blocks:
+            return top_answers(sims, best, o, keys, count, offset, out_keys, out_sims), offset, o
+    return -3, offset, o
 
 
 @_kernel(boundscheck=False, fastmath=True)
@@ -410,13 +663,34 @@ def warm() -> None:
         hist = np.zeros(width * 8 + 1, dtype=np.int64)
         sample_histogram(codes, q, 4, 2, 2, hist)
         threshold_for(hist, 1.5, 2.0)
+        sample_threshold(codes, q, 4, 2, 2, 2.0, hist)
         rows2 = np.zeros((2, 4), dtype=np.int64)
         dist2 = np.zeros((2, 4), dtype=np.int32)
         scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
-        scan_chunks(codes, q, codes, q, width * 8, 4, 2, np.zeros(1, dtype=np.int64), rows2, dist2, scanned, taken, counts,
-                    np.ones(1, dtype=np.int64), 1)
-        select_rerank(rows2, dist2, counts, 2, width * 16, np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32),
-                      np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        job = np.array([0, 1, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
+        short = (rows2.copy(), dist2.copy(), counts.copy())
+        vecs, qs = np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32)
+        rank = (vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        helper_scan(codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 0)
+        scan_chunks(codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 1)
+        wait_chunks(counts, job, 10)
+        close_gate(job)
+        select_rerank(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        select_top(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
+                   np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        x, mean = np.zeros(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
+        code = np.zeros(2 * width, dtype=np.uint8)
+        lead_threshold(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
+                       codes, query_words(code[:width]), 4, 2, 2, 2.0, hist)
+        for basis in (np.zeros((8, 3), dtype=np.float32), np.zeros((8, 0), dtype=np.float32)):
+            job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
+            scanned.fill(-1), taken.fill(0), counts.fill(-1)
+            args = (codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
+            finish_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
+                          basis, np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8, width * 16, 2,
+                          np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        top_answers(rank[3], rank[2], 2, np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64),
+                    np.zeros(4, dtype=np.float32))
     z4 = np.zeros(4, dtype=np.float32)
     rerank_int8(np.zeros((4, 3), dtype=np.int8), np.zeros(4, dtype=np.int64), 4, np.zeros(3, dtype=np.float32), z4)
     z = np.zeros(8, dtype=np.float32)

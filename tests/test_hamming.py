@@ -212,13 +212,15 @@ def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path
                 + (np.unpackbits(code[16:]) != np.unpackbits(idx._codes2[:5000], axis=1)).sum(1))
         for early in (True, False):
             job = idx._start_scan(code, 600, 600, 5000)
-            rows, dist, scanned, taken, counts = job.buffers
-            job.ready[0] = 0 if early else 1
+            rows, dist, scanned, taken, counts, *_ = job.buffers
+            job.counters[scan.READY] = 0 if early else 1
             scan.scan_chunks(*job.args, 0)  # another thread's call: it scans every chunk
             assert (scanned >= 0).all() and ((counts < 0).all() if early else (counts >= 0).all())
-            job.ready[0] = 1
+            assert scan.wait_chunks(counts, job.counters, 1000) == (0 if early else 1)  # chunks left unfinished: not done
+            job.counters[scan.READY] = 1
             scan.scan_chunks(*job.args, 1)  # the caller's: nothing left to scan; it finishes the chunks left to it
-            assert (counts == scanned).all() and (taken == 1).all()
+            assert (counts == scanned).all() and (taken == 1).all() and job.counters[scan.ACTIVE] == 0
+            assert scan.wait_chunks(counts, job.counters, 1) == 1
             kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
             assert np.array_equal(np.concatenate([dist[c, :k] for c, k in enumerate(counts)]), full[kept])
 
@@ -246,6 +248,111 @@ def test_a_search_does_not_wait_for_a_busy_scan_thread(tmp_path: Path) -> None:
     for q in again[20:40]:  # and with the thread free again, the same answers
         assert np.array_equal(one.search(q, 10)[0], two.search(q, 10)[0])
     two.close()
+
+
+def test_the_threads_shared_selection_and_rerank_answer_as_one_thread_over_every_row(tmp_path: Path) -> None:
+    """A search splits its scan, second stage and re-rank over threads, and selects its candidates from each chunk's
+    short list (rows within a bound set from chunk 0): whatever that bound (tight, loose, or none), its answers are those
+    of one thread selecting from every row the scan kept, keys and similarities alike."""
+    photo, again = faces(6000, d=128, seed=5)
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    model = codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128)
+    proj = projection.fit(photo, "m", "test").projection(24)
+    one = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=1, prefilter=1500)
+    two = HammingIndex(tmp_path / "b.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=2, prefilter=1500)
+    two.split_min, two.chunk_min = 100, 64  # ~94 chunks of 64 codes, two threads
+    for idx in (one, two):
+        idx.add(np.arange(1, 6001), photo)
+
+    def reference(q: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """One thread: the scan's kept rows (all of them, no short lists), select_top over them."""
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        code = one.code_model.encode(x)[0]
+        with one._lock.shared():
+            rows, dist, counts = one._scan(code, one.prefilter, one.candidates, len(one))
+            qs = np.empty(one.ndim, dtype=np.float32)
+            offset = np.float32(scan.project_query(x, one._basis, one._centre, hamming.QUANT_SCALE, qs))
+            keys, sims = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.float32)
+            c = scan.select_top(rows, dist, counts, one.candidates, one.code_model.bits, one._vecs, qs, np.empty(200, dtype=np.int64),
+                                np.empty(200, dtype=np.float32), one._keys, count, offset, keys, sims)
+        return keys[:c], sims[:c]
+
+    for candidates in (200, 12, 2000):  # the short lists' quota follows: ~3 x candidates / chunks rows of chunk 0
+        for idx in (one, two):
+            idx.candidates = candidates
+        for q in again[:40]:
+            for count in (1, 10, 40):
+                k2, s2 = two.search(q, count)
+                k1, s1 = one.search(q, count)
+                assert np.array_equal(k1, k2) and np.array_equal(s1, s2)
+                if candidates == 200:
+                    kr, sr = reference(q, count)
+                    assert np.array_equal(kr, k1) and np.allclose(sr, s1, atol=1e-6)
+    two.close()
+
+
+def test_short_lists_with_a_bound_set_late_select_what_every_row_gives(tmp_path: Path) -> None:
+    """The short lists' bound is set by whichever thread finishes chunk 0; chunks finished before keep every row. Here
+    every other chunk is finished first and the bound is as tight as it gets (1 row of chunk 0): the selection must
+    notice that its cut passes the bound and read every row, so the answers are those of the full lists."""
+    photo, again = faces(3000, d=128, seed=6)
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    idx = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128),
+                       projection=projection.fit(photo, "m", "test").projection(24), candidates=100, threads=1, prefilter=900)
+    idx.chunk_min = 64
+    idx.add(np.arange(1, 3001), photo)
+    for q in again[:15]:
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        code = idx.code_model.encode(x)[0]
+        qs = np.empty(idx.ndim, dtype=np.float32)
+        offset = np.float32(scan.project_query(x, idx._basis, idx._centre, hamming.QUANT_SCALE, qs))
+        rank = (idx._vecs, qs, np.empty(100, dtype=np.int64), np.empty(100, dtype=np.float32))
+        job = idx._start_scan(code, 900, 100, 3000, rank=rank)
+        job.counters[scan.QUOTA], job.counters[scan.READY] = 1, 0
+        codes_, q1, codes2, q2 = job.arrays
+        rows, dist, scanned, taken, counts, *short = job.buffers
+        scan.scan_chunks(*job.args, 0)  # scans every chunk, finishes none (the query's other bits not ready)
+        job.counters[scan.READY] = 1
+        for c in range(job.chunks - 1, 0, -1):  # every chunk but 0 finished before the bound exists: all their rows
+            scan._finish_chunk(codes2, q2, c, rows, dist, scanned, taken, counts, job.counters, tuple(short))
+        keys, sims = np.empty(10, dtype=np.int64), np.empty(10, dtype=np.float32)
+        y = np.empty(640, dtype=np.float32)
+        got, _, _ = scan.finish_search(x, idx._mean, idx._weights[1], y[128:], code[16:].copy(), idx._basis, idx._centre,
+                                       hamming.QUANT_SCALE, np.float32(0), job.args, job.enough, job.bits, 640, 100, idx._keys, 10,
+                                       keys, sims)
+        assert got == 10 and 0 <= job.counters[scan.BOUND] < 640  # chunk 0 (the sweep) set a bound: its best row's distance
+        want_keys, want_sims = np.empty(10, dtype=np.int64), np.empty(10, dtype=np.float32)
+        scan.select_top(rows, dist, counts, 100, 640, idx._vecs, qs, np.empty(100, dtype=np.int64), np.empty(100, dtype=np.float32),
+                        idx._keys, 10, offset, want_keys, want_sims)
+        assert np.array_equal(keys, want_keys) and np.array_equal(sims, want_sims)
+
+
+def test_a_helper_that_never_gets_its_threshold_leaves_without_touching_the_scan() -> None:
+    """The other threads are started before the threshold is known and spin for it, bounded: when it never comes (the
+    caller failed), they return without claiming a chunk or touching a buffer."""
+    codes_ = scan.as_words(np.arange(128, dtype=np.uint8).reshape(8, 16))
+    rows, dist = np.full((2, 4), 7, dtype=np.int64), np.full((2, 4), 7, dtype=np.int32)
+    scanned, taken, counts = np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64)
+    short = (rows.copy(), dist.copy(), counts.copy())
+    none = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    job = np.array([0, 1, 0, -1, 1, -1, 0, 0, -1, 0, 0], dtype=np.int64)
+    t0 = time.perf_counter()
+    assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], -1, 8, 4, job, rows, dist, scanned, taken, counts,
+                            short, none, 100_000, 0) == 0
+    assert time.perf_counter() - t0 < 1.0
+    assert job.tolist() == [0, 1, 0, -1, 1, -1, 0, 0, -1, 1, 1] and (rows == 7).all() and (counts == -1).all()  # in, out
+    job[scan.T] = 128  # once it is written, the same call scans every chunk
+    assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], -1, 8, 4, job, rows, dist, scanned, taken, counts,
+                            short, none, 100_000, 0) == 2
+    assert counts.tolist() == [4, 4] and job[scan.ACTIVE] == 0 and job[scan.EXITED] == 2
+    assert scan.wait_chunks(counts, job, 1) == 1
+    assert scan.close_gate(job) == 2  # two calls passed the gate; one that comes now returns at once, touching nothing
+    counts.fill(-1)
+    assert scan.helper_scan(codes_, codes_[0], codes_[:, :0], codes_[0, :0], 128, 8, 4, job, rows, dist, scanned, taken, counts,
+                            short, none, 100_000, 0) == 0
+    assert (counts == -1).all() and job[scan.EXITED] == 2
 
 
 def test_adding_a_present_id_leaves_it_as_it_is(tmp_path: Path) -> None:
@@ -433,9 +540,12 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
         "scan.warm()\n"
         "codes = scan.as_words(np.arange(64, dtype=np.uint8).reshape(2, 32))\n"
         "rows, dist = np.zeros((1, 2), dtype=np.int64), np.zeros((1, 2), dtype=np.int32)\n"
-        "scanned, counts, ready = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.ones(1, dtype=np.int64)\n"
-        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.zeros(1, dtype=np.int64), rows, dist,"
-        " scanned, np.zeros(1, dtype=np.int64), counts, ready, 1)\n"
+        "scanned, counts = np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64)\n"
+        "short = (rows.copy(), dist.copy(), counts.copy())\n"
+        "none = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64),"
+        " np.zeros(0, dtype=np.float32))\n"
+        "scan.scan_chunks(codes, codes[1], codes[:, :0], codes[1, :0], 0, 2, 2, np.array([0, 1, 0, -1, 1, -1, 0, 0, 0]), rows,"
+        " dist, scanned, np.zeros(1, dtype=np.int64), counts, short, none, 10, 1)\n"
         "print(type(scan.scan_chunks._cache).__name__, counts[0], rows[0, 0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
