@@ -375,7 +375,8 @@ class FaceModel:
         return Found(0, 0, frames[0], [])
 
     def retry_faces(self, bgr: np.ndarray) -> list[RawFace]:
-        """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`.
+        """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`, but for a
+        blurred frame read as one face (`frame_filling_doubt`).
 
         For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0; default 0.35).
         SCRFD enlarges a small photo to fill its 320-px input, and a small, blurred, noisy face enlarged 4x looks
@@ -432,7 +433,8 @@ class FaceModel:
         return l2_normalize(feats)
 
     def detect_faces(self, bgr: np.ndarray, small_faces: bool = False) -> list[RawFace]:
-        """Detect every face and align it (no embedding yet), ordered left to right."""
+        """Detect every face and align it (no embedding yet), ordered left to right; a blurred frame read as one face
+        (`frame_filling_doubt`) is left out."""
         boxes, kps = self.detect(bgr, small_faces)
         h, w = bgr.shape[:2]
         order: list[int] = np.argsort(boxes[:, 0], kind="stable").tolist() if len(boxes) else []
