@@ -47,6 +47,17 @@ TURN_MARGIN = 0.1
 UPRIGHT_ROLL = 30.0
 ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 SAME_FACE_OVERLAP = 0.5  # two detections from overlapping tiles whose overlap covers half the smaller are one face
+# A heavily blurred photo (Pillow GaussianBlur radius 8-16 on a dev photo, any orientation) can read to SCRFD as one
+# "face" whose box covers the whole frame, at 0.35-0.69, with 5 plausible-looking landmarks (it passes det_threshold
+# 0.5 in a turned copy, or the second look's 0.35), and such a face was searched and gave "possible" hits. Such a
+# detection is dropped when its box covers FRAME_FILLING of the frame's width and height, its score is below
+# CONFIDENT_SCORE, and its landmarks span LANDMARK_SPREAD of the box's longer side or more (the eyes-to-mouth or
+# eye-to-eye span of a real face is ~0.38 of its box: 99th percentile 0.52 over 2,062 real faces). Measured on 58
+# dev photos blurred at radius 0-16 and turned 0/90/180/270, and 44 close-up crops (the face filling the frame,
+# blurred or not; bench/RESULTS.md, "Whole-frame false faces"): it drops 58 of the 68 whole-frame false faces,
+# no real face in ordinary framing (0 of 1,326), and 18 of 786 close-ups, all blurred at 5 % of the face's width.
+FRAME_FILLING = 0.75
+LANDMARK_SPREAD = 0.5
 
 
 def det_input_size(width: int, height: int, cap: int) -> tuple[int, int]:
@@ -92,6 +103,18 @@ def face_roll(kps: np.ndarray) -> float:
     k = np.asarray(kps, dtype=np.float64)
     down = (k[3] + k[4]) / 2 - (k[0] + k[1]) / 2
     return math.degrees(math.atan2(-down[0], down[1]))
+
+
+def frame_filling_doubt(box: np.ndarray, score: float, kps: np.ndarray, width: int, height: int) -> bool:
+    """True for a detection that is most likely a blurred frame read as one face (see FRAME_FILLING): its box (x1, y1,
+    x2, y2, px) covers FRAME_FILLING of the `width` x `height` frame both ways, its score is below CONFIDENT_SCORE, and
+    its 5 landmarks (5x2, px) span LANDMARK_SPREAD of the box's longer side or more."""
+    bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+    if bw < FRAME_FILLING * width or bh < FRAME_FILLING * height or score >= CONFIDENT_SCORE:
+        return False
+    k = np.asarray(kps, dtype=np.float64)
+    span = max(float(np.ptp(k[:, 0])), float(np.ptp(k[:, 1])))
+    return span >= LANDMARK_SPREAD * max(bw, bh, 1e-6)
 
 
 def merge_detections(boxes: np.ndarray, kps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +375,8 @@ class FaceModel:
         return Found(0, 0, frames[0], [])
 
     def retry_faces(self, bgr: np.ndarray) -> list[RawFace]:
-        """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`.
+        """Faces found at the retry confidence and input size (EngineConfig.det_retry_*), marked `retried`, but for a
+        blurred frame read as one face (`frame_filling_doubt`).
 
         For a photo in which the normal pass found nothing; [] when the retry is off (threshold 0; default 0.35).
         SCRFD enlarges a small photo to fill its 320-px input, and a small, blurred, noisy face enlarged 4x looks
@@ -373,13 +397,22 @@ class FaceModel:
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         kps = kps.astype(np.float32)
-        order = np.argsort(boxes[:, 0], kind="stable").tolist()
+        order = [i for i in np.argsort(boxes[:, 0], kind="stable").tolist() if not self._doubtful(boxes[i], kps[i], w, h)]
         found = [
             RawFace(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), kps=kps[i], aligned=self.align(bgr, kps[i]), retried=True)
             for i in order
         ]
         logger.debug("retry found %d face(s) at confidence >= %.2f", len(found), c.det_retry_threshold)
         return found
+
+    @staticmethod
+    def _doubtful(box: np.ndarray, kps: np.ndarray, width: int, height: int) -> bool:
+        """`frame_filling_doubt` for one detection (x1, y1, x2, y2, score), logged when it is dropped."""
+        if not frame_filling_doubt(box, float(box[4]), kps, width, height):
+            return False
+        logger.info("dropped a detection covering the whole frame at low confidence (%.2f): a blurred photo, not a face",
+                    float(box[4]))
+        return True
 
     # -- embedding ---------------------------------------------------------------------------
     def align(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
@@ -400,9 +433,12 @@ class FaceModel:
         return l2_normalize(feats)
 
     def detect_faces(self, bgr: np.ndarray, small_faces: bool = False) -> list[RawFace]:
-        """Detect every face and align it (no embedding yet), ordered left to right."""
+        """Detect every face and align it (no embedding yet), ordered left to right; a blurred frame read as one face
+        (`frame_filling_doubt`) is left out."""
         boxes, kps = self.detect(bgr, small_faces)
+        h, w = bgr.shape[:2]
         order: list[int] = np.argsort(boxes[:, 0], kind="stable").tolist() if len(boxes) else []
+        order = [i for i in order if not self._doubtful(boxes[i], kps[i], w, h)]
         return [
             RawFace(box=boxes[i, :4].copy(), score=float(boxes[i, 4]), kps=kps[i], aligned=self.align(bgr, kps[i]))
             for i in order

@@ -1,0 +1,95 @@
+"""A small, poor probe (a face 18-40 px wide) whose hit is "strong": the answer says one coherent thing about it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot import texts
+from bot.cli import main
+from bot.i18n import ENGLISH as EN
+from bot.i18n import load_language
+from conftest import DEV, make_config, new_user_id
+from engine import Engine
+
+PROBE = "Barack_Obama/2.jpg"  # its mate, Barack_Obama/1.jpg, is in the dev gallery
+WEAK = "treat any match as a weak lead"
+
+
+def shrunk(rel: str, face_px: int, clean_width: float) -> bytes:
+    """The dev photo `rel` scaled down so that its face (`clean_width` px wide in the original) is `face_px` wide."""
+    img = Image.open(DEV / rel).convert("RGB")
+    s = face_px / clean_width
+    small = img.resize((max(8, round(img.width * s)), max(8, round(img.height * s))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+async def tiny_probes(engine: Engine) -> list[bytes]:
+    """PROBE with its face 24 and 32 px wide."""
+    clean = next(f for f in await engine.detect((DEV / PROBE).read_bytes()) if f.primary)
+    return [shrunk(PROBE, px, clean.box[2] - clean.box[0]) for px in (24, 32)]
+
+
+async def test_a_strong_hit_on_a_tiny_probe_is_not_called_a_weak_lead(start_bot: Any, gallery_copy: Path) -> None:
+    """Over the real bot: the face is flagged poor (too small), its mate's hit is strong with the good-poor class's odds,
+    and the poor-photo line says the odds allow for the photo instead of calling every match weak."""
+    engine = await Engine.open(make_config(gallery_copy, require_case=True))
+    try:
+        bot = await start_bot(engine=engine)
+        officer = new_user_id()
+        await bot.allow(officer)
+        for probe in await tiny_probes(engine):
+            r = await engine.search(probe, actor="t", case="C-1")
+            q = r.faces[r.searched - 1].quality
+            assert not q.ok and q.width_px < 40 and any(w.endswith("px wide") for w in q.warnings)
+            assert r.hits[0].subject == "Barack_Obama" and r.hits[0].band == "strong"
+            bot.fake.send_photo(officer, probe)
+            reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+            lines = reply.text.splitlines()
+            first = next(line for line in lines if line.startswith("1. "))
+            assert first.startswith("1. Barack_Obama - ") and "(strong)" in first, reply.text
+            poor = [line for line in lines if line.startswith("This photo is poor (")]
+            assert len(poor) == 1 and "px wide" in poor[0], reply.text
+            assert WEAK not in reply.text, reply.text  # not "weak" beside "strong"
+            assert poor[0].endswith("so a strong match is as unlikely to be a stranger as on a good photo; "
+                                    "treat a possible match as a weak lead."), reply.text
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("language", ["fr_BE", "nl_BE", "de_BE"])
+def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
+    t = load_language(language)
+    warnings = ("face is 24 px wide",)
+    weak, strong = texts.quality_warning(t, warnings), texts.quality_warning(t, warnings, strong_hit=True)
+    assert weak and strong and weak != strong
+    assert texts.warning_text(t, warnings[0]) in strong
+    assert strong != texts.quality_warning(EN, warnings, strong_hit=True)  # translated, not left in English
+    assert t.pgettext("band", "strong") in strong  # the band word the hit line shows
+    assert t.pgettext("band", "possible") in strong
+
+
+def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    async def probes() -> list[bytes]:
+        engine = await Engine.open(make_config(tmp_path / "scratch"))
+        try:
+            return await tiny_probes(engine)
+        finally:
+            await engine.close()
+
+    probe = tmp_path / "small.jpg"
+    probe.write_bytes(asyncio.run(probes())[0])
+    code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Barack_Obama" in out and "strong" in out and "px wide" in out
+    assert WEAK not in out
+    assert "this photo is poor: the odds shown allow for that" in out
