@@ -323,7 +323,8 @@ class HammingIndex:
         (reset by finish_fast), the query's scratch (its code, encoding and projection: zeroed by finish_fast when a search
         ends), the candidates' rows and cosines, the kernels' arguments in tuples and the compiled kernels' entry points
         (numba's dispatcher types every argument of every call: ~2-5 us for finish_search's ~30 arrays)."""
-        key = (self._generation, n, want)
+        # (and the settings a plan was built with: the bench and the tests change them between searches)
+        key = (self._generation, n, want, self.threads, self.split_min, self.chunk_min, self.prefilter, self.prefilter_share)
         plans = self._plans
         while plans:
             try:
@@ -729,7 +730,7 @@ class _Plan:
     """A prepared search (HammingIndex._plan): what every search over the same n faces and `want` candidates would build
     again. Taken by one search at a time; its buffers and scratch are clean (reset, zeroed) between searches."""
 
-    key: tuple[int, int, int]  # (the index's generation, n, want)
+    key: tuple[object, ...]  # (the index's generation, n, want, threads, split_min, chunk_min, prefilter, prefilter_share)
     n: int
     want: int
     chunk: int

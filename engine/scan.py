@@ -351,15 +351,18 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, tak
 
 @_kernel(boundscheck=False)
 def helper_scan(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
-    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to `spins`
+    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to 4 x `spins`
     rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all).
+    (4 x: `spins` rounds took ~0.1 ms here, while the caller's encoding and sample (start_search) take 0.1-0.3 ms on
+    caches the previous scan evicted, and a helper woken without Python in between starts spinning ~0.03 ms after the
+    put: with `spins` it often gave up just before the threshold came, and the caller scanned alone, 3.3 ms at 1 M.)
     It passes job[GATE] first (returns at once if the caller has closed it: close_gate) and counts itself out in
     job[EXITED] as its last step."""
     if _fetch_add(job, GATE, 1) >= CLOSED:
         return 0
     done = 0
     if t < 0:
-        for _ in range(spins):
+        for _ in range(4 * spins):
             t = _load(job, T)
             if t >= 0:
                 break
