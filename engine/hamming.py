@@ -24,9 +24,11 @@ from the first chunk (~3 x `candidates` in all) for the selection. The calling t
 `candidates` (1,000) by all the bits, the threads share their re-rank by projected int8 cosine (each row a DRAM
 access of its own), and the best `count` are returned: after the threads are started, the calling thread's part is
 one compiled call (engine.scan.finish_search), free of Python and the GIL. Every stage reads the index's own arrays
-in place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
-face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.2 ms on the idle machine; bench/RESULTS.md,
-issue 15.)
+in place: no copy of a face's bits or vector is made. The engine then re-scores the answers exactly from SQLite. What a
+search would build again (views, buffers, the query's scratch, the kernels' arguments and compiled entry points) is
+prepared once per gallery size and settings and reused (`_plan`); the query's scratch is zeroed as each search ends.
+(At 1 M face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.05 ms on the idle machine;
+bench/RESULTS.md, issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
