@@ -24,9 +24,11 @@ from the first chunk (~3 x `candidates` in all) for the selection. The calling t
 `candidates` (1,000) by all the bits, the threads share their re-rank by projected int8 cosine (each row a DRAM
 access of its own), and the best `count` are returned: after the threads are started, the calling thread's part is
 one compiled call (engine.scan.finish_search), free of Python and the GIL. Every stage reads the index's own arrays
-in place: no copy of a face's bits or vector is made. The engine then re-scores those exactly from SQLite. (At 1 M
-face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.2 ms on the idle machine; bench/RESULTS.md,
-issue 15.)
+in place: no copy of a face's bits or vector is made. The engine then re-scores the answers exactly from SQLite. What a
+search would build again (views, buffers, the query's scratch, the kernels' arguments and compiled entry points) is
+prepared once per gallery size and settings and reused (`_plan`); the query's scratch is zeroed as each search ends.
+(At 1 M face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.05 ms on the idle machine;
+bench/RESULTS.md, issue 15.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -48,13 +50,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 
 from . import integrity, scan
@@ -128,6 +131,8 @@ class HammingIndex:
         self.chunk_min = CHUNK_MIN
         self._spare: list[tuple[np.ndarray, ...]] = []  # scan buffers for reuse (_buffers)
         self._word_views: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, codes, codes2) as the scan reads them (_words)
+        self._plans: list[_Plan] = []  # prepared searches for reuse (_plan), one taken per concurrent search
+        self._generation = 0  # counts replacements of the arrays (_changed): a plan of another generation is dropped
         self._lock = SharedLock()  # searches share it; add, remove, load and reset take it alone
         self.gallery_id: str | None = None  # the database's meta gallery_id: the sidecar records it
         self._pool: _ScanThreads | None = None
@@ -166,7 +171,13 @@ class HammingIndex:
             fresh[: self._n] = old[: self._n]
             old.fill(0)  # freed memory keeps its bytes: leave none of a face that is erased later
         self._keys, self._codes, self._codes2, self._vecs = new
+        self._changed()
+
+    def _changed(self) -> None:
+        """The arrays were replaced (exclusive lock held): the scan's word views and the prepared searches are dropped."""
         self._word_views = None
+        self._generation += 1
+        self._plans = []
 
     def _quantise(self, projected: np.ndarray) -> np.ndarray:
         """Projected unit vectors -> int8 of (v - centre) * QUANT_SCALE, clipped to +-127."""
@@ -244,43 +255,156 @@ class HammingIndex:
 
     def search(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` nearest face ids and their approximate cosine similarities (projected, int8), best first."""
-        x = np.asarray(vector, dtype=np.float32)
-        if x.size != self.input_dim:
+        x = vector
+        if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 1 or not (x.flags.c_contiguous and x.flags.aligned):
+            x = np.asarray(vector, dtype=np.float32)
+            if x.size != self.input_dim:
+                raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
+            x = np.array(x.reshape(-1), dtype=np.float32, order="C")  # (a fresh array: contiguous and aligned)
+        elif x.shape[0] != self.input_dim:
             raise ValueError(f"a {self.input_dim}-d embedding, not shape {x.shape}")
-        x = np.ascontiguousarray(x.reshape(-1))
-        # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
-        code = np.empty(self.code_model.nbytes, dtype=np.uint8)
-        sb = self._scan_bytes
-        y = np.empty(self.code_model.bits, dtype=np.float32)
-        with self._lock.shared():
+        lock = self._lock
+        lock.enter_shared()
+        try:
             n = self._n
             if n == 0 or count < 1:
                 return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
             want = min(max(self.candidates, count), n)
-            # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
-            keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
-            if self._basis is not None:
-                basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
-            else:
-                basis, qs, offset = _NO_BASIS, x / np.float32(QUANT_SCALE), np.float32(x @ self._centre)
-            best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)  # the candidates, their int8 cosines
-            job = self._start_scan(code, keep, want, n, x, y, (self._vecs, qs, best, cand))  # encodes the query's scanned bits
-            # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
-            # stage waits for them), its projection, its share of the scan and the second stage, the selection, its share of
-            # the re-rank, the best `count`.
-            c = min(count, want)
-            keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
-            c, offset, o = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre,
-                                              QUANT_SCALE, offset, job.args, job.enough, job.bits, self.code_model.bits, want,
-                                              self._keys, count, keys, sims)
-            if c == -3:  # another thread is inside a block of the re-rank: wait for it
-                self._join(job)
-                c = scan.top_answers(cand, best, o, self._keys, count, np.float32(offset), keys, sims)
-            elif c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
-                rows, dist, counts = self._finish_scan(job)
-                c = scan.select_top(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
-                                    np.float32(offset), keys, sims)
-            self._spare.append(job.buffers)
+            plan = self._plan(n, want)
+            if plan is not None:
+                return self._search_planned(plan, x, count)
+            return self._search(x, count, n, want)
+        finally:
+            lock.exit_shared()
+
+    def _search_planned(self, plan: _Plan, x: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """search with a prepared plan (shared lock held): a fresh counters array, the other threads started, two compiled
+        calls (engine.scan.start_search, finish_fast), the answer; the plan is kept for the next search when it answered."""
+        job = plan.counters.copy()
+        if plan.helpers:
+            put = (self._pool or self._executor()).put
+            args = (*plan.head, -1, *plan.mid, job, *plan.tail, 0)  # t < 0: the helpers spin for job[T]
+            for _ in range(plan.helpers):
+                put(plan.helper, args)
+        t = plan.start(x, *plan.lead, job)  # the query's scanned bits, the sample, the threshold (published to job[T])
+        args = (*plan.head, t, *plan.mid, job, *plan.tail)
+        c = min(count, plan.want)
+        keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
+        r, offset, o = plan.finish(x, *plan.fin, args, *plan.rest, count, keys, sims, plan.scratch)
+        if r < 0:  # (rare) another thread still inside a chunk or a block of the re-rank, or the scan must be widened
+            r = self._finish_slow(plan, job, args, t, r, offset, o, count, keys, sims)
+        else:
+            self._plans.append(plan)
+        return (keys, sims) if r == c else (keys[:r], sims[:r])
+
+    def _finish_slow(self, plan: _Plan, counters: np.ndarray, args: tuple[object, ...], t: int, r: int, offset: float, o: int,
+                     count: int, keys: np.ndarray, sims: np.ndarray) -> int:
+        """What finish_fast left to Python (r < 0: see engine.scan.finish_search), as search did before plans; the plan is
+        then dropped (its query scratch zeroed, its buffers spare). Returns how many answers are in keys and sims."""
+        codes, q, codes2, q2 = args[:4]
+        job = _ScanJob((codes, q, codes2, q2), plan.n, plan.chunk, plan.chunks, t, plan.bits, plan.enough, plan.cap, counters,
+                       plan.rank, args, plan.buffers, plan.helpers)
+        _, qs, best, cand = plan.rank
+        if r == -3:
+            self._join(job)
+            r = scan.top_answers(cand, best, o, self._keys, count, np.float32(offset), keys, sims)
+        else:
+            rows, dist, counts = self._finish_scan(job)
+            r = scan.select_top(rows, dist, counts, plan.want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
+                                np.float32(offset), keys, sims)
+        plan.scratch.fill(0)
+        self._spare.append(job.buffers)
+        return int(r)
+
+    def _plan(self, n: int, want: int) -> _Plan | None:
+        """A prepared search over the first n faces selecting `want` candidates: a spare one, else a new one (shared lock
+        held); None when search takes the general path (no projection, no second stage, or a gallery the scan keeps whole).
+
+        What a plan holds is built once per gallery size and reused by the searches that follow (measured: the dozen numpy
+        calls it saves cost ~5 us each on the caches the previous scan evicted): the scan's word views, its buffers
+        (reset by finish_fast), the query's scratch (its code, encoding and projection: zeroed by finish_fast when a search
+        ends), the candidates' rows and cosines, the kernels' arguments in tuples and the compiled kernels' entry points
+        (numba's dispatcher types every argument of every call: ~2-5 us for finish_search's ~30 arrays)."""
+        # (and the settings a plan was built with: the bench and the tests change them between searches)
+        key = (self._generation, n, want, self.threads, self.split_min, self.chunk_min, self.prefilter, self.prefilter_share)
+        plans = self._plans
+        while plans:
+            try:
+                plan = plans.pop()
+            except IndexError:  # another search took the last one
+                break
+            if plan.key == key:
+                return plan
+        keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n)
+        if self._basis is None or not self._codes2.shape[1] or keep >= n:
+            return None
+        sb, nbytes, allbits = self._scan_bytes, self.code_model.nbytes, self.code_model.bits
+        bits = sb * 8
+        codes, codes2 = self._words(n)
+        # the query's scratch, one zeroed buffer: code (nbytes), y (allbits float32), qs (ndim float32), each on a cache line
+        at_y = -(-nbytes // ALIGN) * ALIGN
+        at_qs = at_y + -(-allbits * 4 // ALIGN) * ALIGN
+        scratch = _zeros((at_qs + self.ndim * 4,), np.uint8)
+        code, y, qs = scratch[:nbytes], scratch[at_y : at_y + allbits * 4].view(np.float32), scratch[at_qs:].view(np.float32)
+        q, q2 = scan.query_words(code[:sb]), scan.query_words(code[sb:])
+        chunk = max(self.chunk_min, -(-n // CHUNKS))
+        chunks = -(-n // chunk)
+        cap = min(chunk, int(chunk * (3 * MARGIN * keep) / n) + 256)  # (as _start_scan sizes them)
+        buffers = self._buffers(chunks, cap)
+        rows, dist, scanned, taken, counts, *short = buffers
+        scanned.fill(-1)
+        taken.fill(0)
+        counts.fill(-1)
+        rank = (self._vecs, qs, np.zeros(want, dtype=np.int64), np.zeros(want, dtype=np.float32))
+        exact = n <= SAMPLE  # the sample is the gallery
+        runs, block = (1, n) if exact else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
+        enough = keep if exact else max(want, (3 * keep) // 4)
+        counters = np.array([0, 0, 0, -1, 3 * want // chunks + 1, -1, 0, 0, -1, 0, 0], dtype=np.int64)  # (as _start_scan)
+        plan = _Plan(key=key, n=n, want=want, chunk=chunk, chunks=chunks, cap=cap, bits=bits, enough=enough,
+                     helpers=self.threads - 1 if n >= self.split_min * self.threads and chunks > 1 else 0,
+                     scratch=scratch, rank=rank, buffers=buffers, counters=counters,
+                     head=(codes, q, codes2, q2), mid=(n, chunk), tail=(rows, dist, scanned, taken, counts, tuple(short), rank, SPINS),
+                     lead=(self._mean, self._weights[0], y[:bits], code[:sb], codes, q, n, runs, block,
+                           float(keep) if exact else keep * MARGIN, np.empty(bits + 1, dtype=np.int64)),
+                     fin=(self._mean, self._weights[1], y[bits:], code[sb:], self._basis, self._centre, QUANT_SCALE, np.float32(0)),
+                     rest=(enough, bits, allbits, want, self._keys))
+        x = np.zeros(self.input_dim, dtype=np.float32)
+        args = (*plan.head, 0, *plan.mid, counters, *plan.tail)
+        plan.helper = _entry(scan.helper_scan, (*args, 0))
+        plan.start = _entry(scan.start_search, (x, *plan.lead, counters))
+        plan.finish = _entry(scan.finish_fast, (x, *plan.fin, args, *plan.rest, 1, rank[2], rank[3], scratch))
+        return plan
+
+    def _search(self, x: np.ndarray, count: int, n: int, want: int) -> tuple[np.ndarray, np.ndarray]:
+        """search without a plan (shared lock held): small galleries, no projection or no second stage."""
+        # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
+        code = np.empty(self.code_model.nbytes, dtype=np.uint8)
+        sb = self._scan_bytes
+        y = np.empty(self.code_model.bits, dtype=np.float32)
+        # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
+        keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
+        if self._basis is not None:
+            basis, qs, offset = self._basis, np.empty(self.ndim, dtype=np.float32), np.float32(0)
+        else:
+            basis, qs, offset = _NO_BASIS, x / np.float32(QUANT_SCALE), np.float32(x @ self._centre)
+        best, cand = np.empty(want, dtype=np.int64), np.empty(want, dtype=np.float32)  # the candidates, their int8 cosines
+        job = self._start_scan(code, keep, want, n, x, y, (self._vecs, qs, best, cand))  # encodes the query's scanned bits
+        # The rest on this thread in one compiled call (engine.scan.finish_search): the query's other bits (the second
+        # stage waits for them), its projection, its share of the scan and the second stage, the selection, its share of
+        # the re-rank, the best `count`.
+        c = min(count, want)
+        keys, sims = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.float32)
+        c, offset, o = scan.finish_search(x, self._mean, self._weights[1], y[sb * 8 :], code[sb:], basis, self._centre,
+                                          QUANT_SCALE, offset, job.args, job.enough, job.bits, self.code_model.bits, want,
+                                          self._keys, count, keys, sims)
+        if c == -3:  # another thread is inside a block of the re-rank: wait for it
+            self._join(job)
+            c = scan.top_answers(cand, best, o, self._keys, count, np.float32(offset), keys, sims)
+        elif c < 0:  # another thread is still in a chunk (blocks for it), or the scan must be widened (rare)
+            rows, dist, counts = self._finish_scan(job)
+            c = scan.select_top(rows, dist, counts, want, self.code_model.bits, self._vecs, qs, best, cand, self._keys, count,
+                                np.float32(offset), keys, sims)
+        self._spare.append(job.buffers)
         return keys[:c], sims[:c]
 
     def _scan(self, code: np.ndarray, keep: int, least: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -454,7 +578,7 @@ class HammingIndex:
                 arr.fill(0)
             self._n = 0
             self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
-            self._word_views = None
+            self._changed()
 
     # -- persistence -------------------------------------------------------------------------
     @property
@@ -527,7 +651,7 @@ class HammingIndex:
                 arr.fill(0)
             self._keys, self._codes, self._codes2, self._vecs = loaded
             self._n = len(loaded[0])
-            self._word_views = None
+            self._changed()
         return True
 
     def _read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -601,6 +725,51 @@ class _ScanJob:
     args: tuple[object, ...] = ()  # engine.scan.scan_chunks's arguments (but `sweep`)
     buffers: tuple[np.ndarray, ...] = ()  # its rows, dist, scanned, taken and counts (HammingIndex._buffers)
     helpers: int = 0  # other threads started on it
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A prepared search (HammingIndex._plan): what every search over the same n faces and `want` candidates would build
+    again. Taken by one search at a time; its buffers and scratch are clean (reset, zeroed) between searches."""
+
+    key: tuple[object, ...]  # (the index's generation, n, want, threads, split_min, chunk_min, prefilter, prefilter_share)
+    n: int
+    want: int
+    chunk: int
+    chunks: int
+    cap: int
+    bits: int  # scanned bits
+    enough: int
+    helpers: int  # other threads to start
+    scratch: np.ndarray  # uint8: the query's code, encoding (y) and projection (qs), zeroed after each search
+    rank: tuple[np.ndarray, ...]  # (vecs, qs, best, sims): engine.scan.rerank_blocks
+    buffers: tuple[np.ndarray, ...]  # HammingIndex._buffers
+    counters: np.ndarray  # the scan job's counters as a search starts (copied per search: engine.scan.CLAIM ...)
+    head: tuple[object, ...]  # scan_chunks' arguments: codes, q, codes2, q2, (t), then `mid`: n, chunk, (job), then `tail`
+    mid: tuple[object, ...]
+    tail: tuple[object, ...]  # rows, dist, scanned, taken, counts, short, rank, spins
+    lead: tuple[object, ...]  # start_search's arguments between x and job
+    fin: tuple[object, ...]  # finish_fast's arguments between x and scan_args
+    rest: tuple[object, ...]  # ... after scan_args, before count
+    helper: Callable[..., object] = scan.helper_scan  # the kernels (compiled entry points: _entry)
+    start: Callable[..., object] = scan.start_search
+    finish: Callable[..., object] = scan.finish_fast
+
+
+def _entry(kernel: Callable[..., object], args: tuple[object, ...]) -> Callable[..., object]:
+    """The kernel's compiled entry point for these arguments' types (numba: `Dispatcher.overloads[sig].entry_point`), which
+    skips the dispatcher's typing of every argument on every call (numba.typeof of each array, recursively into tuples:
+    ~2 us for finish_search's warm, more with cold caches; bench/RESULTS.md, "Sixth session"); the dispatcher itself when
+    that overload is not compiled yet (the kernels are still being compiled or loaded: scan.warm). The entry point does
+    not check types: call it only with arguments of exactly these types (a plan's own arrays, and x float32 1-D C-contiguous
+    and aligned)."""
+    overloads = getattr(kernel, "overloads", None)
+    if overloads is None:
+        return kernel
+    try:
+        return overloads[tuple(numba.typeof(a) for a in args)].entry_point
+    except (KeyError, AttributeError, ValueError):
+        return kernel
 
 
 class _ScanThreads:

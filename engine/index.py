@@ -69,17 +69,26 @@ class SharedLock:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
+        self.enter_shared()
+        try:
+            yield
+        finally:
+            self.exit_shared()
+
+    def enter_shared(self) -> None:
+        """Take the lock as one of its readers (what `shared` does on entry; without a context manager's generator, for
+        a search's hot path); exit_shared must follow, in a finally."""
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+
+    def exit_shared(self) -> None:
+        """Leave the lock as a reader (after enter_shared)."""
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

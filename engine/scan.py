@@ -36,9 +36,9 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "close_gate", "encode_query", "finish_search", "helper_scan", "lead_threshold", "project_query",
+__all__ = ["as_words", "close_gate", "encode_query", "finish_fast", "finish_search", "helper_scan", "lead_threshold", "project_query",
            "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank",
-           "select_rows", "select_top", "threshold_for", "top_answers", "wait_chunks", "warm"]
+           "select_rows", "select_top", "start_search", "threshold_for", "top_answers", "wait_chunks", "warm"]
 
 
 @intrinsic
@@ -351,15 +351,18 @@ def scan_chunks(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, tak
 
 @_kernel(boundscheck=False)
 def helper_scan(codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins, sweep):  # type: ignore[no-untyped-def]
-    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to `spins`
+    """scan_chunks on another thread, started before the threshold is chosen: with t < 0 it first spins (up to 4 x `spins`
     rounds) until the caller writes it to job[T], else returns 0 without touching anything (the caller scans it all).
+    (4 x: `spins` rounds took ~0.1 ms here, while the caller's encoding and sample (start_search) take 0.1-0.3 ms on
+    caches the previous scan evicted, and a helper woken without Python in between starts spinning ~0.03 ms after the
+    put: with `spins` it often gave up just before the threshold came, and the caller scanned alone, 3.3 ms at 1 M.)
     It passes job[GATE] first (returns at once if the caller has closed it: close_gate) and counts itself out in
     job[EXITED] as its last step."""
     if _fetch_add(job, GATE, 1) >= CLOSED:
         return 0
     done = 0
     if t < 0:
-        for _ in range(spins):
+        for _ in range(4 * spins):
             t = _load(job, T)
             if t >= 0:
                 break
@@ -547,6 +550,8 @@ def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_arg
     `candidates` are selected; wait for the threads, then top_answers)."""
     codes, q, codes2, q2, t, n, chunk, job, rows, dist, scanned, taken, counts, short, rank, spins = scan_args
     vecs, qs, best, sims = rank
+    if t < 0:  # (start_search published it)
+        t = _load(job, T)
     if code2.shape[0] > 0:
         encode_query(x, mean, w2, y2, code2)
     if basis.shape[1] > 0:
@@ -581,6 +586,35 @@ def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_arg
         if _load(job, RDONE) == blocks:
             return top_answers(sims, best, o, keys, count, offset, out_keys, out_sims), offset, o
     return -3, offset, o
+
+
+@_kernel(boundscheck=False)
+def start_search(x, mean, w, y, code, codes, q, n, blocks, block, want, hist, job):  # type: ignore[no-untyped-def]
+    """lead_threshold, then the threshold published to job[T] (the other threads, spinning in helper_scan, start scanning);
+    returns it. HammingIndex.search's first compiled call."""
+    t, _ = lead_threshold(x, mean, w, y, code, codes, q, n, blocks, block, want, hist)
+    _publish(job, T, t)
+    return t
+
+
+@_kernel(boundscheck=False)
+def finish_fast(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_args, enough, scan_bits, bits, want, keys, count,
+                out_keys, out_sims, scratch):  # type: ignore[no-untyped-def]
+    """finish_search (scan_args' t may be < 0: then job[T], as start_search published it), then, when it answered (>= 0),
+    the buffers reset for the next search that reuses them (scanned and counts -1, taken 0) and the query's scratch
+    (`scratch`, uint8: the memory of its code, encoding and projection) zeroed: nothing derived from the query stays. No
+    other thread reads either by then (every chunk and re-rank block is done; a helper that comes later finds nothing to
+    claim). Returns what finish_search returns."""
+    r, offset, o = finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_args, enough, scan_bits, bits, want,
+                                 keys, count, out_keys, out_sims)
+    if r >= 0:
+        scanned, taken, counts = scan_args[10], scan_args[11], scan_args[12]
+        for c in range(counts.shape[0]):
+            scanned[c] = -1
+            taken[c] = 0
+            counts[c] = -1
+        scratch[:] = 0
+    return r, offset, o
 
 
 @_kernel(boundscheck=False, fastmath=True)
@@ -682,6 +716,8 @@ def warm() -> None:
         code = np.zeros(2 * width, dtype=np.uint8)
         lead_threshold(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
                        codes, query_words(code[:width]), 4, 2, 2, 2.0, hist)
+        start_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
+                     codes, query_words(code[:width]), 4, 2, 2, 2.0, hist, np.zeros(11, dtype=np.int64))
         for basis in (np.zeros((8, 3), dtype=np.float32), np.zeros((8, 0), dtype=np.float32)):
             job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
             scanned.fill(-1), taken.fill(0), counts.fill(-1)
@@ -689,6 +725,13 @@ def warm() -> None:
             finish_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
                           basis, np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8, width * 16, 2,
                           np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
+        scanned.fill(-1), taken.fill(0), counts.fill(-1)
+        args = (codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
+        finish_fast(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
+                    np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8,
+                    width * 16, 2, np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
+                    np.zeros(8, dtype=np.uint8))
         top_answers(rank[3], rank[2], 2, np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64),
                     np.zeros(4, dtype=np.float32))
     z4 = np.zeros(4, dtype=np.float32)

@@ -552,3 +552,56 @@ def test_scan_kernels_work_where_numba_cannot_cache() -> None:
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["NullCache", "1", "1"]  # not cached, and row 1 is the only code at distance 0
+
+
+def test_prepared_searches_follow_changes_and_keep_nothing_of_the_query(tmp_path: Path) -> None:
+    """A search reuses a plan built for the gallery's size and the index's settings (HammingIndex._plan): after a face is
+    removed or added, or the threads or candidates change, the answers are those of an index built afresh with the same
+    faces and settings; and once a search has answered, its plan's scratch (the query's code, encoding, projection) is
+    all zeros."""
+    photo, again = faces(6000, d=128, seed=7)
+    lead = codes.fit(photo, 128)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    model = codes.CodeModel(lead.mean, np.hstack([lead.weights, body]), "t", 128)
+    proj = projection.fit(photo, "m", "test").projection(24)
+
+    def index(name: str, keys: np.ndarray, threads: int = 2) -> HammingIndex:
+        idx = HammingIndex(tmp_path / name, ndim=128, code_model=model, projection=proj, candidates=200, threads=threads, prefilter=1500)
+        idx.split_min, idx.chunk_min = 100, 64
+        idx.add(keys, photo[keys - 1])
+        return idx
+
+    ids = np.arange(1, 6001)
+    idx = index("a.idx", ids[:3000])
+    for v in again[:10]:
+        idx.search(v, 10)
+    assert idx._plans and not any(p.scratch.any() for p in idx._plans)
+    idx.add(ids[3000:], photo[3000:])  # (searched in place: the added faces must be found)
+    full = index("f.idx", ids)
+    for v in again[:10]:
+        k1, s1 = idx.search(v, 10)
+        k2, s2 = full.search(v, 10)
+        assert np.array_equal(np.sort(k1), np.sort(k2)) and np.allclose(s1, s2, atol=1e-6)
+    full.close()
+    q = again[0]
+    first, _ = idx.search(q, 10)
+    idx.remove(first[:1])
+    k, s = idx.search(q, 10)
+    fresh = index("b.idx", ids[ids != first[0]])
+    kf, sf = fresh.search(q, 10)
+    assert first[0] not in k and np.allclose(s, sf, atol=1e-6) and set(k) == set(kf)
+    idx.add(first[:1], photo[first[:1] - 1])
+    k, s = idx.search(q, 10)
+    assert k[0] == first[0]
+    for threads, candidates in ((1, 200), (2, 50), (2, 200)):
+        idx.threads, idx.candidates = threads, candidates
+        other = index(f"c{threads}{candidates}.idx", ids, threads)
+        other.candidates = candidates
+        for v in again[:10]:
+            k1, s1 = idx.search(v, 10)
+            k2, s2 = other.search(v, 10)
+            assert np.array_equal(np.sort(k1), np.sort(k2)) and np.allclose(s1, s2, atol=1e-6)
+        other.close()
+    assert not any(p.scratch.any() for p in idx._plans)
+    idx.close()
+    fresh.close()
