@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -228,13 +229,26 @@ class QuietNetworkRecords(logging.Filter):
     Errors of the polling loop itself reach `bot.handlers.errors.on_error`, which logs them in one line too.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}  # when each kind of repeated record was last let through (time.monotonic)
+        self._held: dict[str, int] = {}  # how many of each were held back since
+
     def filter(self, record: logging.LogRecord) -> bool:
-        """False for PTB's give-up record; its last-getUpdates record shortened; other records untouched."""
+        """False for PTB's give-up record and repeats within REPEAT_S; its last-getUpdates, invalid-JSON and
+        unprocessable-data records shortened to one line; other records untouched."""
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             return True
         text = record.getMessage()
         if text.startswith("Network Retry Loop") and "Aborting" in text:
             return False
+        if text.startswith("Can not load invalid JSON data"):  # the answer's body can be anything (binary, a proxy's page)
+            return self._once(record, "json", "the Bot API's answer is not JSON (%d characters): is SIGHTLINE_TELEGRAM_API_URL "
+                              "a Bot API server, or is a proxy answering instead?", (len(text),))
+        if text.startswith("Something went wrong processing the data received from Telegram"):
+            error = record.exc_info[1] if record.exc_info else None
+            return self._once(record, "data", "the Bot API's updates could not be read (%s: %s): they were not processed",
+                              (type(error).__name__, str(error)[:200]))
         if record.exc_info and text.startswith("Error while calling `get_updates` one more time"):
             error = record.exc_info[1]
             record.msg = "could not mark the last updates read while stopping (%s: %s): Telegram may deliver them again"
@@ -244,8 +258,26 @@ class QuietNetworkRecords(logging.Filter):
             record.exc_text = None
         return True
 
+    def _once(self, record: logging.LogRecord, kind: str, msg: str, args: tuple[object, ...]) -> bool:
+        """Record rewritten to one WARNING line without traceback; let through at most once per REPEAT_S per kind, with
+        the count held back since (a Bot API answering garbage is retried several times a second)."""
+        now = time.monotonic()
+        if now - self._last.get(kind, -REPEAT_S) < REPEAT_S:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        held = self._held.pop(kind, 0)
+        self._last[kind] = now
+        record.msg = msg + (f" ({held} more like it in the last {REPEAT_S:.0f} s)" if held else "")
+        record.args = args
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
-QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater")  # PTB's network retry loop (telegram/ext/_utils) and Updater
+
+REPEAT_S = 60.0  # QuietNetworkRecords lets one record of a kind through per minute
+# PTB's network retry loop (telegram/ext/_utils), Updater, and BaseRequest (an answer that is not JSON)
+QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater", "telegram.request.BaseRequest")
 
 
 def run(settings: Settings) -> int:
@@ -271,7 +303,7 @@ def run(settings: Settings) -> int:
         logger.error("cannot start the bot: %s", exc)
         return 1
     except TelegramError as exc:
-        logger.error("cannot talk to Telegram at %s: %s", settings.telegram_api_url, exc)
+        logger.error("cannot talk to Telegram at %s: %.300s", settings.telegram_api_url, exc)  # (an answer's body: cut short)
         return 1
     except OSError as exc:  # e.g. the health/metrics port is taken
         logger.error("cannot start the bot: %s", exc)

@@ -70,6 +70,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+# Libraries kept at WARNING even with -v / DEBUG: aiosqlite's debug records carry every statement's parameters (a face's
+# embedding and JPEG thumbnail on an insert: bytes that `forget` could not erase from a log), numba's the compiler's
+# internals (~43,000 lines on a first start), the others their own request traces.
+NOISY_LOGGERS = ("httpx", "httpcore", "apscheduler", "aiosqlite", "numba", "PIL", "h2", "hpack", "multipart")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once."""
     handler = logging.StreamHandler()
@@ -78,5 +84,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -482,14 +482,15 @@ def quality_warning(t: Language, warnings: Sequence[str], strong_hit: bool = Fal
     """The warning line for a searched face, or None when it looks fine.
 
     `strong_hit`: a hit shown is "strong". A poor probe's hits carry the odds of its quality class, and at the class's
-    strong threshold strangers' faces reach it no more often than the table says, for faces 18-40 px wide too
-    (bench/RESULTS.md, "A strong hit on a poor photo"): the line then says so instead of calling every match weak."""
+    strong threshold strangers' faces reach it no more often than the table says (0.57-1.21x), for faces 18-40 px wide
+    too (bench/RESULTS.md, "A strong hit on a poor photo"): the line then says so instead of calling every match weak.
+    It claims no more than that: a poor photo still finds its person less often."""
     if not warnings:
         return None
     shown = "; ".join(warning_text(t, w) for w in warnings)
     if strong_hit:
-        return t._("This photo is poor ({warnings}): the odds shown allow for that, so a strong match is as unlikely to be "
-                   "a stranger as on a good photo; treat a possible match as a weak lead.").format(warnings=shown)
+        return t._("This photo is poor ({warnings}): the odds shown for a strong match allow for its quality; treat a "
+                   "possible match as a weak lead.").format(warnings=shown)
     return t._("This photo is poor ({warnings}): treat any match as a weak lead.").format(warnings=shown)
 
 

@@ -294,3 +294,21 @@ def test_a_folder_s_other_files_are_ignored_not_counted_as_skipped_images(tmp_pa
     code, out, err = cli("-v", "--data-dir", str(tmp_path / "data"), "index", str(folder), "--no-progress")
     assert code == 0 and "2 already in the gallery" in out and "1 skipped (not an image)" in out, out
     assert "3 file(s) ignored" in err and "LABELS.csv" in err and "README.md" in err, err
+
+
+def test_verbose_logs_hold_no_face_bytes_and_no_library_internals(tmp_path: Path) -> None:
+    """With -v, aiosqlite's debug records carried every INSERT's parameters: a face's JPEG thumbnail and its embedding
+    reached the log, where `forget` cannot erase them (found by a hostile tester); numba's compiler wrote ~43,000 lines."""
+    data = tmp_path / "data"
+    code, out, err = cli("-v", "--data-dir", str(data), "index", str(OBAMA), "--subject", "Barack Obama", "--no-progress")
+    assert code == 0 and "indexed 1 image(s)" in out, out + err
+    code, out, err2 = cli("-v", "--data-dir", str(data), "search", str(DEV / "Barack_Obama" / "2.jpg"), "--case", "C-9")
+    assert code == 0, out + err2
+    log = err + err2
+    assert "DEBUG" in log  # -v took effect: our own debug records are there
+    assert "xff\\xd8" not in log and "\\xd8\\xff" not in log  # no JPEG bytes (a thumbnail, or the probe)
+    assert "INSERT" not in log and "aiosqlite" not in log
+    assert "numba" not in log.lower()
+    with sqlite3.connect(data / "sightline.sqlite3") as db:
+        blob = db.execute("SELECT embedding FROM faces LIMIT 1").fetchone()[0]
+    assert blob[:16].hex() not in log and repr(blob[:12])[2:-1] not in log  # nor the embedding, raw or escaped

@@ -291,3 +291,42 @@ async def test_a_bot_api_that_goes_away_while_running_is_one_warning_a_poll(tmp_
     assert "Traceback" not in stderr and "  File " not in stderr and "ABCdef" not in stderr, stderr
     assert error_lines(stderr) == [], stderr
     assert any("could not mark the last updates read while stopping (NetworkError" in line for line in lines), stderr
+
+
+@pytest.mark.parametrize("body", [b"<html><body>502 Bad Gateway: proxy says no</body></html>", b"\x00\xff\xfe garbage \x89PNG"])
+def test_a_bot_api_answering_something_else_than_json_is_one_line(tmp_path: Path, body: bytes) -> None:
+    """A proxy's error page or binary garbage where the Bot API should be: PTB logged every attempt as an ERROR with a
+    traceback and the raw body (found by a hostile tester); now one warning for the kind, then our one give-up line."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = run("--data-dir", str(tmp_path / "data"), "run", SIGHTLINE_TELEGRAM_TOKEN="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345",
+                   SIGHTLINE_ADMINS="1", SIGHTLINE_TELEGRAM_API_URL=f"http://127.0.0.1:{server.server_address[1]}/bot",
+                   SIGHTLINE_HTTP_PORT="0")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "Traceback" not in proc.stderr and "  File " not in proc.stderr, proc.stderr
+    *before, last = proc.stderr.splitlines()
+    assert not any("proxy says no" in line or "garbage" in line for line in before), proc.stderr  # the body, only cut short
+    assert len(last) < 500, last  # in the give-up line, escaped (PTB's error repeats it)
+    assert error_lines(proc.stderr) == [proc.stderr.splitlines()[-1]], proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "is not JSON" in line]) == 1, proc.stderr
+    assert "123456:ABC" not in proc.stderr

@@ -57,7 +57,7 @@ async def test_a_strong_hit_on_a_tiny_probe_is_not_called_a_weak_lead(start_bot:
             poor = [line for line in lines if line.startswith("This photo is poor (")]
             assert len(poor) == 1 and "px wide" in poor[0], reply.text
             assert WEAK not in reply.text, reply.text  # not "weak" beside "strong"
-            assert poor[0].endswith("so a strong match is as unlikely to be a stranger as on a good photo; "
+            assert poor[0].endswith("the odds shown for a strong match allow for its quality; "
                                     "treat a possible match as a weak lead."), reply.text
     finally:
         await engine.close()
@@ -92,4 +92,4 @@ def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytes
     assert code == 0, out
     assert "Barack_Obama" in out and "strong" in out and "px wide" in out
     assert WEAK not in out
-    assert "this photo is poor: the odds shown allow for that" in out
+    assert "this photo is poor: the odds shown for a strong match allow for its quality" in out

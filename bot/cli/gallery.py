@@ -413,8 +413,8 @@ def search_text(result: SearchResult) -> str:
         lines.append(f" {mark} face {f.number}: box {f.box}, detector {f.det_score:.2f}, {f.quality.width_px} px{warn}")
     searched = result.faces[result.searched - 1]
     if not searched.quality.ok and any(h.band == "strong" for h in result.hits):
-        lines.append("this photo is poor: the odds shown allow for that, so a strong match is as unlikely to be a stranger "
-                     "as on a good photo; treat a possible match as a weak lead")
+        lines.append("this photo is poor: the odds shown for a strong match allow for its quality; treat a possible match as "
+                     "a weak lead")
     elif not searched.quality.ok:
         lines.append("this photo is poor: treat any match as a weak lead")
     if not result.hits and searched.quality.second_look:
