@@ -170,6 +170,8 @@ def test_forget_of_a_name_typed_differently_names_the_stored_one_and_erases_noth
     (["index", "photos", "--save-every", "0"], "give a positive number"),
     (["index", "photos", "--save-every", "nan"], "give a positive number"),
     (["search", "p.jpg", "--top", "0"], "0 is out of range: give 1 to 100"),
+    (["search", "p.jpg", "--face", "0"], "0 is out of range: give 1 to 1000"),  # was FaceIndexError after the analysis
+    (["search", "p.jpg", "--face", "99999999999999999999"], "out of range: give 1 to 1000"),
     (["eval", "faces", "--worst", "-1"], "-1 is out of range"),
     (["eval", "faces", "--max-identities", "0"], "0 is out of range"),
     (["index", ""], "an empty path"),  # index "$DIR" with DIR unset: not the current folder

@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("photo", type=Path, help="the query photo (JPEG, PNG, WebP, GIF, HEIC, AVIF, TIFF or BMP)")
     p.add_argument("--top", type=int_in(1, 100), default=5, help="how many matches at most, 1 to 100 (default 5)")
-    p.add_argument("--face", type=int, help="search face N of the photo (numbered left to right)")
+    p.add_argument("--face", type=int_in(1, 1000), help="search face N of the photo (numbered left to right, 1-1000)")
     p.add_argument("--case", help="case reference the search is made for (recorded in the audit log); required unless "
                    "SIGHTLINE_REQUIRE_CASE=false")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
