@@ -295,7 +295,8 @@ def test_a_folder_s_other_files_are_ignored_not_counted_as_skipped_images(tmp_pa
     assert [f["reason"] for f in summary["failures"]] == ["not_image"] and summary["failures"][0]["path"].endswith("broken.jpg")
     code, out, err = cli("-v", "--data-dir", str(tmp_path / "data"), "index", str(folder), "--no-progress")
     assert code == 0 and "2 already in the gallery" in out and "1 skipped (not an image)" in out, out
-    assert "3 file(s) ignored" in err and "LABELS.csv" in err and "README.md" in err, err
+    assert "3 file(s) left out" in err and "LABELS.csv" in err and "README.md" in err, err
+    assert "3 other file(s) left out" in out, out  # the text summary counts them too
 
 
 def test_verbose_logs_hold_no_face_bytes_and_no_library_internals(tmp_path: Path) -> None:

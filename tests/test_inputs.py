@@ -181,6 +181,9 @@ async def test_folder_of_every_kind_indexes_the_good_and_reports_each_bad(
     for name, (data, _) in bad.items():
         (folder / name).write_bytes(data)
     (folder / "README.md").write_bytes(b"# not a photo\n")  # neither named nor made as an image: not a candidate
+    os.mkfifo(folder / "fifo.jpg")  # named as a photo, but opening it would wait for a writer for ever: left out
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")  # a dangling link
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")  # a link to itself
     report = tmp_path / "report.csv"
     code = await cli(["--data-dir", str(tmp_path / "data"), "index", str(folder), "--no-progress", "--json",
                       "--report", str(report)])
@@ -190,7 +193,7 @@ async def test_folder_of_every_kind_indexes_the_good_and_reports_each_bad(
     reasons = {Path(f["path"]).name: f["reason"] for f in out["failures"]}
     assert reasons == {name: reason for name, (_, reason) in bad.items()}
     assert out["not_image"] == 1 and out["no_face"] == 1 and out["unreadable"] == 3 and out["errors"] == 0
-    assert out["ignored"] == 1
+    assert out["ignored"] == 4  # README.md, the FIFO, the two links: counted, not dropped silently (a tester found them dropped)
     lines = report.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + len(bad)
     with sqlite3.connect(tmp_path / "data" / "sightline.sqlite3") as db:

@@ -149,7 +149,7 @@ class Summary:
     index_unavailable: int = 0  # good files not enrolled because the index server (Milvus) did not answer
     errors: int = 0  # anything unexpected on one file (logged with its traceback)
     near_copies: int = 0  # indexed images that are near-identical copies of gallery images (shown as one hit)
-    ignored: int = 0  # a folder's files that are not images by name or content (LABELS.csv, README.md): not counted above
+    ignored: int = 0  # a folder's files that are not images by name or content (LABELS.csv, README.md) or not regular files
     failures: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # path, reason, message, line
 
     def fail(self, path: str, reason: str, message: str, line: int | None = None) -> None:
@@ -164,7 +164,8 @@ class Summary:
                         (self.not_image, "skipped (not an image)"), (self.manifest_errors, "manifest error(s)"),
                         (self.invalid, "with labels refused"),
                         (self.index_unavailable, "not indexed because the index server did not answer (run the same command again)"),
-                        (self.errors, "failed unexpectedly")):
+                        (self.errors, "failed unexpectedly"),
+                        (self.ignored, "other file(s) left out (not images by name or content, or not regular files: -v names them)")):
             if n:
                 parts.append(f"{n} {what}")
         return "; ".join(parts)
@@ -186,11 +187,15 @@ def folder_items(root: Path, args: argparse.Namespace) -> tuple[list[Item], list
     A file is an image to index when its name says so (images.IMAGE_SUFFIXES: one that is not an image is then
     reported as such) or its content does, whatever its name (IMG_0001, a .dat from a camera); any other file (a
     LABELS.csv, README.md, .DS_Store beside the photos) is not an image anyone meant to index, and is left out
-    without counting as a skipped image. --subject-from-folder labels an image with the name of its folder."""
-    files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: os.fsencode(p))
+    without counting as a skipped image; so is what is not a regular file (a FIFO, a socket, a dangling or looping
+    symbolic link). --subject-from-folder labels an image with the name of its folder."""
+    files = [root] if root.is_file() else sorted((p for p in root.rglob("*") if not p.is_dir()), key=lambda p: os.fsencode(p))
     items: list[Item] = []
     ignored: list[Path] = []
     for path in files:
+        if path != root and not path.is_file():  # a FIFO (opening it would wait for a writer), a socket, a dangling or looping link
+            ignored.append(path)
+            continue
         if path != root and not images.named_as_image(path) and not images.looks_like_image(path):
             ignored.append(path)
             continue
@@ -263,9 +268,9 @@ async def cmd_index(args: argparse.Namespace) -> int:
         items, ignored = folder_items(source, args)
         summary.ignored = len(ignored)
         if ignored:
-            logger.info("%d file(s) ignored: not images by name or content", len(ignored))
+            logger.info("%d file(s) left out: not images by name or content, or not regular files", len(ignored))
             for path in ignored:
-                logger.debug("ignored (not an image by name or content): %s", display_path(path))
+                logger.debug("left out (not an image by name or content, or not a regular file): %s", display_path(path))
     if not items and not summary.failures:
         also = f" ({summary.ignored} other file(s), none an image by name or content)" if summary.ignored else ""
         return fail_early(args, f"no images found in {display_path(source)}{also}", code=1, reason="empty")
