@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command, given_path, int_in, missing_gallery, seconds
+from bot.cli import add_command, add_json, given_path, int_in, missing_gallery, seconds
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
 from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--save-every", type=seconds, default=SAVE_EVERY_S, metavar="SECONDS",
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
+    add_json(p, "print the summary (and any error) as JSON")
 
     p = add_command(
         sub, "search", cmd_search,
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--face", type=int_in(1, 1000), help="search face N of the photo (numbered left to right, 1-1000)")
     p.add_argument("--case", help="case reference the search is made for (recorded in the audit log); required unless "
                    "SIGHTLINE_REQUIRE_CASE=false")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json(p, "print JSON instead of text")
 
     p = add_command(
         sub, "forget", cmd_forget,
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     p = add_command(sub, "stats", cmd_stats, help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p, "print JSON")
 
     p = add_command(
         sub, "purge", cmd_purge,
@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "accepted (too long, a malformed link) are listed for a person to fix. The change is audited.",
     )
     p.add_argument("--dry-run", action="store_true", help="only report what would change")
-    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    add_json(p, "print the changes as JSON")
 
 
 # -- index --------------------------------------------------------------------------------------
