@@ -478,17 +478,23 @@ def warning_text(t: Language, warning: str) -> str:
     return warning
 
 
-def quality_warning(t: Language, warnings: Sequence[str], strong_hit: bool = False) -> str | None:
+def quality_warning(t: Language, warnings: Sequence[str], strong_hit: bool = False, *, calibrated: bool = True,
+                    strong_set: bool = False) -> str | None:
     """The warning line for a searched face, or None when it looks fine.
 
     `strong_hit`: a hit shown is "strong". A poor probe's hits carry the odds of its quality class, and at the class's
     strong threshold strangers' faces reach it no more often than the table says (0.57-1.21x), for faces 18-40 px wide
     too (bench/RESULTS.md, "A strong hit on a poor photo"): the line then says so instead of calling every match weak.
-    It claims no more than that: a poor photo still finds its person less often."""
+    It claims no more than that: a poor photo still finds its person less often. The claim holds only for the class's
+    calibrated threshold: with SIGHTLINE_THRESHOLD_STRONG set by hand (`strong_set`), "strong" is the operator's one
+    score for every class, which the line then says; with no calibration (`calibrated` False) there are no odds."""
     if not warnings:
         return None
     shown = "; ".join(warning_text(t, w) for w in warnings)
-    if strong_hit:
+    if strong_hit and strong_set:
+        return t._("This photo is poor ({warnings}) and the match thresholds were set by hand: a strong match does not "
+                   "allow for its quality; treat any match as a weak lead.").format(warnings=shown)
+    if strong_hit and calibrated:
         return t._("This photo is poor ({warnings}): the odds shown for a strong match allow for its quality; treat a "
                    "possible match as a weak lead.").format(warnings=shown)
     return t._("This photo is poor ({warnings}): treat any match as a weak lead.").format(warnings=shown)
@@ -553,7 +559,8 @@ def search_header(t: Language, results: ResultSet) -> list[str]:
         n=t.number(results.gallery_faces)
     )
     lines = [leads_not_ids(t), f"{case} - {face} - {gallery}"]
-    warning = quality_warning(t, results.warnings, any(h.band == "strong" for h in results.hits))
+    warning = quality_warning(t, results.warnings, any(h.band == "strong" for h in results.hits), calibrated=results.calibrated,
+                              strong_set=results.strong_threshold_set)
     if warning:
         lines.append(warning)
     where = searched_where(t, results.frame, results.frames, results.rotation)

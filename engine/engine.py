@@ -597,6 +597,7 @@ class Engine:
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
             frame=where.frame, frames=where.frames, rotation=where.rotation,
+            strong_threshold_set=self.config.threshold_strong is not None,
         )
         entry = await self.store.append_audit(
             actor, "search", case,

@@ -67,6 +67,9 @@ class SearchResult:
     frame: int = 1  # the frame of an animated photo that was searched (1-based)
     frames: int = 1  # frames the photo has
     rotation: int = 0  # degrees clockwise the photo was turned to find an upright face (orientation not recorded)
+    # SIGHTLINE_THRESHOLD_STRONG was set by hand: "strong" is that one score for every quality class, not the class's
+    # calibrated threshold (the odds of each hit still come from its class's table)
+    strong_threshold_set: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,39 @@ async def test_a_strong_hit_on_a_tiny_probe_is_not_called_a_weak_lead(start_bot:
         await engine.close()
 
 
+BY_HAND = ("and the match thresholds were set by hand: a strong match does not allow for its quality; "
+           "treat any match as a weak lead.")
+
+
+async def test_with_the_strong_threshold_set_by_hand_the_line_does_not_claim_calibrated_odds(
+        start_bot: Any, gallery_copy: Path, tmp_path: Path) -> None:
+    """SIGHTLINE_THRESHOLD_STRONG set: "strong" is the operator's one score for every quality class, not the poor class's
+    calibrated threshold, so the line said something untrue ("the odds shown for a strong match allow for its
+    quality"); now it says the thresholds were set by hand."""
+    from bot.settings import Settings
+
+    settings = Settings(data_dir=gallery_copy, threshold_strong=0.35, require_case=True)  # as SIGHTLINE_THRESHOLD_STRONG
+    engine = await Engine.open(settings.engine_config())
+    try:
+        bot = await start_bot(engine=engine, threshold_strong=0.35)
+        officer = new_user_id()
+        await bot.allow(officer)
+        probe = (await tiny_probes(engine))[0]
+        r = await engine.search(probe, actor="t", case="C-1")
+        assert not r.faces[r.searched - 1].quality.ok and r.hits[0].band == "strong" and r.strong_threshold_set
+        bot.fake.send_photo(officer, probe)
+        reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+        poor = [line for line in reply.text.splitlines() if line.startswith("This photo is poor (")]
+        assert len(poor) == 1 and "px wide" in poor[0] and poor[0].endswith(BY_HAND), reply.text
+        assert "allow for its quality;" not in reply.text.replace(BY_HAND, ""), reply.text
+        bot.fake.set_user_language(officer, "fr")  # the officer's Telegram app is in French
+        bot.fake.send_photo(officer, probe)
+        reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+        assert "les seuils de correspondance ont été fixés à la main" in reply.text, reply.text
+    finally:
+        await engine.close()
+
+
 @pytest.mark.parametrize("language", ["fr_BE", "nl_BE", "de_BE"])
 def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
     t = load_language(language)
@@ -73,6 +107,10 @@ def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
     assert strong != texts.quality_warning(EN, warnings, strong_hit=True)  # translated, not left in English
     assert t.pgettext("band", "strong") in strong  # the band word the hit line shows
     assert t.pgettext("band", "possible") in strong
+    by_hand = texts.quality_warning(t, warnings, strong_hit=True, strong_set=True)
+    assert by_hand and by_hand not in (weak, strong) and texts.warning_text(t, warnings[0]) in by_hand
+    assert by_hand != texts.quality_warning(EN, warnings, strong_hit=True, strong_set=True)
+    assert texts.quality_warning(t, warnings, strong_hit=True, calibrated=False) == weak  # no calibration: no odds to vouch for
 
 
 def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,3 +131,28 @@ def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytes
     assert "Barack_Obama" in out and "strong" in out and "px wide" in out
     assert WEAK not in out
     assert "this photo is poor: the odds shown for a strong match allow for its quality" in out
+
+
+def test_the_cli_says_when_the_strong_threshold_was_set_by_hand(gallery_copy: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def probes() -> list[bytes]:
+        engine = await Engine.open(make_config(tmp_path / "scratch"))
+        try:
+            return await tiny_probes(engine)
+        finally:
+            await engine.close()
+
+    probe = tmp_path / "small.jpg"
+    probe.write_bytes(asyncio.run(probes())[0])
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_STRONG", "0.35")
+    code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Barack_Obama" in out and "(strong" in out, out
+    assert "this photo is poor and the match thresholds were set by hand: a strong match does not allow for its quality" in out
+    assert "the odds shown for a strong match allow" not in out, out
+    code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["strong_threshold_set"] is True

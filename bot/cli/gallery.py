@@ -392,6 +392,7 @@ def search_json(result: SearchResult) -> dict[str, Any]:
         "rotation": result.rotation,
         "threshold": result.threshold,
         "calibrated": result.calibrated,
+        "strong_threshold_set": result.strong_threshold_set,
         "gallery_faces": result.gallery_faces,
         "audit_seq": result.audit_id,
         "hits": [
@@ -417,7 +418,11 @@ def search_text(result: SearchResult) -> str:
         warn = f"  ({'; '.join(f.quality.warnings)})" if f.quality.warnings else ""
         lines.append(f" {mark} face {f.number}: box {f.box}, detector {f.det_score:.2f}, {f.quality.width_px} px{warn}")
     searched = result.faces[result.searched - 1]
-    if not searched.quality.ok and any(h.band == "strong" for h in result.hits):
+    strong_hit = any(h.band == "strong" for h in result.hits)
+    if not searched.quality.ok and strong_hit and result.strong_threshold_set:  # texts.quality_warning says why
+        lines.append("this photo is poor and the match thresholds were set by hand: a strong match does not allow for its "
+                     "quality; treat any match as a weak lead")
+    elif not searched.quality.ok and strong_hit and result.calibrated:
         lines.append("this photo is poor: the odds shown for a strong match allow for its quality; treat a possible match as "
                      "a weak lead")
     elif not searched.quality.ok:
