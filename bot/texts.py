@@ -432,8 +432,23 @@ def _nice(n: float) -> float:
     return float(round(n, -digits))
 
 
-def strangers(t: Language, expected: float, gallery_faces: int) -> str:
-    """How often a stranger would score this high in a gallery this size, in plain words."""
+def strangers(t: Language, expected: float, gallery_faces: int, below: float | None = None) -> str:
+    """How often a stranger would score this high in a gallery this size, in plain words.
+
+    `below` (Hit.false_match_rate_below): no stranger of the calibration's comparisons of this quality class scored
+    this high, so the rate is only known to be below it; the words say so, as a bound set by how few comparisons there
+    were, not as a measured rate (a poor-quality exact copy would otherwise read as less sure than a good 61 % hit)."""
+    if below is not None:
+        bound = below * gallery_faces
+        if bound >= 0.5:
+            count = t.number(bound, 0 if bound >= 10 else 1)
+            return t.ngettext(
+                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} face",
+                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} faces",
+                gallery_faces,
+            ).format(faces=t.number(gallery_faces), count=count)
+        return t._("odds a stranger scores this high here: below 1 in {n} (none did in our tests, too few to say how far "
+                   "below)").format(n=t.number(_nice(1 / bound)))
     if expected >= 0.5:
         count = t.number(expected, 0 if expected >= 10 else 1)
         return t.ngettext(
@@ -522,7 +537,7 @@ def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[s
     """The lines describing one match."""
     lines = [f"{hit.rank}. {subject_of(t, hit)} - {percent(t, hit.similarity)} ({band(t, hit)})"]
     if hit.strangers_expected is not None:
-        lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
+        lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces, hit.false_match_rate_below)}")
     url = shown(hit.source_url, URL_SHOWN)
     lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
     if hit.near_duplicates:

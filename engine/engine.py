@@ -709,6 +709,8 @@ class Engine:
                     image_sha256=r.image_sha256, box=r.box, low_quality=not r.quality_ok,
                     false_match_rate=fmr, strangers_expected=None if fmr is None else fmr * gallery,
                     near_duplicates=tuple(best[i][1].face_id for i in group[1:]),
+                    false_match_rate_below=(self.calibration.rate_below(sim, probe_ok, r.quality_ok, second_look)
+                                            if self.calibration else None),
                 )
             )
         return hits

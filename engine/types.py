@@ -49,6 +49,9 @@ class Hit:
     false_match_rate: float | None  # calibrated chance that one stranger scores this high
     strangers_expected: float | None  # gallery faces x false_match_rate
     near_duplicates: tuple[int, ...] = ()  # face ids of near-identical copies of this image, shown as this one hit
+    # Set when no impostor pair of the comparison's calibration table scored this high: the false-match rate is only
+    # known to be below this (1 / the table's impostor pairs); false_match_rate is then half of it (Calibration.rate_below)
+    false_match_rate_below: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,3 +156,37 @@ def test_the_cli_says_when_the_strong_threshold_was_set_by_hand(gallery_copy: Pa
     assert "the odds shown for a strong match allow" not in out, out
     code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1", "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["strong_threshold_set"] is True
+
+
+async def test_an_exact_copy_of_a_poor_gallery_photo_shows_its_odds_as_a_bound(tmp_path: Path) -> None:
+    """The poor-poor table has 240,093 impostor pairs, none above 0.51: an exact copy (100 %) of a poor gallery photo got
+    half of 1/240,093, so it read as less sure ("1 in 120,000" here) than a good photo's 49 % hit on a poor probe ("1 in
+    1,200,000", half of good-poor's bound). Both are bounds of how many pairs the tables have, and are now said so."""
+    from bot.i18n import ENGLISH
+
+    engine = await Engine.open(make_config(tmp_path / "data", require_case=False))
+    try:
+        await engine.enroll((DEV / "Tony_Blair" / "1.jpg").read_bytes(), subject="Tony_Blair", source_url="https://x.example/1",
+                            actor="t")
+        clean = next(f for f in await engine.detect((DEV / "Tony_Blair" / "2.jpg").read_bytes()) if f.primary)
+        small = shrunk("Tony_Blair/2.jpg", 24, clean.box[2] - clean.box[0])
+        await engine.enroll(small, subject="tiny", source_url="https://x.example/tiny", actor="t")
+        result = await engine.search(small, actor="t")
+        assert not result.faces[result.searched - 1].quality.ok
+        copy, mate = result.hits[0], result.hits[1]
+        assert (copy.subject, mate.subject) == ("tiny", "Tony_Blair") and copy.similarity > 0.99 > mate.similarity, result.hits
+        assert engine.calibration is not None
+        poor_poor, good_poor = engine.calibration.pairs["poor-poor"], engine.calibration.pairs["good-poor"]
+        assert copy.low_quality and copy.false_match_rate_below == 1 / poor_poor.impostor_pairs
+        assert copy.false_match_rate == pytest.approx(copy.false_match_rate_below / 2)  # unchanged: the table's stand-in
+        assert mate.similarity > good_poor.scores[-1] and mate.false_match_rate_below == 1 / good_poor.impostor_pairs
+        copy_line, mate_line = (texts.hit_lines(ENGLISH, h, result.gallery_faces, linked=True)[1] for h in (copy, mate))
+        def one_in(pairs: int) -> str:
+            return ENGLISH.number(texts._nice(pairs / result.gallery_faces))  # e.g. 80,000 in 3 gallery faces
+
+        assert copy_line.strip() == (f"odds a stranger scores this high here: below 1 in {one_in(poor_poor.impostor_pairs)} "
+                                     "(none did in our tests, too few to say how far below)"), copy_line
+        assert mate_line.strip().startswith(f"odds a stranger scores this high here: below 1 in {one_in(good_poor.impostor_pairs)} ")
+        assert engine.calibration.rate_below(good_poor.scores[-1] - 0.05, False, True) is None  # a measured rate stays one
+    finally:
+        await engine.close()

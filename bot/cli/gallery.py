@@ -399,7 +399,8 @@ def search_json(result: SearchResult) -> dict[str, Any]:
             {"rank": h.rank, "subject": h.subject, "similarity": h.similarity, "band": h.band,
              "source_url": h.source_url, "image_sha256": h.image_sha256, "box": list(h.box), "face_id": h.face_id,
              "low_quality": h.low_quality, "false_match_rate": h.false_match_rate,
-             "strangers_expected": h.strangers_expected, "near_duplicates": len(h.near_duplicates),
+             "strangers_expected": h.strangers_expected, "false_match_rate_below": h.false_match_rate_below,
+             "near_duplicates": len(h.near_duplicates),
              "near_duplicate_face_ids": list(h.near_duplicates)}
             for h in result.hits
         ],
@@ -436,7 +437,10 @@ def search_text(result: SearchResult) -> str:
         lines.append("matches (leads, not identifications):")
         for h in result.hits:
             extra = ""
-            if h.strangers_expected is not None:
+            if h.false_match_rate_below is not None:  # texts.strangers says why
+                extra = (f", fewer than {h.false_match_rate_below * result.gallery_faces:.2g} strangers expected this close "
+                         "(none in the calibration's comparisons, too few to say how many fewer)")
+            elif h.strangers_expected is not None:
                 extra = f", ~{h.strangers_expected:.2g} strangers expected this close"
             lines.append(
                 f"  {h.rank}. {h.subject or 'unlabelled'}  {h.similarity * 100:.1f}% ({h.band}{extra})  {h.source_url}"
