@@ -23,8 +23,9 @@ import numpy as np
 from bot.i18n import LOCALES_DIR, SOURCE_LANGUAGE, LanguageError, Languages, catalog_files, describe, is_stale
 from bot.settings import Settings
 from bot.web import webhook_problems
-from engine import EngineConfig, EngineError, fsmodes, integrity
+from engine import EngineConfig, EngineError, calibration, fsmodes, integrity
 from engine.audit import HeadLog
+from engine.calibration import Calibration
 from engine.store import DamagedFace
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -96,13 +97,61 @@ def check_languages(settings: Settings, locales_dir: Path = LOCALES_DIR) -> Chec
 
 def check_models(config: EngineConfig) -> Check:
     """Find the ONNX files and open their sessions, as the bot does at start."""
+    return open_models(config)[0]
+
+
+def open_models(config: EngineConfig) -> tuple[Check, Calibration | None]:
+    """`check_models`, and the calibration table of the recognizer it found (None: none shipped, or no models)."""
     from engine.faces import FaceModel
 
     try:
         model = FaceModel(config)
     except EngineError as exc:
-        return Check("models", "fail", str(exc))
-    return Check("models", "ok", f"{model.name} in {model.detector_path.parent}: sessions open")
+        return Check("models", "fail", str(exc)), None
+    return (Check("models", "ok", f"{model.name} in {model.detector_path.parent}: sessions open"),
+            calibration.for_model(model.recognizer_sha256))
+
+
+# The comparisons a search bands by (probe quality, gallery quality): unknown (the overall table), then the classes.
+BAND_CLASSES: tuple[tuple[str, bool | None, bool | None], ...] = (
+    ("overall", None, None), ("good-good", True, True), ("good-poor", True, False), ("poor-poor", False, False),
+)
+# A hand-set "possible" threshold at which more than this share of strangers would be listed is reported.
+MAX_POSSIBLE_FMR = 0.01
+
+
+def check_thresholds(settings: Settings, table: Calibration | None) -> Check:
+    """The match thresholds in use: hand-set ones (SIGHTLINE_THRESHOLD_*) that cross the calibration's other threshold of
+    some quality class (strong below possible: every listed hit strong), or at which many strangers are listed, warn."""
+    possible, strong = settings.threshold_possible, settings.threshold_strong
+    if possible is None and strong is None:
+        if table is None:
+            return Check("thresholds", "ok", f"no calibration table for this model: possible {calibration.FALLBACK_POSSIBLE:.3f}, "
+                         f"strong {calibration.FALLBACK_STRONG:.3f} (built-in)")
+        return Check("thresholds", "ok", f"from the calibration table: possible {table.threshold_possible:.3f}, strong "
+                     f"{table.threshold_strong:.3f} overall (higher for poor photos)")
+    problems, crossed = [], []
+    for name, probe_ok, gallery_ok in BAND_CLASSES:
+        if table is None:
+            p_cls, s_cls = calibration.FALLBACK_POSSIBLE, calibration.FALLBACK_STRONG
+        elif name == "overall" or table.table_for(probe_ok, gallery_ok) is not None:
+            p_cls, s_cls = table.thresholds(probe_ok, gallery_ok)
+        else:
+            continue
+        p_use = p_cls if possible is None else possible
+        s_use = s_cls if strong is None else strong
+        if s_use < p_use:
+            crossed.append(f"{name} ({s_use:.3f} < {p_use:.3f})")
+    if crossed:
+        problems.append(f"strong is below possible for {', '.join(crossed)} comparisons: every match listed there is strong")
+    if possible is not None and table is not None:
+        fmr = table.false_match_rate(possible)
+        if fmr > MAX_POSSIBLE_FMR:
+            problems.append(f"at possible {possible:.3f}, {fmr:.0%} of strangers' faces are listed as matches")
+    given = ", ".join(f"{k} {v:.3f}" for k, v in (("possible", possible), ("strong", strong)) if v is not None)
+    if problems:
+        return Check("thresholds", "warn", f"set by hand ({given}): {'; '.join(problems)}")
+    return Check("thresholds", "ok", f"set by hand ({given}), for every quality class")
 
 
 def check_data_dir(config: EngineConfig) -> Check:
@@ -400,7 +449,8 @@ async def run_checks(
 ) -> list[Check]:
     """Every check, in the order they are printed; `also`: more files or folders that must be owner-only."""
     config = settings.engine_config()
-    checks = [check_settings(settings), check_languages(settings), await asyncio.to_thread(check_models, config),
+    models, table = await asyncio.to_thread(open_models, config)
+    checks = [check_settings(settings), check_thresholds(settings, table), check_languages(settings), models,
               check_data_dir(config)]
     checks.append(await asyncio.to_thread(check_file_modes, config, also))
     checks += await check_database_and_index(config, deep)

@@ -80,12 +80,14 @@ class Settings(BaseSettings):
     max_image_mb: float = Field(25.0, description="Largest accepted image file, in MB.")
     max_image_megapixels: float = Field(60.0, description="Largest accepted image, in megapixels.")
     threshold_possible: float | None = Field(
-        None, description="Lowest cosine similarity returned; default from the model's calibration table."
+        None, ge=-1.0, le=1.0, allow_inf_nan=False,
+        description="Lowest cosine similarity returned (-1 to 1); default from the model's calibration table. Empty: unset.",
     )
     threshold_strong: float | None = Field(
-        None, description="Similarity from which a match is 'strong', for every quality class; default from the calibration "
-        "table, per class. Set, a poor photo's answer says the thresholds were set by hand instead of that the odds allow "
-        "for its quality."
+        None, ge=-1.0, le=1.0, allow_inf_nan=False,
+        description="Similarity from which a match is 'strong' (-1 to 1, not below SIGHTLINE_THRESHOLD_POSSIBLE), for every "
+        "quality class; default from the calibration table, per class. Set, a poor photo's answer says the thresholds were "
+        "set by hand instead of that the odds allow for its quality. Empty: unset.",
     )
     primary_rule: Literal["central", "largest"] = Field(
         "central", description="Which face of a photo is searched/labelled by default."
@@ -165,6 +167,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"SIGHTLINE_INDEX_BACKEND={backend} contradicts SIGHTLINE_INDEX_KIND={kind}")
             data = {**data, "index_backend": "embedded", "index_kind": backend}
         return data
+
+    @model_validator(mode="after")
+    def _strong_not_below_possible(self) -> Settings:
+        """Both thresholds set by hand: strong below possible would make every listed hit strong."""
+        possible, strong = self.threshold_possible, self.threshold_strong
+        if possible is not None and strong is not None and strong < possible:
+            raise ValueError(
+                f"SIGHTLINE_THRESHOLD_STRONG={strong:g} is below SIGHTLINE_THRESHOLD_POSSIBLE={possible:g}: every match "
+                "listed would be strong"
+            )
+        return self
 
     @field_validator("admins")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,17 @@ class EngineConfig:
     audit_retention_days: int | None = None  # audit entries older than this may be purged
     audit_head_file: Path | None = None  # None: data_dir/audit-head.log (engine.audit.HeadLog)
     audit_head_syslog: str | None = None  # also send each head to syslog: "/dev/log" or "host:port" (UDP)
+
+    def __post_init__(self) -> None:
+        """Refuse similarity thresholds no cosine similarity can mean (bot/settings.py says the same per variable).
+
+        Raises ValueError: a threshold that is NaN, infinite or outside [-1, 1], or strong below possible (both set)."""
+        for name in ("threshold_possible", "threshold_strong"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a cosine similarity between -1 and 1, got {value!r}")
+        if self.threshold_possible is not None and self.threshold_strong is not None and self.threshold_strong < self.threshold_possible:
+            raise ValueError(f"threshold_strong {self.threshold_strong!r} is below threshold_possible {self.threshold_possible!r}")
 
     def resolved_model_dir(self) -> Path:
         """The folder the ONNX files are read from."""

@@ -117,3 +117,63 @@ def test_low_disk_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(doctor, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has
     check = doctor.check_disk(engine_config(tmp_path / "data"))
     assert check.status == "warn" and check.detail.startswith("only ")
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("SIGHTLINE_THRESHOLD_POSSIBLE", "NaN", "SIGHTLINE_THRESHOLD_POSSIBLE: Input should be a finite number"),
+    ("SIGHTLINE_THRESHOLD_POSSIBLE", "-1.5", "SIGHTLINE_THRESHOLD_POSSIBLE: Input should be greater than or equal to -1"),
+    ("SIGHTLINE_THRESHOLD_STRONG", "inf", "SIGHTLINE_THRESHOLD_STRONG: Input should be a finite number"),
+    ("SIGHTLINE_THRESHOLD_STRONG", "1.5", "SIGHTLINE_THRESHOLD_STRONG: Input should be less than or equal to 1"),
+    ("SIGHTLINE_THRESHOLD_STRONG", "-inf", "SIGHTLINE_THRESHOLD_STRONG: Input should be a finite number"),
+])
+def test_a_threshold_no_similarity_can_mean_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str,
+) -> None:
+    """NaN listed every gallery face as a possible lead, 1.5 made nothing strong: a cosine similarity is in [-1, 1]."""
+    monkeypatch.setenv(variable, value)
+    code, out, err = cli("--data-dir", str(tmp_path / "new"), "doctor", "--skip-telegram")
+    assert code == 2 and not out and err.strip() == f"sightline: bad setting: {says}", (code, out, err)
+    code, out, _ = cli("--data-dir", str(tmp_path / "new"), "stats", "--json")
+    assert code == 2 and json.loads(out)["error"] == {"type": "BadSetting", "reason": "settings", "message": f"bad setting: {says}"}
+    assert not (tmp_path / "new").exists()
+
+
+def test_strong_below_possible_is_refused_and_an_empty_threshold_is_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_POSSIBLE", "0.5")
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_STRONG", "0.4")
+    code, _, err = cli("--data-dir", str(tmp_path / "new"), "doctor", "--skip-telegram")
+    assert code == 2 and err.strip() == ("sightline: bad setting: SIGHTLINE_THRESHOLD_STRONG=0.4 is below "
+                                         "SIGHTLINE_THRESHOLD_POSSIBLE=0.5: every match listed would be strong"), err
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_POSSIBLE", "")  # empty: unset, the calibration's per-class thresholds
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_STRONG", "")
+    code, out, err = cli("--data-dir", str(tmp_path / "new"), "doctor", "--skip-telegram")
+    assert code == 0, out + err
+    assert lines(out)["thresholds"].startswith("✓ thresholds  from the calibration table: possible 0."), out
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("SIGHTLINE_THRESHOLD_STRONG", "0.2", "! thresholds  set by hand (strong 0.200): strong is below possible for overall (0.200 < 0.2"),
+    ("SIGHTLINE_THRESHOLD_POSSIBLE", "0.5", "! thresholds  set by hand (possible 0.500): strong is below possible for overall (0.3"),
+    ("SIGHTLINE_THRESHOLD_POSSIBLE", "-1", "! thresholds  set by hand (possible -1.000): at possible -1.000, 100% of strangers' faces "
+     "are listed as matches"),
+])
+def test_doctor_warns_of_a_hand_set_threshold_that_crosses_the_calibrated_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str,
+) -> None:
+    """One threshold set, the other from the calibration table: allowed (each is in range), but strong below possible
+    makes every listed hit strong, and a possible threshold of -1 lists every face: doctor says so, as a warning."""
+    monkeypatch.setenv(variable, value)
+    code, out, err = cli("--data-dir", str(tmp_path / "new"), "doctor", "--skip-telegram")
+    assert code == 0, out + err  # warnings don't fail
+    assert lines(out)["thresholds"].startswith(says), out
+    assert "every match listed there is strong" in out or "listed as matches" in out
+
+
+@pytest.mark.parametrize("kwargs", [{"threshold_possible": float("nan")}, {"threshold_strong": 1.5}, {"threshold_possible": -2.0},
+                                    {"threshold_possible": 0.5, "threshold_strong": 0.4}])
+def test_the_engine_refuses_those_thresholds_too(kwargs: dict[str, float]) -> None:
+    """A program using the engine without the CLI's settings gets the same refusal."""
+    from engine import EngineConfig
+
+    with pytest.raises(ValueError, match="threshold"):
+        EngineConfig(**kwargs)  # type: ignore[arg-type]

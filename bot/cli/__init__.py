@@ -209,6 +209,16 @@ def missing_gallery(args: argparse.Namespace) -> str | None:
     )
 
 
+def setting_errors(exc: ValidationError) -> str:
+    """Pydantic's errors as one line naming each variable ("SIGHTLINE_X: ..."); a check of several settings at once
+    (no single variable: its message names them) is given as its message alone, without pydantic's "Value error, "."""
+    parts = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}: {msg}" if e["loc"] else msg)
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sightline` console script (and of `python -m bot`): always ends, with one line on failure."""
     # Everything this process writes holds biometric or case data: owner-only whatever the caller's umask.
@@ -243,7 +253,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         settings = load_settings(args)
     except ValidationError as exc:
-        errors = "; ".join(f"SIGHTLINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        errors = setting_errors(exc)
         if getattr(args, "json", False):
             print(json.dumps({"error": {"type": "BadSetting", "reason": "settings", "message": f"bad setting: {errors}"}},
                              ensure_ascii=False))
