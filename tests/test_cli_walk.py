@@ -104,14 +104,14 @@ def test_folder_options_with_a_manifest_are_refused_not_ignored(tmp_path: Path) 
 def test_errors_in_json_mode_always_name_their_type(tmp_path: Path) -> None:
     """README: with --json, errors are {"error": {"type", "reason", "message"}}, the early ones too."""
     code, out, _ = cli("--data-dir", str(tmp_path), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json")
-    assert code == 2 and json.loads(out)["error"] == {
+    assert code == 1 and json.loads(out)["error"] == {  # a missing file exits 1, as the engine's errors do (README)
         "type": "NotFound", "reason": "not_found", "message": f"{tmp_path / 'missing.jpg'} is not a file"}
     code, out, _ = cli("--data-dir", str(tmp_path), "search", str(QUERY), "--json")
     assert code == 2 and json.loads(out)["error"]["type"] == "CaseRequired"
     bad = tmp_path / "bad.csv"
     bad.write_text("name,url\nx,y\n", encoding="utf-8")
     code, out, _ = cli("--data-dir", str(tmp_path), "index", str(bad), "--json")
-    assert code == 2 and json.loads(out)["error"]["type"] == "ManifestError"
+    assert code == 1 and json.loads(out)["error"]["type"] == "ManifestError"
 
 
 def test_output_piped_into_a_reader_that_stops_ends_quietly(tmp_path: Path) -> None:
@@ -349,3 +349,46 @@ def test_verbose_logs_hold_no_face_bytes_and_no_library_internals(tmp_path: Path
     with sqlite3.connect(data / "sightline.sqlite3") as db:
         blob = db.execute("SELECT embedding FROM faces LIMIT 1").fetchone()[0]
     assert blob[:16].hex() not in log and repr(blob[:12])[2:-1] not in log  # nor the embedding, raw or escaped
+
+
+def test_exit_codes_say_whether_the_command_line_or_what_it_names_is_wrong(tmp_path: Path) -> None:
+    """README's exit codes: 1 for a missing file (search, index, restore alike, and an engine error such as a photo with no
+    face), 2 only for a command line that is wrong; the hostile tester found a missing photo exiting 2 like a typo."""
+    data = gallery_copy(tmp_path / "data")
+    for argv in (["search", str(tmp_path / "nonexist.jpg"), "--case", "C-1"], ["index", str(tmp_path / "nowhere")],
+                 ["restore", str(tmp_path / "no-backup")], ["eval", str(tmp_path / "no-folder")]):
+        code, _, err = cli("--data-dir", str(data), *argv)
+        assert code == 1 and err.startswith("sightline: error: ") and "\n" not in err.strip(), (argv, code, err)
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
+    code, _, err = cli("--data-dir", str(data), "search", str(blank), "--case", "C-1")
+    assert code == 1 and err.startswith("sightline: error: "), err
+    code, _, err = cli("--data-dir", str(data), "search", str(QUERY), "--case", "C-1", "--nosuch")
+    assert code == 2 and "unrecognized arguments: --nosuch" in err, err
+
+
+def test_a_double_dash_ends_the_options_as_it_does_for_other_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sightline --json -- stats` said "invalid choice: '--'"; a trailing `--` was an unknown argument. A `--` before a
+    command's own arguments still makes a name that starts with '-' a file."""
+    data = gallery_copy(tmp_path / "data")
+    code, out, err = cli("--json", "--data-dir", str(data), "--", "stats")
+    assert code == 0 and json.loads(out)["faces"] == 3, out + err
+    code, out, err = cli("--data-dir", str(data), "stats", "--")
+    assert code == 0 and "faces           3" in out, out + err
+    dashed = tmp_path / "-photo.jpg"
+    dashed.write_bytes(QUERY.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("--data-dir", str(data), "search", "--case", "C-1", "--json", "--", "-photo.jpg")
+    assert code == 0 and json.loads(out)["hits"], out + err
+
+
+def test_help_is_text_even_with_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """README: -h/--help prints the text help on standard output and exits 0, --json or not (help is for a reader)."""
+    from bot.cli import main
+
+    for argv in (["-h", "--json"], ["--json", "search", "--help"]):
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("usage: sightline") and not err, out

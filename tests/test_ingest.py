@@ -63,7 +63,7 @@ async def test_manifest_ingest_reports_failures_and_resumes(tmp_path: Path, caps
 async def test_bad_manifest_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,url\na.jpg,b\n")
-    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 2
+    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("sightline: error: bad manifest") and "\n" not in err
 

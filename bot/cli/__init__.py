@@ -56,6 +56,29 @@ def wants_json(argv: Sequence[str]) -> bool:
     return False
 
 
+def without_stray_double_dash(argv: Sequence[str]) -> list[str]:
+    """`argv` without a `--` that argparse (3.11) would refuse though it only ends the options.
+
+    `sightline --json -- stats`: a `--` before the command's name ends the global options, and what follows starts with
+    the command (argparse took `--` itself for the command: "invalid choice: '--'"). A lone `--` as the last argument
+    ends nothing (argparse: "unrecognized arguments: --"). A `--` before a command's own arguments
+    (`sightline search --case C -- -photo.jpg`) stays: it makes `-photo.jpg` a file name."""
+    out = list(argv)
+    i = 0
+    while i < len(out):  # the global options, up to the command's name
+        token = out[i]
+        if token == "--":
+            del out[i]
+            break
+        if not token.startswith("-"):
+            break
+        option = token.split("=", 1)[0]
+        i += 2 if "=" not in token and len(option) >= 3 and "--data-dir".startswith(option) else 1  # --data-dir DIR
+    if out.count("--") == 1 and out[-1] == "--":
+        out.pop()
+    return out
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser (and, through `add_subparsers`, every sub-command's). A usage error is argparse's text on
     standard error, exit 2; when the command line asks for --json, it is one JSON object on standard output instead,
@@ -237,7 +260,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     asked = _json_usage_errors.set(wants_json(sys.argv[1:] if argv is None else argv))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(without_stray_double_dash(sys.argv[1:] if argv is None else argv))
         command: argparse.ArgumentParser | None = getattr(args, "command_parser", None)
         if args.json and command is not None and not has_json(command):  # `sightline --json forget ...`
             command.error("argument --json: this command has no JSON output")

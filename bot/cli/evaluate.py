@@ -99,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _plan(args: argparse.Namespace) -> ev.Plan | None:
+    """The searches of the labelled folder, or None after saying why there are none (the command then exits 1)."""
     try:
         photos = ev.load_labelled(args.dir)
     except (OSError, ValueError) as exc:
@@ -128,10 +129,10 @@ async def cmd_eval(args: argparse.Namespace) -> int:
     """Run the protocol and write the report."""
     plan = _plan(args)
     if plan is None:
-        return 2
+        return 1
     if not plan.probes:
         print(f"sightline: error: no identity in {args.dir} has two photos: nothing to search", file=sys.stderr)
-        return 2
+        return 1
     obs = await _collect(args, plan, searches=True)
     summary = ev.summarise(obs)
     ev.write_report(obs, summary, args.out, worst=args.worst)
@@ -175,7 +176,7 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     plan = _plan(args)
     if plan is None:
-        return 2
+        return 1
     obs = await _collect(args, plan, searches=False)
     table = ev.build_calibration(
         obs, possible_fmr=args.possible_fmr, strong_fmr=args.strong_fmr,

@@ -208,7 +208,10 @@ def folder_items(root: Path, args: argparse.Namespace) -> tuple[list[Item], list
 
 def fail_early(args: argparse.Namespace, message: str, code: int = 2, reason: str = "error", kind: str = "InvalidArgument") -> int:
     """Report an error that stops the command: a line on stderr, or with --json a JSON object on stdout shaped as the
-    engine's errors are ({"error": {"type", "reason", "message"}}; `kind` is the type)."""
+    engine's errors are ({"error": {"type", "reason", "message"}}; `kind` is the type).
+
+    `code` follows the README's exit codes: 2 when the command line is wrong (options that cannot go together, a
+    missing --case), 1 when what it names is (a missing file, a bad manifest, no images), as for the engine's errors."""
     if getattr(args, "json", False):
         print(json.dumps({"error": {"type": kind, "reason": reason, "message": message}}, ensure_ascii=False))
     else:
@@ -249,7 +252,7 @@ async def cmd_index(args: argparse.Namespace) -> int:
 
     source: Path = args.source
     if not source.exists():
-        return fail_early(args, f"{display_path(source)} does not exist", reason="not_found", kind="NotFound")
+        return fail_early(args, f"{display_path(source)} does not exist", code=1, reason="not_found", kind="NotFound")
     # One file is a manifest unless it is an image by name or content: a photo.jpg that is not one is a bad image.
     manifest = source.is_file() and not images.named_as_image(source) and not images.looks_like_image(source)
     if problem := folder_options_problem(args, manifest):
@@ -259,7 +262,7 @@ async def cmd_index(args: argparse.Namespace) -> int:
         try:
             rows, row_errors = read_manifest(source)
         except (ManifestError, OSError) as exc:
-            return fail_early(args, f"bad manifest: {exc}", reason="manifest", kind="ManifestError")
+            return fail_early(args, f"bad manifest: {exc}", code=1, reason="manifest", kind="ManifestError")
         for err in row_errors:
             summary.manifest_errors += 1
             summary.fail(err.path, "manifest", err.message, err.line)
@@ -457,7 +460,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
     """Search and print."""
     photo: Path = args.photo
     if not photo.is_file():
-        return fail_early(args, f"{display_path(photo)} is not a file", reason="not_found", kind="NotFound")
+        return fail_early(args, f"{display_path(photo)} is not a file", code=1, reason="not_found", kind="NotFound")
     if args.settings.require_case and not (args.case or "").strip():
         return fail_early(
             args, "every search needs a case reference: add --case REF "
