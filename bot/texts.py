@@ -432,6 +432,12 @@ def _nice(n: float) -> float:
     return float(round(n, -digits))
 
 
+def strangers_bound(bound: float) -> int:
+    """The number of strangers a bound of `bound` expected ones (>= 0.5) cannot rule out, as a whole count: 0.5 -> 1,
+    4.2 -> 4, 12.6 -> 13, 1,234 -> 1,200 (two significant figures; a bound, so never finer than the table)."""
+    return max(1, int(_nice(bound))) if bound < 10 else int(_nice(bound))
+
+
 def strangers(t: Language, expected: float, gallery_faces: int, below: float | None = None) -> str:
     """How often a stranger would score this high in a gallery this size, in plain words.
 
@@ -441,12 +447,12 @@ def strangers(t: Language, expected: float, gallery_faces: int, below: float | N
     if below is not None:
         bound = below * gallery_faces
         if bound >= 0.5:
-            count = t.number(bound, 0 if bound >= 10 else 1)
+            count = strangers_bound(bound)
             return t.ngettext(
-                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} face",
-                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} faces",
-                gallery_faces,
-            ).format(faces=t.number(gallery_faces), count=count)
+                "no stranger scored this high in our tests, too few to rule out ~{count} stranger in this gallery of {faces} faces",
+                "no stranger scored this high in our tests, too few to rule out ~{count} strangers in this gallery of {faces} faces",
+                count,
+            ).format(faces=t.number(gallery_faces), count=t.number(count))
         return t._("odds a stranger scores this high here: below 1 in {n} (none did in our tests, too few to say how far "
                    "below)").format(n=t.number(_nice(1 / bound)))
     if expected >= 0.5:

@@ -46,13 +46,33 @@ def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str)
     "below,gallery,words",
     [
         (1 / 240_093, 4, "odds a stranger scores this high here: below 1 in 60,000 (none did in our tests, too few to say how far below)"),
-        (1 / 240_093, 1_000_000, "no stranger scored this high in our tests, too few to rule out ~4.2 in this gallery of 1,000,000 faces"),
+        (1 / 240_093, 1_000_000, "no stranger scored this high in our tests, too few to rule out ~4 strangers in this gallery of 1,000,000 faces"),
+        (1 / 240_093, 120_047, "no stranger scored this high in our tests, too few to rule out ~1 stranger in this gallery of 120,047 faces"),
+        (1 / 240_093, 3_000_000, "no stranger scored this high in our tests, too few to rule out ~12 strangers in this gallery of 3,000,000 faces"),
+        (1 / 240_093, 300_000_000, "no stranger scored this high in our tests, too few to rule out ~1,200 strangers in this gallery of "
+                                   "300,000,000 faces"),
     ],
 )
 def test_odds_beyond_the_calibration_table_are_said_as_a_bound(below: float, gallery: int, words: str) -> None:
     """No stranger of the class's table scored this high: a bound set by how many pairs it has, not a measured rate
     (nor "weak: ~2 strangers" for an exact copy of a poor gallery photo in a large gallery)."""
     assert texts.strangers(EN, below / 2 * gallery, gallery, below) == words
+
+
+@pytest.mark.parametrize(("tag", "gallery", "words"), [
+    ("fr_BE", 3_000_000, "trop peu nombreux pour exclure ~12 inconnus dans cette galerie de 3\u202f000\u202f000 visages"),
+    ("fr_BE", 120_047, "trop peu nombreux pour exclure ~1 inconnu dans cette galerie de 120\u202f047 visages"),
+    ("nl_BE", 3_000_000, "te weinig om ~12 onbekenden uit te sluiten in deze beeldbank van 3.000.000 gezichten"),
+    ("de_BE", 120_047, "zu wenige, um ~1 Unbekannten in dieser Galerie mit 120.047 Gesichtern auszuschließen"),
+])
+def test_the_bound_counts_strangers_in_every_language(tag: str, gallery: int, words: str) -> None:
+    """The hostile tester read "too few to rule out ~1.0 in this gallery of 3,000,000 faces": a count with no noun and a
+    decimal a bound cannot have. It is a whole number of strangers, with the noun in the count's own plural."""
+    from bot.i18n import load_language
+
+    line = texts.strangers(load_language(tag), 0.0, gallery, 1 / 240_093)
+    assert line.endswith(words), line
+    assert ".0" not in line.replace("3.000.000", "").replace("120.047", ""), line
 
 
 def test_hit_lines_show_rank_subject_percentage_band_odds_and_source() -> None:

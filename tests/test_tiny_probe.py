@@ -190,3 +190,48 @@ async def test_an_exact_copy_of_a_poor_gallery_photo_shows_its_odds_as_a_bound(t
         assert engine.calibration.rate_below(good_poor.scores[-1] - 0.05, False, True) is None  # a measured rate stays one
     finally:
         await engine.close()
+
+
+def test_the_cli_says_a_bound_in_the_bots_words_and_its_json_holds_no_point_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI said `(strong, fewer than 3.4e-05 strangers expected this close (none in the calibration's comparisons, too
+    few to say how many fewer))`, and --json gave the table's stand-in (half the bound) as `false_match_rate` and
+    `strangers_expected`: a precise number the text says cannot be known. Now the text is the bot's line, on a line of
+    its own, and the JSON has null point values and the bounds."""
+    import asyncio
+
+    data = tmp_path / "data"
+
+    async def build() -> bytes:
+        engine = await Engine.open(make_config(data, require_case=False))
+        try:
+            await engine.enroll((DEV / "Tony_Blair" / "1.jpg").read_bytes(), subject="Tony_Blair",
+                                source_url="https://x.example/1", actor="t")
+            clean = next(f for f in await engine.detect((DEV / "Tony_Blair" / "2.jpg").read_bytes()) if f.primary)
+            small = shrunk("Tony_Blair/2.jpg", 24, clean.box[2] - clean.box[0])
+            await engine.enroll(small, subject="tiny", source_url="https://x.example/tiny", actor="t")
+            return small
+        finally:
+            await engine.close()
+
+    probe = tmp_path / "tiny.jpg"
+    probe.write_bytes(asyncio.run(build()))
+    monkeypatch.setenv("SIGHTLINE_INFERENCE_THREADS", "1")
+    code = main(["--data-dir", str(data), "search", str(probe), "--case", "C-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("  1. tiny  "))
+    assert lines[first].endswith("% (strong)  https://x.example/tiny") or "(possible)" in lines[first], out
+    odds = lines[first + 1].strip()
+    assert odds.startswith("odds a stranger scores this high here: below 1 in ") and odds.endswith(
+        "(none did in our tests, too few to say how far below)"), out
+    assert "e-0" not in out and "))" not in out and "expected this close" not in out, out
+    code = main(["--data-dir", str(data), "search", str(probe), "--case", "C-1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    copy = result["hits"][0]
+    assert code == 0 and copy["subject"] == "tiny"
+    assert copy["false_match_rate"] is None and copy["strangers_expected"] is None, copy
+    assert copy["false_match_rate_below"] > 0
+    assert copy["strangers_expected_below"] == pytest.approx(copy["false_match_rate_below"] * result["gallery_faces"])

@@ -18,10 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot import texts
 from bot.cli import add_command, add_json, given_path, int_in, missing_gallery, seconds
+from bot.i18n import ENGLISH
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
 from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
+from engine.types import Hit
 
 from .manifest import Item, ManifestError, read_manifest
 
@@ -380,6 +383,17 @@ def write_report(args: argparse.Namespace, summary: Summary) -> Path | None:
 
 
 # -- search -------------------------------------------------------------------------------------
+def odds_json(hit: Hit, gallery_faces: int) -> dict[str, float | None]:
+    """A hit's odds for --json (README, "search --json"): the calibrated false-match rate and expected strangers at its
+    score, or, when no impostor of the calibration table scored that high, null for both and their upper bounds instead
+    (the table only says the rate is below 1 / its impostor pairs: a point value would claim what was not measured)."""
+    if hit.false_match_rate_below is not None:
+        return {"false_match_rate": None, "strangers_expected": None, "false_match_rate_below": hit.false_match_rate_below,
+                "strangers_expected_below": hit.false_match_rate_below * gallery_faces}
+    return {"false_match_rate": hit.false_match_rate, "strangers_expected": hit.strangers_expected,
+            "false_match_rate_below": None, "strangers_expected_below": None}
+
+
 def search_json(result: SearchResult) -> dict[str, Any]:
     """The JSON shape of a search result (no thumbnail bytes)."""
     return {
@@ -401,8 +415,7 @@ def search_json(result: SearchResult) -> dict[str, Any]:
         "hits": [
             {"rank": h.rank, "subject": h.subject, "similarity": h.similarity, "band": h.band,
              "source_url": h.source_url, "image_sha256": h.image_sha256, "box": list(h.box), "face_id": h.face_id,
-             "low_quality": h.low_quality, "false_match_rate": h.false_match_rate,
-             "strangers_expected": h.strangers_expected, "false_match_rate_below": h.false_match_rate_below,
+             "low_quality": h.low_quality, **odds_json(h, result.gallery_faces),
              "near_duplicates": len(h.near_duplicates),
              "near_duplicate_face_ids": list(h.near_duplicates)}
             for h in result.hits
@@ -439,15 +452,9 @@ def search_text(result: SearchResult) -> str:
     else:
         lines.append("matches (leads, not identifications):")
         for h in result.hits:
-            extra = ""
-            if h.false_match_rate_below is not None:  # texts.strangers says why
-                extra = (f", fewer than {h.false_match_rate_below * result.gallery_faces:.2g} strangers expected this close "
-                         "(none in the calibration's comparisons, too few to say how many fewer)")
-            elif h.strangers_expected is not None:
-                extra = f", ~{h.strangers_expected:.2g} strangers expected this close"
-            lines.append(
-                f"  {h.rank}. {h.subject or 'unlabelled'}  {h.similarity * 100:.1f}% ({h.band}{extra})  {h.source_url}"
-            )
+            lines.append(f"  {h.rank}. {h.subject or 'unlabelled'}  {h.similarity * 100:.1f}% ({h.band})  {h.source_url}")
+            if h.strangers_expected is not None:  # the odds in the bot's words (a bound, when the table saw no such stranger)
+                lines.append(f"     {texts.strangers(ENGLISH, h.strangers_expected, result.gallery_faces, h.false_match_rate_below)}")
             if h.near_duplicates:
                 n = len(h.near_duplicates)
                 lines.append(f"     and {n} near-identical {'copy' if n == 1 else 'copies'} in the gallery")
