@@ -42,15 +42,17 @@ def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str)
     assert texts.strangers(EN, expected, gallery).startswith(words)
 
 
+BOUND = "no stranger scored this high in our tests, too few to rule out "
+
+
 @pytest.mark.parametrize(
     "below,gallery,words",
     [
         (1 / 240_093, 4, "odds a stranger scores this high here: below 1 in 60,000 (none did in our tests, too few to say how far below)"),
-        (1 / 240_093, 1_000_000, "no stranger scored this high in our tests, too few to rule out ~4 strangers in this gallery of 1,000,000 faces"),
-        (1 / 240_093, 120_047, "no stranger scored this high in our tests, too few to rule out ~1 stranger in this gallery of 120,047 faces"),
-        (1 / 240_093, 3_000_000, "no stranger scored this high in our tests, too few to rule out ~12 strangers in this gallery of 3,000,000 faces"),
-        (1 / 240_093, 300_000_000, "no stranger scored this high in our tests, too few to rule out ~1,200 strangers in this gallery of "
-                                   "300,000,000 faces"),
+        (1 / 240_093, 1_000_000, BOUND + "~4 strangers in this gallery of 1,000,000 faces"),
+        (1 / 240_093, 120_047, BOUND + "~1 stranger in this gallery of 120,047 faces"),
+        (1 / 240_093, 3_000_000, BOUND + "~12 strangers in this gallery of 3,000,000 faces"),
+        (1 / 240_093, 300_000_000, BOUND + "~1,200 strangers in this gallery of 300,000,000 faces"),
     ],
 )
 def test_odds_beyond_the_calibration_table_are_said_as_a_bound(below: float, gallery: int, words: str) -> None:
