@@ -234,10 +234,10 @@ async def test_csv_dialects_keep_every_label(tmp_path: Path, header: str, sep: s
 async def test_unknown_columns_are_an_error_listing_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,source_url,name\n{DEV / 'Barack_Obama' / '2.jpg'},https://a.example/x,Obama\n")
-    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 2
+    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "'name'" in err and "path, source_url, subject, expires_at, notes" in err and err.count("\n") == 1
-    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--json"]) == 2
+    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["reason"] == "manifest" and "'name'" in out["error"]["message"]
 
@@ -248,7 +248,7 @@ async def test_csv_that_is_not_utf8_names_the_line_and_the_fix(tmp_path: Path, c
         f"path,source_url,subject\n{DEV / 'Barack_Obama' / '2.jpg'},https://a.example/1,Obama\n".encode()
         + f"{DEV / 'Elon_Musk' / '2.jpg'},https://a.example/2,José\n".encode("cp1252")
     )
-    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 2
+    assert await cli(["--data-dir", str(tmp_path / "d"), "index", str(manifest), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "line 3 is not UTF-8" in err and "save it as UTF-8" in err
 
@@ -423,7 +423,7 @@ async def test_search_errors_are_json_in_json_mode(tmp_path: Path, gallery_copy:
     assert await cli(["--data-dir", str(gallery_copy), "search", str(grey), "--case", "C-1", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["type"] == "NoFaceFound" and out["error"]["message"]
-    assert await cli(["--data-dir", str(gallery_copy), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 2
+    assert await cli(["--data-dir", str(gallery_copy), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 1  # a missing file, as engine errors
     assert json.loads(capsys.readouterr().out)["error"]["reason"] == "not_found"
     assert await cli(["--data-dir", str(tmp_path / "no-gallery"), "search", str(grey), "--case", "C-1", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "StorageError"
