@@ -78,6 +78,7 @@ def build_application(settings: Settings, engine: Engine | None = None) -> BotAp
     if engine is not None:
         application.bot_data[ENGINE_KEY] = engine
     add_handlers(application)
+    bot.on_poll_failure(lambda error, pause: errors.poll_failed(application, error, pause))
     return application
 
 
@@ -291,12 +292,21 @@ REPEAT_S = 60.0  # QuietNetworkRecords lets one record of a kind through per min
 QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater", "telegram.request.BaseRequest", "telegram.ext.ExtBot")
 
 
-def run(settings: Settings) -> int:
-    """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
+def quiet_ptb_records() -> None:
+    """Put QuietNetworkRecords on python-telegram-bot's loggers (once)."""
     for name in QUIETED_LOGGERS:
         ptb = logging.getLogger(name)
         if not any(isinstance(f, QuietNetworkRecords) for f in ptb.filters):
             ptb.addFilter(QuietNetworkRecords())
+
+
+def run(settings: Settings) -> int:
+    """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code.
+
+    0 after a stop (Ctrl-C, SIGTERM); 2 without a token, with a bad language, or when Telegram refuses the token (at
+    start, or while running: the token was revoked); 1 when the engine or Telegram cannot be reached at start.
+    """
+    quiet_ptb_records()
     try:
         application = build_application(settings)
     except (MissingToken, BadLanguages) as exc:
@@ -306,6 +316,8 @@ def run(settings: Settings) -> int:
         if settings.mode == "webhook":
             return run_webhook(settings, application)
         application.run_polling(allowed_updates=ALLOWED_UPDATES)
+        if isinstance(application.bot, FittingBot) and application.bot.token_refused:
+            return 2  # the token was revoked while running: bot.handlers.errors.poll_failed said so and stopped the bot
     except InvalidToken:
         logger.error("%s", texts.TOKEN_REJECTED)
         return 2
