@@ -190,8 +190,9 @@ async def _post_shutdown(application: BotApplication) -> None:
 async def polling(application: BotApplication, **start_polling: Any) -> AsyncIterator[BotApplication]:
     """Run the bot with long polling inside an already running event loop, as `run_polling` would.
 
-    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown. Errors of
-    getUpdates go to the error handlers (update None), as run_polling's error callback sends them.
+    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown. A failed
+    poll is reported, paused and retried inside FittingBot.get_updates (errors.poll_failed); any error of getUpdates
+    that still reaches PTB's loop goes to the error handlers (update None), as run_polling's error callback sends it.
     """
     updater = application.updater
     assert updater is not None
@@ -234,9 +235,9 @@ class QuietNetworkRecords(logging.Filter):
     * "Error while calling `get_updates` one more time ..." (stopping while Telegram is unreachable): one line with
       the cause instead of a traceback;
     * "Error while parsing updates! Received data was ..." (getUpdates answered JSON that is not updates): dropped, as
-      it quotes the whole answer; bot.telegram_io.FittingBot.get_updates raises UnreadableUpdates instead, which
-      `on_error` logs in one line (and PTB's retry loop then pauses, up to 30 s).
-    Errors of the polling loop itself reach `bot.handlers.errors.on_error`, which logs them in one line too.
+      it quotes the whole answer; bot.telegram_io.FittingBot.get_updates treats it as UnreadableUpdates instead, which
+      `bot.handlers.errors.poll_failed` logs in one line (and the next poll waits, up to 30 s).
+    "Network Retry Loop (Polling Updates): ... Invalid token" cannot happen while running: get_updates handles a 401.
     """
 
     def __init__(self) -> None:

@@ -50,8 +50,8 @@ def poll_failed(application: Application[Any, Any, Any, Any, Any, Any], error: T
 async def on_error(update: object, context: BotContext) -> None:
     """Log every unexpected exception with its traceback, count it, and tell the user we failed.
 
-    A failed poll for updates (Telegram unreachable, a proxy's 5xx or garbage, another instance polling) is expected
-    operation, not a bug: one warning line, counted, no traceback (PTB's Updater retries with growing pauses up to 30 s).
+    A failed poll for updates is expected operation, not a bug: FittingBot.get_updates reports it to `poll_failed`; one
+    that reaches PTB's loop anyway (update None) is one warning line, counted, no traceback.
     """
     error = context.error
     what = f"update {update.update_id}" if isinstance(update, Update) else "a job or the updater"
