@@ -29,7 +29,7 @@ from bot.handlers import access, audit, case, confirm, enroll, errors, forget, l
 from bot.handlers import help as guide
 from bot.i18n import LanguageError, describe
 from bot.settings import Settings
-from bot.telegram_io import FittingBot, RetryingRateLimiter
+from bot.telegram_io import FittingBot, RetryingRateLimiter, error_text
 from engine import Engine, EngineError
 
 logger = logging.getLogger(__name__)
@@ -264,8 +264,8 @@ class QuietNetworkRecords(logging.Filter):
                               (type(error).__name__, str(error)[:200]))
         if record.exc_info and text.startswith("Error while calling `get_updates` one more time"):
             error = record.exc_info[1]
-            record.msg = "could not mark the last updates read while stopping (%s: %s): Telegram may deliver them again"
-            record.args = (type(error).__name__, error)
+            record.msg = "could not mark the last updates read while stopping (%s): Telegram may deliver them again"
+            record.args = (error_text(error) if error else "?",)
             record.levelno, record.levelname = logging.WARNING, "WARNING"  # nothing is lost that Telegram keeps
             record.exc_info = None
             record.exc_text = None

@@ -308,10 +308,14 @@ EARLY_PAUSE = 1.0  # this long first: at most one poll a second while a server a
 ERROR_TEXT_LIMIT = 300  # characters of an error's text in a log line (a proxy's page can be 200 kB)
 
 
+# PTB's NetworkError for an HTTP error whose body is not JSON quotes the body (telegram/request/_baserequest.py)
+NOT_JSON = re.compile(r"\. Parsing the server response .* failed$", re.DOTALL)
+
+
 def error_text(error: BaseException) -> str:
     """`Kind: message` of an error on one line, cut to ERROR_TEXT_LIMIT (not "Conflict: Conflict: ..." when the message
-    already starts with its kind)."""
-    text = single_line(str(error)).strip()
+    already starts with its kind); a body that is not JSON (a proxy's page: anything) is described, not quoted."""
+    text = single_line(NOT_JSON.sub(". The answer is not JSON (a proxy's page?)", str(error))).strip()
     name = type(error).__name__
     if not text.startswith(name):
         text = f"{name}: {text}" if text else name

@@ -165,6 +165,8 @@ async def test_a_proxy_page_with_an_error_status_is_one_short_line(bot: BotHarne
     failed = [line for line in lines if "cannot fetch updates from Telegram" in line]
     assert failed, lines
     assert all(len(line) < 500 for line in lines), [len(line) for line in lines]
+    assert not any(SECRET in line for line in lines), failed  # the page is described, never quoted
+    assert "NetworkError: Bad Gateway (502). The answer is not JSON (a proxy's page?)" in failed[0], failed
     await still_answers(bot)
 
 
