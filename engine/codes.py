@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".codes.npz"
 DEFAULT_BITS = 512
+LEAD_STEP = 16  # a lead is a whole number of 16-bit words (engine.scan.as_words views rows of 2, 4 or 8-byte words)
 LEAD = 128  # lead bits `sightline calibrate` fits (bench/RESULTS.md, issue 15: 128 of the top directions)
 
 
@@ -88,7 +89,7 @@ class CodeModel:
             source = str(z["source"])
             lead = int(z["lead"]) if "lead" in z.files else 0  # (files written before leads existed: none)
         if (mean.ndim != 1 or weights.ndim != 2 or weights.shape[0] != len(mean) or weights.shape[1] % 8
-                or lead % 64 or not 0 <= lead < weights.shape[1]):
+                or lead % LEAD_STEP or not 0 <= lead < weights.shape[1]):
             raise ValueError(f"{path}: not a code model")
         return cls(mean, weights, source, lead)
 
@@ -113,8 +114,8 @@ def fit(embeddings: np.ndarray, bits: int = DEFAULT_BITS, source: str = "", iter
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or not 0 < bits <= x.shape[1] or bits % 8:
         raise ValueError(f"bits must be a multiple of 8 up to the embedding's {x.shape[-1]} dimensions, not {bits}")
-    if lead % 64 or not 0 <= lead <= x.shape[1]:
-        raise ValueError(f"lead must be a multiple of 64 up to the embedding's {x.shape[1]} dimensions, not {lead}")
+    if lead % LEAD_STEP or not 0 <= lead <= x.shape[1]:
+        raise ValueError(f"lead must be a multiple of {LEAD_STEP} up to the embedding's {x.shape[1]} dimensions, not {lead}")
     if len(x) < max(bits, lead):
         raise ValueError(f"need at least {max(bits, lead)} embeddings to fit {bits}-bit codes")
     mean = x.mean(axis=0)

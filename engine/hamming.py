@@ -341,11 +341,13 @@ class HammingIndex:
         sb, nbytes, allbits = self._scan_bytes, self.code_model.nbytes, self.code_model.bits
         bits = sb * 8
         codes, codes2 = self._words(n)
-        # the query's scratch, one zeroed buffer: code (nbytes), y (allbits float32), qs (ndim float32), each on a cache line
-        at_y = -(-nbytes // ALIGN) * ALIGN
+        # the query's scratch, one zeroed buffer: code (nbytes, its second-stage bytes on an 8-byte word: _code_at), y (allbits
+        # float32), qs (ndim float32), each on a cache line
+        at = _code_at(sb)
+        at_y = -(-(at + nbytes) // ALIGN) * ALIGN
         at_qs = at_y + -(-allbits * 4 // ALIGN) * ALIGN
         scratch = _zeros((at_qs + self.ndim * 4,), np.uint8)
-        code, y, qs = scratch[:nbytes], scratch[at_y : at_y + allbits * 4].view(np.float32), scratch[at_qs:].view(np.float32)
+        code, y, qs = scratch[at : at + nbytes], scratch[at_y : at_y + allbits * 4].view(np.float32), scratch[at_qs:].view(np.float32)
         q, q2 = scan.query_words(code[:sb]), scan.query_words(code[sb:])
         chunk = max(self.chunk_min, -(-n // CHUNKS))
         chunks = -(-n // chunk)
@@ -378,8 +380,8 @@ class HammingIndex:
     def _search(self, x: np.ndarray, count: int, n: int, want: int) -> tuple[np.ndarray, np.ndarray]:
         """search without a plan (shared lock held): small galleries, no projection or no second stage."""
         # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
-        code = np.empty(self.code_model.nbytes, dtype=np.uint8)
         sb = self._scan_bytes
+        code = _zeros((_code_at(sb) + self.code_model.nbytes,), np.uint8)[_code_at(sb) :]
         y = np.empty(self.code_model.bits, dtype=np.float32)
         # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
         keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
@@ -696,6 +698,13 @@ class HammingIndex:
 
 _NO_BASIS = np.zeros((0, 0), dtype=np.float32)  # (engine.scan.finish_search: no projection to apply)
 _NO_RANK = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def _code_at(scan_bytes: int) -> int:
+    """Where a query's code starts in an ALIGN-aligned buffer so that both its parts start on a word of their own width
+    (engine.scan.query_words; numba compiles other, slower variants for unaligned arrays): its second-stage bytes on an
+    8-byte word, its `scan_bytes` (e.g. 12, three uint32) then on theirs."""
+    return -scan_bytes % 8
 
 
 def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:

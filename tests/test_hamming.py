@@ -81,7 +81,15 @@ def test_code_model_file_round_trip_and_fallback(tmp_path: Path, monkeypatch: py
     assert again.lead == 64 and again.key == led.key and np.array_equal(again.encode(photo), led.encode(photo))
     assert np.array_equal(again.encode(photo)[:, 8:], model.encode(photo))
     with pytest.raises(ValueError, match="lead"):
-        codes.fit(photo, 32, lead=32)
+        codes.fit(photo, 32, lead=24)  # not a whole number of 16-bit words
+    with pytest.raises(ValueError, match="lead"):
+        codes.fit(photo, 32, lead=80)  # more than the 64 dimensions
+    odd = codes.fit(photo, 32, lead=48)  # a 48-bit lead (three 16-bit words) round-trips too
+    odd.save(codes.path_for("abc"))
+    assert codes.CodeModel.load(codes.path_for("abc")).lead == 48
+    np.savez(codes.path_for("abc"), mean=odd.mean, weights=odd.weights, source=np.array("x"), lead=np.array(40))
+    with pytest.raises(ValueError, match="not a code model"):
+        codes.CodeModel.load(codes.path_for("abc"))
 
 
 def test_search_finds_the_other_photo_through_codes_and_rerank(tmp_path: Path) -> None:
@@ -192,6 +200,68 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
                 assert np.array_equal(np.sort(rows), np.flatnonzero(first <= first[rows].max()))
     finally:
         hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
+    two.close()
+
+
+@pytest.mark.parametrize(("lead", "word"), [(96, np.uint32), (112, np.uint16), (64, np.uint64), (48, np.uint16)])
+def test_shorter_leads_scan_and_answer_as_the_bits_say(tmp_path: Path, lead: int, word: type[np.generic]) -> None:
+    """Leads that are not a multiple of 64 bits (the shipped 96: three uint32 words a row, rows 12 bytes apart, unpadded)
+    keep exactly the codes within the threshold with their distance over all the bits, split or not; a search through the
+    prepared path answers as one thread over every kept row does, in a gallery smaller than one chunk and in one cut into
+    ~80 chunks over two threads; the file round-trips; the query's scratch is zeroed after each search."""
+    photo, again = faces(5000, d=128, seed=8)
+    fitted = codes.fit(photo, 128, lead=lead)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    model = codes.CodeModel(fitted.mean, np.hstack([fitted.weights[:, :lead], body]), "t", lead)
+    proj = projection.fit(photo, "m", "test").projection(24)
+    one = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=1, prefilter=1200)
+    two = HammingIndex(tmp_path / "b.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=2, prefilter=1200)
+    two.split_min, two.chunk_min = 100, 64
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    assert one._codes.shape == (len(one._keys), lead // 8) and one._codes.strides[0] == lead // 8  # contiguous, no padding
+    assert scan.as_words(one._codes[:5000]).dtype == word and one._codes2.shape[1] == 64
+    assert -(-5000 // one.chunk_min) == 1  # one chunk: the gallery is smaller than CHUNK_MIN
+
+    def full_distance(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = (np.unpackbits(code[: lead // 8]) != np.unpackbits(one._codes[:5000], axis=1)).sum(1)
+        return first, first + (np.unpackbits(code[lead // 8 :]) != np.unpackbits(one._codes2[:5000], axis=1)).sum(1)
+
+    for q in again[:30]:
+        code = model.encode(q)[0]
+        first, full = full_distance(code)
+        for keep in (1, 300, 2000):
+            for idx in (one, two):
+                rows, dist, counts = idx._scan(code, keep, keep, 5000)
+                kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
+                d = np.concatenate([dist[c, :k] for c, k in enumerate(counts)])
+                t = first[kept].max()
+                assert np.array_equal(d, full[kept]) and np.array_equal(np.sort(kept), np.flatnonzero(first <= t))
+                assert (first < t).sum() < keep <= len(kept)
+
+    def reference(q: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        with one._lock.shared():
+            rows, dist, counts = one._scan(model.encode(x)[0], one.prefilter, one.candidates, 5000)
+            qs = np.empty(one.ndim, dtype=np.float32)
+            offset = np.float32(scan.project_query(x, one._basis, one._centre, hamming.QUANT_SCALE, qs))
+            keys, sims = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.float32)
+            c = scan.select_top(rows, dist, counts, 200, model.bits, one._vecs, qs, np.empty(200, dtype=np.int64),
+                                np.empty(200, dtype=np.float32), one._keys, count, offset, keys, sims)
+        return keys[:c], sims[:c]
+
+    for q in again[:30]:
+        for count in (1, 10, 40):
+            k1, s1 = one.search(q, count)
+            k2, s2 = two.search(q, count)
+            kr, sr = reference(q, count)
+            assert np.array_equal(k1, k2) and np.array_equal(s1, s2) and np.array_equal(kr, k1) and np.allclose(sr, s1, atol=1e-6)
+    assert one._plans and two._plans and not any(p.scratch.any() for p in one._plans + two._plans)
+    assert sum(int(i + 1 in one.search(again[i], 10)[0]) for i in range(100)) >= 90
+    one.save()
+    back = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=1, prefilter=1200)
+    assert back.load() and np.array_equal(back._codes[:5000], one._codes[:5000])
+    assert all(np.array_equal(back.search(q, 10)[0], one.search(q, 10)[0]) for q in again[:10])
     two.close()
 
 
@@ -374,11 +444,12 @@ def row_bytes(idx: HammingIndex, keys: list[int]) -> list[bytes]:
     return [a[r].tobytes() for a in (idx._codes, idx._codes2, idx._vecs) for r in rows]
 
 
-def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lead", [64, 96, 112])  # scanned as 1 uint64, 3 uint32 or 7 uint16 words a row
+def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path, lead: int) -> None:
     photo, _ = faces(3000, d=128)
     path = tmp_path / "g.idx"
-    idx = make(path, photo, bits=64, dims=32, lead=64)  # two-stage: scanned (lead) and second-stage code bytes
-    assert idx._codes.shape[1] == 8 and idx._codes2.shape[1] == 8
+    idx = make(path, photo, bits=64, dims=32, lead=lead)  # two-stage: scanned (lead) and second-stage code bytes
+    assert idx._codes.shape[1] == lead // 8 and idx._codes2.shape[1] == 8
     idx.add(np.arange(1, 1501), photo[:1500])
     idx.add(np.arange(1501, 3001), photo[1500:])  # the arrays grew: their old buffers were zeroed
     gone = [5, 17, 1499, 2999, 3000]
@@ -398,7 +469,7 @@ def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> N
         assert idx.search(photo[k - 1], 1)[0][0] == k
     for k in gone:
         assert k not in idx.search(photo[k - 1], 50)[0]
-    again = make(path, photo, bits=64, dims=32, lead=64)
+    again = make(path, photo, bits=64, dims=32, lead=lead)
     assert again.load() and len(again) == 2995 and set(again.keys().tolist()) == set(idx.keys().tolist())
     idx.reset()
     assert len(idx) == 0 and not any(s in b"".join(a.tobytes() for a in idx._all) for s in secrets)
