@@ -40,7 +40,7 @@ LEAD = 128  # lead bits `sightline calibrate` fits (bench/RESULTS.md, issue 15: 
 @dataclass(frozen=True)
 class CodeModel:
     """x -> packbits((x - mean) @ weights > 0): `bits` sign bits per face, packed 8 to a byte; the first `lead` bits (a
-    multiple of 64, or 0) are a short code of their own for the index's exhaustive scan (see the module docstring)."""
+    multiple of LEAD_STEP, or 0) are a short code of their own for the index's exhaustive scan (see the module docstring)."""
 
     mean: np.ndarray  # (d,) float32
     weights: np.ndarray  # (d, bits) float32
@@ -109,7 +109,7 @@ def fit(embeddings: np.ndarray, bits: int = DEFAULT_BITS, source: str = "", iter
     turned by a random rotation of their own (`sightline calibrate` fits lead=LEAD, bits=512).
 
     Raises ValueError with fewer than `bits` embeddings, `bits` not a multiple of 8 or above d, or `lead` not a
-    multiple of 64 or above d.
+    multiple of LEAD_STEP (16) or above d.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or not 0 < bits <= x.shape[1] or bits % 8:

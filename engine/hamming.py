@@ -15,7 +15,7 @@ because every identity is an isolated pair of points the graph reaches only by a
 in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
 starts the other scan thread(s) first (they spin, bounded, for the threshold: their wake-up overlaps what follows),
 encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which ~1.2 x
-`prefilter` codes lie (after a lead 30,000 or 3 % of the gallery if more, else 10,000), and scans those bits of every
+`prefilter` codes lie (after a lead 20,000 or 2 % of the gallery if more, else 10,000), and scans those bits of every
 code against it (engine.scan's compiled kernels, in ~64 chunks that the threads claim in turn: they finish within one
 chunk of each other, and a thread the machine starts late finds less or nothing to do). Meanwhile the calling thread
 encodes the query's other bits and projects it; from then on each thread adds the other bits' distance to the codes it
@@ -82,10 +82,12 @@ QUANT_SCALE = 127.0
 SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
 SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
 DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
-LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
-# ... or this share of the gallery when more: at 3 M faces 30,000 (1 %) found 99.11 % of the true mates in the top 10, 90,000
-# (3 %, as 30,000 is of 1 M) 99.50 % (bench/RESULTS.md, "Sixth session: the 2 ms target")
-LEAD_PREFILTER_SHARE = 0.03
+# A 128-bit lead scan keeps about this many (~1.5 x: 29,000 rows at 1 M), or LEAD_PREFILTER_SHARE of a larger gallery. Every
+# row kept costs its second-stage read and selection: 30,000 (44,000 rows) took 0.05-0.12 ms longer at 1 M for mate recall
+# 0.9957 / 0.9973 against 0.9931 / 0.9947 (bench/RESULTS.md, "Seventh session"); at 3 M, 2 % kept 0.9933 / 0.9955, 1 %
+# 0.9911 / 0.9927 ("Sixth session").
+LEAD_PREFILTER = 20_000
+LEAD_PREFILTER_SHARE = 0.02
 ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least

@@ -11,8 +11,10 @@ alternating (bench/RESULTS.md, issue 15, "Speed at scale"): ~30 % less CPU per s
 
 The kernels are compiled by numba (LLVM; `cache=True` keeps the machine code in `__pycache__`, so only the first
 start-up on a machine compiles, ~1-2 s) and release the GIL, so one query's scan runs on several threads.
-Codes are viewed as uint64 words when their width allows (8 bytes at a time: one popcnt instruction each), else
-as bytes.
+Codes are viewed as uint64 words when their width allows (8 bytes at a time: one popcnt instruction each), else as
+uint32 or uint16 words (a 96- or 112-bit lead), else as bytes; rows stay contiguous. (A 96-bit lead, three uint32 words,
+scanned no faster than the 128-bit one, two uint64 words: the scan costs instructions per row as much as bytes;
+bench/RESULTS.md, "Seventh session".)
 """
 
 from __future__ import annotations
@@ -711,7 +713,8 @@ def query_words(code: np.ndarray) -> np.ndarray:
 
 def warm() -> None:
     """Compile (or load from numba's cache) every kernel for both code views, so no search pays for it."""
-    for width, width2 in ((8, 8), (12, 64), (3, 3)):  # uint64 scans, 96-bit uint32 leads (then 512 bits), bytes
+    for width, width2 in ((8, 8), (3, 3)):  # uint64 words (the shipped 128-bit lead, then 512 bits; 256 + 256 bits), bytes
+        # (leads of other widths, uint32 or uint16 words: bench/search.py --codes leadL, compiled when first used)
         codes = as_words(np.zeros((4, width), dtype=np.uint8))
         q = query_words(np.zeros(width, dtype=np.uint8))
         codes2 = as_words(np.zeros((4, width2), dtype=np.uint8))
