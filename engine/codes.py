@@ -4,14 +4,17 @@ A face becomes `bits` sign bits of (embedding - mean) @ W, W a rotation of the c
 Hamming distance then tracks the angle between them (Charikar's SimHash). The shipped model has 128 + 512 bits: a
 short *lead* code of the top 128 centred principal directions turned by a random rotation, which HammingIndex scans
 for every face (16 bytes: half the memory traffic of a 256-bit scan), then 512 bits of a random rotation of the whole
-centred space, which rank only the ~36,000 codes the scan keeps. At 1 M face-like vectors that kept 99.7 % of the
+centred space, which rank only the ~29,000 codes the scan keeps. At 1 M face-like vectors that kept 99.7 % of the
 true mates in the best 10 (bench/RESULTS.md, issue 15, "A 128-bit lead code"), against 99.5 % for the model before
 it (512 random bits, the first 256 scanned): the top directions carry the most of a face's identity per bit, the
-random ones rank the rest evenly. Without a lead (`lead=0`: the fallback, models fitted before it) the index scans
-the first 256 bits. Learned alternatives were measured and lost: the top 256 centred principal directions with an ITQ
-rotation (Gong & Lazebnik, "Iterative quantization", CVPR 2011; `rotation="itq"`) kept 98.6 %, the same with a
-random rotation 99.1 % (300 queries) - fitted on 2,254 calibration faces, the learned directions describe that set
-rather than the next million faces.
+random ones rank the rest evenly (with the scan keeping ~44,000 codes; ~29,000 now: 99.3 %). Shorter leads (96 or 64
+bits; `lead` may be any multiple of LEAD_STEP) were measured and lose: at the same rows kept the 96-bit scan was 0.12 ms
+slower at 1 M (three 32-bit words a row cost as many instructions as two 64-bit ones), and the 64-bit lead needs ~60 %
+more rows kept for the same recall (bench/RESULTS.md, "Seventh session"). Without a lead (`lead=0`: the fallback,
+models fitted before it) the index scans the first 256 bits. Learned alternatives were measured and lost: the top 256
+centred principal directions with an ITQ rotation (Gong & Lazebnik, "Iterative quantization", CVPR 2011;
+`rotation="itq"`) kept 98.6 %, the same with a random rotation 99.1 % (300 queries) - fitted on 2,254 calibration
+faces, the learned directions describe that set rather than the next million faces.
 
 Like the projection basis, a code model is fitted on the calibration set (`sightline calibrate` writes
 `<model sha256>.codes.npz` beside the calibration table: the set's mean and the rotation) and named by the

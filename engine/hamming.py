@@ -27,8 +27,8 @@ one compiled call (engine.scan.finish_search), free of Python and the GIL. Every
 in place: no copy of a face's bits or vector is made. The engine then re-scores the answers exactly from SQLite. What a
 search would build again (views, buffers, the query's scratch, the kernels' arguments and compiled entry points) is
 prepared once per gallery size and settings and reused (`_plan`); the query's scratch is zeroed as each search ends.
-(At 1 M face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.05 ms on the idle machine;
-bench/RESULTS.md, issue 15.)
+(At 1 M face-like vectors: 99.3 % of the true mates in the best 10, 99.5 % in the best 40, p50 1.88-2.03 ms on the idle
+machine; bench/RESULTS.md, issue 15, "Seventh session": a shorter lead was measured and is no faster.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
