@@ -5,8 +5,9 @@ because every identity is an isolated pair of points the graph reaches only by a
 (bench/RESULTS.md). An exhaustive scan has no such blind spots. Each face is kept as
 
 - its sign code of (embedding - mean) @ W (engine.codes), split into the bits the scan reads and the rest: with the
-  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a random
-  rotation of the centred space (64 bytes, `_codes2`); without a lead (the fallback model) the first 256 bits of 512
+  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a
+  structured random rotation of the centred space (64 bytes, `_codes2`; a query's are computed from the rotation's signs,
+  engine.scan.encode_structured, not from a 1 MB matrix read cold after every scan); without a lead (the fallback model) the first 256 bits of 512
   and the other 256 (32 + 32 bytes),
 - its projection (engine.projection, 192-d by default), centred and quantised to int8, for re-ranking
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
@@ -27,7 +28,7 @@ one compiled call (engine.scan.finish_search), free of Python and the GIL. Every
 in place: no copy of a face's bits or vector is made. The engine then re-scores the answers exactly from SQLite. What a
 search would build again (views, buffers, the query's scratch, the kernels' arguments and compiled entry points) is
 prepared once per gallery size and settings and reused (`_plan`); the query's scratch is zeroed as each search ends.
-(At 1 M face-like vectors: 99.3 % of the true mates in the best 10, 99.5 % in the best 40, p50 1.88-2.03 ms on the idle
+(At 1 M face-like vectors: 99.3 % of the true mates in the best 10, 99.4 % in the best 40, p50 1.70-1.81 ms on the idle
 machine; bench/RESULTS.md, issue 15, "Seventh session": a shorter lead was measured and is no faster.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
@@ -151,6 +152,9 @@ class HammingIndex:
         self.prefilter_share = LEAD_PREFILTER_SHARE if default == LEAD_PREFILTER and not prefilter else 0.0
         # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
         self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
+        if self.code_model.signs is not None and self._scan_bytes * 8 == self.code_model.lead:
+            # the other bits are a structured rotation: the query is encoded from its signs (engine.scan.encode_structured)
+            self._weights = (self._weights[0], np.ascontiguousarray(self.code_model.signs, dtype=np.float32))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
         _warm_kernels()
 

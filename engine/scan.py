@@ -38,9 +38,10 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "close_gate", "encode_query", "finish_fast", "finish_search", "helper_scan", "lead_threshold", "project_query",
-           "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank",
-           "select_rows", "select_top", "start_search", "threshold_for", "top_answers", "wait_chunks", "warm", "word_type"]
+__all__ = ["as_words", "close_gate", "encode_query", "encode_structured", "finish_fast", "finish_search", "helper_scan",
+           "lead_threshold", "project_query", "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold",
+           "scan_chunks", "select_rerank", "select_rows", "select_top", "start_search", "threshold_for", "top_answers", "wait_chunks",
+           "warm", "word_type"]
 
 
 @intrinsic
@@ -575,7 +576,10 @@ def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_arg
     if t < 0:  # (start_search published it)
         t = _load(job, T)
     if code2.shape[0] > 0:
-        encode_query(x, mean, w2, y2, code2)
+        if w2.shape[0] == x.shape[0]:
+            encode_query(x, mean, w2, y2, code2)
+        else:  # w2: the signs of a structured rotation (engine.codes.structured_weights), no matrix to read
+            encode_structured(x, mean, w2, y2, code2)
     if basis.shape[1] > 0:
         offset = np.float32(project_query(x, basis, centre, scale, qs))
     _publish(job, READY, 1)
@@ -684,6 +688,35 @@ def encode_query(x, mean, w, y, code):  # type: ignore[no-untyped-def]
         code[b] = v
 
 
+@_kernel(boundscheck=False)
+def encode_structured(x, mean, signs, y, code):  # type: ignore[no-untyped-def]
+    """One query's sign code under a structured rotation: code = packbits(T (x - mean) > 0) for T = H D_r ... H D_1 (signs
+    (rounds, d) of +-1, d a power of two; engine.codes.structured_weights: the index's codes are (x - mean) @ W for the
+    same T, normalised, which changes no sign), y (d,) float32 scratch. O(d log d) and 3 x 2 KB of signs read, for the
+    1 MB matrix encode_query would read, cold after every scan. (No fastmath: the butterflies are as engine.codes.fwht.)"""
+    rounds, d = signs.shape
+    for i in range(d):
+        y[i] = x[i] - mean[i]
+    for r in range(rounds):
+        for i in range(d):
+            y[i] *= signs[r, i]
+        h = 1
+        while h < d:
+            for a in range(0, d, 2 * h):
+                for i in range(a, a + h):
+                    u = y[i]
+                    v = y[i + h]
+                    y[i] = u + v
+                    y[i + h] = u - v
+            h *= 2
+    for b in range(d // 8):
+        v8 = 0
+        for k in range(8):
+            if y[8 * b + k] > 0:
+                v8 |= 1 << (7 - k)
+        code[b] = v8
+
+
 @_kernel(boundscheck=False, fastmath=True)
 def project_query(x, basis, centre, scale, qs):  # type: ignore[no-untyped-def]
     """qs = p / scale for p = x @ basis, L2-normalised (Projection.apply); returns p . centre."""
@@ -763,4 +796,5 @@ def warm() -> None:
     rerank_int8(np.zeros((4, 3), dtype=np.int8), np.zeros(4, dtype=np.int64), 4, np.zeros(3, dtype=np.float32), z4)
     z = np.zeros(8, dtype=np.float32)
     encode_query(z, z, np.zeros((8, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
+    encode_structured(z, z, np.ones((3, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
     project_query(z, np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.zeros(3, dtype=np.float32))

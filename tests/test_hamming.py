@@ -265,6 +265,56 @@ def test_shorter_leads_scan_and_answer_as_the_bits_say(tmp_path: Path, lead: int
     two.close()
 
 
+def test_a_structured_rotation_encodes_queries_as_its_matrix_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other bits may be a structured rotation (random signs and Walsh-Hadamard transforms): its matrix is orthonormal,
+    a query encoded from the signs alone (engine.scan.encode_structured, no matrix read) has the bits the matrix gives, the
+    index then answers as one thread over every kept row does, and the model's file keeps the signs (and is refused when
+    they do not match its weights)."""
+    photo, again = faces(5000, d=128, seed=12)
+    model = codes.fit(photo, 128, lead=64, rotation="hadamard")
+    w = model.weights[:, 64:]
+    assert model.signs is not None and model.signs.shape == (codes.STRUCTURED_ROUNDS, 128)
+    assert np.abs(w.T @ w - np.eye(128)).max() < 1e-5 and not np.allclose(np.abs(w), np.abs(w[0, 0]))  # a rotation, mixed
+    y, code = np.zeros(128, dtype=np.float32), np.zeros(16, dtype=np.uint8)
+    for q in np.vstack([again[:200], photo[:200]]):
+        scan.encode_structured(q, model.mean, model.signs, y, code)
+        assert np.array_equal(code, model.encode(q)[0, 8:])
+    with pytest.raises(ValueError, match="all 128 bits"):
+        codes.fit(photo, 64, rotation="hadamard")
+    with pytest.raises(ValueError, match="power of two"):
+        codes.fit(photo[:, :96], 96, rotation="hadamard")
+    proj = projection.fit(photo, "m", "test").projection(24)
+    one = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=150, threads=1, prefilter=900)
+    two = HammingIndex(tmp_path / "b.idx", ndim=128, code_model=model, projection=proj, candidates=150, threads=2, prefilter=900)
+    two.split_min, two.chunk_min = 100, 64
+    assert one._weights[1] is not None and one._weights[1].shape == (codes.STRUCTURED_ROUNDS, 128)  # the signs, not the matrix
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    for q in again[:25]:
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        with one._lock.shared():
+            rows, dist, counts = one._scan(model.encode(x)[0], 900, 150, 5000)
+            qs = np.empty(one.ndim, dtype=np.float32)
+            offset = np.float32(scan.project_query(x, one._basis, one._centre, hamming.QUANT_SCALE, qs))
+            keys, sims = np.empty(10, dtype=np.int64), np.empty(10, dtype=np.float32)
+            c = scan.select_top(rows, dist, counts, 150, model.bits, one._vecs, qs, np.empty(150, dtype=np.int64),
+                                np.empty(150, dtype=np.float32), one._keys, 10, offset, keys, sims)
+        for idx in (one, two):
+            k, s = idx.search(q, 10)
+            assert np.array_equal(k, keys[:c]) and np.allclose(s, sims[:c], atol=1e-6)
+    two.close()
+    monkeypatch.setattr(codes, "TABLES", tmp_path)
+    model.save(codes.path_for("m"))
+    back = codes.for_model("m", d=128, bits=128)
+    assert back.key == model.key and back.signs is not None and np.array_equal(back.signs, model.signs)
+    assert codes.for_model("m", d=128, bits=64).signs is None  # a part of a structured rotation is only a matrix
+    bad = model.signs.copy()
+    bad[0, 5] *= -1
+    np.savez(codes.path_for("m"), mean=model.mean, weights=model.weights, source=np.array("x"), lead=np.array(64), signs=bad)
+    with pytest.raises(ValueError, match="structured rotation"):
+        codes.CodeModel.load(codes.path_for("m"))
+
+
 def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path: Path) -> None:
     """The query's second-stage bits are written while the threads scan: a thread that finishes its scan before they are
     (ready unset) leaves its chunks, and the caller then finishes every one of them; with ready set, each thread finishes
