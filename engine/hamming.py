@@ -7,8 +7,8 @@ because every identity is an isolated pair of points the graph reaches only by a
 - its sign code of (embedding - mean) @ W (engine.codes), split into the bits the scan reads and the rest: with the
   shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a
   structured random rotation of the centred space (64 bytes, `_codes2`; a query's are computed from the rotation's signs,
-  engine.scan.encode_structured, not from a 1 MB matrix read cold after every scan); without a lead (the fallback model) the first 256 bits of 512
-  and the other 256 (32 + 32 bytes),
+  engine.scan.encode_structured, not from a 1 MB matrix read cold after every scan); without a lead (the fallback
+  model) the first 256 bits of 512 and the other 256 (32 + 32 bytes),
 - its projection (engine.projection, 192-d by default), centred and quantised to int8, for re-ranking
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
 - its face id (8 bytes),
