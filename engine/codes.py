@@ -41,6 +41,7 @@ SUFFIX = ".codes.npz"
 DEFAULT_BITS = 512
 LEAD_STEP = 16  # a lead is a whole number of 16-bit words (engine.scan.as_words views rows of 2, 4 or 8-byte words)
 STRUCTURED_ROUNDS = 3  # sign-and-Hadamard rounds of a structured rotation (structured_weights)
+ROTATION = "hadamard"  # the rotation of the bits after the lead `sightline calibrate` fits (bench/RESULTS.md, "Seventh session")
 LEAD = 128  # lead bits `sightline calibrate` fits (bench/RESULTS.md, issue 15: 128 of the top directions)
 
 
@@ -157,7 +158,7 @@ def fit(embeddings: np.ndarray, bits: int = DEFAULT_BITS, source: str = "", iter
     `rotation="itq"` one learned by ITQ, or with `rotation="hadamard"` (bits = d, a power of two) a structured rotation
     of the whole centred space (structured_weights; the model keeps its signs); with `lead`, those bits follow a lead
     code of the top `lead` directions turned by a random rotation of their own (`sightline calibrate` fits lead=LEAD,
-    bits=512).
+    bits=512, rotation=ROTATION).
 
     Raises ValueError with fewer than `bits` embeddings, `bits` not a multiple of 8 or above d, or `lead` not a
     multiple of LEAD_STEP (16) or above d.
