@@ -189,10 +189,16 @@ async def _post_shutdown(application: BotApplication) -> None:
 async def polling(application: BotApplication, **start_polling: Any) -> AsyncIterator[BotApplication]:
     """Run the bot with long polling inside an already running event loop, as `run_polling` would.
 
-    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown.
+    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown. Errors of
+    getUpdates go to the error handlers (update None), as run_polling's error callback sends them.
     """
     updater = application.updater
     assert updater is not None
+
+    def error_callback(exc: TelegramError) -> None:
+        application.create_task(application.process_error(error=exc, update=None))
+
+    start_polling.setdefault("error_callback", error_callback)
     await application.initialize()
     try:
         if application.post_init:
@@ -225,7 +231,10 @@ class QuietNetworkRecords(logging.Filter):
     * "Network Retry Loop (...) ... Aborting" (start-up gave up: no answer, or the token refused): dropped, since `run`
       then says in one line what failed and what to do;
     * "Error while calling `get_updates` one more time ..." (stopping while Telegram is unreachable): one line with
-      the cause instead of a traceback.
+      the cause instead of a traceback;
+    * "Error while parsing updates! Received data was ..." (getUpdates answered JSON that is not updates): dropped, as
+      it quotes the whole answer; bot.telegram_io.FittingBot.get_updates raises UnreadableUpdates instead, which
+      `on_error` logs in one line (and PTB's retry loop then pauses, up to 30 s).
     Errors of the polling loop itself reach `bot.handlers.errors.on_error`, which logs them in one line too.
     """
 
@@ -245,6 +254,8 @@ class QuietNetworkRecords(logging.Filter):
         if text.startswith("Can not load invalid JSON data"):  # the answer's body can be anything (binary, a proxy's page)
             return self._once(record, "json", "the Bot API's answer is not JSON (%d characters): is SIGHTLINE_TELEGRAM_API_URL "
                               "a Bot API server, or is a proxy answering instead?", (len(text),))
+        if text.startswith("Error while parsing updates!"):  # it repeats the whole answer (messages, names): on_error says it
+            return False
         if text.startswith("Something went wrong processing the data received from Telegram"):
             error = record.exc_info[1] if record.exc_info else None
             return self._once(record, "data", "the Bot API's updates could not be read (%s: %s): they were not processed",
@@ -276,13 +287,12 @@ class QuietNetworkRecords(logging.Filter):
 
 
 REPEAT_S = 60.0  # QuietNetworkRecords lets one record of a kind through per minute
-# PTB's network retry loop (telegram/ext/_utils), Updater, and BaseRequest (an answer that is not JSON)
-QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater", "telegram.request.BaseRequest")
+# PTB's network retry loop (telegram/ext/_utils), Updater, BaseRequest (an answer that is not JSON), ExtBot (not updates)
+QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater", "telegram.request.BaseRequest", "telegram.ext.ExtBot")
 
 
 def run(settings: Settings) -> int:
     """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in QUIETED_LOGGERS:
         ptb = logging.getLogger(name)
         if not any(isinstance(f, QuietNetworkRecords) for f in ptb.filters):

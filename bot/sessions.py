@@ -246,6 +246,7 @@ class ResultSet:
     frame: int = 1  # the frame of an animated photo that was searched
     frames: int = 1
     rotation: int = 0  # degrees clockwise the photo was turned to find an upright face
+    strong_threshold_set: bool = False  # SIGHTLINE_THRESHOLD_STRONG set by hand (SearchResult.strong_threshold_set)
     pages_sent: set[int] = field(default_factory=set)  # pages already sent (a second More tap sends nothing)
 
     @classmethod
@@ -257,6 +258,7 @@ class ResultSet:
             faces_in_photo=len(result.faces),
             warnings=searched.quality.warnings, gallery_faces=result.gallery_faces, calibrated=result.calibrated,
             frame=result.frame, frames=result.frames, rotation=result.rotation,
+            strong_threshold_set=result.strong_threshold_set,
         )
 
     def page_bounds(self, page: int, per_page: int) -> tuple[int, int]:

@@ -83,7 +83,9 @@ class Settings(BaseSettings):
         None, description="Lowest cosine similarity returned; default from the model's calibration table."
     )
     threshold_strong: float | None = Field(
-        None, description="Similarity from which a match is 'strong'; default from the calibration table."
+        None, description="Similarity from which a match is 'strong', for every quality class; default from the calibration "
+        "table, per class. Set, a poor photo's answer says the thresholds were set by hand instead of that the odds allow "
+        "for its quality."
     )
     primary_rule: Literal["central", "largest"] = Field(
         "central", description="Which face of a photo is searched/labelled by default."

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import (
     CallbackQueryLimit,
     ChatAction,
@@ -286,13 +286,36 @@ def markup(rows: list[list[InlineKeyboardButton]]) -> InlineKeyboardMarkup | Non
     return InlineKeyboardMarkup(rows) if rows else None
 
 
+class UnreadableUpdates(TelegramError):
+    """The Bot API answered getUpdates with something that is not updates (not JSON, no `result`, not Update objects)."""
+
+
 class FittingBot(ExtBot[None]):
-    """The bot, with a last line of defence for Telegram's length limits.
+    """The bot, with a last line of defence for Telegram's length limits, and getUpdates failing loudly on a bad answer.
 
     Replies are built to fit; should one not (a translation, a field we forgot), a text over 4,096 is sent as
     several messages (the keyboard on the last), a caption over 1,024 keeps the lines that fit and sends the
     rest as a message, and a button answer is cut to 200. Each such event is logged as a warning.
     """
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:  # type: ignore[override]
+        """PTB's getUpdates; an answer that is not updates raises UnreadableUpdates instead.
+
+        PTB's Updater (telegram/ext/_updater.py `_start_polling`) logs and swallows any exception of getUpdates that is
+        not a TelegramError and polls again at once: a Bot API or proxy answering JSON that is not updates was polled
+        ~100 times a second. A TelegramError goes to PTB's network retry loop (telegram/ext/_utils/networkloop.py)
+        instead, which pauses 1 s, then 1.5 times longer after each failure up to 30 s, and polls at once again after
+        a good answer; and to run_polling's error callback (bot.handlers.errors.on_error: one warning line). PTB's
+        own error for a body that is not JSON is a bare TelegramError, which on_error would report as a bug.
+        """
+        try:
+            return await super().get_updates(*args, **kwargs)
+        except TelegramError as exc:
+            if type(exc) is not TelegramError:  # NetworkError, Conflict, InvalidToken, RetryAfter: PTB's loop knows them
+                raise
+            raise UnreadableUpdates(f"the answer is not JSON ({exc})") from exc
+        except Exception as exc:
+            raise UnreadableUpdates(f"the answer is not updates ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
     async def initialize(self) -> None:
         """PTB's initialize (open the HTTP clients, then getMe); when getMe fails (the Bot API does not answer, or

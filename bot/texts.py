@@ -432,8 +432,23 @@ def _nice(n: float) -> float:
     return float(round(n, -digits))
 
 
-def strangers(t: Language, expected: float, gallery_faces: int) -> str:
-    """How often a stranger would score this high in a gallery this size, in plain words."""
+def strangers(t: Language, expected: float, gallery_faces: int, below: float | None = None) -> str:
+    """How often a stranger would score this high in a gallery this size, in plain words.
+
+    `below` (Hit.false_match_rate_below): no stranger of the calibration's comparisons of this quality class scored
+    this high, so the rate is only known to be below it; the words say so, as a bound set by how few comparisons there
+    were, not as a measured rate (a poor-quality exact copy would otherwise read as less sure than a good 61 % hit)."""
+    if below is not None:
+        bound = below * gallery_faces
+        if bound >= 0.5:
+            count = t.number(bound, 0 if bound >= 10 else 1)
+            return t.ngettext(
+                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} face",
+                "no stranger scored this high in our tests, too few to rule out ~{count} in this gallery of {faces} faces",
+                gallery_faces,
+            ).format(faces=t.number(gallery_faces), count=count)
+        return t._("odds a stranger scores this high here: below 1 in {n} (none did in our tests, too few to say how far "
+                   "below)").format(n=t.number(_nice(1 / bound)))
     if expected >= 0.5:
         count = t.number(expected, 0 if expected >= 10 else 1)
         return t.ngettext(
@@ -478,17 +493,23 @@ def warning_text(t: Language, warning: str) -> str:
     return warning
 
 
-def quality_warning(t: Language, warnings: Sequence[str], strong_hit: bool = False) -> str | None:
+def quality_warning(t: Language, warnings: Sequence[str], strong_hit: bool = False, *, calibrated: bool = True,
+                    strong_set: bool = False) -> str | None:
     """The warning line for a searched face, or None when it looks fine.
 
     `strong_hit`: a hit shown is "strong". A poor probe's hits carry the odds of its quality class, and at the class's
     strong threshold strangers' faces reach it no more often than the table says (0.57-1.21x), for faces 18-40 px wide
     too (bench/RESULTS.md, "A strong hit on a poor photo"): the line then says so instead of calling every match weak.
-    It claims no more than that: a poor photo still finds its person less often."""
+    It claims no more than that: a poor photo still finds its person less often. The claim holds only for the class's
+    calibrated threshold: with SIGHTLINE_THRESHOLD_STRONG set by hand (`strong_set`), "strong" is the operator's one
+    score for every class, which the line then says; with no calibration (`calibrated` False) there are no odds."""
     if not warnings:
         return None
     shown = "; ".join(warning_text(t, w) for w in warnings)
-    if strong_hit:
+    if strong_hit and strong_set:
+        return t._("This photo is poor ({warnings}) and the match thresholds were set by hand: a strong match does not "
+                   "allow for its quality; treat any match as a weak lead.").format(warnings=shown)
+    if strong_hit and calibrated:
         return t._("This photo is poor ({warnings}): the odds shown for a strong match allow for its quality; treat a "
                    "possible match as a weak lead.").format(warnings=shown)
     return t._("This photo is poor ({warnings}): treat any match as a weak lead.").format(warnings=shown)
@@ -516,7 +537,7 @@ def hit_lines(t: Language, hit: Hit, gallery_faces: int, linked: bool) -> list[s
     """The lines describing one match."""
     lines = [f"{hit.rank}. {subject_of(t, hit)} - {percent(t, hit.similarity)} ({band(t, hit)})"]
     if hit.strangers_expected is not None:
-        lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces)}")
+        lines.append(f"   {strangers(t, hit.strangers_expected, gallery_faces, hit.false_match_rate_below)}")
     url = shown(hit.source_url, URL_SHOWN)
     lines.append(f"   {url}" if linked else "   " + t._("source: {url}").format(url=url))
     if hit.near_duplicates:
@@ -553,7 +574,8 @@ def search_header(t: Language, results: ResultSet) -> list[str]:
         n=t.number(results.gallery_faces)
     )
     lines = [leads_not_ids(t), f"{case} - {face} - {gallery}"]
-    warning = quality_warning(t, results.warnings, any(h.band == "strong" for h in results.hits))
+    warning = quality_warning(t, results.warnings, any(h.band == "strong" for h in results.hits), calibrated=results.calibrated,
+                              strong_set=results.strong_threshold_set)
     if warning:
         lines.append(warning)
     where = searched_where(t, results.frame, results.frames, results.rotation)

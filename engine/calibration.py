@@ -171,6 +171,17 @@ class Calibration:
             return t.false_match_rate(similarity)
         return interpolate_fmr(self.scores, self.fmr, self.impostor_pairs, similarity)
 
+    def rate_below(self, similarity: float, probe_ok: bool | None = None, gallery_ok: bool | None = None,
+                   second_look: bool = False) -> float | None:
+        """1 / impostor pairs of the comparison's table when no impostor pair in it scored `similarity` or higher, else None.
+
+        `false_match_rate` then reports half of that, a stand-in: the table only says the rate is below this bound, and
+        how far below depends on how many pairs were compared (poor-poor: 240,093, so 4.2e-6; good-good: 5.7 M). So an
+        identical poor gallery photo can get a higher rate than a good photo's 0.61 hit, which its table did measure."""
+        t = self.table_for(probe_ok, gallery_ok, second_look)
+        scores, pairs = (t.scores, t.impostor_pairs) if t is not None else (self.scores, self.impostor_pairs)
+        return 1.0 / max(pairs, 1) if len(scores) and similarity > scores[-1] else None
+
     def describe(self, similarity: float, gallery_faces: int) -> str:
         """Plain words for an officer: how often a stranger scores this high, and how many would here."""
         fmr = self.false_match_rate(similarity)

@@ -597,6 +597,7 @@ class Engine:
             query_sha256=sha, faces=detected, searched=chosen, hits=tuple(hits), gallery_faces=gallery,
             threshold=cut, calibrated=self.calibration is not None, query_thumbnail=thumb,
             frame=where.frame, frames=where.frames, rotation=where.rotation,
+            strong_threshold_set=self.config.threshold_strong is not None,
         )
         entry = await self.store.append_audit(
             actor, "search", case,
@@ -708,6 +709,8 @@ class Engine:
                     image_sha256=r.image_sha256, box=r.box, low_quality=not r.quality_ok,
                     false_match_rate=fmr, strangers_expected=None if fmr is None else fmr * gallery,
                     near_duplicates=tuple(best[i][1].face_id for i in group[1:]),
+                    false_match_rate_below=(self.calibration.rate_below(sim, probe_ok, r.quality_ok, second_look)
+                                            if self.calibration else None),
                 )
             )
         return hits

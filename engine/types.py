@@ -49,6 +49,9 @@ class Hit:
     false_match_rate: float | None  # calibrated chance that one stranger scores this high
     strangers_expected: float | None  # gallery faces x false_match_rate
     near_duplicates: tuple[int, ...] = ()  # face ids of near-identical copies of this image, shown as this one hit
+    # Set when no impostor pair of the comparison's calibration table scored this high: the false-match rate is only
+    # known to be below this (1 / the table's impostor pairs); false_match_rate is then half of it (Calibration.rate_below)
+    false_match_rate_below: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,9 @@ class SearchResult:
     frame: int = 1  # the frame of an animated photo that was searched (1-based)
     frames: int = 1  # frames the photo has
     rotation: int = 0  # degrees clockwise the photo was turned to find an upright face (orientation not recorded)
+    # SIGHTLINE_THRESHOLD_STRONG was set by hand: "strong" is that one score for every quality class, not the class's
+    # calibrated threshold (the odds of each hit still come from its class's table)
+    strong_threshold_set: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ sendChatAction, edit*, answerCallbackQuery, the command-menu methods (kept per s
 Telegram keeps them) and deleteWebhook. Unknown methods answer ok with `true`. Users may have a Telegram app
 language (`set_user_language`), sent as `from.language_code` as Telegram does. Every call but getUpdates is
 recorded (method, decoded parameters, uploaded files) so tests can wait for it and assert on what a user
-would see.
+would see; getUpdates requests are counted (`polls`) and can be answered with any bytes (`garbled_updates`).
 
 It refuses what Telegram refuses, with Telegram's 400 descriptions (core.telegram.org/bots/api; the texts
 are the ones the Bot API server answers): message text over 4,096 or caption over 1,024 UTF-16 code units
@@ -93,6 +93,8 @@ class FakeBotAPI:
         self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (scope JSON, language_code) -> menu
         self.user_languages: dict[int, str] = {}  # user id -> language_code of their Telegram app
         self._updates: list[dict[str, Any]] = []
+        self.polls = 0  # getUpdates requests answered (they are not recorded in `calls`)
+        self.garbled_updates: bytes | None = None  # when set, getUpdates answers these bytes (HTTP 200) instead
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -139,6 +141,9 @@ class FakeBotAPI:
         method = request.match_info["method"]
         params, files = await _read_params(request)
         if method == "getUpdates":
+            self.polls += 1
+            if self.garbled_updates is not None:  # a broken Bot API or a proxy: answered at once, as Telegram would not
+                return web.Response(body=self.garbled_updates, content_type="application/json")
             return _ok(await self._get_updates(params))
         call = Call(len(self.calls), method, params, files)
         failures = self._failures.get(method)

@@ -572,3 +572,29 @@ async def test_a_crowd_photo_with_more_faces_than_buttons(bot: BotHarness) -> No
     last = chooser.buttons[-1]["callback_data"]
     mark = bot.fake.press(officer, chooser.message, last)
     assert (await bot.fake.wait_for("sendPhoto", chat_id=officer, since=mark, timeout=60)).text
+
+
+@pytest.mark.parametrize("body", [b"<html>not JSON", b'{"ok": true}', b'{"ok": true, "result": 5}',
+                                  b'{"ok": true, "result": [{"update_id": "x", "message": {"text": "Ada Lovelace"}}]}'])
+async def test_a_bot_api_answering_malformed_updates_is_polled_with_growing_pauses(
+        bot: BotHarness, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """getUpdates answering garbage: PTB polled again at once for JSON that is not updates (~190 polls a second, found by
+    a hostile tester); now a pause of 1 s growing to 30 s, one warning per failed poll, and after a good answer the bot
+    polls at once and answers messages again."""
+    assert (await bot.command(BOT_ADMIN, "/stats")).text.startswith("Gallery:")
+    caplog.set_level("WARNING", logger="bot.handlers.errors")
+    bot.fake.garbled_updates = body
+    start, polls = time.monotonic(), bot.fake.polls
+    await asyncio.sleep(5)
+    bad = bot.fake.polls - polls  # 0, 1, 2.5, 4.75 s (+ the poll under way when it broke); at once, it was hundreds
+    assert 2 <= bad <= 6, (bad, time.monotonic() - start)
+    failures = [r for r in caplog.records if r.name == "bot.handlers.errors"]
+    assert failures and all(r.levelname == "WARNING" and "cannot fetch updates from Telegram (UnreadableUpdates" in r.getMessage()
+                            for r in failures), [r.getMessage() for r in failures]
+    assert not any("Ada Lovelace" in r.getMessage() for r in failures)  # the answer is not quoted
+    bot.fake.garbled_updates = None
+    reply = await bot.command(BOT_ADMIN, "/stats", timeout=15)  # the next pause is at most 5 s
+    assert reply.text.startswith("Gallery:")
+    polls = bot.fake.polls
+    await asyncio.sleep(2)
+    assert bot.fake.polls - polls >= 3, "the pause was not reset by a good answer"  # long polls of 0.25 s follow at once

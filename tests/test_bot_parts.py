@@ -42,6 +42,19 @@ def test_stranger_odds_in_plain_words(expected: float, gallery: int, words: str)
     assert texts.strangers(EN, expected, gallery).startswith(words)
 
 
+@pytest.mark.parametrize(
+    "below,gallery,words",
+    [
+        (1 / 240_093, 4, "odds a stranger scores this high here: below 1 in 60,000 (none did in our tests, too few to say how far below)"),
+        (1 / 240_093, 1_000_000, "no stranger scored this high in our tests, too few to rule out ~4.2 in this gallery of 1,000,000 faces"),
+    ],
+)
+def test_odds_beyond_the_calibration_table_are_said_as_a_bound(below: float, gallery: int, words: str) -> None:
+    """No stranger of the class's table scored this high: a bound set by how many pairs it has, not a measured rate
+    (nor "weak: ~2 strangers" for an exact copy of a poor gallery photo in a large gallery)."""
+    assert texts.strangers(EN, below / 2 * gallery, gallery, below) == words
+
+
 def test_hit_lines_show_rank_subject_percentage_band_odds_and_source() -> None:
     lines = texts.hit_lines(EN, hit(), 1000, linked=True)
     assert lines == [

@@ -191,16 +191,26 @@ def test_numbers_in_range_are_taken() -> None:
     assert build_parser().parse_args(["search", "p.jpg", "--top", "100"]).top == 100
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["search", "p.jpg", "--top", "0", "--json"], "0 is out of range: give 1 to 100"),
-    (["search", "--json"], "the following arguments are required: photo"),
-    (["stats", "--bogus", "--json"], "unrecognized arguments: --bogus"),  # the top-level parser's own error
-    (["index", "photos", "--concurrency", "x", "--js"], "'x' is not a whole number"),  # --json abbreviated, as argparse takes it
-    (["forget", "--subject", "x", "--json"], "unrecognized arguments: --json"),  # no --json here, but JSON was asked for
-    (["audit", "tail", "99999999999999999999", "--json"], "99999999999999999999 is out of range: give 0 to 1000000000"),
+@pytest.mark.parametrize(("argv", "says", "usage"), [
+    (["search", "p.jpg", "--top", "0", "--json"], "0 is out of range: give 1 to 100", "search"),
+    (["search", "--json"], "the following arguments are required: photo", "search"),
+    (["stats", "--bogus", "--json"], "unrecognized arguments: --bogus", "stats"),  # was the top-level parser's usage
+    (["stats", "--json", "--bogus"], "unrecognized arguments: --bogus", "stats"),
+    (["--json", "stats", "--bogus"], "unrecognized arguments: --bogus", "stats"),  # --json before the command
+    (["stats", "--json=yes"], "argument --json: ignored explicit argument 'yes'", "stats"),  # was argparse's text
+    (["--json=yes", "stats"], "argument --json: ignored explicit argument 'yes'", ""),  # the top-level parser's option
+    (["index", "photos", "--concurrency", "x", "--js"], "'x' is not a whole number", "index"),  # --json abbreviated, as argparse takes it
+    (["forget", "--subject", "x", "--json"], "unrecognized arguments: --json", "forget"),  # no --json here, but JSON was asked for
+    (["--json", "forget", "--subject", "x"], "argument --json: this command has no JSON output", "forget"),
+    (["--json", "audit", "tail", "3"], "argument --json: this command has no JSON output", "audit tail"),
+    (["audit", "tail", "99999999999999999999", "--json"], "99999999999999999999 is out of range: give 0 to 1000000000", "audit tail"),
+    (["--json"], "give a command", ""),
+    (["--json", "nonsense"], "invalid choice: 'nonsense'", ""),
 ])
-def test_usage_errors_with_json_are_one_json_object(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """README: with --json, errors are JSON on standard output; argparse's usage errors too (exit 2, nothing on stderr)."""
+def test_usage_errors_with_json_are_one_json_object(argv: list[str], says: str, usage: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """README: with --json (before or after the command), errors are JSON on standard output; argparse's usage errors
+    too (exit 2, nothing on stderr), with the usage of the command that refused them."""
     from bot.cli import main
 
     code = main(argv)
@@ -209,7 +219,31 @@ def test_usage_errors_with_json_are_one_json_object(argv: list[str], says: str, 
     assert len(out.splitlines()) == 1, out
     error = json.loads(out)["error"]
     assert error["type"] == "UsageError" and error["reason"] == "usage", error
-    assert says in error["message"] and error["usage"].startswith("usage: sightline"), error
+    expected = f"usage: sightline {usage} ".replace("  ", " ") if usage else "usage: sightline [-h]"
+    assert says in error["message"] and error["usage"].startswith(expected), error
+    assert error["message"].startswith(f"sightline {usage}:".replace(" :", ":")), error
+
+
+def test_json_goes_before_or_after_the_command(tmp_path: Path) -> None:
+    """`sightline --json stats` was refused ("unrecognized arguments: --json"); it is `sightline stats --json`."""
+    data = gallery_copy(tmp_path / "data")
+    before = cli("--json", "--data-dir", str(data), "stats")
+    after = cli("--data-dir", str(data), "stats", "--json")
+    assert before[0] == after[0] == 0, (before, after)
+    first, second = json.loads(before[1]), json.loads(after[1])
+    assert first.keys() == second.keys() and first["faces"] == second["faces"] == 3, after  # (a latency differs)
+    code, out, _ = cli("--json", "--data-dir", str(tmp_path / "nowhere"), "stats")  # errors after parsing: JSON too
+    assert code == 1 and json.loads(out)["error"]["type"] == "StorageError", out
+    code, out, err = cli("--data-dir", str(data), "stats")  # neither: text
+    assert code == 0 and out.startswith("images"), (out, err)
+
+
+def test_an_unknown_option_after_a_command_shows_that_commands_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    assert main(["stats", "--bogus"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: sightline stats") and "sightline stats: error: unrecognized arguments: --bogus" in err, err
 
 
 def test_usage_errors_without_json_stay_argparse_text(capsys: pytest.CaptureFixture[str]) -> None:

@@ -293,6 +293,52 @@ async def test_a_bot_api_that_goes_away_while_running_is_one_warning_a_poll(tmp_
     assert any("could not mark the last updates read while stopping (NetworkError" in line for line in lines), stderr
 
 
+async def test_a_running_bot_fed_updates_it_cannot_read_pauses_and_never_logs_them(tmp_path: Path) -> None:
+    """`sightline run` while the Bot API answers getUpdates with JSON that is not updates: PTB polled again at once
+    (~190 times a second) and logged each answer whole, messages and names included, as CRITICAL with a traceback;
+    now polls pause (1 s growing to 30 s), each is one warning, and the answer is never logged."""
+    from fakebotapi import FakeBotAPI
+
+    fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), "--data-dir", str(tmp_path / "data"), "run", cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
+             "SIGHTLINE_TELEGRAM_TOKEN": fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
+             "SIGHTLINE_TELEGRAM_API_URL": fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": fake.base_file_url},
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def until(text: str) -> None:
+        while not any(text in line for line in lines):
+            line = await proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, "\n".join(lines)
+            lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    try:
+        await asyncio.wait_for(until("Application started"), TIMEOUT_S)
+        fake.garbled_updates = b'{"ok": true, "result": [{"update_id": "x", "message": {"text": "Ada Lovelace"}}]}'
+        polls = fake.polls
+        await asyncio.sleep(6)
+        bad = fake.polls - polls
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.stderr.read(), 90)
+        lines.extend(rest.decode(errors="replace").splitlines())
+        assert await proc.wait() == 0, "\n".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await fake.stop()
+    stderr = "\n".join(lines)
+    assert 1 <= bad <= 7, (bad, stderr)  # pauses of 1, 1.5, 2.25 s ...; before: over a thousand
+    failed = [line for line in lines if "cannot fetch updates from Telegram (UnreadableUpdates" in line]
+    assert 1 <= len(failed) <= bad and all(" WARNING bot.handlers.errors: " in line for line in failed), stderr
+    assert "Ada Lovelace" not in stderr and "Traceback" not in stderr and "  File " not in stderr, stderr
+    assert error_lines(stderr) == [], stderr
+
+
 @pytest.mark.parametrize("body", [b"<html><body>502 Bad Gateway: proxy says no</body></html>", b"\x00\xff\xfe garbage \x89PNG"])
 def test_a_bot_api_answering_something_else_than_json_is_one_line(tmp_path: Path, body: bytes) -> None:
     """A proxy's error page or binary garbage where the Bot API should be: PTB logged every attempt as an ERROR with a

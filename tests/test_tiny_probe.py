@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,39 @@ async def test_a_strong_hit_on_a_tiny_probe_is_not_called_a_weak_lead(start_bot:
         await engine.close()
 
 
+BY_HAND = ("and the match thresholds were set by hand: a strong match does not allow for its quality; "
+           "treat any match as a weak lead.")
+
+
+async def test_with_the_strong_threshold_set_by_hand_the_line_does_not_claim_calibrated_odds(
+        start_bot: Any, gallery_copy: Path, tmp_path: Path) -> None:
+    """SIGHTLINE_THRESHOLD_STRONG set: "strong" is the operator's one score for every quality class, not the poor class's
+    calibrated threshold, so the line said something untrue ("the odds shown for a strong match allow for its
+    quality"); now it says the thresholds were set by hand."""
+    from bot.settings import Settings
+
+    settings = Settings(data_dir=gallery_copy, threshold_strong=0.35, require_case=True)  # as SIGHTLINE_THRESHOLD_STRONG
+    engine = await Engine.open(settings.engine_config())
+    try:
+        bot = await start_bot(engine=engine, threshold_strong=0.35)
+        officer = new_user_id()
+        await bot.allow(officer)
+        probe = (await tiny_probes(engine))[0]
+        r = await engine.search(probe, actor="t", case="C-1")
+        assert not r.faces[r.searched - 1].quality.ok and r.hits[0].band == "strong" and r.strong_threshold_set
+        bot.fake.send_photo(officer, probe)
+        reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+        poor = [line for line in reply.text.splitlines() if line.startswith("This photo is poor (")]
+        assert len(poor) == 1 and "px wide" in poor[0] and poor[0].endswith(BY_HAND), reply.text
+        assert "allow for its quality;" not in reply.text.replace(BY_HAND, ""), reply.text
+        bot.fake.set_user_language(officer, "fr")  # the officer's Telegram app is in French
+        bot.fake.send_photo(officer, probe)
+        reply = await bot.fake.wait_for("sendPhoto", chat_id=officer)
+        assert "les seuils de correspondance ont été fixés à la main" in reply.text, reply.text
+    finally:
+        await engine.close()
+
+
 @pytest.mark.parametrize("language", ["fr_BE", "nl_BE", "de_BE"])
 def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
     t = load_language(language)
@@ -73,6 +107,10 @@ def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
     assert strong != texts.quality_warning(EN, warnings, strong_hit=True)  # translated, not left in English
     assert t.pgettext("band", "strong") in strong  # the band word the hit line shows
     assert t.pgettext("band", "possible") in strong
+    by_hand = texts.quality_warning(t, warnings, strong_hit=True, strong_set=True)
+    assert by_hand and by_hand not in (weak, strong) and texts.warning_text(t, warnings[0]) in by_hand
+    assert by_hand != texts.quality_warning(EN, warnings, strong_hit=True, strong_set=True)
+    assert texts.quality_warning(t, warnings, strong_hit=True, calibrated=False) == weak  # no calibration: no odds to vouch for
 
 
 def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,3 +131,62 @@ def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytes
     assert "Barack_Obama" in out and "strong" in out and "px wide" in out
     assert WEAK not in out
     assert "this photo is poor: the odds shown for a strong match allow for its quality" in out
+
+
+def test_the_cli_says_when_the_strong_threshold_was_set_by_hand(gallery_copy: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def probes() -> list[bytes]:
+        engine = await Engine.open(make_config(tmp_path / "scratch"))
+        try:
+            return await tiny_probes(engine)
+        finally:
+            await engine.close()
+
+    probe = tmp_path / "small.jpg"
+    probe.write_bytes(asyncio.run(probes())[0])
+    monkeypatch.setenv("SIGHTLINE_THRESHOLD_STRONG", "0.35")
+    code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Barack_Obama" in out and "(strong" in out, out
+    assert "this photo is poor and the match thresholds were set by hand: a strong match does not allow for its quality" in out
+    assert "the odds shown for a strong match allow" not in out, out
+    code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["strong_threshold_set"] is True
+
+
+async def test_an_exact_copy_of_a_poor_gallery_photo_shows_its_odds_as_a_bound(tmp_path: Path) -> None:
+    """The poor-poor table has 240,093 impostor pairs, none above 0.51: an exact copy (100 %) of a poor gallery photo got
+    half of 1/240,093, so it read as less sure ("1 in 120,000" here) than a good photo's 49 % hit on a poor probe ("1 in
+    1,200,000", half of good-poor's bound). Both are bounds of how many pairs the tables have, and are now said so."""
+    from bot.i18n import ENGLISH
+
+    engine = await Engine.open(make_config(tmp_path / "data", require_case=False))
+    try:
+        await engine.enroll((DEV / "Tony_Blair" / "1.jpg").read_bytes(), subject="Tony_Blair", source_url="https://x.example/1",
+                            actor="t")
+        clean = next(f for f in await engine.detect((DEV / "Tony_Blair" / "2.jpg").read_bytes()) if f.primary)
+        small = shrunk("Tony_Blair/2.jpg", 24, clean.box[2] - clean.box[0])
+        await engine.enroll(small, subject="tiny", source_url="https://x.example/tiny", actor="t")
+        result = await engine.search(small, actor="t")
+        assert not result.faces[result.searched - 1].quality.ok
+        copy, mate = result.hits[0], result.hits[1]
+        assert (copy.subject, mate.subject) == ("tiny", "Tony_Blair") and copy.similarity > 0.99 > mate.similarity, result.hits
+        assert engine.calibration is not None
+        poor_poor, good_poor = engine.calibration.pairs["poor-poor"], engine.calibration.pairs["good-poor"]
+        assert copy.low_quality and copy.false_match_rate_below == 1 / poor_poor.impostor_pairs
+        assert copy.false_match_rate == pytest.approx(copy.false_match_rate_below / 2)  # unchanged: the table's stand-in
+        assert mate.similarity > good_poor.scores[-1] and mate.false_match_rate_below == 1 / good_poor.impostor_pairs
+        copy_line, mate_line = (texts.hit_lines(ENGLISH, h, result.gallery_faces, linked=True)[1] for h in (copy, mate))
+        def one_in(pairs: int) -> str:
+            return ENGLISH.number(texts._nice(pairs / result.gallery_faces))  # e.g. 80,000 in 3 gallery faces
+
+        assert copy_line.strip() == (f"odds a stranger scores this high here: below 1 in {one_in(poor_poor.impostor_pairs)} "
+                                     "(none did in our tests, too few to say how far below)"), copy_line
+        assert mate_line.strip().startswith(f"odds a stranger scores this high here: below 1 in {one_in(good_poor.impostor_pairs)} ")
+        assert engine.calibration.rate_below(good_poor.scores[-1] - 0.05, False, True) is None  # a measured rate stays one
+    finally:
+        await engine.close()

@@ -46,11 +46,12 @@ _json_usage_errors: ContextVar[bool] = ContextVar("json_usage_errors", default=F
 
 
 def wants_json(argv: Sequence[str]) -> bool:
-    """Whether `argv` holds --json (or an abbreviation argparse would take for it) before any `--`."""
+    """Whether `argv` holds --json (or an abbreviation argparse would take for it, or --json=VALUE) before any `--`."""
     for token in argv:
         if token == "--":
             return False
-        if len(token) >= 3 and "--json".startswith(token):
+        option = token.split("=", 1)[0]
+        if len(option) >= 3 and "--json".startswith(option):
             return True
     return False
 
@@ -70,6 +71,19 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class CommandParser(Parser):
+    """A sub-command's parser. Arguments it does not know are its own usage error (argparse leaves them to the top-level
+    parser, whose usage names no option of the command)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, with unknown arguments a usage error (everything after the command's name is the command's)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
     parser = Parser(
@@ -77,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--json", action="store_true", help="print JSON, errors included (commands with --json; also after the command)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -97,12 +112,22 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add sub-command `name` (help, description and the rest as argparse takes them), run by `func(args)`."""
     parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, command_parser=parser)
     # The global options also after the command (`sightline stats --data-dir D`), as operators type them; left out,
     # they keep what was given before the command.
     parser.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
     return parser
+
+
+def add_json(parser: argparse.ArgumentParser, help: str = "print JSON instead of text") -> None:  # noqa: A002 (argparse's name)
+    """Give a command --json (JSON output, errors included); left out, it keeps a --json given before the command."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=help)
+
+
+def has_json(parser: argparse.ArgumentParser) -> bool:
+    """Whether a command's parser takes --json."""
+    return "--json" in parser._option_string_actions  # noqa: SLF001 (argparse keeps no public index of its options)
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:
@@ -203,6 +228,11 @@ def _main(argv: list[str] | None) -> int:
     asked = _json_usage_errors.set(wants_json(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
+        command: argparse.ArgumentParser | None = getattr(args, "command_parser", None)
+        if args.json and command is not None and not has_json(command):  # `sightline --json forget ...`
+            command.error("argument --json: this command has no JSON output")
+        if command is None and args.json:  # `sightline --json` alone
+            parser.error("give a command")
     except SystemExit as stop:  # a usage error (already reported) or --help: its exit code, for in-process callers too
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     finally:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command, given_path, int_in, missing_gallery, seconds
+from bot.cli import add_command, add_json, given_path, int_in, missing_gallery, seconds
 from engine import Engine, EngineError, ImageRejected, InvalidArgument, NoFaceFound, SearchResult, StorageError, fsmodes, images, labels
 from engine.engine import normalize_expiry
 from engine.errors import IndexUnavailable, is_damaged_database, is_disk_full
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--save-every", type=seconds, default=SAVE_EVERY_S, metavar="SECONDS",
                    help=f"checkpoint the index this often during the run (default {SAVE_EVERY_S:.0f})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary (and any error) as JSON")
+    add_json(p, "print the summary (and any error) as JSON")
 
     p = add_command(
         sub, "search", cmd_search,
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--face", type=int_in(1, 1000), help="search face N of the photo (numbered left to right, 1-1000)")
     p.add_argument("--case", help="case reference the search is made for (recorded in the audit log); required unless "
                    "SIGHTLINE_REQUIRE_CASE=false")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json(p, "print JSON instead of text")
 
     p = add_command(
         sub, "forget", cmd_forget,
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     p = add_command(sub, "stats", cmd_stats, help="counts and sizes of the gallery", description="Counts and sizes of the gallery.")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p, "print JSON")
 
     p = add_command(
         sub, "purge", cmd_purge,
@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "accepted (too long, a malformed link) are listed for a person to fix. The change is audited.",
     )
     p.add_argument("--dry-run", action="store_true", help="only report what would change")
-    p.add_argument("--json", action="store_true", help="print the changes as JSON")
+    add_json(p, "print the changes as JSON")
 
 
 # -- index --------------------------------------------------------------------------------------
@@ -392,13 +392,15 @@ def search_json(result: SearchResult) -> dict[str, Any]:
         "rotation": result.rotation,
         "threshold": result.threshold,
         "calibrated": result.calibrated,
+        "strong_threshold_set": result.strong_threshold_set,
         "gallery_faces": result.gallery_faces,
         "audit_seq": result.audit_id,
         "hits": [
             {"rank": h.rank, "subject": h.subject, "similarity": h.similarity, "band": h.band,
              "source_url": h.source_url, "image_sha256": h.image_sha256, "box": list(h.box), "face_id": h.face_id,
              "low_quality": h.low_quality, "false_match_rate": h.false_match_rate,
-             "strangers_expected": h.strangers_expected, "near_duplicates": len(h.near_duplicates),
+             "strangers_expected": h.strangers_expected, "false_match_rate_below": h.false_match_rate_below,
+             "near_duplicates": len(h.near_duplicates),
              "near_duplicate_face_ids": list(h.near_duplicates)}
             for h in result.hits
         ],
@@ -417,7 +419,11 @@ def search_text(result: SearchResult) -> str:
         warn = f"  ({'; '.join(f.quality.warnings)})" if f.quality.warnings else ""
         lines.append(f" {mark} face {f.number}: box {f.box}, detector {f.det_score:.2f}, {f.quality.width_px} px{warn}")
     searched = result.faces[result.searched - 1]
-    if not searched.quality.ok and any(h.band == "strong" for h in result.hits):
+    strong_hit = any(h.band == "strong" for h in result.hits)
+    if not searched.quality.ok and strong_hit and result.strong_threshold_set:  # texts.quality_warning says why
+        lines.append("this photo is poor and the match thresholds were set by hand: a strong match does not allow for its "
+                     "quality; treat any match as a weak lead")
+    elif not searched.quality.ok and strong_hit and result.calibrated:
         lines.append("this photo is poor: the odds shown for a strong match allow for its quality; treat a possible match as "
                      "a weak lead")
     elif not searched.quality.ok:
@@ -431,7 +437,10 @@ def search_text(result: SearchResult) -> str:
         lines.append("matches (leads, not identifications):")
         for h in result.hits:
             extra = ""
-            if h.strangers_expected is not None:
+            if h.false_match_rate_below is not None:  # texts.strangers says why
+                extra = (f", fewer than {h.false_match_rate_below * result.gallery_faces:.2g} strangers expected this close "
+                         "(none in the calibration's comparisons, too few to say how many fewer)")
+            elif h.strangers_expected is not None:
                 extra = f", ~{h.strangers_expected:.2g} strangers expected this close"
             lines.append(
                 f"  {h.rank}. {h.subject or 'unlabelled'}  {h.similarity * 100:.1f}% ({h.band}{extra})  {h.source_url}"

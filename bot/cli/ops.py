@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.cli import add_command
+from bot.cli import add_command, add_json
 from engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "if any failed.",
     )
     p.add_argument("--skip-telegram", action="store_true", help="don't contact the Bot API (offline machines)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json(p, "print JSON instead of text")
     p.add_argument("--deep", action="store_true",
                    help="also verify every stored embedding (checksum, unit length) and every index vector against "
                    "it (reads the whole gallery: minutes at 1 M faces)")

@@ -10,6 +10,7 @@ from telegram.error import Conflict, Forbidden, NetworkError, TelegramError
 from bot import texts
 from bot.context import BotContext
 from bot.i18n import Language
+from bot.telegram_io import UnreadableUpdates
 from engine import EngineError
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,15 @@ def _language(update: Update, context: BotContext) -> Language:
 async def on_error(update: object, context: BotContext) -> None:
     """Log every unexpected exception with its traceback, count it, and tell the user we failed.
 
-    A failed poll for updates (Telegram unreachable, a proxy's 5xx, another instance polling) is expected operation,
-    not a bug: one warning line, counted, no traceback (PTB's Updater retries with growing pauses up to 30 s).
+    A failed poll for updates (Telegram unreachable, a proxy's 5xx or garbage, another instance polling) is expected
+    operation, not a bug: one warning line, counted, no traceback (PTB's Updater retries with growing pauses up to 30 s).
     """
     error = context.error
     what = f"update {update.update_id}" if isinstance(update, Update) else "a job or the updater"
     if isinstance(error, Forbidden):  # the user blocked the bot: nobody to apologise to
         logger.info("cannot reach the user while handling %s: %s", what, error)
         return
-    if update is None and isinstance(error, NetworkError | Conflict):  # getUpdates failed: PTB's Updater polls again
+    if update is None and isinstance(error, NetworkError | Conflict | UnreadableUpdates):  # getUpdates failed: PTB's Updater polls again
         logger.warning("cannot fetch updates from Telegram (%s: %s); polling again", type(error).__name__, error)
         context.metrics.error("telegram")
         return
