@@ -648,6 +648,44 @@ async def test_engine_rebuilds_an_index_file_of_format_1_and_says_so(gallery_cop
     assert "index rebuilt" in log and read_sidecar(gallery_copy / "gallery.usearch")["format"] == 2
 
 
+async def test_engine_rebuilds_an_index_of_the_code_model_before_and_says_so(
+        gallery_copy: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An index built with the code model shipped before (its 512 bits a dense random rotation, not the structured one
+    now) is rebuilt from the database at start-up with the shipped model, progress in the log, and answers as before."""
+    import logging
+
+    from conftest import dev_identities, make_config
+    from engine import Engine
+
+    caplog.set_level(logging.INFO)
+    probe = dev_identities()["Colin_Powell"][1].read_bytes()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        shipped = engine.index.code_model
+        assert isinstance(engine.index, HammingIndex) and shipped.lead == 128 and shipped.signs is not None  # structured
+        before = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    sha = next(codes.TABLES.glob(f"*{codes.SUFFIX}")).name[: -len(codes.SUFFIX)]  # the one shipped model
+    old = codes.CodeModel(shipped.mean, np.hstack([shipped.weights[:, :128], codes.random_rotation(512, 512)]), "before", 128)
+    old.save(tmp_path / f"{sha}{codes.SUFFIX}")
+    monkeypatch.setattr(codes, "TABLES", tmp_path)
+    engine = await Engine.open(make_config(gallery_copy))  # built again with the model of before
+    await engine.close()
+    monkeypatch.undo()
+    caplog.clear()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        assert engine.index.code_model.key == shipped.key and len(engine.index) == len(await engine.store.face_ids())
+        after = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    assert after == before and after
+    log = caplog.text
+    assert f"built with codes {old.key!r}, not {shipped.key!r}" in log and "building the HammingIndex index from the database's" in log
+    assert "index rebuilt" in log
+
+
 def test_scan_kernels_work_where_numba_cannot_cache() -> None:
     """A read-only install with no writable home: numba refuses cache=True there, so the kernels compile in-process."""
     import subprocess
