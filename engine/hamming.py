@@ -456,7 +456,9 @@ class HammingIndex:
         # overlaps the encoding and the sample. So the buffers are sized before the sample: room for 3 x MARGIN x keep in
         # all (the scan keeps ~1.2-1.8 x keep at 1 M: the 128-bit distances are coarse); a chunk that keeps more is
         # scanned again with room for all (_finish_scan).
-        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled else bits, bits, n,
+        # (the other threads start with t < 0 whenever the query's scanned bits are still to be encoded here: they wait for
+        # job[T], published once the bits are written - a helper that scanned before saw a query code half written)
+        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled or x is not None else bits, bits, n,
                        min(chunk, int(chunk * (3 * MARGIN * keep if sampled else n) / n) + 256),
                        np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1, 0, 0], dtype=np.int64),  # (scan.CLAIM...)
                        rank or _NO_RANK)
@@ -464,6 +466,9 @@ class HammingIndex:
         if not sampled:
             if x is not None:
                 scan.encode_query(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes])
+                job.t = bits
+                job.args = (*job.args[:4], job.t, *job.args[5:])
+                job.counters[scan.T] = job.t  # the other threads start scanning
             return job
         runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
         exact = runs == 1  # the sample is the gallery
