@@ -29,7 +29,7 @@ from bot.handlers import access, audit, case, confirm, enroll, errors, forget, l
 from bot.handlers import help as guide
 from bot.i18n import LanguageError, describe
 from bot.settings import Settings
-from bot.telegram_io import FittingBot, RetryingRateLimiter
+from bot.telegram_io import FittingBot, RetryingRateLimiter, error_text
 from engine import Engine, EngineError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def build_application(settings: Settings, engine: Engine | None = None) -> BotAp
     if engine is not None:
         application.bot_data[ENGINE_KEY] = engine
     add_handlers(application)
+    bot.on_poll_failure(lambda error, pause: errors.poll_failed(application, error, pause))
     return application
 
 
@@ -189,8 +190,9 @@ async def _post_shutdown(application: BotApplication) -> None:
 async def polling(application: BotApplication, **start_polling: Any) -> AsyncIterator[BotApplication]:
     """Run the bot with long polling inside an already running event loop, as `run_polling` would.
 
-    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown. Errors of
-    getUpdates go to the error handlers (update None), as run_polling's error callback sends them.
+    initialize -> post_init -> start polling -> start ... stop -> post_stop -> shutdown -> post_shutdown. A failed
+    poll is reported, paused and retried inside FittingBot.get_updates (errors.poll_failed); any error of getUpdates
+    that still reaches PTB's loop goes to the error handlers (update None), as run_polling's error callback sends it.
     """
     updater = application.updater
     assert updater is not None
@@ -233,9 +235,9 @@ class QuietNetworkRecords(logging.Filter):
     * "Error while calling `get_updates` one more time ..." (stopping while Telegram is unreachable): one line with
       the cause instead of a traceback;
     * "Error while parsing updates! Received data was ..." (getUpdates answered JSON that is not updates): dropped, as
-      it quotes the whole answer; bot.telegram_io.FittingBot.get_updates raises UnreadableUpdates instead, which
-      `on_error` logs in one line (and PTB's retry loop then pauses, up to 30 s).
-    Errors of the polling loop itself reach `bot.handlers.errors.on_error`, which logs them in one line too.
+      it quotes the whole answer; bot.telegram_io.FittingBot.get_updates treats it as UnreadableUpdates instead, which
+      `bot.handlers.errors.poll_failed` logs in one line (and the next poll waits, up to 30 s).
+    "Network Retry Loop (Polling Updates): ... Invalid token" cannot happen while running: get_updates handles a 401.
     """
 
     def __init__(self) -> None:
@@ -262,8 +264,8 @@ class QuietNetworkRecords(logging.Filter):
                               (type(error).__name__, str(error)[:200]))
         if record.exc_info and text.startswith("Error while calling `get_updates` one more time"):
             error = record.exc_info[1]
-            record.msg = "could not mark the last updates read while stopping (%s: %s): Telegram may deliver them again"
-            record.args = (type(error).__name__, error)
+            record.msg = "could not mark the last updates read while stopping (%s): Telegram may deliver them again"
+            record.args = (error_text(error) if error else "?",)
             record.levelno, record.levelname = logging.WARNING, "WARNING"  # nothing is lost that Telegram keeps
             record.exc_info = None
             record.exc_text = None
@@ -291,12 +293,21 @@ REPEAT_S = 60.0  # QuietNetworkRecords lets one record of a kind through per min
 QUIETED_LOGGERS = ("telegram.ext", "telegram.ext.Updater", "telegram.request.BaseRequest", "telegram.ext.ExtBot")
 
 
-def run(settings: Settings) -> int:
-    """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code."""
+def quiet_ptb_records() -> None:
+    """Put QuietNetworkRecords on python-telegram-bot's loggers (once)."""
     for name in QUIETED_LOGGERS:
         ptb = logging.getLogger(name)
         if not any(isinstance(f, QuietNetworkRecords) for f in ptb.filters):
             ptb.addFilter(QuietNetworkRecords())
+
+
+def run(settings: Settings) -> int:
+    """Run the bot until interrupted (long polling, or a webhook when SIGHTLINE_MODE=webhook); the exit code.
+
+    0 after a stop (Ctrl-C, SIGTERM); 2 without a token, with a bad language, or when Telegram refuses the token (at
+    start, or while running: the token was revoked); 1 when the engine or Telegram cannot be reached at start.
+    """
+    quiet_ptb_records()
     try:
         application = build_application(settings)
     except (MissingToken, BadLanguages) as exc:
@@ -306,6 +317,8 @@ def run(settings: Settings) -> int:
         if settings.mode == "webhook":
             return run_webhook(settings, application)
         application.run_polling(allowed_updates=ALLOWED_UPDATES)
+        if isinstance(application.bot, FittingBot) and application.bot.token_refused:
+            return 2  # the token was revoked while running: bot.handlers.errors.poll_failed said so and stopped the bot
     except InvalidToken:
         logger.error("%s", texts.TOKEN_REJECTED)
         return 2

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from telegram.constants import (
     InlineKeyboardMarkupLimit,
     MessageLimit,
 )
-from telegram.error import BadRequest, NetworkError, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import AIORateLimiter, ExtBot
 
 logger = logging.getLogger(__name__)
@@ -290,32 +292,161 @@ class UnreadableUpdates(TelegramError):
     """The Bot API answered getUpdates with something that is not updates (not JSON, no `result`, not Update objects)."""
 
 
+# How polling for updates (FittingBot.get_updates) treats a failed or odd getUpdates answer. README "If the Bot API
+# cannot be reached" says the same in words.
+POLL_PAUSE_FIRST = 1.0  # s after the first failed poll; as PTB's own retry loop (telegram/ext/_utils/networkloop.py)
+POLL_PAUSE_GROWTH = 1.5  # each further failure in a row pauses this much longer ...
+POLL_PAUSE_MAX = 30.0  # ... up to this (PTB's cap too)
+# A 429's retry_after is honoured up to this: Telegram's flood waits on getUpdates are seconds; a proxy or broken server
+# asking for 100,000 s would silence the bot for a day. Polling early just gets another 429 (and another pause).
+RATE_LIMIT_PAUSE_MAX = 300.0
+POLL_MARGIN = 5.0  # s: a getUpdates call gets long-poll timeout + read timeout + this overall, even on a trickling body
+STOPPING_CALL_LIMIT = 2.0  # s: PTB's last getUpdates while stopping (timeout 0, to mark updates read) gets no more
+EARLY_FRACTION = 0.1  # an empty answer within a tenth of the long-poll timeout is "early" (Telegram waits it out) ...
+EARLY_STREAK = 3  # ... and after this many early empty answers in a row, each next poll waits
+EARLY_PAUSE = 1.0  # this long first: at most one poll a second while a server answers long polls at once
+ERROR_TEXT_LIMIT = 300  # characters of an error's text in a log line (a proxy's page can be 200 kB)
+
+
+# PTB's NetworkError for an HTTP error whose body is not JSON quotes the body (telegram/request/_baserequest.py)
+NOT_JSON = re.compile(r"\. Parsing the server response .* failed$", re.DOTALL)
+
+
+def error_text(error: BaseException) -> str:
+    """`Kind: message` of an error on one line, cut to ERROR_TEXT_LIMIT (not "Conflict: Conflict: ..." when the message
+    already starts with its kind); a body that is not JSON (a proxy's page: anything) is described, not quoted."""
+    text = single_line(NOT_JSON.sub(". The answer is not JSON (a proxy's page?)", str(error))).strip()
+    name = type(error).__name__
+    if not text.startswith(name):
+        text = f"{name}: {text}" if text else name
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[:ERROR_TEXT_LIMIT - 1] + ELLIPSIS
+
+
+def seconds(period: Any) -> float:
+    """A PTB time period (seconds, a timedelta or None) in seconds."""
+    if period is None:
+        return 0.0
+    if isinstance(period, dt.timedelta):
+        return period.total_seconds()
+    return float(period)
+
+
+PollFailure = Callable[[TelegramError, float], None]  # (the error, the pause before the next poll in s)
+
+
 class FittingBot(ExtBot[None]):
-    """The bot, with a last line of defence for Telegram's length limits, and getUpdates failing loudly on a bad answer.
+    """The bot, with a last line of defence for Telegram's length limits, and polling for updates that survives any
+    answer of the Bot API.
 
     Replies are built to fit; should one not (a translation, a field we forgot), a text over 4,096 is sent as
     several messages (the keyboard on the last), a caption over 1,024 keeps the lines that fit and sends the
     rest as a message, and a button answer is cut to 200. Each such event is logged as a warning.
     """
 
-    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:  # type: ignore[override]
-        """PTB's getUpdates; an answer that is not updates raises UnreadableUpdates instead.
+    def __init__(self, *args: Any, on_poll_failure: PollFailure | None = None, **kwargs: Any) -> None:
+        """ExtBot's arguments; `on_poll_failure` hears of every failed poll (else a warning is logged here)."""
+        super().__init__(*args, **kwargs)
+        self._on_poll_failure = on_poll_failure  # (PTB freezes a bot's public attributes)
+        self._token_refused = False
+        self._failures = 0  # failed polls in a row
+        self._early = 0  # early empty answers in a row
 
-        PTB's Updater (telegram/ext/_updater.py `_start_polling`) logs and swallows any exception of getUpdates that is
-        not a TelegramError and polls again at once: a Bot API or proxy answering JSON that is not updates was polled
-        ~100 times a second. A TelegramError goes to PTB's network retry loop (telegram/ext/_utils/networkloop.py)
-        instead, which pauses 1 s, then 1.5 times longer after each failure up to 30 s, and polls at once again after
-        a good answer; and to run_polling's error callback (bot.handlers.errors.on_error: one warning line). PTB's
-        own error for a body that is not JSON is a bare TelegramError, which on_error would report as a bug.
+    def on_poll_failure(self, callback: PollFailure | None) -> None:
+        """Report every failed poll to `callback(error, pause)` (it must not raise)."""
+        self._on_poll_failure = callback
+
+    @property
+    def token_refused(self) -> bool:
+        """Whether a getUpdates was answered 401 (the token revoked or replaced while running)."""
+        return self._token_refused
+
+    async def _post(self, endpoint: str, data: Any = None, **kwargs: Any) -> Any:
+        """PTB's _post; for getUpdates, raises UnreadableUpdates unless the result is what PTB's Updater relies on: a
+        list of objects, each with an integer update_id (it computes `updates[-1].update_id + 1` outside any handler;
+        a string there ended polling for good)."""
+        result = await super()._post(endpoint, data, **kwargs)
+        if endpoint == "getUpdates":
+            if not isinstance(result, list):
+                raise UnreadableUpdates(f"the answer's result is not a list but {type(result).__name__}")
+            for item in result:
+                update_id = item.get("update_id") if isinstance(item, dict) else None
+                if not isinstance(update_id, int) or isinstance(update_id, bool):
+                    raise UnreadableUpdates("an update is not an object with an integer update_id")
+        return result
+
+    async def get_updates(self, offset: int | None = None, limit: int | None = None, timeout: Any = None,  # type: ignore[override]
+                          allowed_updates: Any = None, **kwargs: Any) -> tuple[Update, ...]:
+        """PTB's getUpdates, for PTB's Updater: a failed poll is reported to `on_poll_failure`, paused after *here*, and
+        answered as "no updates" (an empty tuple), so the Updater polls again at once.
+
+        Why here and not in PTB's retry loop (telegram/ext/_utils/networkloop.py): its pause (1 s growing 1.5 times to
+        30 s) is an asyncio.sleep that stopping the Updater waits out, while this call is raced against the stop (a
+        stop ends it at once); it sleeps a 429's retry_after whole (100,000 s was honoured) and reports neither that
+        nor timeouts; a 401 ends it silently. Rules: any failure (no answer, timed out, an HTTP error, a 409, an
+        answer that is not updates) pauses POLL_PAUSE_FIRST growing POLL_PAUSE_GROWTH times to POLL_PAUSE_MAX; a 429
+        pauses its retry_after, at most RATE_LIMIT_PAUSE_MAX; a good answer resets the pauses. A long poll gets
+        timeout + read timeout + POLL_MARGIN s overall (a body trickling in never times out in httpx). More than
+        EARLY_STREAK empty answers in a row each within EARLY_FRACTION of the timeout pause EARLY_PAUSE. A 401 sets
+        `token_refused` (`on_poll_failure` stops the bot). PTB's last call while stopping (timeout 0) is not paused, gets
+        STOPPING_CALL_LIMIT s, and raises as PTB's own would (PTB logs it).
         """
+        long_poll = seconds(timeout)
+        call = super().get_updates(offset, limit, timeout, allowed_updates, **kwargs)
+        if long_poll <= 0:  # PTB's call to mark the updates read while stopping
+            if self._token_refused:
+                call.close()
+                return ()
+            return await self._within(call, STOPPING_CALL_LIMIT)
+        started = time.monotonic()
         try:
-            return await super().get_updates(*args, **kwargs)
+            updates = await self._within(call, long_poll + self._read_timeout() + POLL_MARGIN)
+        except InvalidToken as exc:
+            self._token_refused = True
+            pause = self._failed(exc, POLL_PAUSE_MAX)
+        except RetryAfter as exc:
+            pause = self._failed(exc, min(seconds(exc._retry_after), RATE_LIMIT_PAUSE_MAX))
         except TelegramError as exc:
-            if type(exc) is not TelegramError:  # NetworkError, Conflict, InvalidToken, RetryAfter: PTB's loop knows them
+            pause = self._failed(exc, min(POLL_PAUSE_FIRST * POLL_PAUSE_GROWTH**self._failures, POLL_PAUSE_MAX))
+        else:
+            self._failures = 0
+            early = not updates and time.monotonic() - started < EARLY_FRACTION * long_poll
+            self._early = self._early + 1 if early else 0
+            if self._early > EARLY_STREAK:
+                if self._early == EARLY_STREAK + 1:
+                    logger.warning("the Bot API answers long polls at once with no updates; polling at most once a second "
+                                   "until it waits again")
+                await asyncio.sleep(EARLY_PAUSE)
+            return updates
+        await asyncio.sleep(pause)  # a stop of the Updater cancels this call, and so the pause
+        return ()
+
+    def _failed(self, error: TelegramError, pause: float) -> float:
+        """Count a failed poll and report it; the pause to make before the next."""
+        self._failures += 1
+        self._early = 0
+        if self._on_poll_failure is not None:
+            self._on_poll_failure(error, pause)
+        else:
+            logger.warning("cannot fetch updates from Telegram (%s); polling again in %.1f s", error_text(error), pause)
+        return pause
+
+    def _read_timeout(self) -> float:
+        """The read timeout of the getUpdates connection in s (PTB's HTTPXRequest: 5 s unless set)."""
+        read_timeout = getattr(self._request[0], "read_timeout", None)
+        return float(read_timeout) if read_timeout else 0.0
+
+    async def _within(self, call: Awaitable[tuple[Update, ...]], limit: float) -> tuple[Update, ...]:
+        """`await call`, turned into TimedOut after `limit` s; anything else but a TelegramError into UnreadableUpdates."""
+        try:
+            return await asyncio.wait_for(call, limit)
+        except TimeoutError:
+            raise TimedOut(f"no complete answer to getUpdates within {limit:.0f} s") from None
+        except TelegramError as exc:
+            if type(exc) is not TelegramError:  # NetworkError, Conflict, InvalidToken, RetryAfter, UnreadableUpdates
                 raise
-            raise UnreadableUpdates(f"the answer is not JSON ({exc})") from exc
+            raise UnreadableUpdates(f"the answer is not JSON ({error_text(exc)})") from exc
         except Exception as exc:
-            raise UnreadableUpdates(f"the answer is not updates ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            raise UnreadableUpdates(f"the answer is not updates ({error_text(exc)[:200]})") from exc
 
     async def initialize(self) -> None:
         """PTB's initialize (open the HTTP clients, then getMe); when getMe fails (the Bot API does not answer, or

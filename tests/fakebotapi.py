@@ -28,7 +28,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,9 @@ class FakeBotAPI:
         self._updates: list[dict[str, Any]] = []
         self.polls = 0  # getUpdates requests answered (they are not recorded in `calls`)
         self.garbled_updates: bytes | None = None  # when set, getUpdates answers these bytes (HTTP 200) instead
+        # when set, getUpdates is answered by this (a hostile or broken server: any status, a hang, a trickle)
+        self.poll_answer: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+        self.poll_times: list[float] = []  # time.monotonic() of each getUpdates request
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -142,6 +145,9 @@ class FakeBotAPI:
         params, files = await _read_params(request)
         if method == "getUpdates":
             self.polls += 1
+            self.poll_times.append(time.monotonic())
+            if self.poll_answer is not None:
+                return await self.poll_answer(request)
             if self.garbled_updates is not None:  # a broken Bot API or a proxy: answered at once, as Telegram would not
                 return web.Response(body=self.garbled_updates, content_type="application/json")
             return _ok(await self._get_updates(params))

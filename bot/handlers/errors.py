@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from telegram import Update
-from telegram.error import Conflict, Forbidden, NetworkError, TelegramError
+from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.ext import Application
 
 from bot import texts
 from bot.context import BotContext
 from bot.i18n import Language
-from bot.telegram_io import UnreadableUpdates
+from bot.metrics import Metrics
+from bot.telegram_io import UnreadableUpdates, error_text, seconds
 from engine import EngineError
 
 logger = logging.getLogger(__name__)
@@ -25,11 +28,30 @@ def _language(update: Update, context: BotContext) -> Language:
         return context.services.languages.choose(None, user.language_code if user else None)
 
 
+TOKEN_REVOKED = ("Telegram refused the bot token while running (revoked, or replaced in @BotFather?): stopping. "
+                 "Set SIGHTLINE_TELEGRAM_TOKEN to the bot's current token and start it again.")
+
+
+def poll_failed(application: Application[Any, Any, Any, Any, Any, Any], error: TelegramError, pause: float) -> None:
+    """A getUpdates poll failed (bot.telegram_io.FittingBot.get_updates pauses `pause` s, then polls again): one line and
+    a count; a refused token (401) is one ERROR and stops the bot (`sightline run` then exits with 2)."""
+    Metrics.of(application).error("telegram")
+    if isinstance(error, InvalidToken):
+        logger.error("%s", TOKEN_REVOKED)
+        application.stop_running()
+        return
+    if isinstance(error, RetryAfter):
+        logger.warning("Telegram asks to wait %.0f s before polling again (a 429, flood control); polling again in %.0f s",
+                       seconds(error._retry_after), pause)  # PTB's own loop reads this too; .retry_after warns of its type change
+        return
+    logger.warning("cannot fetch updates from Telegram (%s); polling again in %.1f s", error_text(error), pause)
+
+
 async def on_error(update: object, context: BotContext) -> None:
     """Log every unexpected exception with its traceback, count it, and tell the user we failed.
 
-    A failed poll for updates (Telegram unreachable, a proxy's 5xx or garbage, another instance polling) is expected
-    operation, not a bug: one warning line, counted, no traceback (PTB's Updater retries with growing pauses up to 30 s).
+    A failed poll for updates is expected operation, not a bug: FittingBot.get_updates reports it to `poll_failed`; one
+    that reaches PTB's loop anyway (update None) is one warning line, counted, no traceback.
     """
     error = context.error
     what = f"update {update.update_id}" if isinstance(update, Update) else "a job or the updater"
@@ -37,7 +59,7 @@ async def on_error(update: object, context: BotContext) -> None:
         logger.info("cannot reach the user while handling %s: %s", what, error)
         return
     if update is None and isinstance(error, NetworkError | Conflict | UnreadableUpdates):  # getUpdates failed: PTB's Updater polls again
-        logger.warning("cannot fetch updates from Telegram (%s: %s); polling again", type(error).__name__, error)
+        logger.warning("cannot fetch updates from Telegram (%s); polling again", error_text(error))
         context.metrics.error("telegram")
         return
     logger.error("unhandled error while handling %s", what, exc_info=error)
