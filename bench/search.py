@@ -475,11 +475,13 @@ def code_model(name: str) -> codes.CodeModel:
     x = common.real_embeddings().vectors
     if name == "pca-random":
         return codes.fit(x, 256, rotation="random", source="centred PCA 256 + random rotation")
-    if name == "lead192":  # a 192-bit lead of the top directions, then the shipped model's 512 bits (run with --prefilter 10000)
+    if name.startswith("lead") and name[4:].isdigit():  # leadL: an L-bit lead of the top L directions (L a multiple of 16),
+        # then the shipped model's 512 bits (what bench/refit_codes.py --lead L would ship; lead192: run with --prefilter 10000)
+        bits = int(name[4:])
         shipped = code_model("shipped")
-        lead = codes.fit(x, 512, lead=192).weights[:, :192]
+        lead = codes.fit(x, 512, lead=bits).weights[:, :bits]
         return codes.CodeModel(shipped.mean, np.ascontiguousarray(np.hstack([lead, shipped.body().weights])),
-                               "192-bit lead of the top 192 centred directions + the shipped 512 bits", 192)
+                               f"{bits}-bit lead of the top {bits} centred directions + the shipped 512 bits", bits)
     if name in ("random256", "random512"):
         bits = int(name[6:])
         return codes.CodeModel(x.mean(0), codes.random_rotation(512, bits), f"centred random rotation, {bits} bits")
@@ -611,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codes", default="shipped",
                     help="hamming: code model(s), a comma list measured in turn (the final line is for the first): shipped "
                     "(engine/calibration: a 128-bit lead of the top 128 centred directions, then 512 random-rotation bits), "
-                    "lead192 (a 192-bit lead, then the same 512 bits), pca-random (centred PCA 256 + a random rotation), "
+                    "leadL, e.g. lead96 or lead192 (an L-bit lead, L a multiple of 16, then the same 512 bits), "
+                    "pca-random (centred PCA 256 + a random rotation), "
                     "random256 / random512 (centred random rotation of all 512 dims: random512 is the layout before the lead "
                     "code); all fitted on the calib embeddings")
     ap.add_argument("--timed-queries", type=int, default=300,
@@ -621,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                     "0: the code model's lead (128 for the shipped model), else 256")
     ap.add_argument("--prefilter", type=int, default=0,
                     help="hamming: about how many codes the scan keeps for the second stage (HammingIndex.prefilter); 0: the "
-                    "index's default for its scan (30,000 after a lead, else 10,000)")
+                    "index's default for its scan (20,000 or 2 %% after a lead, else 10,000)")
     ap.add_argument("--scan-threads", type=int, default=defaults.index_scan_threads,
                     help="hamming: threads one search's scan is split over (EngineConfig.index_scan_threads)")
     ap.add_argument("--queries", type=int, default=1000, help="single queries timed (and scored for recall)")

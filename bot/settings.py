@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["hamming", "usearch"] = Field(
         "hamming", description="Search index: hamming (binary codes of every face scanned exhaustively, then re-ranked; "
-        "~3.9 ms of CPU over two threads at 1 M faces, p50 ~2.0 ms on a quiet machine, for 99.6 % of true matches, 280 B per "
+        "~3.9 ms of CPU over two threads at 1 M faces, p50 ~1.7–1.8 ms on a quiet machine, for 99.3 % of true matches in the "
+        "best 10, 99.4 % in the 40, 280 B per "
         "face) or usearch "
         "(HNSW graph; 14 ms at 1 M for the same, 797 B per face). Changing it rebuilds the index (bench/RESULTS.md).",
     )

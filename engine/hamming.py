@@ -5,9 +5,10 @@ because every identity is an isolated pair of points the graph reaches only by a
 (bench/RESULTS.md). An exhaustive scan has no such blind spots. Each face is kept as
 
 - its sign code of (embedding - mean) @ W (engine.codes), split into the bits the scan reads and the rest: with the
-  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a random
-  rotation of the centred space (64 bytes, `_codes2`); without a lead (the fallback model) the first 256 bits of 512
-  and the other 256 (32 + 32 bytes),
+  shipped code model a 128-bit lead code of the top principal directions (16 bytes, `_codes`) and 512 bits of a
+  structured random rotation of the centred space (64 bytes, `_codes2`; a query's are computed from the rotation's signs,
+  engine.scan.encode_structured, not from a 1 MB matrix read cold after every scan); without a lead (the fallback
+  model) the first 256 bits of 512 and the other 256 (32 + 32 bytes),
 - its projection (engine.projection, 192-d by default), centred and quantised to int8, for re-ranking
   (192 bytes; float16 was measured 5x slower to re-rank, numpy converting it without SIMD),
 - its face id (8 bytes),
@@ -15,7 +16,7 @@ because every identity is an isolated pair of points the graph reaches only by a
 in four numpy arrays whose rows start on 64-byte cache lines: 280 bytes per face (264 without a lead). A search
 starts the other scan thread(s) first (they spin, bounded, for the threshold: their wake-up overlaps what follows),
 encodes the query's scanned bits, estimates from a sample of 16,384 codes the Hamming distance under which ~1.2 x
-`prefilter` codes lie (after a lead 30,000 or 3 % of the gallery if more, else 10,000), and scans those bits of every
+`prefilter` codes lie (after a lead 20,000 or 2 % of the gallery if more, else 10,000), and scans those bits of every
 code against it (engine.scan's compiled kernels, in ~64 chunks that the threads claim in turn: they finish within one
 chunk of each other, and a thread the machine starts late finds less or nothing to do). Meanwhile the calling thread
 encodes the query's other bits and projects it; from then on each thread adds the other bits' distance to the codes it
@@ -27,8 +28,8 @@ one compiled call (engine.scan.finish_search), free of Python and the GIL. Every
 in place: no copy of a face's bits or vector is made. The engine then re-scores the answers exactly from SQLite. What a
 search would build again (views, buffers, the query's scratch, the kernels' arguments and compiled entry points) is
 prepared once per gallery size and settings and reused (`_plan`); the query's scratch is zeroed as each search ends.
-(At 1 M face-like vectors: 99.6-99.7 % of the true mates in the best 10, p50 2.05 ms on the idle machine;
-bench/RESULTS.md, issue 15.)
+(At 1 M face-like vectors: 99.3 % of the true mates in the best 10, 99.4 % in the best 40, p50 1.70-1.81 ms on the idle
+machine; bench/RESULTS.md, issue 15, "Seventh session": a shorter lead was measured and is no faster.)
 
 Erasure: `remove` moves the last rows into the removed ones' places and zeroes the vacated tail, so no
 byte of a removed face stays in these arrays; a grown array's old buffer is zeroed before it is freed, and
@@ -82,10 +83,12 @@ QUANT_SCALE = 127.0
 SPLIT_MIN = 50_000  # a scan is split over threads only when each part has at least this many codes
 SCAN_BYTES = 32  # without a lead code the scan reads the first 256 bits per face (4 words: engine.scan unrolls that case)
 DEFAULT_PREFILTER = 10_000  # ... and keeps about this many nearest (~1.2x, ties included) for all the bits
-LEAD_PREFILTER = 30_000  # a 128-bit lead scan keeps about this many (bench/RESULTS.md, issue 15, "A 128-bit lead code")
-# ... or this share of the gallery when more: at 3 M faces 30,000 (1 %) found 99.11 % of the true mates in the top 10, 90,000
-# (3 %, as 30,000 is of 1 M) 99.50 % (bench/RESULTS.md, "Sixth session: the 2 ms target")
-LEAD_PREFILTER_SHARE = 0.03
+# A 128-bit lead scan keeps about this many (~1.5 x: 29,000 rows at 1 M), or LEAD_PREFILTER_SHARE of a larger gallery. Every
+# row kept costs its second-stage read and selection: 30,000 (44,000 rows) took 0.05-0.12 ms longer at 1 M for mate recall
+# 0.9957 / 0.9973 against 0.9931 / 0.9947 (bench/RESULTS.md, "Seventh session"); at 3 M, 2 % kept 0.9933 / 0.9955, 1 %
+# 0.9911 / 0.9927 ("Sixth session").
+LEAD_PREFILTER = 20_000
+LEAD_PREFILTER_SHARE = 0.02
 ALIGN = 64  # bytes: every array's rows start on a cache line (a 64-byte code: one line, not two)
 CHUNKS = 64  # a scan is cut into about this many chunks that its threads claim in turn (engine.scan.scan_chunks)
 CHUNK_MIN = 16_384  # codes per chunk at least
@@ -149,6 +152,9 @@ class HammingIndex:
         self.prefilter_share = LEAD_PREFILTER_SHARE if default == LEAD_PREFILTER and not prefilter else 0.0
         # the query's scanned bits are encoded before the scan, the others while it runs (engine.scan.encode_query)
         self._weights = tuple(np.ascontiguousarray(w, dtype=np.float32) for w in np.hsplit(self.code_model.weights, [self._scan_bytes * 8]))
+        if self.code_model.signs is not None and self._scan_bytes * 8 == self.code_model.lead:
+            # the other bits are a structured rotation: the query is encoded from its signs (engine.scan.encode_structured)
+            self._weights = (self._weights[0], np.ascontiguousarray(self.code_model.signs, dtype=np.float32))
         self._keys, self._codes, self._codes2, self._vecs = self._arrays(0)
         _warm_kernels()
 
@@ -341,11 +347,13 @@ class HammingIndex:
         sb, nbytes, allbits = self._scan_bytes, self.code_model.nbytes, self.code_model.bits
         bits = sb * 8
         codes, codes2 = self._words(n)
-        # the query's scratch, one zeroed buffer: code (nbytes), y (allbits float32), qs (ndim float32), each on a cache line
-        at_y = -(-nbytes // ALIGN) * ALIGN
+        # the query's scratch, one zeroed buffer: code (nbytes, its second-stage bytes on an 8-byte word: _code_at), y (allbits
+        # float32), qs (ndim float32), each on a cache line
+        at = _code_at(sb)
+        at_y = -(-(at + nbytes) // ALIGN) * ALIGN
         at_qs = at_y + -(-allbits * 4 // ALIGN) * ALIGN
         scratch = _zeros((at_qs + self.ndim * 4,), np.uint8)
-        code, y, qs = scratch[:nbytes], scratch[at_y : at_y + allbits * 4].view(np.float32), scratch[at_qs:].view(np.float32)
+        code, y, qs = scratch[at : at + nbytes], scratch[at_y : at_y + allbits * 4].view(np.float32), scratch[at_qs:].view(np.float32)
         q, q2 = scan.query_words(code[:sb]), scan.query_words(code[sb:])
         chunk = max(self.chunk_min, -(-n // CHUNKS))
         chunks = -(-n // chunk)
@@ -378,8 +386,8 @@ class HammingIndex:
     def _search(self, x: np.ndarray, count: int, n: int, want: int) -> tuple[np.ndarray, np.ndarray]:
         """search without a plan (shared lock held): small galleries, no projection or no second stage."""
         # (the query's code, projection and scratch are fresh arrays per search: nothing derived from a query photo is kept)
-        code = np.empty(self.code_model.nbytes, dtype=np.uint8)
         sb = self._scan_bytes
+        code = _zeros((_code_at(sb) + self.code_model.nbytes,), np.uint8)[_code_at(sb) :]
         y = np.empty(self.code_model.bits, dtype=np.float32)
         # two stages: the scan keeps ~the nearest `prefilter` by the first bits, ranked by all of them
         keep = min(max(self.prefilter, int(self.prefilter_share * n), want), n) if self._codes2.shape[1] else want
@@ -448,7 +456,9 @@ class HammingIndex:
         # overlaps the encoding and the sample. So the buffers are sized before the sample: room for 3 x MARGIN x keep in
         # all (the scan keeps ~1.2-1.8 x keep at 1 M: the 128-bit distances are coarse); a chunk that keeps more is
         # scanned again with room for all (_finish_scan).
-        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled else bits, bits, n,
+        # (the other threads start with t < 0 whenever the query's scanned bits are still to be encoded here: they wait for
+        # job[T], published once the bits are written - a helper that scanned before saw a query code half written)
+        job = _ScanJob((codes, q, codes2, q2), n, chunk, chunks, -1 if sampled or x is not None else bits, bits, n,
                        min(chunk, int(chunk * (3 * MARGIN * keep if sampled else n) / n) + 256),
                        np.array([0, 0, 0, -1, 3 * least // chunks + 1, -1, 0, 0, -1, 0, 0], dtype=np.int64),  # (scan.CLAIM...)
                        rank or _NO_RANK)
@@ -456,6 +466,9 @@ class HammingIndex:
         if not sampled:
             if x is not None:
                 scan.encode_query(x, self._mean, self._weights[0], y[:bits], code[: self._scan_bytes])
+                job.t = bits
+                job.args = (*job.args[:4], job.t, *job.args[5:])
+                job.counters[scan.T] = job.t  # the other threads start scanning
             return job
         runs, block = (1, n) if n <= SAMPLE else (SAMPLE_RUNS, SAMPLE // SAMPLE_RUNS)
         exact = runs == 1  # the sample is the gallery
@@ -696,6 +709,13 @@ class HammingIndex:
 
 _NO_BASIS = np.zeros((0, 0), dtype=np.float32)  # (engine.scan.finish_search: no projection to apply)
 _NO_RANK = (np.zeros((0, 0), dtype=np.int8), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def _code_at(scan_bytes: int) -> int:
+    """Where a query's code starts in an ALIGN-aligned buffer so that both its parts start on a word of their own width
+    (engine.scan.query_words; numba compiles other, slower variants for unaligned arrays): its second-stage bytes on an
+    8-byte word, its `scan_bytes` (e.g. 12, three uint32) then on theirs."""
+    return -scan_bytes % 8
 
 
 def _zeros(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:

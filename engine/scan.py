@@ -11,8 +11,10 @@ alternating (bench/RESULTS.md, issue 15, "Speed at scale"): ~30 % less CPU per s
 
 The kernels are compiled by numba (LLVM; `cache=True` keeps the machine code in `__pycache__`, so only the first
 start-up on a machine compiles, ~1-2 s) and release the GIL, so one query's scan runs on several threads.
-Codes are viewed as uint64 words when their width allows (8 bytes at a time: one popcnt instruction each), else
-as bytes.
+Codes are viewed as uint64 words when their width allows (8 bytes at a time: one popcnt instruction each), else as
+uint32 or uint16 words (a 96- or 112-bit lead), else as bytes; rows stay contiguous. (A 96-bit lead, three uint32 words,
+scanned no faster than the 128-bit one, two uint64 words: the scan costs instructions per row as much as bytes;
+bench/RESULTS.md, "Seventh session".)
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def _kernel(**options: object):  # type: ignore[no-untyped-def]
     return decorate
 
 
-__all__ = ["as_words", "close_gate", "encode_query", "finish_fast", "finish_search", "helper_scan", "lead_threshold", "project_query",
-           "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold", "scan_chunks", "select_rerank",
-           "select_rows", "select_top", "start_search", "threshold_for", "top_answers", "wait_chunks", "warm"]
+__all__ = ["as_words", "close_gate", "encode_query", "encode_structured", "finish_fast", "finish_search", "helper_scan",
+           "lead_threshold", "project_query", "query_words", "rerank_blocks", "rerank_int8", "sample_histogram", "sample_threshold",
+           "scan_chunks", "select_rerank", "select_rows", "select_top", "start_search", "threshold_for", "top_answers", "wait_chunks",
+           "warm", "word_type"]
 
 
 @intrinsic
@@ -136,10 +139,21 @@ CLOSED = 1 << 40  # added to job[GATE] by close_gate: helpers that come later re
 PREFETCH = 16  # rows ahead the second stage asks for (its reads are scattered: the hardware cannot guess them)
 
 
+def word_type(nbytes: int) -> type[np.unsignedinteger]:
+    """The widest unsigned word a row of `nbytes` bytes is a whole number of: uint64, uint32 (a 96-bit lead: 3 words),
+    uint16 (112 bits: 7), else uint8. Rows stay contiguous, unpadded (padding a 12-byte row to 16 would read 16 bytes)."""
+    for size, dtype in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
+        if nbytes % size == 0:
+            return dtype
+    return np.uint8
+
+
 def as_words(codes: np.ndarray) -> np.ndarray:
-    """(n, nbytes) uint8 codes -> the same memory as (n, nbytes / 8) uint64 when nbytes is a multiple of 8, else as is."""
-    if codes.shape[1] % 8 == 0 and codes.flags.c_contiguous:
-        return codes.view(np.uint64)
+    """(n, nbytes) uint8 codes -> the same memory as (n, nbytes / size) words of word_type(nbytes) when C-contiguous, else
+    as is. (HammingIndex's arrays start on a cache line, so every row starts on a word: the kernels read aligned words.)"""
+    dtype = word_type(codes.shape[1])
+    if dtype is not np.uint8 and codes.flags.c_contiguous:
+        return codes.view(dtype)
     return codes
 
 
@@ -185,10 +199,19 @@ def _scan_range(codes, q, t, a, b, rows, dist):  # type: ignore[no-untyped-def]
                     rows[k] = i
                     dist[k] = d
                 k += 1
-    elif w == 3:  # 192-bit scans (bench/search.py --scan-bits 192)
+    elif w == 3:  # 96-bit lead codes (three uint32 words: the shipped code model's) or 192-bit scans (--scan-bits 192)
         q0, q1, q2_0 = q[0], q[1], q[2]
         for i in range(np.uint64(a), np.uint64(b)):
             d = _popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1) + _popcount(codes[i, 2] ^ q2_0)
+            if d <= t:
+                if k < cap:
+                    rows[k] = i
+                    dist[k] = d
+                k += 1
+    elif w == 1:  # 64-bit leads
+        q0 = q[0]
+        for i in range(np.uint64(a), np.uint64(b)):
+            d = _popcount(codes[i, 0] ^ q0)
             if d <= t:
                 if k < cap:
                     rows[k] = i
@@ -553,7 +576,10 @@ def finish_search(x, mean, w2, y2, code2, basis, centre, scale, offset, scan_arg
     if t < 0:  # (start_search published it)
         t = _load(job, T)
     if code2.shape[0] > 0:
-        encode_query(x, mean, w2, y2, code2)
+        if w2.shape[0] == x.shape[0]:
+            encode_query(x, mean, w2, y2, code2)
+        else:  # w2: the signs of a structured rotation (engine.codes.structured_weights), no matrix to read
+            encode_structured(x, mean, w2, y2, code2)
     if basis.shape[1] > 0:
         offset = np.float32(project_query(x, basis, centre, scale, qs))
     _publish(job, READY, 1)
@@ -662,6 +688,35 @@ def encode_query(x, mean, w, y, code):  # type: ignore[no-untyped-def]
         code[b] = v
 
 
+@_kernel(boundscheck=False)
+def encode_structured(x, mean, signs, y, code):  # type: ignore[no-untyped-def]
+    """One query's sign code under a structured rotation: code = packbits(T (x - mean) > 0) for T = H D_r ... H D_1 (signs
+    (rounds, d) of +-1, d a power of two; engine.codes.structured_weights: the index's codes are (x - mean) @ W for the
+    same T, normalised, which changes no sign), y (d,) float32 scratch. O(d log d) and 3 x 2 KB of signs read, for the
+    1 MB matrix encode_query would read, cold after every scan. (No fastmath: the butterflies are as engine.codes.fwht.)"""
+    rounds, d = signs.shape
+    for i in range(d):
+        y[i] = x[i] - mean[i]
+    for r in range(rounds):
+        for i in range(d):
+            y[i] *= signs[r, i]
+        h = 1
+        while h < d:
+            for a in range(0, d, 2 * h):
+                for i in range(a, a + h):
+                    u = y[i]
+                    v = y[i + h]
+                    y[i] = u + v
+                    y[i + h] = u - v
+            h *= 2
+    for b in range(d // 8):
+        v8 = 0
+        for k in range(8):
+            if y[8 * b + k] > 0:
+                v8 |= 1 << (7 - k)
+        code[b] = v8
+
+
 @_kernel(boundscheck=False, fastmath=True)
 def project_query(x, basis, centre, scale, qs):  # type: ignore[no-untyped-def]
     """qs = p / scale for p = x @ basis, L2-normalised (Projection.apply); returns p . centre."""
@@ -686,14 +741,17 @@ def project_query(x, basis, centre, scale, qs):  # type: ignore[no-untyped-def]
 def query_words(code: np.ndarray) -> np.ndarray:
     """A query's code bytes (1-D) viewed as as_words views the index's codes of that width."""
     code = np.ascontiguousarray(code, dtype=np.uint8)
-    return code.view(np.uint64) if len(code) % 8 == 0 else code
+    return code.view(word_type(len(code)))  # (always the index's view: unaligned memory gives another compiled variant)
 
 
 def warm() -> None:
     """Compile (or load from numba's cache) every kernel for both code views, so no search pays for it."""
-    for width in (8, 3):
+    for width, width2 in ((8, 8), (3, 3)):  # uint64 words (the shipped 128-bit lead, then 512 bits; 256 + 256 bits), bytes
+        # (leads of other widths, uint32 or uint16 words: bench/search.py --codes leadL, compiled when first used)
         codes = as_words(np.zeros((4, width), dtype=np.uint8))
         q = query_words(np.zeros(width, dtype=np.uint8))
+        codes2 = as_words(np.zeros((4, width2), dtype=np.uint8))
+        q2 = query_words(np.zeros(width2, dtype=np.uint8))
         hist = np.zeros(width * 8 + 1, dtype=np.int64)
         sample_histogram(codes, q, 4, 2, 2, hist)
         threshold_for(hist, 1.5, 2.0)
@@ -705,15 +763,15 @@ def warm() -> None:
         short = (rows2.copy(), dist2.copy(), counts.copy())
         vecs, qs = np.zeros((4, 3), dtype=np.int8), np.zeros(3, dtype=np.float32)
         rank = (vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
-        helper_scan(codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 0)
-        scan_chunks(codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 1)
+        helper_scan(codes, q, codes2, q2, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 0)
+        scan_chunks(codes, q, codes2, q2, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10, 1)
         wait_chunks(counts, job, 10)
         close_gate(job)
-        select_rerank(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
-        select_top(rows2, dist2, counts, 2, width * 16, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
+        select_rerank(rows2, dist2, counts, 2, (width + width2) * 8, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
+        select_top(rows2, dist2, counts, 2, (width + width2) * 8, vecs, qs, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
                    np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
         x, mean = np.zeros(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
-        code = np.zeros(2 * width, dtype=np.uint8)
+        code = np.zeros(-width % 8 + width + width2, dtype=np.uint8)[-width % 8 :]  # (code[width:] on a word)
         lead_threshold(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
                        codes, query_words(code[:width]), 4, 2, 2, 2.0, hist)
         start_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[:width],
@@ -721,16 +779,16 @@ def warm() -> None:
         for basis in (np.zeros((8, 3), dtype=np.float32), np.zeros((8, 0), dtype=np.float32)):
             job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
             scanned.fill(-1), taken.fill(0), counts.fill(-1)
-            args = (codes, q, codes, q, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
-            finish_search(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
-                          basis, np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8, width * 16, 2,
+            args = (codes, q, codes2, q2, width * 8, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
+            finish_search(x, mean, np.zeros((8, width2 * 8), dtype=np.float32), np.zeros(width2 * 8, dtype=np.float32), code[width:],
+                          basis, np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8, (width + width2) * 8, 2,
                           np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32))
         job = np.array([0, 0, 0, -1, 1, -1, 0, 0, width * 8, 0, 0], dtype=np.int64)
         scanned.fill(-1), taken.fill(0), counts.fill(-1)
-        args = (codes, q, codes, q, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
-        finish_fast(x, mean, np.zeros((8, width * 8), dtype=np.float32), np.zeros(width * 8, dtype=np.float32), code[width:],
+        args = (codes, q, codes2, q2, -1, 4, 2, job, rows2, dist2, scanned, taken, counts, short, rank, 10)
+        finish_fast(x, mean, np.zeros((8, width2 * 8), dtype=np.float32), np.zeros(width2 * 8, dtype=np.float32), code[width:],
                     np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.float32(0), args, 1, width * 8,
-                    width * 16, 2, np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
+                    (width + width2) * 8, 2, np.zeros(4, dtype=np.int64), 1, np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.float32),
                     np.zeros(8, dtype=np.uint8))
         top_answers(rank[3], rank[2], 2, np.zeros(4, dtype=np.int64), 1, np.float32(0), np.zeros(4, dtype=np.int64),
                     np.zeros(4, dtype=np.float32))
@@ -738,4 +796,5 @@ def warm() -> None:
     rerank_int8(np.zeros((4, 3), dtype=np.int8), np.zeros(4, dtype=np.int64), 4, np.zeros(3, dtype=np.float32), z4)
     z = np.zeros(8, dtype=np.float32)
     encode_query(z, z, np.zeros((8, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
+    encode_structured(z, z, np.ones((3, 8), dtype=np.float32), z.copy(), np.zeros(1, dtype=np.uint8))
     project_query(z, np.zeros((8, 3), dtype=np.float32), np.zeros(3, dtype=np.float32), 127.0, np.zeros(3, dtype=np.float32))

@@ -81,7 +81,15 @@ def test_code_model_file_round_trip_and_fallback(tmp_path: Path, monkeypatch: py
     assert again.lead == 64 and again.key == led.key and np.array_equal(again.encode(photo), led.encode(photo))
     assert np.array_equal(again.encode(photo)[:, 8:], model.encode(photo))
     with pytest.raises(ValueError, match="lead"):
-        codes.fit(photo, 32, lead=32)
+        codes.fit(photo, 32, lead=24)  # not a whole number of 16-bit words
+    with pytest.raises(ValueError, match="lead"):
+        codes.fit(photo, 32, lead=80)  # more than the 64 dimensions
+    odd = codes.fit(photo, 32, lead=48)  # a 48-bit lead (three 16-bit words) round-trips too
+    odd.save(codes.path_for("abc"))
+    assert codes.CodeModel.load(codes.path_for("abc")).lead == 48
+    np.savez(codes.path_for("abc"), mean=odd.mean, weights=odd.weights, source=np.array("x"), lead=np.array(40))
+    with pytest.raises(ValueError, match="not a code model"):
+        codes.CodeModel.load(codes.path_for("abc"))
 
 
 def test_search_finds_the_other_photo_through_codes_and_rerank(tmp_path: Path) -> None:
@@ -193,6 +201,118 @@ def test_split_scan_returns_what_one_thread_does(tmp_path: Path) -> None:
     finally:
         hamming.SAMPLE, hamming.SAMPLE_RUNS = saved
     two.close()
+
+
+@pytest.mark.parametrize(("lead", "word"), [(96, np.uint32), (112, np.uint16), (64, np.uint64), (48, np.uint16)])
+def test_shorter_leads_scan_and_answer_as_the_bits_say(tmp_path: Path, lead: int, word: type[np.generic]) -> None:
+    """Leads that are not a multiple of 64 bits (the shipped 96: three uint32 words a row, rows 12 bytes apart, unpadded)
+    keep exactly the codes within the threshold with their distance over all the bits, split or not; a search through the
+    prepared path answers as one thread over every kept row does, in a gallery smaller than one chunk and in one cut into
+    ~80 chunks over two threads; the file round-trips; the query's scratch is zeroed after each search."""
+    photo, again = faces(5000, d=128, seed=8)
+    fitted = codes.fit(photo, 128, lead=lead)
+    body = np.random.default_rng(9).standard_normal((128, 512)).astype(np.float32)
+    model = codes.CodeModel(fitted.mean, np.hstack([fitted.weights[:, :lead], body]), "t", lead)
+    proj = projection.fit(photo, "m", "test").projection(24)
+    one = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=1, prefilter=1200)
+    two = HammingIndex(tmp_path / "b.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=2, prefilter=1200)
+    two.split_min, two.chunk_min = 100, 64
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    assert one._codes.shape == (len(one._keys), lead // 8) and one._codes.strides[0] == lead // 8  # contiguous, no padding
+    assert scan.as_words(one._codes[:5000]).dtype == word and one._codes2.shape[1] == 64
+    assert -(-5000 // one.chunk_min) == 1  # one chunk: the gallery is smaller than CHUNK_MIN
+
+    def full_distance(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = (np.unpackbits(code[: lead // 8]) != np.unpackbits(one._codes[:5000], axis=1)).sum(1)
+        return first, first + (np.unpackbits(code[lead // 8 :]) != np.unpackbits(one._codes2[:5000], axis=1)).sum(1)
+
+    for q in again[:30]:
+        code = model.encode(q)[0]
+        first, full = full_distance(code)
+        for keep in (1, 300, 2000):
+            for idx in (one, two):
+                rows, dist, counts = idx._scan(code, keep, keep, 5000)
+                kept = np.concatenate([rows[c, :k] for c, k in enumerate(counts)])
+                d = np.concatenate([dist[c, :k] for c, k in enumerate(counts)])
+                t = first[kept].max()
+                assert np.array_equal(d, full[kept]) and np.array_equal(np.sort(kept), np.flatnonzero(first <= t))
+                assert (first < t).sum() < keep <= len(kept)
+
+    def reference(q: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        with one._lock.shared():
+            rows, dist, counts = one._scan(model.encode(x)[0], one.prefilter, one.candidates, 5000)
+            qs = np.empty(one.ndim, dtype=np.float32)
+            offset = np.float32(scan.project_query(x, one._basis, one._centre, hamming.QUANT_SCALE, qs))
+            keys, sims = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.float32)
+            c = scan.select_top(rows, dist, counts, 200, model.bits, one._vecs, qs, np.empty(200, dtype=np.int64),
+                                np.empty(200, dtype=np.float32), one._keys, count, offset, keys, sims)
+        return keys[:c], sims[:c]
+
+    for q in again[:30]:
+        for count in (1, 10, 40):
+            k1, s1 = one.search(q, count)
+            k2, s2 = two.search(q, count)
+            kr, sr = reference(q, count)
+            assert np.array_equal(k1, k2) and np.array_equal(s1, s2) and np.array_equal(kr, k1) and np.allclose(sr, s1, atol=1e-6)
+    assert one._plans and two._plans and not any(p.scratch.any() for p in one._plans + two._plans)
+    assert sum(int(i + 1 in one.search(again[i], 10)[0]) for i in range(100)) >= 90
+    one.save()
+    back = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=200, threads=1, prefilter=1200)
+    assert back.load() and np.array_equal(back._codes[:5000], one._codes[:5000])
+    assert all(np.array_equal(back.search(q, 10)[0], one.search(q, 10)[0]) for q in again[:10])
+    two.close()
+
+
+def test_a_structured_rotation_encodes_queries_as_its_matrix_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other bits may be a structured rotation (random signs and Walsh-Hadamard transforms): its matrix is orthonormal,
+    a query encoded from the signs alone (engine.scan.encode_structured, no matrix read) has the bits the matrix gives, the
+    index then answers as one thread over every kept row does, and the model's file keeps the signs (and is refused when
+    they do not match its weights)."""
+    photo, again = faces(5000, d=128, seed=12)
+    model = codes.fit(photo, 128, lead=64, rotation="hadamard")
+    w = model.weights[:, 64:]
+    assert model.signs is not None and model.signs.shape == (codes.STRUCTURED_ROUNDS, 128)
+    assert np.abs(w.T @ w - np.eye(128)).max() < 1e-5 and not np.allclose(np.abs(w), np.abs(w[0, 0]))  # a rotation, mixed
+    y, code = np.zeros(128, dtype=np.float32), np.zeros(16, dtype=np.uint8)
+    for q in np.vstack([again[:200], photo[:200]]):
+        scan.encode_structured(q, model.mean, model.signs, y, code)
+        assert np.array_equal(code, model.encode(q)[0, 8:])
+    with pytest.raises(ValueError, match="all 128 bits"):
+        codes.fit(photo, 64, rotation="hadamard")
+    with pytest.raises(ValueError, match="power of two"):
+        codes.fit(photo[:, :96], 96, rotation="hadamard")
+    proj = projection.fit(photo, "m", "test").projection(24)
+    one = HammingIndex(tmp_path / "a.idx", ndim=128, code_model=model, projection=proj, candidates=150, threads=1, prefilter=900)
+    two = HammingIndex(tmp_path / "b.idx", ndim=128, code_model=model, projection=proj, candidates=150, threads=2, prefilter=900)
+    two.split_min, two.chunk_min = 100, 64
+    assert one._weights[1] is not None and one._weights[1].shape == (codes.STRUCTURED_ROUNDS, 128)  # the signs, not the matrix
+    for idx in (one, two):
+        idx.add(np.arange(1, 5001), photo)
+    for q in again[:25]:
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        with one._lock.shared():
+            rows, dist, counts = one._scan(model.encode(x)[0], 900, 150, 5000)
+            qs = np.empty(one.ndim, dtype=np.float32)
+            offset = np.float32(scan.project_query(x, one._basis, one._centre, hamming.QUANT_SCALE, qs))
+            keys, sims = np.empty(10, dtype=np.int64), np.empty(10, dtype=np.float32)
+            c = scan.select_top(rows, dist, counts, 150, model.bits, one._vecs, qs, np.empty(150, dtype=np.int64),
+                                np.empty(150, dtype=np.float32), one._keys, 10, offset, keys, sims)
+        for idx in (one, two):
+            k, s = idx.search(q, 10)
+            assert np.array_equal(k, keys[:c]) and np.allclose(s, sims[:c], atol=1e-6)
+    two.close()
+    monkeypatch.setattr(codes, "TABLES", tmp_path)
+    model.save(codes.path_for("m"))
+    back = codes.for_model("m", d=128, bits=128)
+    assert back.key == model.key and back.signs is not None and np.array_equal(back.signs, model.signs)
+    assert codes.for_model("m", d=128, bits=64).signs is None  # a part of a structured rotation is only a matrix
+    bad = model.signs.copy()
+    bad[0, 5] *= -1
+    np.savez(codes.path_for("m"), mean=model.mean, weights=model.weights, source=np.array("x"), lead=np.array(64), signs=bad)
+    with pytest.raises(ValueError, match="structured rotation"):
+        codes.CodeModel.load(codes.path_for("m"))
 
 
 def test_the_second_stage_waits_for_the_query_bits_and_no_chunk_is_left(tmp_path: Path) -> None:
@@ -374,11 +494,12 @@ def row_bytes(idx: HammingIndex, keys: list[int]) -> list[bytes]:
     return [a[r].tobytes() for a in (idx._codes, idx._codes2, idx._vecs) for r in rows]
 
 
-def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lead", [64, 96, 112])  # scanned as 1 uint64, 3 uint32 or 7 uint16 words a row
+def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path, lead: int) -> None:
     photo, _ = faces(3000, d=128)
     path = tmp_path / "g.idx"
-    idx = make(path, photo, bits=64, dims=32, lead=64)  # two-stage: scanned (lead) and second-stage code bytes
-    assert idx._codes.shape[1] == 8 and idx._codes2.shape[1] == 8
+    idx = make(path, photo, bits=64, dims=32, lead=lead)  # two-stage: scanned (lead) and second-stage code bytes
+    assert idx._codes.shape[1] == lead // 8 and idx._codes2.shape[1] == 8
     idx.add(np.arange(1, 1501), photo[:1500])
     idx.add(np.arange(1501, 3001), photo[1500:])  # the arrays grew: their old buffers were zeroed
     gone = [5, 17, 1499, 2999, 3000]
@@ -398,7 +519,7 @@ def test_removed_faces_leave_no_bytes_in_memory_or_the_file(tmp_path: Path) -> N
         assert idx.search(photo[k - 1], 1)[0][0] == k
     for k in gone:
         assert k not in idx.search(photo[k - 1], 50)[0]
-    again = make(path, photo, bits=64, dims=32, lead=64)
+    again = make(path, photo, bits=64, dims=32, lead=lead)
     assert again.load() and len(again) == 2995 and set(again.keys().tolist()) == set(idx.keys().tolist())
     idx.reset()
     assert len(idx) == 0 and not any(s in b"".join(a.tobytes() for a in idx._all) for s in secrets)
@@ -525,6 +646,44 @@ async def test_engine_rebuilds_an_index_file_of_format_1_and_says_so(gallery_cop
     log = caplog.text
     assert "built with format 1, not 2" in log and "building the HammingIndex index from the database's" in log
     assert "index rebuilt" in log and read_sidecar(gallery_copy / "gallery.usearch")["format"] == 2
+
+
+async def test_engine_rebuilds_an_index_of_the_code_model_before_and_says_so(
+        gallery_copy: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An index built with the code model shipped before (its 512 bits a dense random rotation, not the structured one
+    now) is rebuilt from the database at start-up with the shipped model, progress in the log, and answers as before."""
+    import logging
+
+    from conftest import dev_identities, make_config
+    from engine import Engine
+
+    caplog.set_level(logging.INFO)
+    probe = dev_identities()["Colin_Powell"][1].read_bytes()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        shipped = engine.index.code_model
+        assert isinstance(engine.index, HammingIndex) and shipped.lead == 128 and shipped.signs is not None  # structured
+        before = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    sha = next(codes.TABLES.glob(f"*{codes.SUFFIX}")).name[: -len(codes.SUFFIX)]  # the one shipped model
+    old = codes.CodeModel(shipped.mean, np.hstack([shipped.weights[:, :128], codes.random_rotation(512, 512)]), "before", 128)
+    old.save(tmp_path / f"{sha}{codes.SUFFIX}")
+    monkeypatch.setattr(codes, "TABLES", tmp_path)
+    engine = await Engine.open(make_config(gallery_copy))  # built again with the model of before
+    await engine.close()
+    monkeypatch.undo()
+    caplog.clear()
+    engine = await Engine.open(make_config(gallery_copy))
+    try:
+        assert engine.index.code_model.key == shipped.key and len(engine.index) == len(await engine.store.face_ids())
+        after = [(h.face_id, h.similarity) for h in (await engine.search(probe, actor="t")).hits]
+    finally:
+        await engine.close()
+    assert after == before and after
+    log = caplog.text
+    assert f"built with codes {old.key!r}, not {shipped.key!r}" in log and "building the HammingIndex index from the database's" in log
+    assert "index rebuilt" in log
 
 
 def test_scan_kernels_work_where_numba_cannot_cache() -> None:

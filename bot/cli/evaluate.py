@@ -198,7 +198,7 @@ async def cmd_calibrate(args: argparse.Namespace) -> int:
                       f"directions keep {basis.energy[:dims].sum():.1%} of the energy)")
     try:
         code_model = codes.fit(obs.embeddings, source=f"{table.source} (mean, a lead code of the top directions, then a "
-                               "random rotation)", lead=codes.LEAD)
+                               f"{codes.ROTATION} rotation)", lead=codes.LEAD, rotation=codes.ROTATION)
     except ValueError as exc:
         basis_note += f"\nno index code model written: {exc}"
     else:
