@@ -423,7 +423,7 @@ async def test_search_errors_are_json_in_json_mode(tmp_path: Path, gallery_copy:
     assert await cli(["--data-dir", str(gallery_copy), "search", str(grey), "--case", "C-1", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["type"] == "NoFaceFound" and out["error"]["message"]
-    assert await cli(["--data-dir", str(gallery_copy), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 1  # a missing file, as engine errors
+    assert await cli(["--data-dir", str(gallery_copy), "search", str(tmp_path / "missing.jpg"), "--case", "C-1", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["reason"] == "not_found"
     assert await cli(["--data-dir", str(tmp_path / "no-gallery"), "search", str(grey), "--case", "C-1", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "StorageError"
