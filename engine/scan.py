@@ -668,6 +668,17 @@ def threshold_for(hist, scale, want):  # type: ignore[no-untyped-def]
     return len(hist) - 1
 
 
+@_kernel(boundscheck=False)
+def _pack_signs(y, code, nbytes):  # type: ignore[no-untyped-def]
+    """code[b] for b < nbytes = the signs of y[8b:8b+8] > 0, first bit highest (numpy's packbits order)."""
+    for b in range(nbytes):
+        v = 0
+        for k in range(8):
+            if y[8 * b + k] > 0:
+                v |= 1 << (7 - k)
+        code[b] = v
+
+
 @_kernel(boundscheck=False, fastmath=True)
 def encode_query(x, mean, w, y, code):  # type: ignore[no-untyped-def]
     """One query's sign code: code = packbits((x - mean) @ w > 0) (numpy's bit order), y (bits,) float32 scratch.
@@ -680,12 +691,7 @@ def encode_query(x, mean, w, y, code):  # type: ignore[no-untyped-def]
         xi = x[i] - mean[i]
         for j in range(bits):
             y[j] += xi * w[i, j]
-    for b in range(bits // 8):
-        v = 0
-        for k in range(8):
-            if y[8 * b + k] > 0:
-                v |= 1 << (7 - k)
-        code[b] = v
+    _pack_signs(y, code, bits // 8)
 
 
 @_kernel(boundscheck=False)
@@ -709,12 +715,7 @@ def encode_structured(x, mean, signs, y, code):  # type: ignore[no-untyped-def]
                     y[i] = u + v
                     y[i + h] = u - v
             h *= 2
-    for b in range(d // 8):
-        v8 = 0
-        for k in range(8):
-            if y[8 * b + k] > 0:
-                v8 |= 1 << (7 - k)
-        code[b] = v8
+    _pack_signs(y, code, d // 8)
 
 
 @_kernel(boundscheck=False, fastmath=True)

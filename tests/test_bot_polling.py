@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +17,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from fakebotapi import FakeBotAPI
+from test_ops_support import RunningBot
 
 from bot.app import quiet_ptb_records
 from conftest import BOT_ADMIN, BotHarness
 
-SIGHTLINE = Path(sys.executable).with_name("sightline")
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "SECRET-of-the-proxy-page"
 
 
@@ -221,40 +216,22 @@ async def test_another_poller_is_said_once_per_poll_without_repeating_the_kind(
 async def test_a_token_revoked_while_running_is_one_error_and_exit_2(tmp_path: Path) -> None:
     """Item 3: a 401 mid-run ended polling silently (PTB's "Invalid token" line filtered), health stayed ok, and the
     process ran on; now one ERROR at once and `sightline run` exits with 2 within seconds."""
-    fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), "--data-dir", str(tmp_path / "data"), "run", cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
-             "SIGHTLINE_TELEGRAM_TOKEN": fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
-             "SIGHTLINE_TELEGRAM_API_URL": fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": fake.base_file_url},
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-
-    async def until(text: str) -> None:
-        while not any(text in line for line in lines):
-            line = await proc.stderr.readline()  # type: ignore[union-attr]
-            assert line, "\n".join(lines)
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
     async def unauthorized(request: web.Request) -> web.Response:
         return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
 
+    fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
     try:
-        await asyncio.wait_for(until("Application started"), 240)
-        fake.poll_answer = unauthorized
-        revoked = time.monotonic()
-        rest = await asyncio.wait_for(proc.stderr.read(), 30)
-        lines.extend(rest.decode(errors="replace").splitlines())
-        code = await asyncio.wait_for(proc.wait(), 30)
-        took = time.monotonic() - revoked
+        async with RunningBot(fake, tmp_path / "data") as bot:
+            await bot.until("Application started", 240)
+            fake.poll_answer = unauthorized
+            revoked = time.monotonic()
+            await bot.rest(30)
+            assert bot.proc is not None
+            code = await asyncio.wait_for(bot.proc.wait(), 30)
+            took = time.monotonic() - revoked
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
         await fake.stop()
-    stderr = "\n".join(lines)
+    lines, stderr = bot.lines, bot.stderr
     assert code == 2, stderr
     assert took < 10, (took, stderr)
     errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]

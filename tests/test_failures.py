@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_ops_support import FACES, QUERY, REPO, cli, gallery_copy
+from test_ops_support import FACES, QUERY, REPO, RunningBot, cli, gallery_copy
 
 SIGHTLINE = Path(sys.executable).with_name("sightline")
 TIMEOUT_S = 240  # far beyond any of these commands; reaching it means a hang
@@ -256,36 +256,16 @@ async def test_a_bot_api_that_goes_away_while_running_is_one_warning_a_poll(tmp_
     from fakebotapi import FakeBotAPI
 
     fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), "--data-dir", str(tmp_path / "data"), "run", cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
-             "SIGHTLINE_TELEGRAM_TOKEN": fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
-             "SIGHTLINE_TELEGRAM_API_URL": fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": fake.base_file_url},
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-
-    async def until(text: str) -> None:
-        while not any(text in line for line in lines):
-            line = await proc.stderr.readline()  # type: ignore[union-attr]
-            assert line, "\n".join(lines)
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    try:
-        await asyncio.wait_for(until("Application started"), TIMEOUT_S)
+    async with RunningBot(fake, tmp_path / "data") as bot:
+        await bot.until("Application started", TIMEOUT_S)
         await fake.stop()  # Telegram goes away: getUpdates is refused from now on
-        await asyncio.wait_for(until("cannot fetch updates from Telegram"), 60)
-        await asyncio.wait_for(until("cannot fetch updates from Telegram (NetworkError"), 60)
-        proc.send_signal(signal.SIGINT)
-        rest = await asyncio.wait_for(proc.stderr.read(), 90)
-        lines.extend(rest.decode(errors="replace").splitlines())
-        assert await proc.wait() == 0, "\n".join(lines)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    stderr = "\n".join(lines)
+        await bot.until("cannot fetch updates from Telegram", 60)
+        await bot.until("cannot fetch updates from Telegram (NetworkError", 60)
+        assert bot.proc is not None
+        bot.proc.send_signal(signal.SIGINT)
+        await bot.rest(90)
+        assert await bot.proc.wait() == 0, bot.stderr
+    lines, stderr = bot.lines, bot.stderr
     polls = [line for line in lines if "cannot fetch updates from Telegram" in line]
     assert len(polls) >= 1 and all(" WARNING bot.handlers.errors: " in line for line in polls), stderr
     assert "Traceback" not in stderr and "  File " not in stderr and "ABCdef" not in stderr, stderr
@@ -300,38 +280,20 @@ async def test_a_running_bot_fed_updates_it_cannot_read_pauses_and_never_logs_th
     from fakebotapi import FakeBotAPI
 
     fake = await FakeBotAPI(token="123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345").start()
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), "--data-dir", str(tmp_path / "data"), "run", cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
-             "SIGHTLINE_TELEGRAM_TOKEN": fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
-             "SIGHTLINE_TELEGRAM_API_URL": fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": fake.base_file_url},
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-
-    async def until(text: str) -> None:
-        while not any(text in line for line in lines):
-            line = await proc.stderr.readline()  # type: ignore[union-attr]
-            assert line, "\n".join(lines)
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
     try:
-        await asyncio.wait_for(until("Application started"), TIMEOUT_S)
-        fake.garbled_updates = b'{"ok": true, "result": [{"update_id": "x", "message": {"text": "Ada Lovelace"}}]}'
-        polls = fake.polls
-        await asyncio.sleep(6)
-        bad = fake.polls - polls
-        proc.send_signal(signal.SIGINT)
-        rest = await asyncio.wait_for(proc.stderr.read(), 90)
-        lines.extend(rest.decode(errors="replace").splitlines())
-        assert await proc.wait() == 0, "\n".join(lines)
+        async with RunningBot(fake, tmp_path / "data") as bot:
+            await bot.until("Application started", TIMEOUT_S)
+            fake.garbled_updates = b'{"ok": true, "result": [{"update_id": "x", "message": {"text": "Ada Lovelace"}}]}'
+            polls = fake.polls
+            await asyncio.sleep(6)
+            bad = fake.polls - polls
+            assert bot.proc is not None
+            bot.proc.send_signal(signal.SIGINT)
+            await bot.rest(90)
+            assert await bot.proc.wait() == 0, bot.stderr
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         await fake.stop()
-    stderr = "\n".join(lines)
+    lines, stderr = bot.lines, bot.stderr
     assert 1 <= bad <= 7, (bad, stderr)  # pauses of 1, 1.5, 2.25 s ...; before: over a thousand
     failed = [line for line in lines if "cannot fetch updates from Telegram (UnreadableUpdates" in line]
     assert 1 <= len(failed) <= bad and all(" WARNING bot.handlers.errors: " in line for line in failed), stderr

@@ -182,3 +182,56 @@ def cli(*argv: str) -> tuple[int, str, str]:
         root.setLevel(level)
     return code, out.getvalue(), err.getvalue()
 
+
+
+class RunningBot:
+    """`sightline run` in a subprocess against a fake Bot API (tests/fakebotapi.py), its stderr read line by line.
+
+    `async with RunningBot(fake, data_dir) as bot:` starts it; `await bot.until(text, timeout_s)` reads stderr until a
+    line holds `text`; `await bot.rest(timeout_s)` reads the rest to the end; on leaving, a process still running is
+    killed. `bot.lines` holds every stderr line read, `bot.stderr` them joined.
+    """
+
+    def __init__(self, fake: Any, data_dir: Path) -> None:
+        self.fake, self.data_dir = fake, data_dir
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> RunningBot:
+        import os
+        import subprocess
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("sightline")), "--data-dir", str(self.data_dir), "run", cwd=REPO,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO), "SIGHTLINE_INFERENCE_THREADS": "1", "SIGHTLINE_WORKERS": "1",
+                 "SIGHTLINE_TELEGRAM_TOKEN": self.fake.token, "SIGHTLINE_ADMINS": "1", "SIGHTLINE_HTTP_PORT": "0",
+                 "SIGHTLINE_TELEGRAM_API_URL": self.fake.base_url, "SIGHTLINE_TELEGRAM_FILE_URL": self.fake.base_file_url},
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    async def until(self, text: str, timeout_s: float) -> None:
+        """Read stderr lines until one holds `text`; AssertionError (with what was read) if stderr ends first."""
+        async def read() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            while not any(text in line for line in self.lines):
+                line = await self.proc.stderr.readline()
+                assert line, self.stderr
+                self.lines.append(line.decode(errors="replace").rstrip("\n"))
+        await asyncio.wait_for(read(), timeout_s)
+
+    async def rest(self, timeout_s: float) -> None:
+        """Read stderr to its end (the process exits or closes it)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        tail = await asyncio.wait_for(self.proc.stderr.read(), timeout_s)
+        self.lines.extend(tail.decode(errors="replace").splitlines())

@@ -113,7 +113,8 @@ def test_the_strong_hit_line_is_said_in_every_language(language: str) -> None:
     assert texts.quality_warning(t, warnings, strong_hit=True, calibrated=False) == weak  # no calibration: no odds to vouch for
 
 
-def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def small_probe(tmp_path: Path) -> Path:
+    """The first of tiny_probes' small faces, written to tmp_path/small.jpg (for the CLI, outside an event loop)."""
     import asyncio
 
     async def probes() -> list[bytes]:
@@ -125,6 +126,11 @@ def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytes
 
     probe = tmp_path / "small.jpg"
     probe.write_bytes(asyncio.run(probes())[0])
+    return probe
+
+
+def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    probe = small_probe(tmp_path)
     code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -136,17 +142,7 @@ def test_the_cli_says_the_same(gallery_copy: Path, tmp_path: Path, capsys: pytes
 def test_the_cli_says_when_the_strong_threshold_was_set_by_hand(gallery_copy: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
-    async def probes() -> list[bytes]:
-        engine = await Engine.open(make_config(tmp_path / "scratch"))
-        try:
-            return await tiny_probes(engine)
-        finally:
-            await engine.close()
-
-    probe = tmp_path / "small.jpg"
-    probe.write_bytes(asyncio.run(probes())[0])
+    probe = small_probe(tmp_path)
     monkeypatch.setenv("SIGHTLINE_THRESHOLD_STRONG", "0.35")
     code = main(["--data-dir", str(gallery_copy), "search", str(probe), "--case", "C-1"])
     out = capsys.readouterr().out
